@@ -1,0 +1,35 @@
+# The two commands a newcomer runs: `make run` and `make test`.
+PY       ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+DEMO_HOME ?= $(CURDIR)/.demo-home
+PYTEST_ARGS ?=
+
+.PHONY: run test bench lint deps venv clean
+
+deps:
+	@./scripts/install-system-deps.sh
+
+$(BIN)/.locked: requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: deps $(BIN)/.locked
+
+run: venv
+	@$(BIN)/stockade demo --home $(DEMO_HOME)
+
+test: venv
+	@$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests collected: failing" >&2; exit 1; fi; exit $$rc
+
+bench: venv
+	@$(BIN)/stockade bench --json
+
+lint: venv
+	@$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache

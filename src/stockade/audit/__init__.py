@@ -1,0 +1,1 @@
+"""Tamper-evident audit log: hash-chained deterministic CBOR, signed checkpoints, group commit."""

@@ -1,0 +1,1 @@
+"""Implementations of the built-in capabilities, one module per category."""

@@ -1,0 +1,66 @@
+"""system.* and agent.*: in-process, read-only views of gateway state."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from stockade import __version__
+from stockade.capabilities.registry import implements
+
+MCP_PROTOCOLS = ["2025-11-25", "2026-07-28"]
+
+
+@implements("system.time")
+def system_time(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    now_ns = time.time_ns()
+    return {
+        "utc": datetime.fromtimestamp(now_ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "unix": now_ns // 1_000_000_000,
+        "unix_ms": now_ns // 1_000_000,
+    }
+
+
+@implements("system.info")
+def system_info(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    u = os.uname()
+    return {
+        "product": "stockade",
+        "version": __version__,
+        "kernel": u.release,
+        "arch": platform.machine(),
+        "mcp_protocols": MCP_PROTOCOLS,
+        "uptime_s": round(time.time() - ctx.pipeline.started, 3),
+    }
+
+
+@implements("system.health")
+def system_health(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    layers = {k: v for k, v in ctx.pipeline.health.items()}
+    statuses = {v.get("status", "ok") for v in layers.values() if isinstance(v, dict)}
+    status = "critical" if "critical" in statuses else "degraded" if "degraded" in statuses else "ok"
+    return {"status": status, "layers": layers}
+
+
+@implements("agent.whoami")
+def agent_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    c = ctx.caller
+    return {"agent": c.agent, "session": c.session, "transport": c.transport}
+
+
+@implements("agent.capabilities")
+def agent_capabilities(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    p = ctx.pipeline
+    out = []
+    for d in p.visible(ctx.caller):
+        try:
+            tier = p.policy.peek(ctx.caller.agent, d.name, {}).tier
+        except Exception:
+            tier = "approval_required"
+        if tier == "blocked":
+            continue  # argument-independent blocks are hidden already; this is belt and braces
+        out.append({"name": d.name, "tier": tier, "purpose": d.purpose})
+    return {"capabilities": out}

@@ -1,0 +1,206 @@
+"""Capability definitions (YAML) + implementations (plain functions) = the registry.
+
+A definition is the contract an agent sees (name, purpose, JSON Schemas, errors, default tier);
+an implementation is a function `fn(ctx, args) -> dict`. `execution: sandbox` implementations run
+in a per-call sandbox child (stockade.sandbox); `inprocess` ones run in the gateway and must not
+touch the host beyond reading gateway state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stockade import yamlfile
+from stockade.errors import ConfigError, err
+
+TIERS = ("autonomous", "notify", "approval_required", "blocked")
+NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+DEFINITIONS_DIR = Path(__file__).parent / "definitions"
+
+Impl = Callable[..., Any]
+_IMPLS: dict[str, Impl] = {}
+
+
+def implements(name: str) -> Callable[[Impl], Impl]:
+    """Register `fn` as the implementation of capability `name`."""
+
+    def deco(fn: Impl) -> Impl:
+        if name in _IMPLS and _IMPLS[name] is not fn:
+            raise RuntimeError(f"two implementations for {name}")
+        _IMPLS[name] = fn
+        fn.capability = name  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+class _DefModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(1, ge=1)
+    purpose: str = Field(min_length=1)
+    when_to_use: str = Field(min_length=1)
+    execution: Literal["inprocess", "sandbox"] = "inprocess"
+    side_effects: bool = False
+    default_tier: Literal["autonomous", "notify", "approval_required", "blocked"] = "notify"
+    secrets: bool = False              # may resolve ${secret:NAME} placeholders (vault)
+    input: dict[str, Any]
+    output: dict[str, Any]
+    errors: list[str] = []
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    capabilities: list[_DefModel]
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    version: int
+    purpose: str
+    when_to_use: str
+    execution: str
+    side_effects: bool
+    default_tier: str
+    secrets: bool
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+    errors: tuple[str, ...]
+    source: str
+    pack: str | None = None
+    validator: Any = field(default=None, compare=False, repr=False)
+    output_validator: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def tool_name(self) -> str:
+        """MCP tool names cannot hold dots everywhere: `filesystem.read` <-> `filesystem__read`."""
+        return self.name.replace(".", "__")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "purpose": self.purpose,
+            "when_to_use": self.when_to_use,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "errors": list(self.errors),
+            "default_tier": self.default_tier,
+            "side_effects": self.side_effects,
+            **({"pack": self.pack} if self.pack else {}),
+        }
+
+
+def tool_to_capability(tool: str) -> str:
+    return tool.replace("__", ".")
+
+
+def parse_definitions(text: str, fname: str, pack: str | None = None) -> list[Definition]:
+    """Pure: YAML text -> definitions, or ConfigError with file:line."""
+    data, lines = yamlfile.loads(text, fname)
+    try:
+        model = _FileModel.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(yamlfile.pydantic_errors(e, fname, lines)) from None
+    out: list[Definition] = []
+    errors: list[str] = []
+    for i, d in enumerate(model.capabilities):
+        for key, schema in (("input", d.input), ("output", d.output)):
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as e:
+                line = yamlfile.line_of(lines, ("capabilities", i, key, *e.path))
+                errors.append(f"{fname}:{line}: capabilities.{i}.{key}: invalid JSON Schema: {e.message}")
+        if d.input.get("type") != "object":
+            errors.append(f"{fname}:{yamlfile.line_of(lines, ('capabilities', i, 'input'))}: "
+                          f"{d.name}: input schema must have type: object")
+        if errors:
+            continue
+        out.append(Definition(
+            d.name, d.version, d.purpose.strip(), d.when_to_use.strip(), d.execution, d.side_effects,
+            d.default_tier, d.secrets, d.input, d.output, tuple(d.errors), fname, pack,
+            jsonschema.Draft202012Validator(d.input, format_checker=jsonschema.FormatChecker()),
+            jsonschema.Draft202012Validator(d.output),
+        ))
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
+def _import_implementations() -> None:
+    from stockade.capabilities import impl
+
+    for m in pkgutil.iter_modules(impl.__path__):
+        importlib.import_module(f"{impl.__name__}.{m.name}")
+
+
+class Registry:
+    def __init__(self, definitions: list[Definition], impls: dict[str, Impl]):
+        self._defs: dict[str, Definition] = {}
+        self._impls = dict(impls)
+        for d in definitions:
+            if d.name in self._defs:
+                raise ConfigError([f"{d.source}:1: capability {d.name} defined twice "
+                                   f"(also in {self._defs[d.name].source})"])
+            self._defs[d.name] = d
+        missing = sorted(set(self._defs) - set(self._impls))
+        orphan = sorted(set(self._impls) - set(self._defs))
+        problems = [f"{self._defs[n].source}:1: {n}: definition has no implementation" for n in missing]
+        problems += [f"{n}: implementation has no definition" for n in orphan]
+        if problems:
+            raise ConfigError(problems)
+
+    def get(self, name: str) -> Definition:
+        d = self._defs.get(name)
+        if d is None:
+            raise err("CapabilityNotFound", f"no capability named {name!r}")
+        return d
+
+    def impl(self, name: str) -> Impl:
+        return self._impls[name]
+
+    def all(self) -> list[Definition]:
+        return sorted(self._defs.values(), key=lambda d: d.name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._defs
+
+    def add(self, defs: list[Definition], impls: dict[str, Impl]) -> None:
+        """Register more (packs); same both-ways check."""
+        Registry(defs, impls)  # validates the pairing on its own
+        for d in defs:
+            if d.name in self._defs:
+                raise ConfigError([f"{d.source}:1: capability {d.name} already exists"])
+        for d in defs:
+            self._defs[d.name] = d
+        self._impls.update(impls)
+
+    def remove(self, names: list[str]) -> None:
+        for n in names:
+            self._defs.pop(n, None)
+            self._impls.pop(n, None)
+
+
+def load_registry(extra_dirs: list[Path] | None = None) -> Registry:
+    """Built-in definitions + implementations (raises ConfigError listing every problem)."""
+    _import_implementations()
+    defs: list[Definition] = []
+    errors: list[str] = []
+    for d in [DEFINITIONS_DIR, *(extra_dirs or [])]:
+        for f in sorted(d.glob("*.yaml")):
+            try:
+                defs.extend(parse_definitions(f.read_text(encoding="utf-8"), str(f)))
+            except ConfigError as e:
+                errors.extend(e.errors)
+    if errors:
+        raise ConfigError(errors)
+    return Registry(defs, _IMPLS)

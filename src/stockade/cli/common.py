@@ -1,0 +1,77 @@
+"""Shared CLI plumbing: --home/--json options, output, exit codes (DESIGN.md §10)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from stockade.errors import ConfigError, StockadeError
+from stockade.home import Home
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+# CSI/OSC/other escape sequences and C0/C1 controls except \n and \t.
+_CONTROL = re.compile(r"\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]|\x1b.|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def sanitize(text: str) -> str:
+    """Strip terminal control sequences from agent- or server-supplied text before printing."""
+    return _CONTROL.sub("", text)
+
+
+def home_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--home", "home", type=click.Path(file_okay=False), default=None,
+                        help="Data home (default $STOCKADE_HOME, /var/lib/stockade as root).")(fn)
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+
+
+def get_home(home: str | None) -> Home:
+    return Home.at(home)
+
+
+def need_home(home: str | None) -> Home:
+    h = Home.at(home)
+    if not h.exists():
+        fail(f"no stockade home at {h.root} (run: stockade init --home {h.root})", EXIT_USAGE)
+    return h
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=None, sort_keys=False, default=str))
+    elif render is not None:
+        render(data)
+    else:
+        click.echo(sanitize(json.dumps(data, indent=2, default=str)))
+
+
+def fail(message: str, code: int = EXIT_USAGE, as_json: bool = False, **extra: Any) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"error": {"message": message, **extra}}))
+    else:
+        click.echo(f"stockade: {sanitize(message)}", err=True)
+    sys.exit(code)
+
+
+def fail_error(e: StockadeError | ConfigError, as_json: bool = False) -> NoReturn:
+    if isinstance(e, ConfigError):
+        if as_json:
+            click.echo(json.dumps({"error": {"type": "ConfigError", "errors": e.errors}}))
+        else:
+            for line in e.errors:
+                click.echo(sanitize(line), err=True)
+        sys.exit(EXIT_USAGE)
+    code = EXIT_UNREACHABLE if e.type in ("Unreachable", "VaultSealed") else EXIT_USAGE
+    if as_json:
+        click.echo(json.dumps({"error": e.to_dict()}))
+    else:
+        click.echo(f"stockade: {e.type}: {sanitize(e.message)}", err=True)
+    sys.exit(code)

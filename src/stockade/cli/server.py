@@ -1,0 +1,207 @@
+"""`stockade init | serve | doctor | demo`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from stockade.cli.common import (
+    EXIT_CHECK_FAILED,
+    emit,
+    fail,
+    fail_error,
+    get_home,
+    home_option,
+    json_option,
+    need_home,
+)
+from stockade.errors import ConfigError, StockadeError
+from stockade.home import init_home
+
+TEMPLATES = ("personal", "strict", "open")
+
+
+@click.command()
+@home_option
+@click.option("--policy", type=click.Choice(TEMPLATES), default="personal", show_default=True,
+              help="Template for policies/org.yaml (only if it does not exist yet).")
+@json_option
+def init(home: str | None, policy: str, as_json: bool) -> None:
+    """Create a data home (idempotent): config, database, keys, policy template."""
+    h = get_home(home)
+    try:
+        created = init_home(h, policy)
+    except (ConfigError, StockadeError) as e:
+        fail_error(e, as_json)
+    emit({"home": str(h.root), "created": created}, as_json,
+         lambda d: click.echo(f"stockade home ready at {d['home']}" +
+                              "".join(f"\n  created {c}" for c in d["created"])))
+
+
+def _check_public(host: str, public: bool, what: str) -> None:
+    import ipaddress
+
+    try:
+        loop = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loop = host == "localhost"
+    if not loop:
+        if not public:
+            fail(f"{what} host {host} is not loopback; pass --public to bind it anyway", 2)
+        click.echo(f"WARNING: {what} listens on {host}, reachable beyond this machine", err=True)
+
+
+def _serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
+           banner: Any = None) -> None:
+    from stockade.gateway import service
+
+    h = need_home(home)
+    try:
+        cfg = h.config()
+    except ConfigError as e:
+        fail_error(e)
+    _check_public(cfg.gateway.host, public, "gateway")
+    _check_public(cfg.dashboard.host, public, "dashboard")
+    try:
+        gw = service.build(h, port=port, dashboard_port=dashboard_port)
+    except (ConfigError, StockadeError) as e:
+        fail_error(e)
+
+    def ready(g: service.Gateway) -> None:
+        if banner:
+            banner(g)
+        else:
+            click.echo(f"stockade serving {g.home.root}")
+            for name in g.ports:
+                click.echo(f"  {name:<10} {g.url(name)}")
+            click.echo("Ctrl-C to stop.")
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(service.serve(gw, ready))
+    except OSError as e:
+        fail(f"cannot listen: {e}", 3)
+    except (ConfigError, StockadeError) as e:
+        fail_error(e)
+    click.echo("stockade stopped cleanly.")
+
+
+@click.command()
+@home_option
+@click.option("--port", type=int, default=None, help="Gateway port (0 = pick a free one). Default 7700.")
+@click.option("--dashboard-port", type=int, default=None, help="Dashboard port (0 = free). Default 7800.")
+@click.option("--public", is_flag=True, help="Allow binding a non-loopback address from stockade.yaml.")
+def serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool) -> None:
+    """Run the gateway (and dashboard) in the foreground; writes run/ports.json when listening."""
+    _serve(home, port, dashboard_port, public)
+
+
+@click.command()
+@home_option
+@click.option("--port", type=int, default=7700, show_default=True)
+@click.option("--dashboard-port", type=int, default=7800, show_default=True)
+def demo(home: str | None, port: int, dashboard_port: int) -> None:
+    """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key."""
+    from stockade.gateway import agents
+
+    h = get_home(home)
+    init_home(h, "personal")
+    conn = h.db()
+    try:
+        key = agents.rotate(conn, "demo") if any(a.name == "demo" for a in agents.list_all(conn)) \
+            else agents.create(conn, "demo")
+    finally:
+        conn.close()
+
+    def banner(g: Any) -> None:
+        click.echo(f"stockade demo home: {h.root}")
+        click.echo(f"  gateway     {g.url('gateway')}  (JSON-RPC at /rpc, MCP at /mcp, /mcp/ws)")
+        if "dashboard" in g.ports:
+            click.echo(f"  dashboard   {g.url('dashboard')}  (login: stockade admin token --home {h.root})")
+        click.echo(f"  agent key   {key}   (agent 'demo')")
+        click.echo("Try it:")
+        click.echo(f"  curl -s {g.url('gateway')}/rpc -H 'Authorization: Bearer {key}' \\")
+        click.echo("    -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"capabilities.invoke\","
+                   "\"params\":{\"name\":\"system.time\"}}'")
+        click.echo("Ctrl-C to stop.")
+
+    _serve(str(h.root), port, dashboard_port, False, banner)
+
+
+def doctor_checks(home_path: str | None) -> dict[str, Any]:
+    """Every layer's real status; parts add theirs through `<part>.setup.doctor(home)`."""
+    from stockade.gateway.service import _parts
+
+    h = get_home(home_path)
+    out: dict[str, Any] = {"home": str(h.root), "checks": {}}
+    checks = out["checks"]
+    checks["home"] = _check_home(h)
+    try:
+        h.config()
+        checks["config"] = {"status": "ok"}
+    except ConfigError as e:
+        checks["config"] = {"status": "critical", "errors": e.errors}
+    try:
+        from stockade.capabilities.registry import load_registry
+
+        checks["capabilities"] = {"status": "ok", "count": len(load_registry().all())}
+    except ConfigError as e:
+        checks["capabilities"] = {"status": "critical", "errors": e.errors}
+    for part in _parts():
+        if hasattr(part, "doctor"):
+            try:
+                checks.update(part.doctor(h))
+            except Exception as e:  # a check that crashes is itself a finding
+                checks[part.__name__.split(".")[1]] = {"status": "critical", "error": f"{type(e).__name__}: {e}"}
+    statuses = {c.get("status") for c in checks.values()}
+    out["status"] = "critical" if "critical" in statuses else "degraded" if "degraded" in statuses else "ok"
+    return out
+
+
+def _check_home(h: Any) -> dict[str, Any]:
+    if not h.exists():
+        return {"status": "critical", "error": f"no home at {h.root} (stockade init)"}
+    loose = []
+    for root, dirs, files in os.walk(h.root):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue
+            if st.st_mode & 0o077 and not os.path.islink(p) and not p.endswith(".sock"):
+                loose.append(p)
+    if loose:
+        return {"status": "degraded", "error": "group/other permissions on files in the home", "paths": loose[:20]}
+    return {"status": "ok", "path": str(h.root)}
+
+
+@click.command()
+@home_option
+@json_option
+def doctor(home: str | None, as_json: bool) -> None:
+    """Check the home and report the real status of every security layer."""
+    out = doctor_checks(home)
+
+    def render(d: dict[str, Any]) -> None:
+        colours = {"ok": "green", "degraded": "yellow", "critical": "red"}
+        for name, c in d["checks"].items():
+            st = c.get("status", "?")
+            detail = {k: v for k, v in c.items() if k != "status"}
+            click.echo(f"{click.style(f'{st:<9}', fg=colours.get(st))} {name:<14} "
+                       f"{json.dumps(detail, default=str) if detail else ''}")
+        click.echo(f"overall: {d['status']}")
+
+    emit(out, as_json, render)
+    if out["status"] == "critical":
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def register(cli: click.Group) -> None:
+    for c in (init, serve, demo, doctor):
+        cli.add_command(c)

@@ -1,0 +1,131 @@
+"""`stockade.yaml`: the owner's configuration, validated at start with file:line errors.
+
+Each part owns one section. Unknown keys are errors (a typo must not silently keep a default).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stockade import yamlfile
+from stockade.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(v: Any) -> float:
+    """`30`, `30s`, `5m`, `24h`, `7d` -> seconds."""
+    if isinstance(v, bool):
+        raise ValueError("expected a duration like 30s, 5m, 24h")
+    if isinstance(v, int | float):
+        if v < 0:
+            raise ValueError("duration must not be negative")
+        return float(v)
+    if isinstance(v, str) and (m := _DURATION.match(v)):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError("expected a duration like 30s, 5m, 24h")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewayConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7700, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    allowed_origins: list[str] = []  # extra Origins besides localhost (e.g. an SSH-tunnel name)
+
+
+class DashboardConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7800, ge=0, le=65535)
+    session_minutes: int = Field(720, ge=1)
+
+
+class AuditConfig(_Section):
+    checkpoint_every: int = Field(1000, ge=1)
+    retention_days: int = Field(90, ge=1)
+    fail_mode: Literal["buffer", "halt"] = "buffer"
+    buffer_records: int = Field(10_000, ge=1)
+    retry_seconds: float = Field(30.0, gt=0)
+
+
+class ApprovalsConfig(_Section):
+    ttl: float = 24 * 3600
+    hold_seconds: float = 120
+
+    @field_validator("ttl", "hold_seconds", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class SandboxConfig(_Section):
+    host_uid: int = Field(100_000, ge=1000)   # first host uid of the range agents map to
+    call_timeout: float = 30.0
+    max_output_bytes: int = Field(1024 * 1024, ge=1024)
+
+    @field_validator("call_timeout", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class VaultConfig(_Section):
+    pass
+
+
+class Config(_Section):
+    version: Literal[1] = 1
+    gateway: GatewayConfig = GatewayConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    audit: AuditConfig = AuditConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    vault: VaultConfig = VaultConfig()
+    webhook: str | None = None
+    # Validated by stockade.perimeter (its own model), kept raw here so the gateway does not
+    # depend on the perimeter part.
+    perimeter: dict[str, Any] = {}
+
+
+DEFAULT_YAML = """\
+# stockade configuration. Every key is optional; shown here with its default.
+version: 1
+gateway:
+  host: 127.0.0.1        # binding anything else needs `serve --public` and prints a warning
+  port: 7700
+dashboard:
+  host: 127.0.0.1
+  port: 7800
+audit:
+  checkpoint_every: 1000 # records between signed checkpoints
+  retention_days: 90
+  fail_mode: buffer      # buffer (ring buffer on disk full) | halt (refuse calls at once)
+approvals:
+  ttl: 24h
+  hold_seconds: 120
+sandbox:
+  call_timeout: 30s
+"""
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate; raise ConfigError with file:line messages."""
+    if not path.exists():
+        return Config()
+    data, lines = yamlfile.load(path)
+    if data is None:
+        return Config()
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1: expected a mapping at the top level"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(yamlfile.pydantic_errors(e, str(path), lines)) from None

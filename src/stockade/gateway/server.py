@@ -1,0 +1,98 @@
+"""The agent-facing ASGI app on 127.0.0.1:7700: `/rpc`, `/mcp`, `/mcp/ws`, `/healthz`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from stockade.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
+from stockade.gateway import jsonrpc, sessions
+from stockade.gateway.pipeline import Caller, Pipeline
+from stockade.gateway.security import GuardMiddleware
+
+
+def bearer(headers: Any) -> str | None:
+    auth = headers.get("authorization")
+    if not auth:
+        return None
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class RpcContext:
+    pipeline: Pipeline
+    caller: Caller
+
+    def create_session(self) -> str:
+        return sessions.create(self.pipeline.db, self.caller.agent, "jsonrpc")
+
+    def end_session(self, sid: str) -> None:
+        sessions.end(self.pipeline.db, self.caller.agent, sid)
+
+    def session_caller(self, sid: str) -> Caller:
+        sessions.check(self.pipeline.db, self.caller.agent, sid)
+        return Caller(self.caller.agent, self.caller.key_hash, sid, self.caller.transport)
+
+
+def _rpc_error(status: int, code: int, etype: str, message: str) -> JSONResponse:
+    return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {
+        "code": code, "message": message, "data": {"type": etype, "message": message,
+                                                   "recovery": StockadeError(etype, message).recovery}}},
+        status_code=status)
+
+
+def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None) -> Any:
+    async def rpc(request: Request) -> Response:
+        try:
+            body = await read_body(request, max_body)
+        except BodyTooLarge:
+            return _rpc_error(413, INVALID_REQUEST, "InvalidInput", f"request body larger than {max_body} bytes")
+        try:
+            caller = pipeline.authenticate(bearer(request.headers),
+                                           request.headers.get("stockade-session") or "rpc", "jsonrpc")
+            if caller.session != "rpc":
+                sessions.check(pipeline.db, caller.agent, caller.session)
+        except StockadeError as e:
+            status = 401 if e.type == "Unauthenticated" else 400
+            return _rpc_error(status, AUTH_FAILED if status == 401 else e.code, e.type, e.message)
+        out = await jsonrpc.handle(RpcContext(pipeline, caller), body)
+        if out is None:
+            return Response(status_code=204)
+        return Response(out, media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    routes: list[Any] = [Route("/rpc", rpc, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
+    from stockade.gateway import mcp_transport
+
+    routes.extend(mcp_transport.routes(pipeline, max_body))
+    app = Starlette(routes=routes, lifespan=mcp_transport.lifespan(pipeline))
+    return GuardMiddleware(app, extra_origins or [])
+
+
+__all__ = ["Mount", "build_app", "bearer", "json"]

@@ -1,0 +1,180 @@
+"""The data home of DESIGN.md §3: layout, permissions and initialisation.
+
+Directories are 0700 and files 0600, always: the home holds key hashes, the vault and the audit
+log, and nothing in it is for anyone but the owner (and root).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from stockade.config import DEFAULT_YAML, Config, load_config
+
+SUBDIRS = ("policies", "policies/agents", "audit", "keys", "workspaces", "shared", "packs", "trash", "run")
+
+
+def default_home() -> Path:
+    env = os.environ.get("STOCKADE_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/stockade")
+    return Path.home() / ".local/share/stockade"
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths inside one data home. Cheap to build; touches nothing until asked."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str] | None) -> Home:
+        return cls(Path(path).absolute() if path else default_home().absolute())
+
+    # -- well-known paths --------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "stockade.yaml"
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "stockade.db"
+
+    @property
+    def vault_path(self) -> Path:
+        return self.root / "vault.db"
+
+    @property
+    def policies(self) -> Path:
+        return self.root / "policies"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.root / "workspaces"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def packs(self) -> Path:
+        return self.root / "packs"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def admin_sock(self) -> Path:
+        return self.run / "admin.sock"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.run / "ports.json"
+
+    def workspace(self, agent: str) -> Path:
+        return self.workspaces / agent
+
+    def exists(self) -> bool:
+        return self.config_path.exists() and self.db_path.exists()
+
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def db(self) -> sqlite3.Connection:
+        from stockade import db
+
+        return db.connect(self.db_path)
+
+    # -- creation ------------------------------------------------------------------------
+    def ensure_layout(self) -> None:
+        """Create missing directories (0700) and tighten modes of existing ones."""
+        old = os.umask(0o077)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+            for sub in SUBDIRS:
+                p = self.root / sub
+                p.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(p, 0o700)
+        finally:
+            os.umask(old)
+
+
+def write_private(path: Path, data: bytes | str, *, exist_ok: bool = True) -> None:
+    """Write a file atomically with mode 0600 (never briefly world-readable)."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not exist_ok and path.exists():
+        tmp.unlink()
+        raise FileExistsError(path)
+    os.replace(tmp, path)
+
+
+def init_home(home: Home, policy: str = "personal") -> list[str]:
+    """Create a home (idempotent). Returns what was created, for the CLI to show."""
+    from stockade import db
+
+    created: list[str] = []
+    old = os.umask(0o077)
+    try:
+        home.ensure_layout()
+        if not home.config_path.exists():
+            write_private(home.config_path, DEFAULT_YAML)
+            created.append(str(home.config_path))
+        if not home.db_path.exists():
+            created.append(str(home.db_path))
+        conn = db.connect(home.db_path)
+        conn.close()
+        _load_parts()
+        for hook in _INIT_HOOKS:
+            created.extend(hook(home, policy))
+    finally:
+        os.umask(old)
+    return created
+
+
+# Parts (policy templates, audit key, TLS cert, ...) register what `init` must create, in the
+# module named here as `<part>.setup` (an absent module is a part not built yet).
+_PARTS = ("policy", "audit", "supervision", "vault", "packs", "perimeter", "sandbox")
+_INIT_HOOKS: list = []
+
+
+def _load_parts() -> None:
+    import importlib
+
+    for part in _PARTS:
+        name = f"stockade.{part}.setup"
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
+def on_init(fn):  # type: ignore[no-untyped-def]
+    """Decorator: `fn(home, policy_template) -> list[str]` runs during `stockade init`."""
+    _INIT_HOOKS.append(fn)
+    return fn
