@@ -1,10 +1,237 @@
-"""MCP transports (filled in below)."""
+"""MCP transports: Streamable HTTP at `/mcp` (2025-11-25 sessions and the stateless 2026-07-28
+revision, both served by the official SDK's session manager) and WebSocket at `/mcp/ws`.
+
+The SDK owns the protocol (handshake, sessions, SSE, version negotiation, `server/discover`);
+stockade owns authentication and what a tool call does: every `tools/call` ends in
+`Pipeline.invoke`, every `tools/list` in `Pipeline.visible`. Tool names map `filesystem.read`
+<-> `filesystem__read`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+import mcp_types as types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared._context_streams import create_context_streams
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-def routes(pipeline: Any, max_body: int) -> list[Any]:
-    return []
+from stockade import __version__
+from stockade.capabilities.registry import tool_to_capability
+from stockade.errors import StockadeError
+from stockade.gateway.pipeline import Caller, Pipeline
+
+CALLER_KEY = "stockade.caller"
+WS_AUTH_TIMEOUT = 10.0
+INSTRUCTIONS = (
+    "stockade gives you typed capabilities on the owner's server. Every call is checked by policy, "
+    "may wait for the owner's approval, runs in a sandbox, and is audited. Call agent__capabilities "
+    "first to see what you may do and at which tier."
+)
 
 
-def lifespan(pipeline: Any) -> Any:
-    return None
+def _caller_of(ctx: Any) -> Caller:
+    req = getattr(ctx, "request", None)
+    scope = getattr(req, "scope", None) or {}
+    caller = scope.get(CALLER_KEY)
+    if caller is None:  # pragma: no cover - the ASGI wrapper always sets it
+        raise StockadeError("Unauthenticated", "no authenticated caller for this MCP request")
+    headers = getattr(req, "headers", None)
+    sid = headers.get("mcp-session-id") if headers is not None else None
+    if sid and caller.session != sid:
+        caller = Caller(caller.agent, caller.key_hash, sid, caller.transport)
+    return caller
+
+
+def build_server(pipeline: Pipeline) -> Server[Any]:
+    """An SDK low-level server whose handlers are thin adapters onto the pipeline."""
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        caller = _caller_of(ctx)
+        tools = [
+            types.Tool(
+                name=d.tool_name,
+                title=d.name,
+                description=f"{d.purpose}\nWhen to use: {d.when_to_use}",
+                input_schema=d.input_schema,
+                output_schema=d.output_schema if d.output_schema.get("type") == "object" else None,
+                annotations=types.ToolAnnotations(read_only_hint=not d.side_effects),
+            )
+            for d in pipeline.visible(caller)
+        ]
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        caller = _caller_of(ctx)
+        try:
+            result = await pipeline.invoke(caller, tool_to_capability(params.name), dict(params.arguments or {}))
+        except StockadeError as e:
+            body = e.to_dict()
+            return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(body))],
+                                        is_error=True)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(result, ensure_ascii=False))],
+            structured_content=result,
+        )
+
+    return Server("stockade", version=__version__, instructions=INSTRUCTIONS,
+                  on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def _unauthorized(message: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+        "code": -32003, "message": message,
+        "data": StockadeError("Unauthenticated", message).to_dict()}}).encode()
+
+
+class McpHttp:
+    """ASGI app for `/mcp`: authenticate, bind the SDK session to the agent, hand over."""
+
+    def __init__(self, pipeline: Pipeline, manager: StreamableHTTPSessionManager):
+        self.pipeline = pipeline
+        self.manager = manager
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        from stockade.gateway.server import bearer
+
+        auth = headers.get("authorization")
+        token = bearer({"authorization": auth} if auth else {})
+        try:
+            caller = self.pipeline.authenticate(token, headers.get("mcp-session-id") or "mcp", "mcp-http")
+        except StockadeError as e:
+            body = _unauthorized(e.message)
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="stockade"'),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        scope = dict(scope)
+        scope[CALLER_KEY] = caller
+        # The SDK binds each session to the credential that opened it (a stolen session id is
+        # useless with another agent's key): client_id is the agent plus its key hash.
+        scope["user"] = AuthenticatedUser(AccessToken(token="-", client_id=f"{caller.agent}:{caller.key_hash.hex()}",
+                                                      scopes=[]))
+        await self.manager.handle_request(scope, receive, send)
+
+
+class _WsRequest:
+    """What SDK handlers see as `ctx.request` on the WebSocket transport."""
+
+    def __init__(self, scope: dict[str, Any]):
+        self.scope = scope
+        self.headers: dict[str, str] = {}
+
+
+async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[Any]) -> None:
+    """MCP over WebSocket (KruxOS-style clients): one JSON-RPC message per text frame.
+
+    Auth: `Authorization: Bearer` on the upgrade, or, for clients that cannot set headers, a first
+    message `{"type": "auth", "token": "stk_..."}` within 10 s. Never a token in the URL.
+    """
+    if websocket.query_params:
+        await websocket.close(code=1008, reason="query parameters are not accepted (no tokens in URLs)")
+        return
+    from stockade.gateway import sessions
+    from stockade.gateway.server import bearer
+
+    token = bearer(websocket.headers)
+    await websocket.accept(subprotocol="mcp" if "mcp" in websocket.scope.get("subprotocols", []) else None)
+    if token is None:
+        try:
+            with anyio.fail_after(WS_AUTH_TIMEOUT):
+                first = await websocket.receive_text()
+            msg = json.loads(first)
+            token = msg.get("token") if isinstance(msg, dict) and msg.get("type") == "auth" else None
+        except (TimeoutError, ValueError, WebSocketDisconnect, KeyError):
+            token = None
+    try:
+        caller = pipeline.authenticate(token, "pending", "mcp-ws")
+    except StockadeError as e:
+        with contextlib.suppress(Exception):
+            await websocket.send_text(_unauthorized(e.message).decode())
+            await websocket.close(code=1008, reason="authentication failed")
+        return
+    sid = sessions.create(pipeline.db, caller.agent, "mcp-ws")
+    caller = Caller(caller.agent, caller.key_hash, sid, "mcp-ws")
+    req = _WsRequest({CALLER_KEY: caller})
+    read_writer, read_stream = create_context_streams[SessionMessage | Exception](16)
+    write_stream, write_reader = create_context_streams[SessionMessage](16)
+
+    async def reader() -> None:
+        try:
+            while True:
+                text = await websocket.receive_text()
+                try:
+                    message = types.JSONRPCMessage.model_validate_json(text)
+                except Exception:
+                    await websocket.send_text(json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                        "code": -32700, "message": "parse error: not a JSON-RPC message"}}))
+                    continue
+                await read_writer.send(SessionMessage(message, metadata=ServerMessageMetadata(request_context=req)))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            read_writer.close()
+
+    async def writer() -> None:
+        async for msg in write_reader:
+            await websocket.send_text(msg.message.model_dump_json(by_alias=True, exclude_unset=True))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            tg.start_soon(writer)
+            await server.run(read_stream, write_stream, server.create_initialization_options(
+                NotificationOptions(tools_changed=True)))
+            tg.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            sessions.end(pipeline.db, caller.agent, sid)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+_STATE: dict[int, tuple[Server[Any], StreamableHTTPSessionManager]] = {}
+
+
+def _server_for(pipeline: Pipeline, max_body: int) -> tuple[Server[Any], StreamableHTTPSessionManager]:
+    key = id(pipeline)
+    if key not in _STATE:
+        server = build_server(pipeline)
+        manager = StreamableHTTPSessionManager(app=server, json_response=False, stateless=False,
+                                               security_settings=None, max_request_body_size=max_body)
+        _STATE[key] = (server, manager)
+    return _STATE[key]
+
+
+def routes(pipeline: Pipeline, max_body: int) -> list[Any]:
+    server, manager = _server_for(pipeline, max_body)
+    app = McpHttp(pipeline, manager)
+
+    async def ws(websocket: WebSocket) -> None:
+        await _ws_endpoint(websocket, pipeline, server)
+
+    return [Route("/mcp", app, methods=["GET", "POST", "DELETE"]), WebSocketRoute("/mcp/ws", ws)]
+
+
+def lifespan(pipeline: Pipeline) -> Any:
+    @contextlib.asynccontextmanager
+    async def _lifespan(app: Any) -> AsyncIterator[None]:
+        _, manager = _STATE[id(pipeline)]
+        try:
+            async with manager.run():
+                yield
+        finally:
+            _STATE.pop(id(pipeline), None)
+
+    return _lifespan
