@@ -220,12 +220,14 @@ class Pipeline:
                 self.bus.publish("call.denied", event, "warning")
             await self._record(base, safe_args, decision, e, t0, "complete")
             raise e
+        approved = False   # approved calls report their outcome back (stored for the agent)
         if decision.tier == "approval_required":
             try:
                 await self.approvals.request(caller, definition, args, decision, call_id)
             except StockadeError as e:
                 await self._record(base, safe_args, decision, e, t0, "complete")
                 raise
+            approved = True
         elif decision.tier == "notify":
             self.bus.publish("call.notify", event)
 
@@ -234,6 +236,7 @@ class Pipeline:
             run_args, secret_values = self.secrets.resolve(caller, definition, args)
         except StockadeError as e:
             await self._record(base, safe_args, decision, e, t0, "complete")
+            self._approval_done(approved, call_id, None, e)
             raise
         safe_args = redact(args, secret_values)
         if definition.side_effects:
@@ -247,15 +250,24 @@ class Pipeline:
         except StockadeError as e:
             e = _scrub(e, secret_values)
             await self._record(base, safe_args, decision, e, t0, phase)
+            self._approval_done(approved, call_id, None, e)
             raise e from None
         except Exception as ex:  # a bug in an implementation: never a traceback to the agent
             e = err("Internal", f"{capability} failed unexpectedly ({type(ex).__name__})")
             await self._record(base, safe_args, decision, e, t0, phase)
+            self._approval_done(approved, call_id, None, e)
             raise e from None
         if secret_values:
             result = redact(result, secret_values)
         await self._record(base, safe_args, decision, None, t0, phase)
+        self._approval_done(approved, call_id, result, None)
         return result
+
+    def _approval_done(self, approved: bool, call_id: str, result: Any, error: StockadeError | None) -> None:
+        """Tell the approvals hook how an approved call ended (it stores the outcome for the agent)."""
+        done = getattr(self.approvals, "completed", None) if approved else None
+        if done is not None:
+            done(call_id, result, error)
 
     async def _execute(self, caller: Caller, d: Definition, args: dict[str, Any], call_id: str) -> dict[str, Any]:
         if d.execution == "sandbox":
