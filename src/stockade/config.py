@@ -93,6 +93,8 @@ class Config(_Section):
     # Validated by stockade.perimeter (its own model), kept raw here so the gateway does not
     # depend on the perimeter part.
     perimeter: dict[str, Any] = {}
+    # Validated by stockade.egress (its own model: resolver, subnet, refresh).
+    egress: dict[str, Any] = {}
 
 
 DEFAULT_YAML = """\
