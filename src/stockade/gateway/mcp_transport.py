@@ -172,7 +172,7 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
             while True:
                 text = await websocket.receive_text()
                 try:
-                    message = types.JSONRPCMessage.model_validate_json(text)
+                    message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
                 except Exception:
                     await websocket.send_text(json.dumps({"jsonrpc": "2.0", "id": None, "error": {
                         "code": -32700, "message": "parse error: not a JSON-RPC message"}}))

@@ -1,0 +1,54 @@
+"""`stockade connect`: stdio MCP bridge for Claude Code / Claude Desktop / Codex."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import anyio
+import click
+
+from stockade.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, fail
+from stockade.home import Home
+
+
+def _default_url(home: str | None) -> str:
+    h = Home.at(home)
+    try:
+        port = json.loads(h.ports_file.read_text())["gateway"]
+    except (OSError, ValueError, KeyError):
+        port = 7700
+    return f"http://127.0.0.1:{port}/mcp"
+
+
+@click.command()
+@click.option("--key", envvar="STOCKADE_AGENT_KEY", help="Agent key (or $STOCKADE_AGENT_KEY).")
+@click.option("--url", default=None, help="Gateway MCP URL (default: from the home's run/ports.json, else :7700).")
+@click.option("--home", default=None, type=click.Path(file_okay=False), help="Home to read ports.json from.")
+def connect(key: str | None, url: str | None, home: str | None) -> None:
+    """Serve MCP on stdin/stdout, forwarding to the gateway with an agent key."""
+    from stockade.gateway.bridge import run_bridge
+
+    if not key:
+        fail("an agent key is required: --key stk_... or STOCKADE_AGENT_KEY", EXIT_USAGE)
+    target = url or _default_url(home)
+    try:
+        anyio.run(run_bridge, target, key)
+    except KeyboardInterrupt:
+        pass
+    except BaseException as e:  # report why, never a traceback on the MCP channel
+        msg = _root_cause(e)
+        print(f"stockade connect: cannot reach {target}: {msg}", file=sys.stderr)
+        sys.stdout.flush()
+        os._exit(EXIT_UNREACHABLE)
+
+
+def _root_cause(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return f"{type(e).__name__}: {e}"
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(connect)

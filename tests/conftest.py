@@ -1,0 +1,129 @@
+"""Shared fixtures: temporary homes, a real `stockade serve` subprocess, root/kernel gating.
+
+Tests that need root or a kernel feature call `need_root()` / `need(cond, why)`: outside CI
+they skip with the reason; in CI (`CI` set) they fail instead, so nothing skips silently there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STOCKADE = [sys.executable, "-m", "stockade"]
+
+
+def need(condition: bool, why: str) -> None:
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "needs root (run as root, or in CI)")
+
+
+def run_cli(*args: str, home: Path | None = None, check: bool = True, input: str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    cmd = [*STOCKADE, *args]
+    if home is not None:
+        cmd += ["--home", str(home)]
+    e = {**os.environ, **(env or {})}
+    p = subprocess.run(cmd, capture_output=True, text=True, input=input, env=e, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def cli_json(*args: str, home: Path | None = None, **kw) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(run_cli(*args, "--json", home=home, **kw).stdout)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    run_cli("init", home=h)
+    return h
+
+
+@dataclass
+class Server:
+    home: Path
+    proc: subprocess.Popen[str]
+    ports: dict[str, int]
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def agent(self, name: str) -> str:
+        """Create an agent (once) and return its key."""
+        if name not in self.keys:
+            self.keys[name] = cli_json("agent", "create", name, home=self.home)["key"]
+        return self.keys[name]
+
+    def rpc(self, key: str | None, method: str, params: dict | None = None, *, id: int = 1,
+            headers: dict[str, str] | None = None, timeout: float = 60) -> httpx.Response:
+        h = {"Authorization": f"Bearer {key}"} if key else {}
+        h.update(headers or {})
+        body = {"jsonrpc": "2.0", "id": id, "method": method, "params": params or {}}
+        return httpx.post(f"{self.url}/rpc", json=body, headers=h, timeout=timeout)
+
+    def invoke(self, key: str, capability: str, args: dict | None = None, timeout: float = 60) -> dict:
+        """JSON-RPC capabilities.invoke; returns the whole response object (result or error)."""
+        return self.rpc(key, "capabilities.invoke", {"name": capability, "arguments": args or {}},
+                        timeout=timeout).json()
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(home: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 60) -> Server:
+    ports_file = home / "run" / "ports.json"
+    if ports_file.exists():
+        ports_file.unlink()
+    log = open(home.parent / f"serve-{os.getpid()}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([*STOCKADE, "serve", "--home", str(home), "--port", "0", "--dashboard-port", "0", *extra],
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"stockade serve exited {proc.returncode}: {Path(log.name).read_text()}")
+        if ports_file.exists():
+            try:
+                return Server(home, proc, json.loads(ports_file.read_text()))
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"stockade serve did not start: {Path(log.name).read_text()}")
+
+
+@pytest.fixture
+def server(home: Path) -> Iterator[Server]:
+    s = start_server(home)
+    try:
+        yield s
+    finally:
+        s.stop()
