@@ -1,0 +1,50 @@
+"""Anchor for `stockade bench gateway`: a bare MCP SDK server with one no-op tool.
+
+Same SDK, same session manager, same uvicorn settings as the gateway; no auth, no policy, no
+audit. Run as `python bench/_bare_mcp.py PORTFILE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from typing import Any
+
+import mcp_types as types
+import uvicorn
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+
+async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+    return types.ListToolsResult(tools=[types.Tool(name="noop", input_schema={"type": "object"})])
+
+
+async def call_tool(ctx: Any, params: Any) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text="{}")], structured_content={})
+
+
+def main() -> None:
+    server = Server("bare", on_list_tools=list_tools, on_call_tool=call_tool)
+    manager = StreamableHTTPSessionManager(app=server, security_settings=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):  # type: ignore[no-untyped-def]
+        async with manager.run():
+            yield
+
+    app = Starlette(routes=[Route("/mcp", manager.handle_request, methods=["GET", "POST", "DELETE"])],
+                    lifespan=lifespan)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    with open(sys.argv[1], "w") as f:
+        f.write(str(sock.getsockname()[1]))
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

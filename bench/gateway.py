@@ -1,0 +1,110 @@
+"""`stockade bench gateway`: system.time through the full pipeline (JSON-RPC and MCP Streamable
+HTTP) against a bare MCP SDK server's no-op tool, side by side in the same run.
+
+Both servers are separate processes on loopback, driven by the same client code one call at a
+time, so the ratio is the per-call cost of stockade's pipeline (auth, schema, policy, audit
+fsync, result shaping) over the SDK alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _util import row
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+HERE = Path(__file__).resolve().parent
+
+
+def _wait_file(p: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.exists() and p.read_text().strip():
+            return p.read_text()
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+async def _mcp_calls(url: str, headers: dict[str, str], tool: str, n: int) -> list[int]:
+    samples = []
+    async with Client(streamable_http_client(url, http_client=create_mcp_http_client(headers=headers)),
+                      mode="legacy") as c:
+        for _ in range(max(5, n // 10)):  # warm-up
+            await c.call_tool(tool, {})
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            r = await c.call_tool(tool, {})
+            samples.append(time.perf_counter_ns() - t)
+            assert not r.is_error
+    return samples
+
+
+def _rpc_calls(url: str, key: str, n: int) -> list[int]:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "capabilities.invoke",
+                       "params": {"name": "system.time"}}).encode()
+    samples = []
+    with httpx.Client(headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as c:
+        for _ in range(max(5, n // 10)):
+            c.post(url, content=body)
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            r = c.post(url, content=body)
+            samples.append(time.perf_counter_ns() - t)
+            assert "result" in r.json(), r.text
+    return samples
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    n = 100 if quick else 1000
+    tmp = Path(tempfile.mkdtemp(prefix="stockade-bench-gw-"))
+    home = tmp / "home"
+    env = {**os.environ}
+    py = [sys.executable, "-m", "stockade"]
+    subprocess.run([*py, "init", "--home", str(home), "--policy", "open"], check=True, capture_output=True)
+    key = json.loads(subprocess.run([*py, "agent", "create", "bench", "--json", "--home", str(home)], check=True,
+                                    capture_output=True, text=True).stdout)["key"]
+    ours = subprocess.Popen([*py, "serve", "--home", str(home), "--port", "0", "--dashboard-port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    portfile = tmp / "bare.port"
+    bare = subprocess.Popen([sys.executable, str(HERE / "_bare_mcp.py"), str(portfile)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ports = json.loads(_wait_file(home / "run" / "ports.json", ours))
+        bare_port = int(_wait_file(portfile, bare))
+        gw = f"http://127.0.0.1:{ports['gateway']}"
+        auth = {"Authorization": f"Bearer {key}"}
+        # Interleave the two so machine noise hits both alike.
+        anchor: list[int] = []
+        mcp_ours: list[int] = []
+        rpc: list[int] = []
+        for _ in range(2):
+            anchor += asyncio.run(_mcp_calls(f"http://127.0.0.1:{bare_port}/mcp", {}, "noop", n // 2))
+            mcp_ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "system__time", n // 2))
+            rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
+        per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
+        return {"bench": "gateway", "results": [
+            row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor="bare mcp SDK server no-op tool",
+                anchor_ns=anchor, per_s=per_s(mcp_ours)),
+            row("jsonrpc system.time (full pipeline)", rpc, anchor="bare mcp SDK server no-op tool",
+                anchor_ns=anchor, per_s=per_s(rpc)),
+        ]}
+    finally:
+        for p in (ours, bare):
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
