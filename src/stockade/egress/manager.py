@@ -1,0 +1,541 @@
+"""The imperative shell of egress: namespaces, veth pairs, nftables tables, DNS refresh.
+
+`Egress.reconcile()` drives the kernel towards the desired state computed from the policy
+(every active agent's `sandbox.egress` list) and is idempotent from any starting point: after a
+crash, a restart, a hand-deleted veth or table, it converges. The gateway runs it at start,
+on every policy change (polled), when DNS answers expire, and on `egress.reload`.
+
+Kernel objects, per data home (tag = 6 hex chars of the home path):
+* namespace `/run/netns/stockade-<tag>-<agent>` (stockade.sandbox.netns; lo up),
+* veth `stkv<10 hex>` (host) <-> `egress0` (agent), a /30 from `egress.subnet`; the host end
+  carries the alias `stockade:<tag>:<agent>` so restarts find what they made,
+* table `inet stockade_egress` inside the namespace and `inet stockade_egress_<tag>` on the host
+  (stockade.egress.ruleset),
+* `net.ipv4.ip_forward` switched on only while some agent has egress; if it was off before,
+  the original value is kept in /run/stockade/ip_forward.orig, a guard rule keeps the host from
+  forwarding anything else, and it is switched off again when the last stockade veth is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stockade import yamlfile
+from stockade.egress import dns, nft, ruleset
+from stockade.egress.rules import Allowlist, Entry, Forbidden, parse_entries, split_answers
+from stockade.errors import ConfigError, err
+from stockade.home import Home, write_private
+from stockade.sandbox import netns
+
+NS_IF = "egress0"
+STATE_DIR = Path("/run/stockade")
+FORWARD_ORIG = STATE_DIR / "ip_forward.orig"
+_alloc_lock = threading.Lock()
+
+
+# -- settings -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    resolver: str | None = None          # IPv4 of the one DNS server agents (and we) may use
+    subnet: str = "10.213.0.0/16"        # pool for per-agent /30 veth links
+    refresh: float = 300.0               # max seconds between DNS refreshes of allowlisted names
+    poll: float = 2.0                    # seconds between policy/agent change checks
+
+
+def system_resolver() -> str | None:
+    """First non-loopback IPv4 nameserver of /etc/resolv.conf (loopback stubs are unreachable
+    from an agent's namespace)."""
+    try:
+        text = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                ip = ipaddress.IPv4Address(parts[1])
+            except ValueError:
+                continue
+            if not ip.is_loopback:
+                return str(ip)
+    return None
+
+
+def load_settings(home: Home) -> Settings:
+    raw = dict(home.config().egress or {})
+    errors: list[str] = []
+    unknown = set(raw) - {"resolver", "subnet", "refresh", "poll"}
+    if unknown:
+        errors.append(f"{home.config_path}: egress: unknown keys {sorted(unknown)}")
+    resolver = raw.get("resolver", "system")
+    if resolver in ("system", None, ""):
+        resolver = system_resolver() if resolver == "system" else None
+    else:
+        try:
+            resolver = str(ipaddress.IPv4Address(str(resolver)))
+        except ValueError:
+            errors.append(f"{home.config_path}: egress.resolver: expected an IPv4 address, 'system' or null")
+    subnet = str(raw.get("subnet", Settings.subnet))
+    try:
+        net = ipaddress.IPv4Network(subnet)
+        if net.prefixlen > 29:
+            errors.append(f"{home.config_path}: egress.subnet: needs at least a /29")
+    except ValueError:
+        errors.append(f"{home.config_path}: egress.subnet: expected an IPv4 CIDR")
+    from stockade.config import parse_duration
+
+    vals: dict[str, float] = {}
+    for k in ("refresh", "poll"):
+        try:
+            vals[k] = parse_duration(raw.get(k, getattr(Settings, k)))
+        except ValueError as e:
+            errors.append(f"{home.config_path}: egress.{k}: {e}")
+    if errors:
+        raise ConfigError(errors)
+    return Settings(resolver, subnet, max(1.0, vals["refresh"]), max(0.1, vals["poll"]))
+
+
+# -- profiles -------------------------------------------------------------------------------------
+def read_egress_from_files(home: Home, agent: str) -> list[str]:
+    """`sandbox.egress` of the agent file, else of the org file (the policy engine's overlay).
+
+    Used when the policy part is not plugged in (CLI doctor, tests); the gateway asks the live
+    policy hook so hot reload and validation stay the policy part's job.
+    """
+    out: list[str] = []
+    for path in (home.policies / "org.yaml", home.policies / "agents" / f"{agent}.yaml"):
+        if not path.exists():
+            continue
+        data, _ = yamlfile.load(path)
+        sb = data.get("sandbox") if isinstance(data, dict) else None
+        if isinstance(sb, dict) and "egress" in sb:
+            eg = sb.get("egress") or []
+            if not isinstance(eg, list):
+                raise ConfigError([f"{path}: sandbox.egress must be a list"])
+            out = [str(x) for x in eg]
+    return out
+
+
+def profile_source(gw: Any | None, home: Home) -> Callable[[str], list[str]]:
+    """A function agent -> egress list, from the live policy hook when it offers one."""
+    pol = getattr(getattr(gw, "pipeline", None), "policy", None) if gw is not None else None
+    for attr in ("profile", "sandbox_profile"):
+        fn = getattr(pol, attr, None)
+        if callable(fn):
+            return lambda agent, fn=fn: list((fn(agent) or {}).get("egress") or [])
+    inner = getattr(pol, "policy", None)
+    if inner is not None and callable(getattr(inner, "sandbox_profile", None)):
+        return lambda agent: list((pol.policy.sandbox_profile(agent) or {}).get("egress") or [])
+    return lambda agent: read_egress_from_files(home, agent)
+
+
+def active_agents(home: Home) -> list[str]:
+    from stockade.gateway import agents
+
+    conn = home.db()
+    try:
+        return [a.name for a in agents.list_all(conn) if a.active]
+    finally:
+        conn.close()
+
+
+# -- host facts -----------------------------------------------------------------------------------
+def _ipj(*args: str) -> Any:
+    r = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise err("Internal", f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return json.loads(r.stdout or "[]")
+
+
+def host_facts() -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """(host IPv4 addresses, on-link LAN subnets of non-veth interfaces, raw link list)."""
+    links = _ipj("-d", "addr", "show")
+    local: list[str] = []
+    lan: list[str] = []
+    for li in links:
+        kind = (li.get("linkinfo") or {}).get("info_kind")
+        for a in li.get("addr_info", []):
+            if a.get("family") != "inet":
+                continue
+            local.append(a["local"])
+            if kind != "veth" and li.get("ifname") != "lo":
+                lan.append(str(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False)))
+    return local, lan, links
+
+
+def _sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def _read_sysctl(name: str) -> str:
+    return _sysctl_path(name).read_text().strip()
+
+
+def _write_sysctl(name: str, value: str) -> None:
+    _sysctl_path(name).write_text(value)
+
+
+class _Flock:
+    def __init__(self, name: str) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = STATE_DIR / name
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def forwarding_needed(on: bool) -> bool:
+    """Switch ip_forward for stockade's veths; returns whether the guard rule is needed
+    (forwarding was off before stockade turned it on)."""
+    with _Flock("forward.lock"):
+        cur = _read_sysctl("net.ipv4.ip_forward")
+        if on:
+            if not FORWARD_ORIG.exists():
+                FORWARD_ORIG.write_text(cur)
+            if cur != "1":
+                _write_sysctl("net.ipv4.ip_forward", "1")
+            return FORWARD_ORIG.read_text().strip() == "0"
+        # off: only when no stockade veth is left on the host (other homes may still need it)
+        if any(n.startswith("stkv") for n in os.listdir("/sys/class/net")):
+            return FORWARD_ORIG.exists() and FORWARD_ORIG.read_text().strip() == "0"
+        if FORWARD_ORIG.exists():
+            orig = FORWARD_ORIG.read_text().strip()
+            if orig == "0":
+                _write_sysctl("net.ipv4.ip_forward", "0")
+            FORWARD_ORIG.unlink()
+        return False
+
+
+# -- per-agent state --------------------------------------------------------------------------------
+def veth_name(tag: str, agent: str) -> str:
+    return "stkv" + hashlib.sha256(f"{tag}:{agent}".encode()).hexdigest()[:10]
+
+
+def alias(tag: str, agent: str) -> str:
+    return f"stockade:{tag}:{agent}"
+
+
+@dataclass
+class NameCache:
+    allowed: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    expires: float = 0.0
+    error: str | None = None
+    resolved_at: float = 0.0
+
+
+@dataclass
+class AgentState:
+    agent: str
+    items: tuple[str, ...]
+    entries: tuple[Entry, ...]
+    errors: tuple[str, ...]
+    netns: str | None = None
+    veth: str | None = None
+    host_ip: str | None = None
+    agent_ip: str | None = None
+    elements: tuple[tuple[str, int], ...] = ()
+    allowlist: Allowlist | None = None
+    loaded_at: float = 0.0
+
+
+@dataclass
+class Egress:
+    """One data home's egress state. Thread-safe: all mutation happens under `lock`."""
+
+    home: Home
+    settings: Settings
+    profile: Callable[[str], list[str]]
+    agents: dict[str, AgentState] = field(default_factory=dict)
+    names: dict[str, NameCache] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    guard: bool = False
+    last_error: str | None = None
+    resolve: Callable[[str], tuple[list[str], int]] | None = None
+
+    @property
+    def tag(self) -> str:
+        return netns.home_tag(self.home)
+
+    @property
+    def view_dir(self) -> Path:
+        return self.home.run / "egress"
+
+    # -- DNS ------------------------------------------------------------------------------------
+    def _lookup(self, name: str) -> tuple[list[str], int]:
+        if self.resolve is not None:
+            return self.resolve(name)
+        if self.settings.resolver:
+            ans = dns.query(self.settings.resolver, name)
+            if ans.rcode not in (0, 3):
+                raise dns.DnsError(f"resolver answered rcode {ans.rcode}")
+            return list(ans.addresses), ans.ttl
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+        return sorted({i[4][0] for i in infos}), int(self.settings.refresh)
+
+    def _resolve_names(self, entries: list[Entry], forbidden: Forbidden, force: bool, now: float) -> bool:
+        changed = False
+        for host in sorted({e.host for e in entries if e.host}):
+            c = self.names.get(host)
+            if c is not None and not force and now < c.expires:
+                continue
+            try:
+                addrs, ttl = self._lookup(host)
+                ok, bad = split_answers(forbidden, entries, host, addrs)
+                new = NameCache(ok, bad, now + min(self.settings.refresh, max(5.0, float(ttl))), None, now)
+            except (OSError, dns.DnsError) as e:
+                # Keep the last good answer for a while (a resolver hiccup must not cut the
+                # agent off); a name never resolved stays without addresses (fail closed).
+                keep = c if c and now - c.resolved_at < 2 * self.settings.refresh else None
+                new = NameCache(keep.allowed if keep else (), keep.refused if keep else (),
+                                now + min(30.0, self.settings.refresh), f"{type(e).__name__}: {e}",
+                                keep.resolved_at if keep else 0.0)
+            if c is None or (c.allowed, c.refused) != (new.allowed, new.refused):
+                changed = True
+            self.names[host] = new
+        return changed
+
+    # -- the loop body ----------------------------------------------------------------------------
+    def desired(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for a in active_agents(self.home):
+            try:
+                out[a] = list(self.profile(a))
+            except ConfigError as e:
+                # A bad policy file: keep what is loaded (the policy part keeps the last good one).
+                prev = self.agents.get(a)
+                out[a] = list(prev.items) if prev else []
+                self.last_error = "; ".join(e.errors)[:500]
+        return out
+
+    def reconcile(self, *, force_resolve: bool = False, deep: bool = False) -> dict[str, Any]:
+        """Converge kernel state on the policy. Returns a summary of what changed."""
+        with self.lock:
+            now = time.time()
+            want = self.desired()
+            local, lan, links = host_facts()
+            forbidden = Forbidden().with_host(local, lan)
+            changes: dict[str, Any] = {"added": [], "updated": [], "removed": []}
+            host_dirty = deep
+            # 1. agents gone (removed/revoked) or without egress any more
+            mine = self._my_veths(links)
+            for agent in sorted(set(self.agents) | set(mine)):
+                if want.get(agent):
+                    continue
+                self._teardown_links(agent, mine.get(agent))
+                self.agents.pop(agent, None)
+                self._drop_view(agent)
+                changes["removed"].append(agent)
+                host_dirty = True
+            for agent in netns.list_agent_netns(self.home):
+                if agent not in want:
+                    netns.remove_agent_netns(agent, self.home)
+                    self._drop_view(agent)
+            # 2. agents with egress
+            for agent, items in sorted(want.items()):
+                if not items:
+                    continue
+                entries, errors = parse_entries(items)
+                self._resolve_names(entries, forbidden, force_resolve, now)
+                st = self.agents.get(agent)
+                new_st = st is None or st.items != tuple(items)
+                if new_st:
+                    st = AgentState(agent, tuple(items), tuple(entries), tuple(errors))
+                assert st is not None
+                allow = Allowlist(tuple(entries),
+                                  {h: self.names[h].allowed for h in {e.host for e in entries if e.host}},
+                                  {h: self.names[h].refused for h in {e.host for e in entries if e.host}},
+                                  forbidden)
+                elements = tuple(allow.nft_elements())
+                relink = new_st or deep or st.veth is None or not self._link_ok(st)
+                if relink:
+                    self._ensure_links(st, mine.get(agent))
+                    host_dirty = True
+                if relink or elements != st.elements or st.allowlist is None \
+                        or st.allowlist.to_view() != allow.to_view():
+                    nft.run_in_netns(st.netns, [ruleset.ns_ruleset(list(elements), self.settings.resolver)])
+                    if elements != st.elements:
+                        host_dirty = True
+                    st.elements = elements
+                    st.allowlist = allow
+                    st.loaded_at = now
+                    self._write_view(st)
+                    changes["added" if new_st else "updated"].append(agent)
+                self.agents[agent] = st
+            # 3. host table (and ip_forward)
+            if host_dirty or not self._host_table_ok():
+                self._apply_host()
+            return changes
+
+    def teardown(self) -> None:
+        """Remove everything of this home: host table, veths, namespaces, views."""
+        with self.lock:
+            _, _, links = host_facts()
+            for agent, veth in self._my_veths(links).items():
+                self._teardown_links(agent, veth)
+            self.agents.clear()
+            with contextlib.suppress(nft.NftError):
+                t = {"table": {"family": "inet", "name": ruleset.host_table(self.tag)}}
+                nft.run_in_netns(None, [[{"add": t}, {"delete": t}]])
+            for agent in netns.list_agent_netns(self.home):
+                netns.remove_agent_netns(agent, self.home)
+                self._drop_view(agent)
+            forwarding_needed(False)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _my_veths(self, links: list[dict[str, Any]]) -> dict[str, str]:
+        pre = f"stockade:{self.tag}:"
+        return {li["ifalias"][len(pre):]: li["ifname"] for li in links
+                if str(li.get("ifalias", "")).startswith(pre) and li.get("ifname", "").startswith("stkv")}
+
+    def _link_ok(self, st: AgentState) -> bool:
+        return bool(st.veth and os.path.exists(f"/sys/class/net/{st.veth}") and st.netns
+                    and netns.is_netns(st.netns))
+
+    def _teardown_links(self, agent: str, veth: str | None) -> None:
+        for v in {veth, veth_name(self.tag, agent)} - {None}:
+            if os.path.exists(f"/sys/class/net/{v}"):
+                subprocess.run(["ip", "link", "del", str(v)], capture_output=True, timeout=30)
+        # the namespace's own table goes with the namespace or is reset to default-deny-all
+        path = netns.netns_path(self.home, agent)
+        if netns.is_netns(path):
+            with contextlib.suppress(nft.NftError, OSError):
+                nft.run_in_netns(path, [[{"add": {"table": {"family": "inet", "name": ruleset.NS_TABLE}}},
+                                         {"delete": {"table": {"family": "inet", "name": ruleset.NS_TABLE}}}]])
+
+    def _allocate(self, agent: str) -> tuple[str, str]:
+        pool = ipaddress.IPv4Network(self.settings.subnet)
+        n = pool.num_addresses // 4
+        used: set[int] = set()
+        for li in _ipj("-4", "addr", "show"):
+            for a in li.get("addr_info", []):
+                ip = ipaddress.IPv4Address(a["local"])
+                if ip in pool:
+                    used.add((int(ip) - int(pool.network_address)) // 4)
+        start = int(hashlib.sha256(f"{self.tag}:{agent}".encode()).hexdigest(), 16) % n
+        for k in range(n):
+            i = (start + k) % n
+            if i not in used:
+                base = int(pool.network_address) + 4 * i
+                return str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2))
+        raise err("SandboxUnavailable", f"egress subnet {pool} is exhausted")
+
+    def _ensure_links(self, st: AgentState, existing: str | None) -> None:
+        st.netns = netns.ensure_agent_netns(self.home, st.agent)
+        name = netns.netns_name(self.home, st.agent)
+        veth = veth_name(self.tag, st.agent)
+        with _alloc_lock, _Flock("alloc.lock"):
+            if existing and os.path.exists(f"/sys/class/net/{existing}"):
+                host_ip = self._addr_of(existing)
+                inner = _ipj("-n", name, "-4", "addr", "show", "dev", NS_IF) if self._ns_has_if(name) else []
+                if host_ip and inner:
+                    st.veth, st.host_ip = existing, host_ip
+                    st.agent_ip = str(ipaddress.IPv4Address(host_ip) + 1)
+                    return
+                subprocess.run(["ip", "link", "del", existing], capture_output=True, timeout=30)
+            if os.path.exists(f"/sys/class/net/{veth}"):
+                subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
+            if self._ns_has_if(name):
+                subprocess.run(["ip", "-n", name, "link", "del", NS_IF], capture_output=True, timeout=30)
+            host_ip, agent_ip = self._allocate(st.agent)
+            host_cmds = (f"link add {veth} type veth peer name {NS_IF} netns {name}\n"
+                         f"link set dev {veth} alias {alias(self.tag, st.agent)}\n"
+                         f"addr add {host_ip}/30 dev {veth}\n")
+            self._batch([], host_cmds)
+            with contextlib.suppress(OSError):
+                _write_sysctl(f"net.ipv6.conf.{veth}.disable_ipv6", "1")
+            self._batch([], f"link set dev {veth} up\n")
+            # the namespace's default-deny table goes in before the link is up inside
+            nft.run_in_netns(st.netns, [ruleset.ns_ruleset([], self.settings.resolver)])
+            self._batch(["-n", name], f"addr add {agent_ip}/30 dev {NS_IF}\nlink set dev {NS_IF} up\n"
+                                      f"route replace default via {host_ip} dev {NS_IF}\n")
+            st.veth, st.host_ip, st.agent_ip = veth, host_ip, agent_ip
+
+    @staticmethod
+    def _batch(prefix: list[str], cmds: str) -> None:
+        r = subprocess.run(["ip", *prefix, "-batch", "-"], input=cmds, capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise err("SandboxUnavailable", f"egress link setup failed: {r.stderr.strip()[:300]}")
+
+    @staticmethod
+    def _ns_has_if(name: str) -> bool:
+        r = subprocess.run(["ip", "-n", name, "link", "show", "dev", NS_IF], capture_output=True, timeout=30)
+        return r.returncode == 0
+
+    @staticmethod
+    def _addr_of(ifname: str) -> str | None:
+        for li in _ipj("-4", "addr", "show", "dev", ifname):
+            for a in li.get("addr_info", []):
+                return str(a["local"])
+        return None
+
+    def _host_agents(self) -> list[ruleset.HostAgent]:
+        return [ruleset.HostAgent(a, st.veth, st.agent_ip, st.elements)
+                for a, st in sorted(self.agents.items()) if st.veth and st.agent_ip]
+
+    def _apply_host(self) -> None:
+        agents = self._host_agents()
+        self.guard = forwarding_needed(bool(agents))
+        if agents:
+            nft.run_in_netns(None, [ruleset.host_ruleset(self.tag, agents, self.settings.resolver, self.guard)])
+        else:
+            with contextlib.suppress(nft.NftError):
+                t = {"table": {"family": "inet", "name": ruleset.host_table(self.tag)}}
+                nft.run_in_netns(None, [[{"add": t}, {"delete": t}]])
+
+    def _host_table_ok(self) -> bool:
+        if not self._host_agents():
+            return True
+        try:
+            nft.run_in_netns(None, [f"list table inet {ruleset.host_table(self.tag)}"])
+            return True
+        except nft.NftError:
+            return False
+
+    def _write_view(self, st: AgentState) -> None:
+        self.view_dir.mkdir(mode=0o700, exist_ok=True)
+        view = {"agent": st.agent, "resolver": self.settings.resolver,
+                **(st.allowlist.to_view() if st.allowlist else {})}
+        write_private(self.view_dir / f"{st.agent}.json", json.dumps(view, sort_keys=True))
+
+    def _drop_view(self, agent: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.view_dir / f"{agent}.json").unlink()
+
+    # -- reporting --------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            return {a: {"netns": st.netns, "veth": st.veth, "address": st.agent_ip, "entries": list(st.items),
+                        "errors": list(st.errors), "elements": [f"{c}:{p}" for c, p in st.elements],
+                        "resolved": {h: {"allowed": list(self.names[h].allowed), "refused": list(self.names[h].refused),
+                                         "error": self.names[h].error}
+                                     for h in sorted({e.host for e in st.entries if e.host}) if h in self.names}}
+                    for a, st in sorted(self.agents.items())}
+
+
+def child_view(home: Home, agent: str) -> dict[str, Any] | None:
+    """The allowlist view for the sandbox child (ctx.extra["egress"]): entries, resolved and
+    refused addresses, forbidden ranges, resolver. None when the agent has no egress."""
+    path = home.run / "egress" / f"{agent}.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
