@@ -1,0 +1,318 @@
+"""`${secret:NAME}` references: where they may appear, substitution, HMAC signing, encodings.
+
+Pure functions (no vault access, no clock). Positions per capability:
+- `network.http_request`: header values, and a `sign: {secret, algorithm: hmac-sha256, header}`
+  block (the signature is computed here, in the gateway: the signing key never leaves it);
+- `process.run`: `env` values;
+- any other capability whose definition sets `secrets: true` (packs): any string value.
+A reference anywhere else in a secrets-enabled capability's arguments is InvalidInput (nothing
+is resolved). Capabilities without `secrets: true` are never scanned: `${secret:X}` is text there.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
+
+from stockade.errors import err
+from stockade.vault.format import validate_name
+
+REF = re.compile(r"\$\{secret:([^}]*)\}")
+HTTP, PROC = "network.http_request", "process.run"
+SIGN_PARTS = ("method", "path", "query", "path_query", "body")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    method: str
+    path: str
+    query: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    names: frozenset[str]            # every secret the call references
+    text: frozenset[str]             # those substituted into argument text (not only signing keys)
+    target: Target | None            # the HTTP request, for host checks and signing
+    sign: dict[str, Any] | None      # the validated sign block (network.http_request)
+
+
+def names_in(text: str) -> list[str]:
+    out = []
+    for m in REF.finditer(text):
+        out.append(validate_ref(m.group(1)))
+    return out
+
+
+def validate_ref(name: str) -> str:
+    try:
+        return validate_name(name)
+    except Exception:
+        raise err("InvalidInput", f"invalid secret reference ${{secret:{name[:40]}}}") from None
+
+
+def _strings(v: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """Every string (keys included) with its path."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    if isinstance(v, str):
+        out.append((path, v))
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if isinstance(k, str):
+                out.append(((*path, "<key>"), k))
+            out.extend(_strings(x, (*path, k)))
+    elif isinstance(v, list | tuple):
+        for i, x in enumerate(v):
+            out.extend(_strings(x, (*path, i)))
+    return out
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    return "/".join(str(p) for p in path) or "(arguments)"
+
+
+def _header_items(headers: Any) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    if isinstance(headers, dict):
+        return [(k, v) for k, v in headers.items()]
+    if isinstance(headers, list):
+        return [(h[0], h[1]) for h in headers if isinstance(h, list | tuple) and len(h) == 2]
+    return []
+
+
+def http_target(args: dict[str, Any]) -> Target:
+    """Parse the request URL the way the HTTP client will (and refuse what parsers disagree on)."""
+    url = args.get("url")
+    if not isinstance(url, str):
+        raise err("InvalidInput", "url: a string URL is required when secrets are used")
+    if any(c in url for c in "\\\t\r\n ") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise err("InvalidInput", "url: contains characters that make its host ambiguous")
+    try:
+        u = urlsplit(url)
+        port = u.port
+        host = u.hostname
+    except ValueError:
+        raise err("InvalidInput", "url: not a valid URL") from None
+    if u.scheme not in ("http", "https") or not host:
+        raise err("InvalidInput", "url: secrets are only sent to http(s) URLs with a host")
+    if u.username is not None or u.password is not None or "@" in u.netloc:
+        raise err("InvalidInput", "url: user-info in the URL is not allowed with secrets")
+    try:  # the client's own parser must agree on the host (no parser differentials)
+        import httpx
+
+        hu = httpx.URL(url)
+        if (hu.host or "").lower().rstrip(".") != host.lower().rstrip(".") or hu.scheme != u.scheme:
+            raise ValueError
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        pass
+    except Exception:
+        raise err("InvalidInput", "url: parsers disagree on this URL's host") from None
+    method = args.get("method") or "GET"
+    if not isinstance(method, str):
+        raise err("InvalidInput", "method must be a string")
+    return Target(u.scheme, host.lower().rstrip("."), port or (443 if u.scheme == "https" else 80),
+                  method.upper(), u.path or "/", u.query)
+
+
+def plan(capability: str, allows_secrets: bool, args: dict[str, Any]) -> Plan:
+    """Which secrets a call references; InvalidInput for references where none may be."""
+    if not allows_secrets:
+        return Plan(frozenset(), frozenset(), None, None)
+    names: set[str] = set()
+    allowed_paths: set[tuple[Any, ...]] = set()
+    text_names: set[str] = set()
+    sign = None
+    if capability == HTTP:
+        for k, v in _header_items(args.get("headers")):
+            if isinstance(v, str) and REF.search(v):
+                if isinstance(k, str) and REF.search(k):
+                    raise err("InvalidInput", "headers: a secret reference may not be a header name")
+                names.update(names_in(v))
+                allowed_paths.add(("headers", k))
+                if isinstance(args.get("headers"), list):
+                    allowed_paths.update(("headers", i, 1) for i, h in enumerate(args["headers"])
+                                         if isinstance(h, list | tuple) and len(h) == 2 and h[0] == k)
+        sign = args.get("sign")
+        if sign is not None:
+            sign = _check_sign(sign, args)
+            text_names = set(names)
+            names.add(sign["secret"])
+            allowed_paths.add(("sign", "secret"))
+    elif capability == PROC:
+        env = args.get("env")
+        if isinstance(env, dict):
+            for k, v in env.items():
+                if isinstance(v, str) and REF.search(v):
+                    names.update(names_in(v))
+                    allowed_paths.add(("env", k))
+    else:
+        for path, s in _strings(args):
+            if path and path[-1] == "<key>":
+                continue
+            if REF.search(s):
+                names.update(names_in(s))
+                allowed_paths.add(path)
+    for path, s in _strings(args):
+        if path in allowed_paths:
+            continue
+        if REF.search(s):
+            where = _where(path[:-1]) + " (a key)" if path and path[-1] == "<key>" else _where(path)
+            raise err("InvalidInput", f"{where}: ${{secret:...}} references are not allowed here"
+                      + (" (only in headers and sign)" if capability == HTTP else
+                         " (only in env)" if capability == PROC else ""))
+    target = http_target(args) if capability == HTTP and names else None
+    text = text_names if sign is not None else names
+    return Plan(frozenset(names), frozenset(text), target, sign)
+
+
+def _check_sign(sign: Any, args: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(sign, dict):
+        raise err("InvalidInput", "sign: expected {secret, algorithm: hmac-sha256, header}")
+    extra = set(sign) - {"secret", "algorithm", "header", "encoding", "payload", "separator"}
+    if extra:
+        raise err("InvalidInput", f"sign: unknown keys {sorted(extra)}")
+    secret = sign.get("secret")
+    if not isinstance(secret, str):
+        raise err("InvalidInput", "sign.secret: the name of a secret is required")
+    m = REF.fullmatch(secret)
+    secret = validate_ref(m.group(1) if m else secret)
+    if sign.get("algorithm", "hmac-sha256") != "hmac-sha256":
+        raise err("InvalidInput", "sign.algorithm: only hmac-sha256 is supported")
+    header = sign.get("header")
+    if not isinstance(header, str) or not _HEADER_NAME.match(header):
+        raise err("InvalidInput", "sign.header: a header name is required (e.g. X-Signature)")
+    enc = sign.get("encoding", "hex")
+    if enc not in ("hex", "base64"):
+        raise err("InvalidInput", "sign.encoding: hex or base64")
+    payload = sign.get("payload", ["method", "path_query", "body"])
+    if not isinstance(payload, list) or not payload:
+        raise err("InvalidInput", "sign.payload: a non-empty list of parts")
+    headers = dict(_header_items(args.get("headers")))
+    lower = {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
+    for p in payload:
+        if not isinstance(p, str) or not (p in SIGN_PARTS or p.startswith("header:") or p.startswith("literal:")):
+            raise err("InvalidInput",
+                      f"sign.payload: {p!r} is not one of {list(SIGN_PARTS)}, header:NAME, literal:TEXT")
+        if p.startswith("header:"):
+            hv = lower.get(p[7:].lower())
+            if not isinstance(hv, str):
+                raise err("InvalidInput", f"sign.payload: {p}: no such request header")
+            if REF.search(hv):
+                raise err("InvalidInput", f"sign.payload: {p}: a header holding a secret cannot be signed over")
+    sep = sign.get("separator", "")
+    if not isinstance(sep, str):
+        raise err("InvalidInput", "sign.separator must be a string")
+    body = args.get("body")
+    if "body" in payload and body is not None and not isinstance(body, str):
+        raise err("InvalidInput", "sign: the body must be a string to be signed")
+    return {"secret": secret, "header": header, "encoding": enc, "payload": payload, "separator": sep}
+
+
+def sign_message(sign: dict[str, Any], target: Target, args: dict[str, Any]) -> bytes:
+    """The exact bytes that are signed (documented in docs/vault.md)."""
+    lower = {k.lower(): v for k, v in _header_items(args.get("headers")) if isinstance(k, str)}
+    parts = []
+    for p in sign["payload"]:
+        if p == "method":
+            parts.append(target.method)
+        elif p == "path":
+            parts.append(target.path)
+        elif p == "query":
+            parts.append(target.query)
+        elif p == "path_query":
+            parts.append(target.path + ("?" + target.query if target.query else ""))
+        elif p == "body":
+            parts.append(args.get("body") or "")
+        elif p.startswith("header:"):
+            parts.append(lower[p[7:].lower()])
+        else:
+            parts.append(p[8:])
+    return sign["separator"].join(parts).encode("utf-8")
+
+
+def hmac_sha256(key: bytes | bytearray, message: bytes, encoding: str) -> str:
+    mac = hmac.new(bytes(key), message, hashlib.sha256).digest()
+    return mac.hex() if encoding == "hex" else base64.b64encode(mac).decode()
+
+
+def substitute(capability: str, args: dict[str, Any], values: dict[str, str],
+               signature: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A deep copy of args with references replaced (only in allowed positions)."""
+    out = copy.deepcopy(args)
+
+    def sub(s: str) -> str:
+        return REF.sub(lambda m: values[m.group(1)], s)
+
+    if capability == HTTP:
+        h = out.get("headers")
+        if isinstance(h, dict):
+            out["headers"] = {k: sub(v) if isinstance(v, str) else v for k, v in h.items()}
+        elif isinstance(h, list):
+            out["headers"] = [[x[0], sub(x[1])] if isinstance(x, list | tuple) and len(x) == 2
+                              and isinstance(x[1], str) else x for x in h]
+        if "sign" in out:
+            del out["sign"]
+        if signature:
+            hdrs = out.get("headers")
+            if isinstance(hdrs, list):
+                hdrs.append([signature[0], signature[1]])
+            else:
+                hdrs = dict(hdrs or {})
+                hdrs[signature[0]] = signature[1]
+                out["headers"] = hdrs
+    elif capability == PROC:
+        if isinstance(out.get("env"), dict):
+            out["env"] = {k: sub(v) if isinstance(v, str) else v for k, v in out["env"].items()}
+    else:
+        def walk(v: Any) -> Any:
+            if isinstance(v, str):
+                return sub(v)
+            if isinstance(v, dict):
+                return {k: walk(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [walk(x) for x in v]
+            return v
+        out = walk(out)
+    return out
+
+
+def _b64_cores(b: bytes, alt: bytes | None) -> set[str]:
+    """Base64 substrings that appear whenever `b` is embedded at any offset of a longer stream."""
+    out = set()
+    for k in range(3):
+        enc = base64.b64encode(b"\0" * k + b + b"\0\0")
+        if alt:
+            enc = enc.translate(bytes.maketrans(b"+/", alt))
+        start = 4 if k else 0
+        end_bytes = k + len(b)                       # bytes fully owned up to here
+        end = (end_bytes // 3) * 4
+        core = enc[start:end].decode()
+        if len(core) >= 8:
+            out.add(core)
+    return out
+
+
+def encodings(value: str) -> list[str]:
+    """The raw value and the encodings the pipeline must also scrub from results and errors."""
+    if not value:
+        return []
+    b = value.encode("utf-8")
+    forms = {value}
+    if len(b) >= 4:
+        forms |= {b.hex(), b.hex().upper(), base64.b64encode(b).decode(), base64.urlsafe_b64encode(b).decode(),
+                  base64.b64encode(b).decode().rstrip("="), base64.urlsafe_b64encode(b).decode().rstrip("="),
+                  quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+        forms |= _b64_cores(b, None) | _b64_cores(b, b"-_")
+    return sorted(f for f in forms if f)
