@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from stockade import __version__
 from stockade.capabilities.registry import tool_to_capability
 from stockade.errors import StockadeError
-from stockade.gateway.pipeline import Caller, Pipeline
+from stockade.gateway.pipeline import Caller, Pipeline, progress_reporter
 
 CALLER_KEY = "stockade.caller"
 WS_AUTH_TIMEOUT = 10.0
@@ -72,12 +72,15 @@ def build_server(pipeline: Pipeline) -> Server[Any]:
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         caller = _caller_of(ctx)
+        token = progress_reporter.set(ctx.session.report_progress)
         try:
             result = await pipeline.invoke(caller, tool_to_capability(params.name), dict(params.arguments or {}))
         except StockadeError as e:
             body = e.to_dict()
             return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(body))],
                                         is_error=True)
+        finally:
+            progress_reporter.reset(token)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=json.dumps(result, ensure_ascii=False))],
             structured_content=result,

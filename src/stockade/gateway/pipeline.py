@@ -11,9 +11,12 @@ default is the conservative behaviour of a part that is not configured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,6 +28,19 @@ from stockade.home import Home
 from stockade.supervision.bus import EventBus
 
 TIER_ORDER = {"autonomous": 0, "notify": 1, "approval_required": 2, "blocked": 3}
+
+# Set by a transport that can tell the client a call is still alive (MCP progress notifications);
+# long waits (an approval being held) call `await report_progress(done, total, message)`.
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+progress_reporter: ContextVar[ProgressFn | None] = ContextVar("stockade_progress", default=None)
+
+
+async def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
+    """Best effort: never let a client that went away break the call."""
+    fn = progress_reporter.get()
+    if fn is not None:
+        with contextlib.suppress(Exception):
+            await fn(progress, total, message)
 
 
 @dataclass(frozen=True)
