@@ -1,0 +1,145 @@
+"""Egress part hooks: start (reconcile + follow policy), stop (tear down), doctor.
+
+`start` builds the namespaces, veths and nftables tables for every active agent whose profile
+has egress, then a background task re-reconciles every `egress.poll` seconds (policy hot
+reload, agent removal, DNS refresh) and a deep check every 30 s (restores anything deleted
+behind our back). A failure to apply is reported as a critical `egress` health layer; the
+namespace tables are default-deny, so a failure never opens anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+from stockade.egress import nft, ruleset
+from stockade.egress.manager import Egress, child_view, load_settings, profile_source, read_egress_from_files
+from stockade.errors import ConfigError, StockadeError
+from stockade.home import Home
+from stockade.sandbox import netns
+from stockade.supervision.admin import admin_command
+
+DEEP_EVERY = 30.0
+
+
+async def start(gw: Any) -> None:
+    settings = load_settings(gw.home)
+    eg = Egress(gw.home, settings, profile_source(gw, gw.home))
+    gw.state["egress"] = eg
+    await _run(gw, eg, deep=True)
+    gw.tasks.append(asyncio.create_task(_loop(gw, eg), name="egress-reconcile"))
+
+
+async def _run(gw: Any, eg: Egress, **kw: Any) -> dict[str, Any] | None:
+    try:
+        changes = await asyncio.to_thread(eg.reconcile, **kw)
+        gw.pipeline.health["egress"] = {"status": "ok", "agents": len(eg.agents), "resolver": eg.settings.resolver}
+        if changes and any(changes.values()):
+            gw.bus.publish("egress.changed", changes)
+        return changes
+    except (StockadeError, nft.NftError, OSError, ConfigError) as e:
+        msg = getattr(e, "message", None) or str(e)
+        eg.last_error = msg
+        gw.pipeline.health["egress"] = {"status": "critical", "error": msg[:500]}
+        gw.bus.publish("egress.error", {"error": msg[:500]}, "critical")
+        return None
+
+
+async def _loop(gw: Any, eg: Egress) -> None:
+    last_deep = time.monotonic()
+    while gw.stopping is None or not gw.stopping.is_set():
+        await asyncio.sleep(eg.settings.poll)
+        deep = time.monotonic() - last_deep > DEEP_EVERY
+        if deep:
+            last_deep = time.monotonic()
+        await _run(gw, eg, deep=deep)
+
+
+async def stop(gw: Any) -> None:
+    eg: Egress | None = gw.state.pop("egress", None)
+    for t in list(gw.tasks):
+        if t.get_name() == "egress-reconcile":
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+            gw.tasks.remove(t)
+    if eg is not None:
+        await asyncio.to_thread(eg.teardown)
+
+
+def egress_view(gw: Any, agent: str) -> dict[str, Any] | None:
+    """What the sandbox executor should put in `ctx.extra["egress"]` for a call of `agent`."""
+    return child_view(gw.home, agent)
+
+
+@admin_command("egress.reload")
+async def _reload(gw: Any, args: dict[str, Any]) -> Any:
+    eg: Egress = gw.state["egress"]
+    changes = await _run(gw, eg, force_resolve=True, deep=True)
+    return {"changes": changes, "error": None if changes is not None else eg.last_error}
+
+
+@admin_command("egress.status")
+async def _status(gw: Any, args: dict[str, Any]) -> Any:
+    eg: Egress = gw.state["egress"]
+    return {"agents": eg.status(), "guard": eg.guard, "resolver": eg.settings.resolver}
+
+
+def doctor(home: Home) -> dict[str, Any]:
+    """`egress`: libnftables, resolver, and per agent: namespace, veth, rules loaded, addresses."""
+    ok, detail = nft.available()
+    if not ok:
+        return {"egress": {"status": "critical", "error": f"libnftables not loadable: {detail}"}}
+    try:
+        settings = load_settings(home)
+    except ConfigError as e:
+        return {"egress": {"status": "critical", "errors": e.errors}}
+    from stockade.supervision import admin
+
+    running = admin.running(home)
+    out: dict[str, Any] = {"status": "ok", "resolver": settings.resolver, "gateway_running": running,
+                           "root": os.geteuid() == 0, "agents": {}}
+    try:
+        from stockade.egress.manager import active_agents
+
+        names = active_agents(home)
+    except Exception as e:  # no db yet
+        return {"egress": {"status": "degraded", "error": f"cannot list agents: {e}"}}
+    tag = netns.home_tag(home)
+    host_loaded = _table_loaded(None, ruleset.host_table(tag))
+    out["host_table"] = host_loaded
+    problems = []
+    for a in names:
+        try:
+            items = read_egress_from_files(home, a)
+        except ConfigError as e:
+            out["agents"][a] = {"error": e.errors}
+            continue
+        path = netns.netns_path(home, a)
+        live = netns.is_netns(path)
+        view = child_view(home, a) or {}
+        info: dict[str, Any] = {
+            "egress": items,
+            "netns": path if live else None,
+            "rules_loaded": _table_loaded(path, ruleset.NS_TABLE) if live else False,
+            "resolved": view.get("resolved", {}),
+            "refused": view.get("refused", {}),
+        }
+        out["agents"][a] = info
+        if running and items and not (info["netns"] and info["rules_loaded"] and host_loaded):
+            problems.append(a)
+    if problems:
+        out["status"] = "degraded"
+        out["error"] = f"egress rules missing for: {', '.join(problems)}"
+    return {"egress": out}
+
+
+def _table_loaded(path: str | None, table: str) -> bool:
+    try:
+        nft.run_in_netns(path, [f"list table inet {table}"])
+        return True
+    except (nft.NftError, OSError):
+        return False
