@@ -1,0 +1,207 @@
+"""`stockade policy validate | explain | diff` (DESIGN.md §5). All offline: no server needed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stockade.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    emit,
+    fail,
+    fail_error,
+    get_home,
+    home_option,
+    json_option,
+    sanitize,
+)
+from stockade.errors import ConfigError
+from stockade.home import Home
+
+
+@click.group()
+def policy() -> None:
+    """Check, explain and compare policies (works without a running server)."""
+
+
+def _layer_of(path: Path, layer: str | None) -> str:
+    if layer:
+        return layer
+    return "agent" if path.parent.name == "agents" else "org"
+
+
+@policy.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--layer", type=click.Choice(["org", "agent"]), default=None,
+              help="Which layer the file is (default: agent if it lives in an agents/ directory, else org).")
+@home_option
+@json_option
+def validate(file: str, layer: str | None, home: str | None, as_json: bool) -> None:
+    """Check a policy file: errors with file:line (exit 1), warnings (exit 0)."""
+    from stockade.policy import analysis, loader
+    from stockade.policy.engine import compile_policy
+
+    path = Path(file)
+    if not path.is_file():
+        fail(f"no such file: {file}", EXIT_USAGE, as_json)
+    h = get_home(home) if home else None
+    lay = _layer_of(path, layer)
+    cat = loader.catalog()
+    try:
+        pf = loader.load_file(path, lay, home=h, cat=cat)
+    except ConfigError as e:
+        data = {"file": str(path), "layer": lay, "valid": False, "errors": e.errors, "warnings": []}
+        emit(data, as_json, _render_validate)
+        raise SystemExit(EXIT_CHECK_FAILED) from None
+    system = loader.load_system(loader.context(h))
+    higher = compile_policy(system, None, {})
+    if lay == "agent" and h is not None and (h.policies / "org.yaml").exists():
+        with contextlib.suppress(ConfigError):
+            higher = compile_policy(system, loader.load_file(h.policies / "org.yaml", "org", home=h), {})
+    agent = path.stem if lay == "agent" else "*"
+    warns = analysis.warnings(pf, cat, higher, agent)
+    data = {"file": str(path), "layer": lay, "valid": True, "rules": len(pf.rules), "errors": [], "warnings": warns}
+    emit(data, as_json, _render_validate)
+
+
+def _render_validate(d: dict[str, Any]) -> None:
+    for e in d["errors"]:
+        click.echo(f"error: {sanitize(e)}", err=True)
+    for w in d["warnings"]:
+        click.echo(f"warning: {sanitize(w)}", err=True)
+    if d["valid"]:
+        click.echo(f"{sanitize(d['file'])}: valid ({d['rules']} rules, layer {d['layer']}"
+                   f"{', ' + str(len(d['warnings'])) + ' warnings' if d['warnings'] else ''})")
+    else:
+        click.echo(f"{sanitize(d['file'])}: invalid ({len(d['errors'])} errors)")
+
+
+def _load_home_policy(h: Home, as_json: bool) -> Any:
+    from stockade.policy import loader
+
+    try:
+        return loader.load_home(h, loader.catalog())
+    except ConfigError as e:
+        fail_error(e, as_json)
+
+
+@policy.command()
+@click.option("--agent", "agent", required=True, help="Agent name.")
+@click.option("--capability", "capability", required=True, help="Capability name, e.g. filesystem.write.")
+@click.option("--args", "args_json", default="{}", help="Arguments as a JSON object.")
+@home_option
+@json_option
+def explain(agent: str, capability: str, args_json: str, home: str | None, as_json: bool) -> None:
+    """Which tier a call would get, which rule decides it (file:line), every layer's verdict and
+    the rate-limit state. Reads the home's files and counters; counts nothing."""
+    from stockade.policy.ratelimit import RateLimiter
+    from stockade.policy.runtime import PolicyEngine
+
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as e:
+        fail(f"--args is not valid JSON: {e}", EXIT_USAGE, as_json)
+    if not isinstance(args, dict):
+        fail("--args must be a JSON object", EXIT_USAGE, as_json)
+    h = get_home(home)
+    pol = _load_home_policy(h, as_json)
+    conn = None
+    if h.db_path.exists():
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{h.db_path}?mode=ro", uri=True)
+        try:
+            conn.execute("SELECT 1 FROM policy_rate_hits LIMIT 1")
+        except sqlite3.Error:
+            conn.close()
+            conn = None
+    limiter = RateLimiter(conn, readonly=True)
+    try:
+        engine = PolicyEngine(pol, limiter)
+        d = engine.peek(agent, capability, args)
+        visible = engine.visible(agent, capability)
+    finally:
+        limiter.close()
+    out = {"tier": d.tier, "agent": agent, "capability": capability, "rule": d.rule, "layer": d.layer,
+           "file": d.file, "line": d.line, "reason": d.reason, "retry_after": d.retry_after,
+           "visible": visible, "version": d.layers.get("version"),
+           "layers": {k: d.layers.get(k) for k in ("system", "org", "agent") if k in d.layers},
+           "default": d.layers.get("default"), "rate_limits": d.layers.get("rate_limits", [])}
+    emit(out, as_json, _render_explain)
+
+
+def _render_explain(d: dict[str, Any]) -> None:
+    where = f" ({d['file']}:{d['line']})" if d.get("file") else ""
+    click.echo(f"tier: {d['tier']}")
+    click.echo(f"decided by: {d['layer']} {sanitize(str(d['rule'] or '(default)'))}{sanitize(where)}")
+    if d.get("reason"):
+        click.echo(f"reason: {sanitize(d['reason'])}")
+    for name, v in d["layers"].items():
+        if v.get("tier") is None:
+            click.echo(f"  {name:<7} abstains (no matching rule)")
+        else:
+            click.echo(f"  {name:<7} {v['tier']:<18} {sanitize(str(v.get('rule')))} "
+                       f"({sanitize(str(v.get('file')))}:{v.get('line')})")
+    click.echo(f"  default {d['default']}")
+    for r in d["rate_limits"]:
+        click.echo(f"  rate limit {sanitize(r['rule'])}: {r['count']}/{r['max']} per {r['window_s']:g}s"
+                   f"{' EXCEEDED, retry after ' + str(r.get('retry_after')) + 's' if r['exceeded'] else ''}")
+    if not d["visible"]:
+        click.echo("  (hidden from this agent's capability list: blocked whatever the arguments)")
+
+
+def _load_side(spec: str, home: Home | None, as_json: bool) -> Any:
+    """A side of a diff: an org file, a policies/ directory or a home directory."""
+    from stockade.policy import loader
+    from stockade.policy.engine import compile_policy
+
+    p = Path(spec)
+    ctx_home = home
+    try:
+        if p.is_file():
+            sysf = loader.load_system(loader.context(ctx_home))
+            return compile_policy(sysf, loader.load_file(p, "org", home=ctx_home), {})
+        if p.is_dir():
+            root = p.parent if p.name == "policies" else p
+            if not (root / "policies").is_dir():
+                fail(f"{spec}: not a policy file, a policies/ directory or a home", EXIT_USAGE, as_json)
+            return loader.load_home(Home(root.absolute()))
+    except ConfigError as e:
+        fail_error(e, as_json)
+    fail(f"no such file or directory: {spec}", EXIT_USAGE, as_json)
+
+
+@policy.command()
+@click.argument("old")
+@click.argument("new")
+@home_option
+@json_option
+def diff(old: str, new: str, home: str | None, as_json: bool) -> None:
+    """Every agent x capability pair whose tier changes from OLD to NEW (files, policies/ dirs or
+    homes). "*" stands for agents without their own file."""
+    from stockade.policy import analysis, loader
+
+    h = get_home(home) if home else None
+    a = _load_side(old, h, as_json)
+    b = _load_side(new, h, as_json)
+    changes = analysis.diff(a, b, loader.catalog())
+    out = {"old": old, "new": new, "old_version": a.version, "new_version": b.version,
+           "changed": len(changes), "changes": changes}
+
+    def render(d: dict[str, Any]) -> None:
+        if not d["changes"]:
+            click.echo("no tier changes")
+        for c in d["changes"]:
+            click.echo(f"{sanitize(c['agent']):<16} {sanitize(c['capability']):<32} {c['old']:>18} -> {c['new']:<18}"
+                       f" e.g. {sanitize(json.dumps(c['example_args']))}")
+
+    emit(out, as_json, render)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(policy)

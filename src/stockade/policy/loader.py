@@ -1,0 +1,178 @@
+"""Reading policy files from a home (the imperative shell around `model.parse_policy`).
+
+Which capability names are "known" (an unknown exact name is refused): the registry's, plus the
+built-in capabilities the design announces (so a policy can be written before a part lands).
+Names in other categories may belong to a pack installed later: accepted, with a warning from
+`stockade policy validate`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stockade.errors import ConfigError
+from stockade.home import Home
+from stockade.policy.engine import Policy, compile_policy
+from stockade.policy.model import PolicyFile, parse_policy
+
+PACKAGE_DIR = Path(__file__).parent
+SYSTEM_PATH = PACKAGE_DIR / "system.yaml"
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+TEMPLATES = ("personal", "strict", "open")
+AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+# Built-in capabilities and the arguments they take (None = not fully known yet: no warnings on
+# arguments). The registry's schemas take precedence once a capability is implemented.
+PLANNED: dict[str, frozenset[str] | None] = {
+    "filesystem.read": frozenset({"path", "offset", "length", "encoding"}),
+    "filesystem.write": frozenset({"path", "content", "encoding", "create_dirs"}),
+    "filesystem.append": frozenset({"path", "content", "encoding"}),
+    "filesystem.list": frozenset({"path", "recursive", "limit"}),
+    "filesystem.stat": frozenset({"path"}),
+    "filesystem.mkdir": frozenset({"path", "parents"}),
+    "filesystem.move": frozenset({"source", "destination", "overwrite"}),
+    "filesystem.copy": frozenset({"source", "destination", "overwrite"}),
+    "filesystem.search": None,
+    "filesystem.search_content": None,
+    "filesystem.delete": frozenset({"path", "recursive"}),
+    "filesystem.restore": None,
+    "process.run": frozenset({"argv", "cwd", "env", "stdin", "timeout"}),
+    "network.http_request": frozenset({"method", "url", "headers", "body", "timeout"}),
+    "network.dns_lookup": frozenset({"name", "type"}),
+    "network.port_check": frozenset({"host", "port", "timeout"}),
+}
+STRICT_CATEGORIES = frozenset({"filesystem", "process", "network", "system", "agent"})
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Capability names and argument names, for refusing typos and for validation warnings."""
+
+    args: dict[str, frozenset[str] | None]
+
+    def known(self, name: str) -> bool:
+        return name in self.args or name.split(".", 1)[0] not in STRICT_CATEGORIES
+
+    def exists(self, name: str) -> bool:
+        return name in self.args
+
+    def names(self) -> list[str]:
+        return sorted(self.args)
+
+
+def catalog(registry: Any | None = None) -> Catalog:
+    """From a registry (or the built-in one, tolerating parts that do not load yet)."""
+    args: dict[str, frozenset[str] | None] = dict(PLANNED)
+    if registry is None:
+        try:
+            from stockade.capabilities.registry import load_registry
+
+            registry = load_registry()
+        except Exception:  # noqa: BLE001 - another part's broken definition must not hide policy errors
+            registry = None
+    if registry is not None:
+        for d in registry.all():
+            props = d.input_schema.get("properties")
+            args[d.name] = frozenset(props) if isinstance(props, dict) else None
+    return Catalog(args)
+
+
+def context(home: Home | None) -> dict[str, str]:
+    from stockade.home import default_home
+
+    root = home.root if home is not None else default_home().absolute()
+    return {"home": str(root)}
+
+
+def _known(cat: Catalog | None) -> Callable[[str], bool] | None:
+    return cat.known if cat is not None else None
+
+
+def load_system(ctx: dict[str, str]) -> PolicyFile:
+    return parse_policy(SYSTEM_PATH.read_text(encoding="utf-8"), str(SYSTEM_PATH), "system", ctx=ctx)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}:0: not UTF-8 text"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from None
+
+
+def load_file(path: Path, layer: str, *, home: Home | None = None, cat: Catalog | None = None) -> PolicyFile:
+    return parse_policy(read_text(path), str(path), layer, ctx=context(home), known=_known(cat))
+
+
+def policy_files(home: Home) -> tuple[Path | None, dict[str, Path], list[str]]:
+    """The org file (if any), agent files by agent name, and naming problems."""
+    org = home.policies / "org.yaml"
+    agents: dict[str, Path] = {}
+    problems: list[str] = []
+    adir = home.policies / "agents"
+    if adir.is_dir():
+        for p in sorted(adir.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.suffix == ".yml":
+                problems.append(f"{p}:1: policy files must end in .yaml (this one would be ignored)")
+            elif p.suffix == ".yaml":
+                if not AGENT_NAME.match(p.stem):
+                    problems.append(f"{p}:1: {p.stem!r} is not a valid agent name")
+                else:
+                    agents[p.stem] = p
+    if (home.policies / "org.yml").exists():
+        problems.append(f"{home.policies / 'org.yml'}:1: policy files must end in .yaml (this one would be ignored)")
+    return (org if org.exists() else None), agents, problems
+
+
+def load_home(home: Home, cat: Catalog | None = None) -> Policy:
+    """Every layer of a home, compiled; ConfigError lists every problem in every file."""
+    ctx = context(home)
+    system = load_system(ctx)
+    org_path, agent_paths, errors = policy_files(home)
+    org = None
+    agents: dict[str, PolicyFile] = {}
+    known = _known(cat)
+    if org_path is not None:
+        try:
+            org = parse_policy(read_text(org_path), str(org_path), "org", ctx=ctx, known=known)
+        except ConfigError as e:
+            errors.extend(e.errors)
+    for name, p in agent_paths.items():
+        try:
+            agents[name] = parse_policy(read_text(p), str(p), "agent", ctx=ctx, known=known)
+        except ConfigError as e:
+            errors.extend(e.errors)
+    if errors:
+        raise ConfigError(errors)
+    return compile_policy(system, org, agents)
+
+
+def signature(home: Home) -> tuple[Any, ...]:
+    """Cheap change detector for hot reload: (name, mtime_ns, size, inode) of every policy file."""
+    out = []
+    for d in (home.policies, home.policies / "agents"):
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if p.suffix in (".yaml", ".yml"):
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                out.append((str(p), st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+def template_text(name: str) -> str:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown policy template {name!r} (have: {', '.join(TEMPLATES)})")
+    return (TEMPLATES_DIR / f"{name}.yaml").read_text(encoding="utf-8")

@@ -1,0 +1,244 @@
+"""The policy file format (DESIGN.md §5) and its loader: YAML text -> validated rules.
+
+Everything an owner can get wrong is refused here, once, with `file:line` (unknown keys, wrong
+types, bad tiers, invalid or catastrophic regexes, unknown capabilities, duplicate ids), so the
+evaluator never parses anything per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stockade import yamlfile
+from stockade.config import parse_duration
+from stockade.errors import ConfigError
+from stockade.policy.conditions import Cond, compile_when
+
+TIERS = ("autonomous", "notify", "approval_required", "blocked")
+RANK = {t: i for i, t in enumerate(TIERS)}
+AUTONOMOUS, NOTIFY, APPROVAL, BLOCKED = range(4)
+LAYERS = ("system", "org", "agent")
+
+PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
+MAX_RATE = 100_000
+MAX_WINDOW = 31 * 86400.0
+Tier = Literal["autonomous", "notify", "approval_required", "blocked"]
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$")
+_RATE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?/s\s*$")
+_EGRESS = re.compile(r"^[A-Za-z0-9.\-:\[\]/*]+:\d{1,5}$")
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RateLimitModel(_M):
+    max: int = Field(ge=1, le=MAX_RATE)
+    window: float
+    on_exceed: Tier = "blocked"
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _dur(cls, v: Any) -> float:
+        d = parse_duration(v)
+        if not 0 < d <= MAX_WINDOW:
+            raise ValueError("window must be more than 0 and at most 31d")
+        return d
+
+
+class RuleModel(_M):
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+    capability: str
+    tier: Tier
+    when: dict[str, Any] | None = None
+    reason: str | None = Field(None, max_length=500)
+    rate_limit: RateLimitModel | None = None
+
+    @field_validator("capability")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if not PATTERN.match(v):
+            raise ValueError('expected an exact name like "filesystem.read", "category.*", "a.b.*" or "*"')
+        return v
+
+
+class IoModel(_M):
+    read: str | None = None
+    write: str | None = None
+
+    @field_validator("read", "write")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None and not _RATE.match(v):
+            raise ValueError("expected a rate like 50MB/s")
+        return v
+
+
+class SandboxModel(_M):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    cpu: float | None = Field(None, gt=0, le=1024)
+    memory: str | int | None = None
+    pids: int | None = Field(None, ge=1, le=1_000_000)
+    io: IoModel | None = None
+    tmpfs: str | int | None = None
+    seccomp: Literal["default", "strict"] | None = None
+    egress: list[str] | None = None
+
+    @field_validator("memory", "tmpfs")
+    @classmethod
+    def _size(cls, v: str | int | None) -> str | int | None:
+        if isinstance(v, bool) or (isinstance(v, str) and not _SIZE.match(v)) or (isinstance(v, int) and v < 0):
+            raise ValueError("expected a size like 512MiB")
+        return v
+
+    @field_validator("egress")
+    @classmethod
+    def _egress(cls, v: list[str] | None) -> list[str] | None:
+        for x in v or []:
+            if not _EGRESS.match(x):
+                raise ValueError(f"{x!r}: expected host:port or cidr:port")
+        return v
+
+
+class FileModel(_M):
+    version: Literal[1]
+    default: Tier | None = None
+    rules: list[RuleModel] = []
+    sandbox: SandboxModel | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """One compiled rule. `key` names its rate-limit counters (stable across edits when `id` is set)."""
+
+    layer: str
+    pattern: str
+    tier: int
+    cond: Cond | None
+    when: dict[str, Any] | None
+    rule_id: str | None
+    reason: str | None
+    rate_max: int | None
+    rate_window: float | None
+    rate_on_exceed: int | None
+    file: str
+    line: int
+    key: str
+    sort_key: tuple[Any, ...] = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.rule_id or f"{self.file}:{self.line}"
+
+    @property
+    def kind(self) -> str:
+        return "star" if self.pattern == "*" else "prefix" if self.pattern.endswith(".*") else "exact"
+
+    def specificity(self) -> tuple[int, int]:
+        if self.pattern == "*":
+            return (0, 0)
+        if self.pattern.endswith(".*"):
+            return (1, self.pattern.count("."))
+        return (2, 0)
+
+    def covers(self, capability: str) -> bool:
+        if self.pattern == "*":
+            return True
+        if self.pattern.endswith(".*"):
+            return capability.startswith(self.pattern[:-1])
+        return capability == self.pattern
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.label, "layer": self.layer, "capability": self.pattern,
+                               "tier": TIERS[self.tier], "file": self.file, "line": self.line}
+        if self.rule_id:
+            out["id"] = self.rule_id
+        if self.when:
+            out["when"] = self.when
+        if self.reason:
+            out["reason"] = self.reason
+        if self.rate_max is not None:
+            out["rate_limit"] = {"max": self.rate_max, "window": self.rate_window,
+                                 "on_exceed": TIERS[self.rate_on_exceed or BLOCKED]}
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    layer: str
+    file: str
+    default: int | None
+    rules: tuple[Rule, ...]
+    sandbox: dict[str, Any]
+    digest: str
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | None = None,
+                 known: Callable[[str], bool] | None = None) -> PolicyFile:
+    """Pure: YAML text -> PolicyFile, or ConfigError listing every problem with file:line.
+
+    `known(name)` says whether an exact capability name exists; when given, an unknown name is
+    refused (DESIGN.md §5: typos must not silently leave a capability unpoliced).
+    """
+    if layer not in LAYERS:
+        raise ValueError(f"unknown layer {layer}")
+    data, lines = yamlfile.loads(text, fname)
+    if data is None:
+        raise ConfigError([f"{fname}:1: empty policy file (expected at least 'version: 1')"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{fname}:1: expected a mapping at the top level"])
+    try:
+        model = FileModel.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(yamlfile.pydantic_errors(e, fname, lines)) from None
+    errors: list[str] = []
+    rules: list[Rule] = []
+    seen_ids: dict[str, int] = {}
+    for i, rm in enumerate(model.rules):
+        line = yamlfile.line_of(lines, ("rules", i))
+        raw = data["rules"][i]
+        if rm.id is not None:
+            if rm.id in seen_ids:
+                errors.append(f"{fname}:{line}: rules.{i}.id: duplicate id {rm.id!r} (first at line {seen_ids[rm.id]})")
+            seen_ids.setdefault(rm.id, line)
+        if known is not None and "*" not in rm.capability and not known(rm.capability):
+            errors.append(f"{fname}:{yamlfile.line_of(lines, ('rules', i, 'capability'))}: rules.{i}.capability: "
+                          f"unknown capability {rm.capability!r}")
+        cond = None
+        try:
+            cond = compile_when(rm.when, ctx, f"rules.{i}.when")
+        except ValueError as e:
+            msg = str(e)
+            key = msg.split(":", 1)[0].split(".")
+            loc = ("rules", i, "when", *key[3:4])
+            errors.append(f"{fname}:{yamlfile.line_of(lines, loc)}: {msg}")
+        rate = rm.rate_limit
+        if rate is not None and RANK[rate.on_exceed] <= RANK[rm.tier]:
+            errors.append(f"{fname}:{yamlfile.line_of(lines, ('rules', i, 'rate_limit', 'on_exceed'))}: "
+                          f"rules.{i}.rate_limit.on_exceed: must be more restrictive than the rule's tier "
+                          f"{rm.tier!r} (escalation never loosens)")
+        content = {k: raw.get(k) for k in ("capability", "tier", "when", "rate_limit")}
+        key = f"{layer}:{rm.id}" if rm.id else \
+            f"{layer}:{hashlib.sha256(_canonical(content).encode()).hexdigest()[:16]}"
+        rules.append(Rule(
+            layer=layer, pattern=rm.capability, tier=RANK[rm.tier], cond=cond, when=rm.when or None,
+            rule_id=rm.id, reason=rm.reason, rate_max=rate.max if rate else None,
+            rate_window=rate.window if rate else None, rate_on_exceed=RANK[rate.on_exceed] if rate else None,
+            file=fname, line=line, key=key,
+            sort_key=(rm.id or "", _canonical(content), rm.reason or "", line)))
+    if errors:
+        raise ConfigError(errors)
+    sandbox = model.sandbox.model_dump(exclude_none=True) if model.sandbox else {}
+    return PolicyFile(layer, fname, RANK[model.default] if model.default else None, tuple(rules), sandbox,
+                      hashlib.sha256(text.encode()).hexdigest())

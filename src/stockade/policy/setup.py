@@ -1,0 +1,124 @@
+"""Policy wiring for `stockade serve` and `stockade init` (see gateway/service.py, home.py).
+
+start: compile every layer (an invalid policy at start is a ConfigError: the gateway refuses to
+run rather than guess), plug the engine into the pipeline, start the hot-reload watcher.
+The watcher polls the policy files' (mtime, size, inode) every second; a change is recompiled and
+swapped in, or refused with file:line errors while the last good policy stays in force. Either
+way it is announced on the bus and recorded in the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from typing import Any
+
+from stockade.errors import ConfigError
+from stockade.home import Home, on_init, write_private
+from stockade.policy import loader
+from stockade.policy.ratelimit import RateLimiter
+from stockade.policy.runtime import PolicyEngine
+
+log = logging.getLogger("stockade.policy")
+POLL_SECONDS = 1.0
+
+
+@on_init
+def init_policy(home: Home, template: str) -> list[str]:
+    """Write policies/org.yaml from the chosen template unless the owner already has one."""
+    path = home.policies / "org.yaml"
+    if path.exists():
+        return []
+    home.policies.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (home.policies / "agents").mkdir(mode=0o700, exist_ok=True)
+    write_private(path, loader.template_text(template or "personal"), exist_ok=False)
+    return [str(path)]
+
+
+def _health(engine: PolicyEngine, status: str = "ok", errors: list[str] | None = None) -> dict[str, Any]:
+    h: dict[str, Any] = {"status": status, "rules": engine.policy.rule_count, "version": engine.policy.version}
+    if errors:
+        h["errors"] = errors[:20]
+        h["note"] = "the last valid policy is in force"
+    return h
+
+
+async def start(gw: Any) -> None:
+    cat = loader.catalog(gw.pipeline.registry)
+    policy = loader.load_home(gw.home, cat)         # ConfigError -> serve refuses to start
+    limiter = RateLimiter(gw.home.db())
+    engine = PolicyEngine(policy, limiter)
+    gw.pipeline.policy = engine
+    gw.state["policy"] = engine
+    gw.pipeline.health["policy"] = _health(engine)
+    task = asyncio.create_task(_watch(gw, engine), name="policy-reload")
+    gw.state["policy_task"] = task
+
+
+async def stop(gw: Any) -> None:
+    task = gw.state.pop("policy_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    engine = gw.state.get("policy")
+    if engine is not None:
+        engine.limiter.close()
+
+
+async def reload(gw: Any, engine: PolicyEngine) -> bool:
+    """Recompile now; True if the new policy is in force."""
+    try:
+        policy = loader.load_home(gw.home, loader.catalog(gw.pipeline.registry))
+    except ConfigError as e:
+        gw.pipeline.health["policy"] = _health(engine, "degraded", e.errors)
+        gw.bus.publish("policy.rejected", {"errors": e.errors[:50], "version": engine.policy.version}, "warning")
+        await _record(gw, "policy.rejected", errors=e.errors[:50], version=engine.policy.version)
+        return False
+    old = engine.policy.version
+    engine.swap(policy)
+    gw.pipeline.health["policy"] = _health(engine)
+    data = {"version": policy.version, "previous": old, "rules": policy.rule_count, "files": list(policy.files)}
+    gw.bus.publish("policy.reloaded", data)
+    await _record(gw, "policy.reloaded", **data)
+    return True
+
+
+async def _record(gw: Any, kind: str, **data: Any) -> None:
+    rec = getattr(gw.pipeline, "record_event", None)
+    if rec is None:
+        return
+    try:
+        await rec(kind, **data)
+    except Exception as e:  # noqa: BLE001 - the bus event already went out; say why the audit did not
+        print(f"stockade: policy: could not audit {kind}: {e}", file=sys.stderr)
+
+
+async def _watch(gw: Any, engine: PolicyEngine) -> None:
+    sig = loader.signature(gw.home)
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        try:
+            now = loader.signature(gw.home)
+            if now != sig:
+                sig = now
+                await reload(gw, engine)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - keep watching; the last good policy stays
+            print(f"stockade: policy reload failed: {e}", file=sys.stderr)
+
+
+def doctor(home: Home) -> dict[str, Any]:
+    try:
+        policy = loader.load_home(home, loader.catalog())
+    except ConfigError as e:
+        return {"policy": {"status": "critical", "rules": 0, "errors": e.errors[:20]}}
+    org = home.policies / "org.yaml"
+    out: dict[str, Any] = {"status": "ok", "rules": policy.rule_count, "version": policy.version}
+    if not org.exists():
+        out.update(status="degraded", note="no policies/org.yaml: only the system layer applies "
+                                           "(everything else needs approval)")
+    return {"policy": out}
