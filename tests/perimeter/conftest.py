@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import need, need_root
 
 HERE = Path(__file__).resolve().parent

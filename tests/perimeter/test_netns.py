@@ -10,8 +10,7 @@ import sys
 import time
 
 import pytest
-
-from tests.perimeter.conftest import A_IP, B_IP, SERVER_IP, Lab, fwknop_cmd, fwknop_packet
+from tests.perimeter.conftest import A_IP, SERVER_IP, Lab, fwknop_cmd, fwknop_packet
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.xdist_group("perimeter-netns")]
 
