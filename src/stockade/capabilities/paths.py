@@ -138,6 +138,56 @@ def parse(path: Any, roots: tuple[str, ...] = (WORKSPACE,), default_root: str = 
     raise _bad(f"{path[:200]} is outside the directories you may use ({allowed})", path, "PathDenied")
 
 
+def _glob_class(pat: str, i: int) -> tuple[str, int]:
+    """`[...]` starting after the '[' at i-1 -> (regex, index after it); fnmatch's rules, minus '/'."""
+    n = len(pat)
+    j = i
+    if j < n and pat[j] == "!":
+        j += 1
+    if j < n and pat[j] == "]":
+        j += 1
+    while j < n and pat[j] != "]":
+        j += 1
+    if j >= n:
+        return "\\[", i
+    stuff = pat[i:j]
+    if "-" not in stuff:
+        stuff = stuff.replace("\\", "\\\\")
+    else:
+        chunks = []
+        k = i + 2 if pat[i] == "!" else i + 1
+        while True:
+            k = pat.find("-", k, j)
+            if k < 0:
+                break
+            chunks.append(pat[i:k])
+            i = k + 1
+            k = k + 3
+        chunk = pat[i:j]
+        if chunk:
+            chunks.append(chunk)
+        else:
+            chunks[-1] += "-"
+        for k in range(len(chunks) - 1, 0, -1):   # drop empty (reversed) ranges: invalid in re
+            if chunks[k - 1][-1] > chunks[k][0]:
+                chunks[k - 1] = chunks[k - 1][:-1] + chunks[k][1:]
+                del chunks[k]
+        stuff = "-".join(c.replace("\\", "\\\\").replace("-", "\\-") for c in chunks)
+    stuff = re.sub(r"([&~|])", r"\\\1", stuff)
+    if not stuff:
+        return "(?!)", j + 1
+    if stuff == "!":
+        return "[^/]", j + 1
+    if stuff[0] == "!":
+        rest = stuff[1:]
+        if rest.startswith("]"):
+            rest = "\\" + rest
+        return f"[^/{rest}]", j + 1
+    if stuff[0] in ("^", "["):
+        stuff = "\\" + stuff
+    return f"(?!/)[{stuff}]", j + 1
+
+
 def glob_to_regex(pattern: str) -> str:
     """Pure: a glob (`*`, `?`, `[...]`, `**`) -> a regex over '/'-separated relative paths.
 
@@ -168,23 +218,9 @@ def glob_to_regex(pattern: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = i + 1
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append("\\[")
-            else:
-                body = pattern[i + 1:j]
-                neg = body[:1] in ("!", "^")
-                if neg:
-                    body = body[1:]
-                body = "".join("\\" + ch if ch in "\\]^[&~|" else ch for ch in body)
-                out.append(f"[^/{body}]" if neg else f"(?!/)[{body}]")
-                i = j
+            rx, i = _glob_class(pattern, i + 1)
+            out.append(rx)
+            continue
         else:
             out.append(re.escape(c))
         i += 1
