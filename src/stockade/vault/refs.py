@@ -93,35 +93,33 @@ def _header_items(headers: Any) -> list[tuple[str, str]]:
 
 
 def http_target(args: dict[str, Any]) -> Target:
-    """Parse the request URL the way the HTTP client will (and refuse what parsers disagree on)."""
+    """The request's scheme/host/port/path/query, parsed by the egress part's own strict parser
+    (the one the handler connects with), so the host we check is the host that is contacted."""
     url = args.get("url")
     if not isinstance(url, str):
         raise err("InvalidInput", "url: a string URL is required when secrets are used")
-    if any(c in url for c in "\\\t\r\n ") or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+    method = args.get("method") or "GET"
+    if not isinstance(method, str):
+        raise err("InvalidInput", "method must be a string")
+    try:
+        from stockade.egress.rules import parse_url
+    except ImportError:  # pragma: no cover - egress part absent: a strict fallback
+        return _fallback_target(url, method)
+    u = parse_url(url)
+    path, _, query = u.target.partition("?")
+    return Target(u.scheme, u.host.lower().rstrip("."), u.port, method.upper(), path or "/", query)
+
+
+def _fallback_target(url: str, method: str) -> Target:
+    if any(c in url for c in "\\@") or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         raise err("InvalidInput", "url: contains characters that make its host ambiguous")
     try:
         u = urlsplit(url)
-        port = u.port
-        host = u.hostname
+        port, host = u.port, u.hostname
     except ValueError:
         raise err("InvalidInput", "url: not a valid URL") from None
     if u.scheme not in ("http", "https") or not host:
         raise err("InvalidInput", "url: secrets are only sent to http(s) URLs with a host")
-    if u.username is not None or u.password is not None or "@" in u.netloc:
-        raise err("InvalidInput", "url: user-info in the URL is not allowed with secrets")
-    try:  # the client's own parser must agree on the host (no parser differentials)
-        import httpx
-
-        hu = httpx.URL(url)
-        if (hu.host or "").lower().rstrip(".") != host.lower().rstrip(".") or hu.scheme != u.scheme:
-            raise ValueError
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        pass
-    except Exception:
-        raise err("InvalidInput", "url: parsers disagree on this URL's host") from None
-    method = args.get("method") or "GET"
-    if not isinstance(method, str):
-        raise err("InvalidInput", "method must be a string")
     return Target(u.scheme, host.lower().rstrip("."), port or (443 if u.scheme == "https" else 80),
                   method.upper(), u.path or "/", u.query)
 
@@ -214,32 +212,45 @@ def _check_sign(sign: Any, args: dict[str, Any]) -> dict[str, Any]:
     sep = sign.get("separator", "")
     if not isinstance(sep, str):
         raise err("InvalidInput", "sign.separator must be a string")
-    body = args.get("body")
-    if "body" in payload and body is not None and not isinstance(body, str):
-        raise err("InvalidInput", "sign: the body must be a string to be signed")
+    if "body" in payload:
+        _body_bytes(args)
     return {"secret": secret, "header": header, "encoding": enc, "payload": payload, "separator": sep}
+
+
+def _body_bytes(args: dict[str, Any]) -> bytes:
+    body, b64 = args.get("body"), args.get("body_base64")
+    if body is not None and not isinstance(body, str):
+        raise err("InvalidInput", "sign: the body must be a string to be signed")
+    if body is not None:
+        return body.encode("utf-8")
+    if b64 is not None:
+        try:
+            return base64.b64decode(b64, validate=True)
+        except (ValueError, TypeError):
+            raise err("InvalidInput", "body_base64 is not valid base64") from None
+    return b""
 
 
 def sign_message(sign: dict[str, Any], target: Target, args: dict[str, Any]) -> bytes:
     """The exact bytes that are signed (documented in docs/vault.md)."""
     lower = {k.lower(): v for k, v in _header_items(args.get("headers")) if isinstance(k, str)}
-    parts = []
+    parts: list[bytes] = []
     for p in sign["payload"]:
         if p == "method":
-            parts.append(target.method)
+            parts.append(target.method.encode())
         elif p == "path":
-            parts.append(target.path)
+            parts.append(target.path.encode())
         elif p == "query":
-            parts.append(target.query)
+            parts.append(target.query.encode())
         elif p == "path_query":
-            parts.append(target.path + ("?" + target.query if target.query else ""))
+            parts.append((target.path + ("?" + target.query if target.query else "")).encode())
         elif p == "body":
-            parts.append(args.get("body") or "")
+            parts.append(_body_bytes(args))
         elif p.startswith("header:"):
-            parts.append(lower[p[7:].lower()])
+            parts.append(lower[p[7:].lower()].encode("utf-8"))
         else:
-            parts.append(p[8:])
-    return sign["separator"].join(parts).encode("utf-8")
+            parts.append(p[8:].encode("utf-8"))
+    return sign["separator"].encode("utf-8").join(parts)
 
 
 def hmac_sha256(key: bytes | bytearray, message: bytes, encoding: str) -> str:
@@ -264,12 +275,18 @@ def substitute(capability: str, args: dict[str, Any], values: dict[str, str],
                               and isinstance(x[1], str) else x for x in h]
         if "sign" in out:
             del out["sign"]
+        if values or signature:
+            # Secrets were checked against this URL's host only: never carried to another one.
+            out["follow_redirects"] = False
         if signature:
             hdrs = out.get("headers")
+            low = signature[0].lower()
             if isinstance(hdrs, list):
-                hdrs.append([signature[0], signature[1]])
+                out["headers"] = [x for x in hdrs if not (isinstance(x, list | tuple) and len(x) == 2
+                                                          and isinstance(x[0], str) and x[0].lower() == low)]
+                out["headers"].append([signature[0], signature[1]])
             else:
-                hdrs = dict(hdrs or {})
+                hdrs = {k: v for k, v in (hdrs or {}).items() if not (isinstance(k, str) and k.lower() == low)}
                 hdrs[signature[0]] = signature[1]
                 out["headers"] = hdrs
     elif capability == PROC:
