@@ -1,0 +1,330 @@
+"""One sandboxed call: the monitor (C) and the sandboxed process (P, pid 1 of a new pid ns).
+
+    zygote --fork--> C: setsid, setns(agent netns), join agent cgroup,
+                        unshare(pid|uts|ipc|cgroup), fork P, watch P (deadline, output cap)
+                     P: unshare(mount), minimal root, pivot_root, /proc, hostname,
+                        drop to the agent's host uid, unshare(user) + uid map 1100,
+                        drop caps, no_new_privs, close fds, setsid, rlimits,
+                        Landlock, seccomp (last), handler -> bounded JSON on fd 3
+
+C reports one header line (JSON) followed by P's payload on the gateway's pipe and exits.
+Killing P (pid 1 of its namespace) kills every descendant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import select
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from stockade.sandbox import SANDBOX_GID, SANDBOX_UID, Profile, SandboxContext, landlock, libc
+from stockade.sandbox.cgroups import AgentCgroup
+
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+ETC_BINDS = ("ssl", "ca-certificates", "alternatives")
+
+
+@dataclass
+class Prepared:
+    """What the zygote prepares once and every child inherits by fork."""
+
+    root_dir: str                  # empty host dir the new root tmpfs is mounted on
+    bpf: dict[str, list[bytes]]    # seccomp profile -> programs
+    abi: int                       # Landlock ABI
+    last_cap: int
+    etc_files: dict[str, bytes]    # minimal /etc content
+    etc_links: dict[str, str]
+    system_links: dict[str, str]   # e.g. bin -> usr/bin (merged /usr)
+    testing: bool = False          # honour per-request "disable" (test-only switch)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# -- C: the monitor ---------------------------------------------------------------------------
+def run_call(req: dict[str, Any], out_fd: int, prep: Prepared, cg: AgentCgroup | None,
+             impls: dict[str, Any]) -> None:
+    """Body of C (a fork of the zygote). Never returns."""
+    t0 = time.monotonic()
+    header: dict[str, Any] = {"status": "setup_error"}
+    payload = b""
+    try:
+        off = set(req.get("disable") or []) if prep.testing else set()
+        profile = Profile.from_dict(req["profile"])
+        os.setsid()
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if req.get("netns") and "netns" not in off:
+            fd = os.open(req["netns"], os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.setns(fd, libc.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+        elif "netns" not in off:
+            raise OSError(2, "no network namespace for this agent")
+        if cg is not None and "cgroup" not in off:
+            cg.attach(0)
+        before = cg.counters() if cg is not None else {}
+        flags = libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
+        if "pidns" not in off:
+            flags |= libc.CLONE_NEWPID
+        libc.unshare(flags)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _sandboxed(req, w, prep, profile, off, impls)  # never returns
+        os.close(w)
+        header, payload = _watch(pid, r, profile, t0)
+        if cg is not None:
+            after = cg.counters()
+            header["oom_kill"] = after.get("oom_kill", 0) - before.get("oom_kill", 0)
+            header["pids_max"] = after.get("pids_max", 0) - before.get("pids_max", 0)
+    except BaseException as e:  # noqa: BLE001 - report, never raise out of a fork
+        header = {"status": "setup_error", "error": f"monitor: {type(e).__name__}: {e}"[:500]}
+    header["elapsed_us"] = int((time.monotonic() - t0) * 1e6)
+    try:
+        _write_all(out_fd, json.dumps(header).encode() + b"\n" + payload)
+    finally:
+        os._exit(0)
+
+
+def _watch(pid: int, r: int, profile: Profile, t0: float) -> tuple[dict[str, Any], bytes]:
+    """Collect P's output (bounded) until it exits or the deadline passes; kill on either limit."""
+    cap = profile.max_output_bytes + 4096
+    deadline = t0 + profile.timeout
+    pidfd = os.pidfd_open(pid)
+    buf = bytearray()
+    timeout = overflow = False
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    exited = False
+    open_r = True
+    while open_r:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timeout = True
+            break
+        if exited:
+            # P is gone: its namespace is being torn down; the pipe reaches EOF promptly.
+            left = min(left, 2.0)
+        for fd, _ev in poller.poll(int(left * 1000) + 1):
+            if fd == r:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    open_r = False
+                    poller.unregister(r)
+                    break
+                buf += chunk
+                if len(buf) > cap:
+                    overflow = True
+                    open_r = False
+                    break
+            elif fd == pidfd:
+                exited = True
+                poller.unregister(pidfd)
+    if timeout or overflow:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    os.close(pidfd)
+    h: dict[str, Any] = {"status": "done", "timeout": timeout, "overflow": overflow}
+    if os.WIFSIGNALED(status):
+        h["signal"] = os.WTERMSIG(status)
+    else:
+        h["code"] = os.WEXITSTATUS(status)
+    return h, b"" if overflow else bytes(buf)
+
+
+# -- P: the sandboxed process -----------------------------------------------------------------
+def _sandboxed(req: dict[str, Any], w: int, prep: Prepared, profile: Profile, off: set[str],
+               impls: dict[str, Any]) -> None:
+    step = "start"
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        step = "mounts"
+        libc.unshare(libc.CLONE_NEWNS)
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+        if "mounts" not in off:
+            _build_root(req, prep, profile)
+        step = "hostname"
+        libc.sethostname("sandbox")
+        step = "identity"
+        if "userns" not in off:
+            _become_sandbox_user(int(req["host_uid"]), int(req["host_gid"]))
+        step = "caps"
+        if "caps" not in off:
+            libc.drop_all_caps(prep.last_cap)
+        step = "no_new_privs"
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        step = "fds"
+        os.dup2(w, 3, inheritable=False)
+        if w != 3:
+            os.close(w)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if null > 3:
+            os.close(null)
+        if "fds" not in off:
+            libc.close_range(4)
+        step = "setsid"
+        if "setsid" not in off:
+            os.setsid()
+        step = "rlimits"
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        cpu = int(profile.timeout) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        step = "landlock"
+        if "landlock" not in off:
+            if prep.abi < 1:
+                raise OSError(95, "Landlock unavailable")
+            landlock.restrict(landlock_spec(profile, "mounts" in off), prep.abi)
+        step = "seccomp"
+        if "seccomp" not in off:
+            for prog in prep.bpf[profile.seccomp]:
+                libc.load_seccomp_bpf(prog)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            _write_all(w if step in ("start", "mounts", "hostname", "identity", "caps", "no_new_privs") else 3,
+                       json.dumps({"setup_error": f"{step}: {type(e).__name__}: {e}"[:500]}).encode())
+        finally:
+            os._exit(70)
+    _run_handler(req, profile, impls)
+
+
+def landlock_spec(profile: Profile, host_view: bool = False) -> landlock.Spec:
+    """Pure: what the sandbox may touch, by path in the new root."""
+    paths: list[tuple[str, int]] = [(f"/{d}", landlock.RX) for d in SYSTEM_DIRS]
+    paths += [("/", landlock.READ_DIR), ("/etc", landlock.RO), ("/shared", landlock.RO), ("/definitions", landlock.RO),
+              ("/proc", landlock.RO),
+              ("/dev", landlock.READ_FILE | landlock.WRITE_FILE | landlock.READ_DIR),
+              ("/workspace", landlock.RW), ("/tmp", landlock.RW), ("/trash", landlock.RW)]
+    if host_view:   # test-only: no minimal root, keep the rules meaningful on the host tree
+        paths = [p for p in paths if p[0] not in ("/workspace", "/trash")]
+    return landlock.Spec(tuple(paths), tuple(profile.egress_ports()))
+
+
+def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any]) -> None:
+    from stockade.errors import StockadeError
+
+    code = 0
+    try:
+        os.chdir("/workspace") if os.path.isdir("/workspace") else None
+        ctx = SandboxContext(agent=req["agent"], call_id=req["call_id"], capability=req["capability"],
+                             profile=profile, deadline=time.monotonic() + profile.timeout - 0.05 *
+                             profile.timeout)
+        fn = impls[req["capability"]]
+        result = fn(ctx, req["args"])
+        out = json.dumps({"ok": result}, default=str).encode()
+    except StockadeError as e:
+        out = json.dumps({"error": {"type": e.type, "message": e.message, "recovery": e.recovery,
+                                    "data": e.data}}, default=str).encode()
+    except BaseException as e:  # noqa: BLE001
+        out = json.dumps({"error": {"type": "Internal", "message":
+                                    f"{req['capability']} failed in the sandbox ({type(e).__name__})",
+                                    "exception": type(e).__name__, "errno": getattr(e, "errno", None)}}).encode()
+        code = 1
+    try:
+        _write_all(3, out)
+    except OSError:
+        code = 2
+    os._exit(code)
+
+
+def _bind(src: str, dst: str, ro: bool, dev: bool = False) -> None:
+    fd = os.open(src, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        libc.mount(f"/proc/self/fd/{fd}", dst, None, libc.MS_BIND)
+    finally:
+        os.close(fd)
+    flags = libc.MS_REMOUNT | libc.MS_BIND | libc.MS_NOSUID | (0 if dev else libc.MS_NODEV)
+    if ro:
+        flags |= libc.MS_RDONLY
+    if dev:
+        flags |= libc.MS_NOEXEC
+    libc.mount(None, dst, None, flags)
+
+
+def _build_root(req: dict[str, Any], prep: Prepared, profile: Profile) -> None:
+    root = prep.root_dir
+    libc.mount("tmpfs", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755,size=4m")
+    j = os.path.join
+    for d in SYSTEM_DIRS:
+        if d in prep.system_links:
+            os.symlink(prep.system_links[d], j(root, d))
+        elif os.path.isdir(f"/{d}"):
+            os.mkdir(j(root, d))
+            _bind(f"/{d}", j(root, d), ro=True)
+    for name, ro in (("workspace", False), ("trash", False), ("shared", True), ("definitions", True)):
+        os.mkdir(j(root, name), 0o755)
+        src = req["binds"].get(name)
+        if src:
+            _bind(src, j(root, name), ro=ro)
+    os.mkdir(j(root, "tmp"), 0o1777)
+    libc.mount("tmpfs", j(root, "tmp"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               f"mode=1777,size={max(1024 * 1024, profile.tmpfs)}")
+    # /etc: a small tmpfs with what libc and tools need, read-only afterwards
+    etc = j(root, "etc")
+    os.mkdir(etc, 0o755)
+    libc.mount("tmpfs", etc, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755,size=2m")
+    for name, data in prep.etc_files.items():
+        fd = os.open(j(etc, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _write_all(fd, data)
+        os.close(fd)
+    for name, target in prep.etc_links.items():
+        os.symlink(target, j(etc, name))
+    for name in ETC_BINDS:
+        if os.path.isdir(f"/etc/{name}"):
+            os.mkdir(j(etc, name))
+            _bind(f"/etc/{name}", j(etc, name), ro=True)
+    libc.mount(None, etc, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+    # /dev: null zero full random urandom, plus the /proc/self/fd links
+    dev = j(root, "dev")
+    os.mkdir(dev, 0o755)
+    libc.mount("tmpfs", dev, "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC, "mode=0755,size=64k")
+    for n in DEV_NODES:
+        open(j(dev, n), "w").close()
+        _bind(f"/dev/{n}", j(dev, n), ro=False, dev=True)
+    for n, t in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                 ("stderr", "/proc/self/fd/2")):
+        os.symlink(t, j(dev, n))
+    libc.mount(None, dev, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NOEXEC)
+    os.mkdir(j(root, "proc"), 0o555)
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    libc.mount("proc", "/proc", "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
+    libc.mount(None, "/", None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+
+
+def _become_sandbox_user(uid: int, gid: int) -> None:
+    """Drop to the agent's unprivileged host uid, then map it to 1100 in a new user ns."""
+    if uid <= 0 or gid <= 0:
+        raise OSError(1, "refusing to map the sandbox to host root")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    libc.prctl(libc.PR_SET_DUMPABLE, 1)  # /proc/self/*_map must be ours to write
+    libc.unshare(libc.CLONE_NEWUSER)
+    for name, data in (("uid_map", f"{SANDBOX_UID} {uid} 1"), ("setgroups", "deny"),
+                       ("gid_map", f"{SANDBOX_GID} {gid} 1")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)

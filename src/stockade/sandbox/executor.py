@@ -1,0 +1,301 @@
+"""Gateway side of the sandbox: start the zygote, send it calls, map outcomes to errors.
+
+`SandboxExecutor.run` is the pipeline's ExecutorHook for `execution: sandbox` definitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from stockade.errors import StockadeError, err
+from stockade.home import Home
+from stockade.sandbox import Profile, agentns
+from stockade.sandbox.cgroups import block_devices
+from stockade.sandbox.profile import resolve
+
+DEFINITIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "capabilities", "definitions")
+SIGXCPU = 24
+
+_UNAVAILABLE = [{"action": "check_health",
+                 "description": "Call system.health (or run `stockade doctor`) to see which sandbox layer is missing."}]
+
+
+def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dict[str, Any]:
+    """Pure: the monitor's header + the child's payload -> result dict, or raise StockadeError."""
+    if header.get("status") == "setup_error":
+        raise err("SandboxUnavailable", f"the sandbox could not be set up ({header.get('error', 'unknown')})",
+                  _UNAVAILABLE)
+    if header.get("timeout"):
+        raise err("Timeout", f"the call did not finish within {profile.timeout:g}s; it and every process it "
+                  "started were killed", timeout=profile.timeout)
+    if header.get("overflow") or len(payload) > profile.max_output_bytes:
+        raise err("ResourceExhausted", f"the result exceeded {profile.max_output_bytes} bytes",
+                  resource="output", limit=profile.max_output_bytes)
+    oom = int(header.get("oom_kill") or 0) > 0
+    pids = int(header.get("pids_max") or 0) > 0
+    body: dict[str, Any] | None = None
+    if payload:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = None
+    if body is not None and "setup_error" in body:
+        raise err("SandboxUnavailable", f"the sandbox could not be set up ({body['setup_error']})", _UNAVAILABLE)
+    sig = header.get("signal")
+    if sig == SIGXCPU:
+        raise err("ResourceExhausted", "the call used up its CPU time", resource="cpu_time")
+    if body is not None and "ok" in body and sig is None:
+        if not isinstance(body["ok"], dict):
+            raise err("Internal", "the capability returned a non-object result")
+        return body["ok"]
+    e = (body or {}).get("error") if body else None
+    if oom or (isinstance(e, dict) and e.get("exception") == "MemoryError"):
+        raise err("ResourceExhausted", f"the call ran out of memory (limit {profile.memory} bytes)",
+                  resource="memory", limit=profile.memory)
+    if pids:
+        raise err("ResourceExhausted", f"the call hit the process limit ({profile.pids})",
+                  resource="pids", limit=profile.pids)
+    if isinstance(e, dict) and isinstance(e.get("type"), str):
+        data = e.get("data") if isinstance(e.get("data"), dict) else {}
+        rec = e.get("recovery") if isinstance(e.get("recovery"), list) else None
+        return _raise(StockadeError(e["type"], str(e.get("message", ""))[:2000], rec, data))
+    if sig is not None:
+        raise err("Internal", f"the sandboxed call was killed by signal {sig}")
+    raise err("Internal", f"the sandboxed call ended without a result (exit {header.get('code')})")
+
+
+def _raise(e: StockadeError) -> dict[str, Any]:
+    raise e
+
+
+class SandboxExecutor:
+    """Owns the zygote process and the socket to it."""
+
+    def __init__(self, home: Home, *, host_uid: int = 100_000, call_timeout: float = 30.0,
+                 max_output_bytes: int = 1024 * 1024, cgroup_parent: str = "stockade",
+                 cgroup_version: int | None = None):
+        self.home = home
+        self.host_uid = host_uid
+        self.base = Profile(timeout=call_timeout, max_output_bytes=max_output_bytes)
+        self.cgroup_parent = cgroup_parent
+        self.cgroup_version = cgroup_version
+        self.status: dict[str, Any] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.lock: asyncio.Lock | None = None
+        self.policy: Any = None
+        self.db: Any = None
+        self.test_disable: set[str] = set()      # honoured only by a zygote started for tests
+        self._agents: dict[str, dict[str, Any]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start_zygote(self) -> dict[str, Any]:
+        """Synchronous: spawn the zygote and wait for its probe report (prefork time)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in os.environ.items()
+               if k in ("PATH", "LANG", "LC_ALL", "STOCKADE_SANDBOX_TESTING", "STOCKADE_SANDBOX_TEST_MODULES")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-B", "-m", "stockade.sandbox.zygote", str(child.fileno())],
+            pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True, cwd="/")
+        child.close()
+        parent.send(json.dumps({"cgroup_parent": self.cgroup_parent,
+                                "cgroup_version": self.cgroup_version}).encode())
+        parent.settimeout(60)
+        msg = parent.recv(1 << 20)
+        if not msg:
+            raise RuntimeError("the sandbox zygote exited during start-up")
+        self.status = json.loads(msg)
+        parent.settimeout(None)
+        parent.setblocking(False)
+        self.sock = parent
+        return self.status
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    # -- health -------------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        out = list(self.status.get("problems") or [])
+        if self.proc is None or self.proc.poll() is not None:
+            out.append("zygote: not running")
+        return out
+
+    def health(self) -> dict[str, Any]:
+        s = self.status
+        problems = self.problems()
+        abi = s.get("landlock_abi", 0)
+        return {
+            "status": "critical" if problems else ("degraded" if abi < 6 or self.test_disable else "ok"),
+            "problems": problems,
+            "landlock_abi": abi,
+            "landlock_net": abi >= 4,
+            "landlock_scopes": abi >= 6,
+            "seccomp": s.get("seccomp"),
+            "user_namespaces": s.get("userns"),
+            "cgroup": s.get("cgroup"),
+            "zygote_pid": s.get("pid"),
+            **({"test_disabled_layers": sorted(self.test_disable)} if self.test_disable else {}),
+        }
+
+    # -- per agent -----------------------------------------------------------------------------
+    def _agent(self, agent: str) -> dict[str, Any]:
+        a = self._agents.get(agent)
+        if a is not None:
+            return a
+        idx = None
+        if self.db is not None:
+            row = self.db.execute("SELECT rowid FROM agents WHERE name=?", (agent,)).fetchone()
+            idx = row[0] if row else None
+        if idx is None:
+            raise err("SandboxUnavailable", f"agent {agent!r} has no sandbox identity", _UNAVAILABLE)
+        uid = self.host_uid + int(idx)
+        ws, trash = self.home.workspace(agent), self.home.trash / agent
+        for d in (ws, trash):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(d)
+            if not os.path.isdir(d) or os.path.islink(d):
+                raise err("SandboxUnavailable", f"{d} is not a directory", _UNAVAILABLE)
+            if st.st_uid != uid or st.st_gid != uid:
+                os.chown(d, uid, uid)
+            os.chmod(d, 0o700)
+        shared = self.home.shared
+        shared.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(shared, 0o755)  # noqa: S103 - its parent (the home) stays 0700; the sandbox uid must list it
+        a = {"uid": uid, "workspace": str(ws), "trash": str(trash), "shared": str(shared),
+             "devices": block_devices([str(ws)]), "netns": None}
+        self._agents[agent] = a
+        return a
+
+    async def _netns(self, agent: str, a: dict[str, Any]) -> str:
+        if a["netns"] is None or not os.path.exists(a["netns"]):
+            try:
+                a["netns"] = await asyncio.to_thread(agentns.ensure_agent_netns, self.home, agent)
+            except Exception as e:
+                raise err("SandboxUnavailable", f"the agent's network namespace could not be set up ({e})"[:300],
+                          _UNAVAILABLE) from None
+        return a["netns"]
+
+    def profile(self, agent: str) -> Profile:
+        try:
+            return resolve(self.policy, agent, self.base)
+        except (ValueError, TypeError) as e:
+            raise err("SandboxUnavailable", f"the agent's sandbox profile is invalid ({e})", _UNAVAILABLE) from None
+
+    # -- the hook --------------------------------------------------------------------------------
+    async def run(self, caller: Any, definition: Any, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+        problems = self.problems()
+        if problems:
+            raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
+                      _UNAVAILABLE)
+        agent = caller.agent
+        profile = self.profile(agent)
+        a = self._agent(agent)
+        netns = await self._netns(agent, a)
+        req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
+               "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns,
+               "io_devices": a["devices"],
+               "binds": {"workspace": a["workspace"], "trash": a["trash"], "shared": a["shared"],
+                         "definitions": DEFINITIONS_DIR},
+               "disable": sorted(self.test_disable)}
+        return await self._call(req, profile)
+
+    async def _call(self, req: dict[str, Any], profile: Profile) -> dict[str, Any]:
+        assert self.sock is not None
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        memfd = os.memfd_create("stockade-call", os.MFD_CLOEXEC)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            data = json.dumps(req).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(memfd, view):]
+            async with self.lock:
+                self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               memfd.to_bytes(4, sys.byteorder) + w.to_bytes(4, sys.byteorder))])
+                reply = json.loads(await loop.sock_recv(self.sock, 65536) or b'{"error": "zygote gone"}')
+        except (OSError, ValueError) as e:
+            os.close(r)
+            raise err("SandboxUnavailable", f"the sandbox zygote did not answer ({e})", _UNAVAILABLE) from None
+        finally:
+            os.close(memfd)
+            os.close(w)
+        if "pid" not in reply:
+            os.close(r)
+            raise err("SandboxUnavailable", f"the sandbox refused the call ({reply.get('error')})", _UNAVAILABLE)
+        try:
+            pidfd = os.pidfd_open(reply["pid"])
+        except OSError:
+            pidfd = -1
+        try:
+            raw = await asyncio.wait_for(_read_all(r, profile.max_output_bytes + 65536), profile.timeout + 10)
+        except TimeoutError:
+            if pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            raise err("Timeout", f"the call did not finish within {profile.timeout:g}s",
+                      timeout=profile.timeout) from None
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        head, _, payload = raw.partition(b"\n")
+        try:
+            header = json.loads(head)
+        except ValueError:
+            header = {"status": "setup_error", "error": "no report from the monitor"}
+        return map_outcome(header, payload, profile)
+
+
+async def _read_all(fd: int, cap: int) -> bytes:
+    """Read a pipe to EOF without blocking the loop; stop at `cap` bytes."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    buf = bytearray()
+    done = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                buf.extend(chunk)
+                if len(buf) > cap:
+                    break
+            else:  # pragma: no cover
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return bytes(buf)
+

@@ -1,0 +1,106 @@
+"""Pure parsing of the policy's `sandbox:` section (DESIGN.md §5) into a `Profile`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+from stockade.sandbox import Profile
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_RATE = re.compile(r"^\s*(.+?)\s*/\s*s\s*$", re.IGNORECASE)
+_MULT = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+         "T": 1000**4, "TB": 1000**4, "KI": 1024, "KIB": 1024, "MI": 1024**2, "MIB": 1024**2,
+         "GI": 1024**3, "GIB": 1024**3, "TI": 1024**4, "TIB": 1024**4}
+
+
+def parse_size(v: Any) -> int:
+    """`512MiB`, `1GB`, `1048576` -> bytes (ValueError otherwise)."""
+    if isinstance(v, bool):
+        raise ValueError("expected a size like 512MiB")
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError("size must not be negative")
+        return v
+    if isinstance(v, float):
+        if v < 0 or v != v:
+            raise ValueError("size must not be negative")
+        return int(v)
+    if isinstance(v, str) and (m := _SIZE.match(v)):
+        return int(float(m.group(1)) * _MULT[(m.group(2) or "").upper()])
+    raise ValueError(f"expected a size like 512MiB, got {v!r}")
+
+
+def parse_rate(v: Any) -> int:
+    """`50MB/s` -> bytes per second."""
+    if isinstance(v, str) and (m := _RATE.match(v)):
+        return parse_size(m.group(1))
+    return parse_size(v)
+
+
+def from_policy(d: dict[str, Any] | None, base: Profile) -> Profile:
+    """Merge a policy `sandbox:` mapping onto `base`; raises ValueError on a bad value."""
+    if not d:
+        return base
+    if not isinstance(d, dict):
+        raise ValueError("sandbox profile must be a mapping")
+    p = base
+    if "cpu" in d:
+        cpu = d["cpu"]
+        if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not 0.01 <= cpu <= 1024:
+            raise ValueError("cpu must be a number of cores between 0.01 and 1024")
+        p = replace(p, cpu=float(cpu))
+    if "memory" in d:
+        mem = parse_size(d["memory"])
+        if mem < 4 * 1024 * 1024:
+            raise ValueError("memory must be at least 4MiB")
+        p = replace(p, memory=mem)
+    if "pids" in d:
+        pids = d["pids"]
+        if isinstance(pids, bool) or not isinstance(pids, int) or not 2 <= pids <= 1_000_000:
+            raise ValueError("pids must be an integer between 2 and 1000000")
+        p = replace(p, pids=pids)
+    if "io" in d:
+        io = d["io"]
+        if not isinstance(io, dict):
+            raise ValueError("io must be a mapping {read, write}")
+        if "read" in io:
+            p = replace(p, io_read=max(1, parse_rate(io["read"])))
+        if "write" in io:
+            p = replace(p, io_write=max(1, parse_rate(io["write"])))
+    if "tmpfs" in d:
+        p = replace(p, tmpfs=parse_size(d["tmpfs"]))
+    if "seccomp" in d:
+        if d["seccomp"] not in ("default", "strict"):
+            raise ValueError("seccomp must be default or strict")
+        p = replace(p, seccomp=d["seccomp"])
+    if "egress" in d:
+        eg = d["egress"]
+        if not isinstance(eg, list) or not all(isinstance(x, str) for x in eg):
+            raise ValueError("egress must be a list of host:port strings")
+        p = replace(p, egress=tuple(eg))
+    if "timeout" in d:
+        t = d["timeout"]
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= 86400:
+            raise ValueError("timeout must be seconds between 0 and 86400")
+        p = replace(p, timeout=float(t))
+    return p
+
+
+def resolve(policy: Any, agent: str, base: Profile) -> Profile:
+    """Ask the policy part for the agent's profile when it offers one (`profile(agent)`)."""
+    fn = getattr(policy, "profile", None)
+    if fn is None:
+        return base
+    got = fn(agent)
+    if got is None:
+        return base
+    if isinstance(got, Profile):
+        return got
+    if hasattr(got, "model_dump"):
+        got = got.model_dump(exclude_none=True)
+    elif not isinstance(got, dict):
+        got = {k: getattr(got, k) for k in ("cpu", "memory", "pids", "io", "tmpfs", "seccomp", "egress")
+               if getattr(got, k, None) is not None}
+    return from_policy(got, base)

@@ -1,0 +1,106 @@
+"""Sandbox part hooks: the zygote at prefork, the executor hook at start, doctor checks."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from stockade.home import Home
+from stockade.sandbox.executor import SandboxExecutor
+
+
+class _LivePolicy:
+    """The policy part may plug in after us: read it from the pipeline at call time."""
+
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+
+    def profile(self, agent: str) -> Any:
+        fn = getattr(self.pipeline.policy, "profile", None)
+        return fn(agent) if fn is not None else None
+
+
+def nftables_status() -> dict[str, Any]:
+    lib = ctypes.util.find_library("nftables")
+    nft = shutil.which("nft") or (os.path.exists("/usr/sbin/nft") and "/usr/sbin/nft") or None
+    out: dict[str, Any] = {"libnftables": bool(lib), "nft": nft}
+    if nft and os.geteuid() == 0:
+        try:
+            r = subprocess.run([nft, "list", "tables"], capture_output=True, timeout=5)
+            out["usable"] = r.returncode == 0
+            if r.returncode:
+                out["error"] = r.stderr.decode(errors="replace")[:200]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out["usable"] = False
+            out["error"] = str(e)[:200]
+    else:
+        out["usable"] = False
+    return out
+
+
+def prefork(gw: Any) -> None:
+    """Spawn the zygote while the gateway is still single-threaded and holds no secrets."""
+    cfg = gw.config.sandbox
+    ex = SandboxExecutor(gw.home, host_uid=cfg.host_uid, call_timeout=cfg.call_timeout,
+                         max_output_bytes=cfg.max_output_bytes,
+                         cgroup_parent=getattr(cfg, "cgroup_parent", "stockade"))
+    ex.db = gw.pipeline.db
+    try:
+        ex.start_zygote()
+    except Exception as e:  # no zygote: every sandboxed call fails with SandboxUnavailable
+        ex.status = {"problems": [f"zygote: {type(e).__name__}: {e}"[:300]]}
+    gw.state["sandbox"] = ex
+
+
+async def start(gw: Any) -> None:
+    ex: SandboxExecutor | None = gw.state.get("sandbox")
+    if ex is None:  # prefork was skipped (tests building a Gateway by hand)
+        prefork(gw)
+        ex = gw.state["sandbox"]
+    ex.policy = _LivePolicy(gw.pipeline)
+    ex.pipeline = gw.pipeline
+    gw.pipeline.sandbox = ex
+    h = ex.health()
+    h["nftables"] = nftables_status()
+    gw.pipeline.health["sandbox"] = h
+
+
+async def stop(gw: Any) -> None:
+    ex: SandboxExecutor | None = gw.state.get("sandbox")
+    if ex is not None:
+        ex.stop()
+
+
+def doctor(home: Home) -> dict[str, dict[str, Any]]:
+    """Probe each layer in this process (no server needed)."""
+    from stockade.sandbox import cgroups, landlock, seccomp
+    from stockade.sandbox.zygote import probe_userns
+
+    out: dict[str, dict[str, Any]] = {}
+    abi = landlock.abi_version()
+    out["sandbox.landlock"] = {"status": "critical" if abi < 1 else "degraded" if abi < 6 else "ok", "abi": abi,
+                               "tcp_rules": abi >= 4, "scoping": abi >= 6}
+    try:
+        progs = seccomp.build("default")
+        out["sandbox.seccomp"] = {"status": "ok", "instructions": len(progs[0]) // 8,
+                                  "allowlist": len(seccomp.ALLOW)}
+    except Exception as e:
+        out["sandbox.seccomp"] = {"status": "critical", "error": str(e)[:200]}
+    userns = os.geteuid() == 0 and probe_userns()
+    out["sandbox.userns"] = {"status": "ok" if userns else "critical", "available": userns}
+    if os.geteuid() != 0:
+        out["sandbox.userns"]["error"] = "the gateway must run as root to build sandboxes"
+    info = cgroups.detect()
+    missing = cgroups.missing_controllers(info)
+    out["sandbox.cgroup"] = {"status": "critical" if missing else "ok", **info.summary(),
+                             **({"missing": missing} if missing else {})}
+    nft = nftables_status()
+    out["sandbox.nftables"] = {"status": "ok" if nft.get("usable") else "degraded", **nft}
+    with contextlib.suppress(Exception):
+        cfg = home.config().sandbox
+        out["sandbox.userns"]["host_uid_base"] = cfg.host_uid
+    return out

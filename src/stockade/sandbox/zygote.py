@@ -1,0 +1,229 @@
+"""The zygote: a fresh, small, single-threaded interpreter that forks one child per call.
+
+Started by the gateway in `prefork` (before any thread and before the vault is unsealed) as a
+new interpreter (`python -m stockade.sandbox.zygote`), so its memory never held the gateway's
+configuration, database handles or keys. It imports every capability implementation, builds the
+seccomp programs and probes the kernel once, then serves requests on a SOCK_SEQPACKET socket
+(its fd given as argv[1]): each message carries two fds (a memfd holding the JSON request, and the write end of
+the result pipe); the reply is `{"pid": monitor pid}` or `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import tempfile
+from typing import Any
+
+# Modules handlers may need: imported now, because after pivot_root nothing of the host's
+# site-packages is visible to the child.
+PRELOAD = ("json", "ctypes", "errno", "shutil", "subprocess", "fnmatch", "glob", "re", "stat",
+           "pathlib", "hashlib", "base64", "tempfile", "datetime", "io", "select", "fcntl", "struct",
+           "time", "signal", "socket", "codecs", "encodings.ascii", "encodings.latin_1",
+           "encodings.idna", "unicodedata", "difflib", "itertools", "functools", "collections",
+           "string", "textwrap", "mimetypes", "uuid", "zlib", "binascii", "locale", "pwd", "grp",
+           "resource", "errno", "stockade.errors")
+
+TEST_ENV = "STOCKADE_SANDBOX_TESTING"          # "1": honour per-request layer switches (tests only)
+TEST_MODULES_ENV = "STOCKADE_SANDBOX_TEST_MODULES"  # os.pathsep-separated .py files (tests only)
+
+
+def _etc(home_uid: int = 1100) -> tuple[dict[str, bytes], dict[str, str]]:
+    files = {
+        "passwd": b"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:1100:1100:sandbox:/workspace:/bin/sh\n"
+                  b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": b"root:x:0:\nsandbox:x:1100:\nnogroup:x:65534:\n",
+        "hosts": b"127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n",
+        "hostname": b"sandbox\n",
+        "nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files dns\n",
+        "resolv.conf": b"",
+    }
+    for name in ("ld.so.cache", "ld.so.conf", "mime.types", "protocols", "services"):
+        with contextlib.suppress(OSError), open(f"/etc/{name}", "rb") as f:
+            files[name] = f.read()
+    links = {}
+    with contextlib.suppress(OSError):
+        links["localtime"] = os.readlink("/etc/localtime")
+    return files, links
+
+
+def probe_userns() -> bool:
+    """Can a child drop to an unprivileged uid and create a user namespace?"""
+    from stockade.sandbox import libc
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNS)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, st = os.waitpid(pid, 0)
+    return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+
+
+def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Imports, probes and builds everything once. Returns (Prepared, impls, status)."""
+    from stockade.capabilities import registry
+    from stockade.sandbox import cgroups, child, landlock, libc, seccomp
+
+    status: dict[str, Any] = {"pid": os.getpid()}
+    problems: list[str] = []
+    try:
+        registry.load_registry()
+    except Exception as e:  # the gateway reports the same ConfigError itself
+        problems.append(f"registry: {e}"[:300])
+    testing = os.environ.get(TEST_ENV) == "1"
+    if testing:
+        for path in filter(None, os.environ.get(TEST_MODULES_ENV, "").split(os.pathsep)):
+            spec = importlib.util.spec_from_file_location(f"stockade_sandbox_test_{abs(hash(path))}", path)
+            assert spec and spec.loader
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+    for m in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(m)
+    impls = dict(registry._IMPLS)
+
+    abi = landlock.abi_version()
+    status["landlock_abi"] = abi
+    if abi < 1:
+        problems.append("landlock: not available")
+    bpf: dict[str, list[bytes]] = {}
+    try:
+        for prof in ("default", "strict"):
+            bpf[prof] = seccomp.build(prof)
+        status["seccomp"] = {"ok": True, "instructions": {k: len(v[0]) // 8 for k, v in bpf.items()},
+                             "allowlist": len(seccomp.ALLOW)}
+    except Exception as e:
+        status["seccomp"] = {"ok": False, "error": str(e)[:200]}
+        problems.append(f"seccomp: {e}"[:200])
+    status["userns"] = probe_userns()
+    if not status["userns"]:
+        problems.append("user namespaces: unavailable")
+    info = cgroups.detect(init.get("cgroup_version"))
+    status["cgroup"] = info.summary()
+    missing = cgroups.missing_controllers(info)
+    if missing:
+        problems.append(f"cgroup v{info.version or '?'}: missing controllers {', '.join(missing)}")
+    status["problems"] = problems
+    status["testing"] = testing
+    root_dir = tempfile.mkdtemp(prefix="stockade-sandbox-root-", dir=init.get("root_parent") or "/run")
+    etc_files, etc_links = _etc()
+    sys_links = {d: os.readlink(f"/{d}") for d in child.SYSTEM_DIRS if os.path.islink(f"/{d}")}
+    prep = child.Prepared(root_dir, bpf, abi, libc.last_cap(), etc_files, etc_links, sys_links, testing)
+    status["root_dir"] = root_dir
+    status["cgroup_info"] = info
+    return prep, impls, status
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    fds: list[int] = []
+    msg, anc, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            n = len(data) - len(data) % 4
+            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder, signed=True) for i in range(0, n, 4))
+    return msg, fds
+
+
+def _read_fd(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def serve(sock: socket.socket) -> None:
+    from stockade.sandbox import Profile, child
+    from stockade.sandbox.cgroups import AgentCgroup
+
+    msg, _ = _recv(sock)
+    init = json.loads(msg or b"{}")
+    prep, impls, status = prepare(init)
+    info = status.pop("cgroup_info")
+    sock.send(json.dumps(status).encode())
+    groups: dict[str, tuple[str, AgentCgroup]] = {}
+    parent = init.get("cgroup_parent", "stockade")
+    try:
+        while True:
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            if not select.select([sock], [], [], 1.0)[0]:
+                continue
+            msg, fds = _recv(sock)
+            if not msg:
+                return
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                sock.send(b'{"error": "bad request"}')
+                continue
+            req_fd, out_w = fds
+            try:
+                req = json.loads(_read_fd(req_fd))
+            except Exception:
+                os.close(req_fd)
+                os.close(out_w)
+                sock.send(b'{"error": "bad request"}')
+                continue
+            os.close(req_fd)
+            cg = None
+            off = set(req.get("disable") or []) if prep.testing else set()
+            try:
+                if "cgroup" not in off:
+                    prof = Profile.from_dict(req["profile"])
+                    key = json.dumps([prof.cpu, prof.memory, prof.pids, prof.io_read, prof.io_write,
+                                      req.get("io_devices")])
+                    cached = groups.get(req["agent"])
+                    if cached is None or cached[0] != key:
+                        g = AgentCgroup(info, parent, req["agent"])
+                        g.ensure(prof, req.get("io_devices") or [])
+                        groups[req["agent"]] = (key, g)
+                    cg = groups[req["agent"]][1]
+            except OSError as e:
+                os.close(out_w)
+                sock.send(json.dumps({"error": f"cgroup: {e}"[:300]}).encode())
+                continue
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    sock.close()
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    child.run_call(req, out_w, prep, cg, impls)
+                finally:
+                    os._exit(71)
+            os.close(out_w)
+            sock.send(json.dumps({"pid": pid}).encode())
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(prep.root_dir)
+
+
+def main() -> None:
+    from stockade.sandbox import libc
+
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)  # the gateway died: so do we
+    fd = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C goes to the gateway; it closes us
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()
