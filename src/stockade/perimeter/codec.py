@@ -13,7 +13,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROTOS = {"tcp": 6, "udp": 17}
 PROTO_NAMES = {v: k for k, v in PROTOS.items()}
-_PORTSPEC = re.compile(r"^(tcp|udp)/([0-9]{1,5})$")
+_PORTSPEC = re.compile(r"(tcp|udp)/([0-9]{1,5})")
 
 
 class Reject(Exception):  # noqa: N818 - a verdict, not an error the caller must handle specially
@@ -34,8 +34,8 @@ class Port:
 
 
 def parse_port(spec: str) -> Port:
-    """`tcp/22` -> Port; raises ValueError on anything else (no ranges, no names)."""
-    m = _PORTSPEC.match(spec.strip().lower()) if isinstance(spec, str) else None
+    """`tcp/22` -> Port; raises ValueError on anything else (no ranges, names, spaces, case)."""
+    m = _PORTSPEC.fullmatch(spec) if isinstance(spec, str) else None
     if not m or not 1 <= int(m.group(2)) <= 65535 or m.group(2) != str(int(m.group(2))):
         raise ValueError(f"expected proto/port like tcp/22, got {spec!r}")
     return Port(m.group(1), int(m.group(2)))

@@ -19,7 +19,7 @@ from stockade import yamlfile
 from stockade.errors import ConfigError
 from stockade.perimeter.codec import Port, parse_port
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _b64(v: str, what: str, min_len: int, exact: bool = False) -> bytes:
@@ -47,7 +47,7 @@ class Stanza(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v):
+        if not _NAME.fullmatch(v):
             raise ValueError("name must be 1-64 of A-Z a-z 0-9 _ . - (starting alphanumeric)")
         return v
 
@@ -56,7 +56,7 @@ class Stanza(BaseModel):
     def _ports(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("open_ports must list at least one proto/port")
-        return [str(parse_port(p)) for p in v]
+        return [str(parse_port(p.strip().lower() if isinstance(p, str) else p)) for p in v]
 
     @field_validator("key_base64")
     @classmethod

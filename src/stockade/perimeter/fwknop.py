@@ -30,9 +30,9 @@ GPG_PREFIX = "hQ"
 MIN_LEN, MAX_LEN = 140, 1500   # fwknopd MIN_SPA_DATA_SIZE / MAX_SPA_PACKET_LEN
 HMAC_LEN = 43                  # base64 (unpadded) of a 32-byte HMAC-SHA256 tag
 VERSION = "3.0.0"
-_B64 = re.compile(rb"^[A-Za-z0-9+/]+$")
-_RAND = re.compile(r"^[0-9]{16}$")
-_INT = re.compile(r"^[0-9]{1,10}$")
+_B64 = re.compile(rb"[A-Za-z0-9+/]+")
+_RAND = re.compile(r"[0-9]{16}")
+_INT = re.compile(r"[0-9]{1,10}")
 # Inner digest types by base64 length: never weaker than SHA-256 (MD5=22, SHA-1=27 are refused).
 _DIGESTS = {43: ("sha256", "sha3_256"), 64: ("sha384",), 86: ("sha512", "sha3_512")}
 MAX_USER, MAX_MESSAGE = 64, 256
@@ -45,7 +45,7 @@ def b64e(data: bytes) -> str:
 
 def b64d(text: str) -> bytes:
     """Inverse of b64e (re-pads); raises Reject on anything that is not such base64."""
-    if len(text) % 4 == 1 or not _B64.match(text.encode()) and text:
+    if len(text) % 4 == 1 or not _B64.fullmatch(text.encode()) and text:
         raise Reject("bad_base64")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
@@ -66,7 +66,7 @@ def precheck(wire: bytes) -> str:
     """The cheap checks shared by every stanza: length, charset, prefix splice."""
     if not MIN_LEN <= len(wire) <= MAX_LEN:
         raise Reject("bad_length")
-    if not _B64.match(wire):
+    if not _B64.fullmatch(wire):
         raise Reject("bad_charset")
     s = wire.decode("ascii")
     if s.startswith(PREFIX) or s.startswith(GPG_PREFIX):
@@ -132,7 +132,7 @@ def parse_access(message: str) -> tuple[ipaddress.IPv4Address | None, tuple[Port
 
 def parse_plaintext(text: str, stanza: str = "") -> SpaRequest:
     """Check the random field and inner digest, then parse an access message."""
-    if len(text) < 17 or not _RAND.match(text[:16]) or text[16] != ":":
+    if len(text) < 17 or not _RAND.fullmatch(text[:16]) or text[16] != ":":
         raise Reject("bad_plaintext")
     signed, _, digest = text.rpartition(":")
     if not _digest_ok(signed, digest):
@@ -149,7 +149,7 @@ def parse_plaintext(text: str, stanza: str = "") -> SpaRequest:
         raise Reject("bad_fields")
     if f[3] != VERSION:
         raise Reject("bad_version")
-    if not _INT.match(f[2]):
+    if not _INT.fullmatch(f[2]):
         raise Reject("bad_timestamp")
     user_b, msg_b = b64d(f[1]), b64d(f[5])
     if len(user_b) > MAX_USER or len(msg_b) > MAX_MESSAGE:
@@ -160,7 +160,7 @@ def parse_plaintext(text: str, stanza: str = "") -> SpaRequest:
         raise Reject("bad_fields") from None
     timeout = 0
     if mtype == "3":
-        if not _INT.match(f[6]) or not 0 < int(f[6]) <= 86400:
+        if not _INT.fullmatch(f[6]) or not 0 < int(f[6]) <= 86400:
             raise Reject("bad_timeout")
         timeout = int(f[6])
     ip, ports = parse_access(message)
