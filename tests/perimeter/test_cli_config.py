@@ -148,3 +148,12 @@ def test_key_strength_with_real_keys(tmp_path: Path) -> None:
     ak.write_text("# comment\n" + Path(str(tmp_path / "k_rsa_2048") + ".pub").read_text())
     assert len(sshd.key_findings([ak])) == 1
     assert sshd.key_strength("ssh-dss AAAA")[0] is False
+
+
+def test_doctor_reports_perimeter_and_sshd(home: Path) -> None:
+    out = json.loads(run_cli("doctor", "--json", home=home, check=False).stdout)
+    assert out["checks"]["perimeter"]["status"] == "degraded"          # no stanzas yet
+    assert "sshd" in out["checks"]
+    cli_json("perimeter", "keygen", home=home)
+    out = json.loads(run_cli("doctor", "--json", home=home, check=False).stdout)
+    assert "not running" in out["checks"]["perimeter"]["detail"]

@@ -33,7 +33,8 @@ from stockade.gateway.pipeline import Pipeline
 from stockade.home import Home, write_private
 from stockade.supervision.bus import EventBus
 
-PARTS = ("sandbox", "audit", "policy", "egress", "vault", "approvals", "supervision", "packs")
+PARTS = ("sandbox", "audit", "policy", "egress", "vault", "approvals", "supervision", "packs",
+         "perimeter")  # perimeter: doctor checks only (its daemon is `stockade perimeter serve`)
 
 
 @dataclass
