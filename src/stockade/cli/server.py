@@ -183,10 +183,18 @@ def _check_home(h: Any) -> dict[str, Any]:
 
 @click.command()
 @home_option
+@click.option("--verify-install", is_flag=True,
+              help="Also check every installed Python file against its RECORD hash and the lock's pins.")
 @json_option
-def doctor(home: str | None, as_json: bool) -> None:
+def doctor(home: str | None, verify_install: bool, as_json: bool) -> None:
     """Check the home and report the real status of every security layer."""
     out = doctor_checks(home)
+    if verify_install:
+        from stockade.packs.supply import verify_install as vi
+
+        out["checks"]["install"] = vi()
+        if out["checks"]["install"]["status"] == "critical":
+            out["status"] = "critical"
 
     def render(d: dict[str, Any]) -> None:
         colours = {"ok": "green", "degraded": "yellow", "critical": "red"}

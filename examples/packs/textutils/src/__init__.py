@@ -1,0 +1,1 @@
+"""textutils: example stockade pack (pure compute)."""

@@ -1,0 +1,2 @@
+def encode(text: str) -> bytes:
+    return text.encode("utf-8")

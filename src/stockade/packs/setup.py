@@ -1,0 +1,90 @@
+"""Packs wiring: register installed packs' capabilities at start, on `pack install` (admin
+socket) and remove them on `pack remove`; announce `tools/list_changed`; doctor checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+from stockade.capabilities.registry import Definition
+from stockade.errors import StockadeError
+from stockade.home import Home
+from stockade.packs import runner, store
+from stockade.packs.manifest import PackSpec, parse_pack_yaml
+from stockade.supervision.admin import admin_command
+
+
+def definitions(spec: PackSpec, source: str) -> list[Definition]:
+    out = []
+    for c in spec.capabilities:
+        jsonschema.Draft202012Validator.check_schema(c.input)
+        jsonschema.Draft202012Validator.check_schema(c.output)
+        out.append(Definition(
+            c.name, 1, c.purpose.strip(), c.when_to_use.strip(), "sandbox", c.side_effects, c.default_tier,
+            c.secrets, c.input, c.output, tuple(c.errors), source, spec.name,
+            jsonschema.Draft202012Validator(c.input, format_checker=jsonschema.FormatChecker()),
+            jsonschema.Draft202012Validator(c.output)))
+    return out
+
+
+def _register(gw: Any, pk: store.Installed) -> list[str]:
+    reg = gw.pipeline.registry
+    path = pk.path(gw.home)
+    store.verify_source(gw.pipeline.db, path)  # refuse to register a pack that no longer verifies
+    spec = parse_pack_yaml((path / "pack.yaml").read_text(), str(path / "pack.yaml"))
+    defs = definitions(spec, str(path / "pack.yaml"))
+    reg.remove([d.name for d in reg.all() if d.pack == pk.name])
+    reg.add(defs, {d.name: runner.run for d in defs})
+    gw.state.setdefault("packs", {})[pk.name] = pk
+    return [d.name for d in defs]
+
+
+async def start(gw: Any) -> None:
+    for pk in store.installed(gw.pipeline.db):
+        try:
+            _register(gw, pk)
+        except (StockadeError, Exception) as e:  # one bad pack must not stop the gateway
+            msg = e.message if isinstance(e, StockadeError) else f"{type(e).__name__}: {e}"
+            gw.bus.publish("pack.invalid", {"pack": pk.name, "version": pk.version, "error": msg}, "critical")
+            gw.pipeline.health["packs"] = {"status": "degraded", "invalid": pk.name, "error": msg}
+
+
+async def _announce(gw: Any) -> None:
+    notify = gw.state.get("tools_changed")
+    if notify is not None:
+        await notify()
+    gw.bus.publish("tools.list_changed", {})
+
+
+@admin_command("packs.reload")
+async def _reload(gw: Any, args: dict[str, Any]) -> Any:
+    name = args.get("name")
+    reg = gw.pipeline.registry
+    current = {pk.name: pk for pk in store.installed(gw.pipeline.db)}
+    changed: list[str] = []
+    for pname in ([name] if name else sorted(set(current) | set(gw.state.get("packs", {})))):
+        if pname in current:
+            changed += _register(gw, current[pname])
+        else:
+            gone = [d.name for d in reg.all() if d.pack == pname]
+            reg.remove(gone)
+            gw.state.get("packs", {}).pop(pname, None)
+            changed += gone
+    await _announce(gw)
+    return {"capabilities": changed}
+
+
+def doctor(home: Home) -> dict[str, Any]:
+    conn = home.db()
+    problems = {}
+    pks = store.installed(conn)
+    for pk in pks:
+        try:
+            store.verify_source(conn, pk.path(home))
+            if pk.deps_sha256 and store.deps_digest(pk.path(home) / "deps") != pk.deps_sha256:
+                problems[pk.name] = "installed dependencies changed"
+        except StockadeError as e:
+            problems[pk.name] = e.message
+    st = "critical" if problems else "ok"
+    return {"packs": {"status": st, "installed": len(pks), **({"invalid": problems} if problems else {})}}
