@@ -167,7 +167,10 @@ def _check_home(h: Any) -> dict[str, Any]:
     if not h.exists():
         return {"status": "critical", "error": f"no home at {h.root} (stockade init)"}
     loose = []
+    store = str(h.packs) + os.sep
     for root, dirs, files in os.walk(h.root):
+        if (root + os.sep).startswith(store) and root != str(h.packs):
+            continue  # the pack store is read-only 0444/0555 by design, behind the 0700 packs/ dir
         for name in dirs + files:
             p = os.path.join(root, name)
             try:

@@ -221,6 +221,10 @@ class Pipeline:
             # Evaluation errors fail closed.
             decision = Decision("blocked", rule="evaluation-error", layer="system",
                                 reason="the policy could not be evaluated")
+        if definition.pack and TIER_ORDER[definition.default_tier] > TIER_ORDER.get(decision.tier, 3):
+            # A pack's declared tier is a floor: the owner's policy may tighten it, never loosen it.
+            decision = Decision(definition.default_tier, rule=f"pack:{definition.pack}", layer="pack",
+                                reason=f"{definition.pack} asks for {definition.default_tier}", layers=decision.layers)
         safe_args = redact(args)
         event = {"agent": caller.agent, "capability": capability, "args": safe_args,
                  "tier": decision.tier, "rule": decision.rule, "call": call_id}
