@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import posixpath
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,6 +76,8 @@ def _walk(items: Any, in_repeat: bool) -> str | None:
                 return "nested quantifiers (e.g. (a+)+) can take exponential time"
             if rep and _branch_ambiguous(av[2]):
                 return "a repeated alternation with overlapping branches can take exponential time"
+            if rep and _nullable(av[2]):
+                return "a repeated sub-pattern that can match the empty string can take exponential time"
             bad = _walk(av[2], in_repeat or rep)
             if bad:
                 return bad
@@ -107,15 +110,37 @@ def _first(items: Any) -> Any:
 
 
 def _branch_ambiguous(items: Any) -> bool:
-    items = list(items)
-    while len(items) == 1 and str(items[0][0]) == "SUBPATTERN":
-        items = list(items[0][1][-1])
-    if len(items) != 1 or str(items[0][0]) != "BRANCH":
-        return False
-    firsts = [_first(alt) for alt in items[0][1][1]]
-    if any(f[0] in ("EMPTY", "ANY") for f in firsts):
-        return True
-    return len(set(firsts)) != len(firsts)
+    """A BRANCH in a repeated body whose alternatives can start the same way (or be empty)."""
+    for op, av in items:
+        name = str(op)
+        if name == "SUBPATTERN":
+            if _branch_ambiguous(av[-1]):
+                return True
+        elif name == "BRANCH":
+            firsts = [_first(alt) for alt in av[1]]
+            if any(f[0] in ("EMPTY", "ANY") for f in firsts) or len(set(firsts)) != len(firsts):
+                return True
+    return False
+
+
+def _nullable(items: Any) -> bool:
+    """Can this sequence match the empty string? (A repeated nullable body backtracks wildly.)"""
+    for op, av in items:
+        name = str(op)
+        if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if av[0] > 0 and not _nullable(av[2]):
+                return False
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
+            if not _nullable(av[-1]):
+                return False
+        elif name == "BRANCH":
+            if not any(_nullable(alt) for alt in av[1]):
+                return False
+        elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+            continue
+        else:
+            return False
+    return True
 
 
 def compile_regex(pattern: Any) -> re.Pattern[str]:
@@ -125,8 +150,10 @@ def compile_regex(pattern: Any) -> re.Pattern[str]:
     if len(pattern) > MAX_REGEX:
         raise ValueError(f"regular expression longer than {MAX_REGEX} characters")
     try:
-        rx = re.compile(pattern)
-        parsed = _sre_parse.parse(pattern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            rx = re.compile(pattern)
+            parsed = _sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError) as e:
         raise ValueError(f"invalid regular expression: {e}") from None
     bad = _walk(list(parsed), False)
@@ -232,7 +259,11 @@ def compile_when(when: Any, ctx: dict[str, str] | None = None, where: str = "whe
             continue
         v = when[key]
         w = f"{where}.{key}"
-        conds.append(_one(key, v, w, path_args, ctx))
+        try:
+            conds.append(_one(key, v, w, path_args, ctx))
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(w) else f"{w}: {msg}") from None
     if len(conds) == 1:
         return conds[0]
     cs = tuple(conds)

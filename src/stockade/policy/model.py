@@ -191,9 +191,18 @@ def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | Non
     `known(name)` says whether an exact capability name exists; when given, an unknown name is
     refused (DESIGN.md §5: typos must not silently leave a capability unpoliced).
     """
+    data, lines = yamlfile.loads(text, fname)
+    return parse_data(data, lines, fname, layer, ctx=ctx, known=known,
+                      digest=hashlib.sha256(text.encode()).hexdigest())
+
+
+def parse_data(data: Any, lines: yamlfile.Lines, fname: str, layer: str, *, ctx: dict[str, str] | None = None,
+               known: Callable[[str], bool] | None = None, digest: str | None = None) -> PolicyFile:
+    """Pure: already-parsed data (+ its line map) -> PolicyFile, or ConfigError."""
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer}")
-    data, lines = yamlfile.loads(text, fname)
+    if digest is None:
+        digest = hashlib.sha256(_canonical(data).encode()).hexdigest()
     if data is None:
         raise ConfigError([f"{fname}:1: empty policy file (expected at least 'version: 1')"])
     if not isinstance(data, dict):
@@ -240,5 +249,4 @@ def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | Non
     if errors:
         raise ConfigError(errors)
     sandbox = model.sandbox.model_dump(exclude_none=True) if model.sandbox else {}
-    return PolicyFile(layer, fname, RANK[model.default] if model.default else None, tuple(rules), sandbox,
-                      hashlib.sha256(text.encode()).hexdigest())
+    return PolicyFile(layer, fname, RANK[model.default] if model.default else None, tuple(rules), sandbox, digest)
