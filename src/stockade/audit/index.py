@@ -1,0 +1,208 @@
+"""`audit/index.db`: a SQLite index (WAL) of the log by time, agent, capability and outcome.
+
+Derived data: the CBOR day files are the source of truth, so `synchronous=NORMAL` is enough
+(a power loss may roll back the last index transactions; `catch_up` re-indexes past the high-water
+mark on start) and `stockade audit reindex` rebuilds it from scratch. Queries return positions;
+records are read back from the log files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from stockade.audit.record import FRAME, MAX_FRAME
+
+INDEX_NAME = "index.db"
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS records (
+        seq INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        agent TEXT,
+        capability TEXT,
+        status TEXT,
+        phase TEXT,
+        call TEXT,
+        tier TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS records_ts ON records(ts)",
+    "CREATE INDEX IF NOT EXISTS records_agent ON records(agent, ts)",
+    "CREATE INDEX IF NOT EXISTS records_capability ON records(capability, ts)",
+    "CREATE INDEX IF NOT EXISTS records_status ON records(status, ts)",
+    "CREATE INDEX IF NOT EXISTS records_file ON records(file)",
+)
+Row = tuple[Any, ...]
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def row_fields(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """(kind, agent, capability, status, phase, call, tier) of a record (or of writer input)."""
+    outcome = rec.get("outcome") if isinstance(rec.get("outcome"), dict) else {}
+    decision = rec.get("decision") if isinstance(rec.get("decision"), dict) else {}
+    return (_text(rec.get("kind")) or "call", _text(rec.get("agent")), _text(rec.get("capability")),
+            _text(outcome.get("status")), _text(rec.get("phase")), _text(rec.get("call")), _text(decision.get("tier")))
+
+
+class Index:
+    def __init__(self, audit_dir: Path):
+        self.audit_dir = audit_dir
+        path = audit_dir / INDEX_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        self.conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        for stmt in SCHEMA:
+            self.conn.execute(stmt)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(side, 0o600)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def add(self, rows: list[Row]) -> None:
+        """rows: (seq, ts, file, offset, length, kind, agent, capability, status, phase, call, tier)."""
+        if not rows:
+            return
+        with self._tx():
+            self.conn.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def high_water(self) -> tuple[int, str, int, int] | None:
+        r = self.conn.execute("SELECT seq, file, offset, length FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        return tuple(r) if r else None  # type: ignore[return-value]
+
+    def prune_file(self, name: str) -> None:
+        with self._tx():
+            self.conn.execute("DELETE FROM records WHERE file=?", (name,))
+
+    # -- (re)building -----------------------------------------------------------------------
+    def catch_up(self) -> int:
+        """Index records past the high-water mark; rebuild if the mark no longer matches the log."""
+        from stockade.audit.verify import day_files
+
+        hw = self.high_water()
+        files = day_files(self.audit_dir)
+        if hw is None:
+            return self._scan(files, None, 0)
+        seq, fname, offset, length = hw
+        path = self.audit_dir / fname
+        try:
+            rec = _read_at(path, offset, length)
+        except (OSError, ValueError):
+            rec = None
+        if not isinstance(rec, dict) or rec.get("seq") != seq:
+            return self.rebuild()
+        return self._scan([p for p in files if p.name >= fname], (fname, offset + 4 + length), seq)
+
+    def rebuild(self) -> int:
+        from stockade.audit.verify import day_files
+
+        with self._tx():
+            self.conn.execute("DELETE FROM records")
+        return self._scan(day_files(self.audit_dir), None, 0)
+
+    def _scan(self, files: list[Path], start: tuple[str, int] | None, after_seq: int) -> int:
+        count = 0
+        batch: list[Row] = []
+        for p in files:
+            off = start[1] if start and p.name == start[0] else 0
+            for offset, length, rec in iter_records(p, off):
+                if rec.get("seq", 0) <= after_seq:
+                    continue
+                batch.append(make_row(rec, p.name, offset, length))
+                if len(batch) >= 5000:
+                    self.add(batch)
+                    count += len(batch)
+                    batch = []
+        self.add(batch)
+        return count + len(batch)
+
+    # -- queries ----------------------------------------------------------------------------
+    def query(self, *, agent: str | None = None, capability: str | None = None, outcome: str | None = None,
+              kind: str | None = None, since_us: int | None = None, until_us: int | None = None,
+              limit: int = 100, newest_first: bool = False) -> list[tuple[str, int, int]]:
+        where, args = [], []
+        for col, val in (("agent", agent), ("capability", capability), ("status", outcome), ("kind", kind)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since_us is not None:
+            where.append("ts >= ?")
+            args.append(since_us)
+        if until_us is not None:
+            where.append("ts < ?")
+            args.append(until_us)
+        sql = "SELECT file, offset, length FROM records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        args.append(int(limit))
+        return [tuple(r) for r in self.conn.execute(sql, args)]  # type: ignore[misc]
+
+
+def make_row(rec: dict[str, Any], file: str, offset: int, length: int) -> Row:
+    return (rec.get("seq"), rec.get("ts"), file, offset, length, *row_fields(rec))
+
+
+def _read_at(path: Path, offset: int, length: int) -> Any:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(4)
+        if len(head) != 4 or FRAME.unpack(head)[0] != length:
+            raise ValueError("index points at a different frame")
+        return cbor2.loads(f.read(length))
+
+
+def read_record(audit_dir: Path, file: str, offset: int, length: int) -> dict[str, Any] | None:
+    try:
+        rec = _read_at(audit_dir / file, offset, length)
+    except (OSError, ValueError, cbor2.CBORError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def iter_records(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(offset, length, record) of the decodable records of a day file, stopping at the first bad frame."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    n = len(data) if end is None else min(end, len(data))
+    o = start
+    while o + 4 <= n:
+        ln = FRAME.unpack_from(data, o)[0]
+        if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
+            return
+        try:
+            rec = cbor2.loads(data[o + 4:o + 4 + ln])
+        except Exception:
+            return
+        if not isinstance(rec, dict):
+            return
+        yield o, ln, rec
+        o += 4 + ln

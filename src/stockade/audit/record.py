@@ -1,0 +1,353 @@
+"""The audit record format of DESIGN.md §6, as pure functions over bytes.
+
+A day file is a sequence of frames: 4-byte big-endian length N, then N bytes of deterministic
+CBOR (RFC 8949 §4.2.1 core deterministic encoding: shortest heads, definite lengths, map keys
+sorted by their encoded bytes, shortest floats). A record is a map with text keys; the writer
+adds `seq`, `ts` (µs), `prev` and `hash = SHA-256(prev || CBOR(record without "hash"))`.
+
+Speed matters here (the verifier must check hundreds of thousands of records a second), so the
+canonical check avoids re-encoding where it can prove the bytes canonical more cheaply: for
+records made only of text/bytes/ints/bools/null/arrays/maps, a canonical encoding is the unique
+shortest one with sorted keys, so "keys sorted at every level and length == canonical length"
+proves it. Anything else (floats, tags, big integers) takes the slow path: re-encode and compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from typing import Any
+
+import cbor2
+
+ZERO_HASH = bytes(32)
+FRAME = struct.Struct(">I")
+MAX_RECORD = 1 << 20          # the writer never produces a larger record
+MAX_FRAME = 16 << 20          # the reader treats larger lengths as garbage
+MAX_ARGS = 256 << 10          # bigger argument maps are replaced by a digest
+RESERVED = ("seq", "ts", "prev", "hash")
+_HASH_ENTRY = b"\x64hash\x58\x20"   # text(4) "hash", bytes(32) header
+_MAX_DEPTH = 64
+
+
+class BadRecord(Exception):
+    """A frame that is not a valid record; `cause` is one of the verifier's cause codes."""
+
+    def __init__(self, cause: str, detail: str):
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+        self.detail = detail
+
+
+# -- encoding -----------------------------------------------------------------------------------
+def _sort_key(k: str) -> tuple[int, bytes]:
+    b = k.encode("utf-8", "surrogatepass")
+    return (len(b), b)
+
+
+def normalize(value: Any, _depth: int = 0) -> Any:
+    """A CBOR-safe copy: text keys in canonical order; unknown types become their text form.
+
+    Why: records come from JSON (agent arguments) and from parts (events); the log must accept
+    any of it without the encoder failing or choosing a non-deterministic form (tags, sets).
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        if isinstance(value, str):
+            return value.encode("utf-8", "replace").decode("utf-8") if not value.isascii() else value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if _depth >= _MAX_DEPTH:
+        return "[nested too deeply]"
+    if isinstance(value, dict):
+        items: dict[str, Any] = {}
+        for k, v in value.items():
+            items[k if isinstance(k, str) else str(k)] = normalize(v, _depth + 1)
+        items = {(k.encode("utf-8", "replace").decode("utf-8")): v for k, v in items.items()}
+        return dict(sorted(items.items(), key=lambda kv: _sort_key(kv[0])))
+    if isinstance(value, list | tuple | set | frozenset):
+        seq = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [normalize(v, _depth + 1) for v in seq]
+    return str(value)
+
+
+def encode(value: Any) -> bytes:
+    """Deterministic CBOR of an already-normalized value."""
+    if canonical_length(value) >= 0:
+        # Keys are pre-sorted and there is nothing whose form cbor2 would choose differently:
+        # the plain encoder (3x faster) yields the canonical bytes.
+        return cbor2.dumps(value)
+    return cbor2.dumps(value, canonical=True)
+
+
+class _Exotic(Exception):
+    pass
+
+
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    o = _ORDERS.get(keys)
+    if o is None:
+        o = tuple(sorted(keys, key=_sort_key))
+        if len(_ORDERS) < 4096:
+            _ORDERS[keys] = o
+    return o
+
+
+_SPLITS: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _split(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Canonically ordered keys that sort before "hash", and those after."""
+    s = _SPLITS.get(keys)
+    if s is None:
+        order = _order(keys)
+        s = (tuple(k for k in order if _sort_key(k) < (4, b"hash")),
+             tuple(k for k in order if _sort_key(k) > (4, b"hash")))
+        if len(_SPLITS) < 4096:
+            _SPLITS[keys] = s
+    return s
+
+
+def _prep(v: Any) -> Any:
+    """Fast path of `normalize` for JSON-like data: a key-sorted copy, or _Exotic."""
+    t = type(v)
+    if t is str or t is bool or v is None or t is bytes:
+        return v
+    if t is int:
+        if -0x10000000000000000 <= v < 0x10000000000000000:
+            return v
+        raise _Exotic
+    if t is dict:
+        keys = tuple(v)
+        for k in keys:
+            if type(k) is not str or not k.isascii():
+                raise _Exotic
+        return {k: _prep(v[k]) for k in _order(keys)}
+    if t is list or t is tuple:
+        return [_prep(x) for x in v]
+    raise _Exotic
+
+
+def _entries(d: dict[str, Any], plain: bool) -> bytes:
+    """The encoded key/value pairs of a map, without its head."""
+    if not d:
+        return b""
+    raw = cbor2.dumps(d) if plain else cbor2.dumps(d, canonical=True)
+    return raw[_head(len(d)):]
+
+
+def build(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes, bytes]:
+    """Encode one record: returns (body, hash). Chain keys in `fields` are ignored.
+
+    One encoding pass: the map is encoded as the entries sorting before "hash" and those after,
+    hashed without the hash entry, then the hash entry is spliced in between.
+    """
+    body_fields = {k: v for k, v in fields.items() if k not in RESERVED}
+    try:
+        rec = _prep(body_fields)
+        plain = True
+    except _Exotic:
+        rec = normalize(body_fields)
+        plain = False
+    rec["seq"], rec["ts"], rec["prev"] = int(seq), int(ts), bytes(prev)
+    body, digest = _splice(rec, prev, plain)
+    if len(body) > MAX_ARGS and "args" in rec:
+        raw = cbor2.dumps(rec["args"], canonical=True)
+        rec["args"] = {"_truncated": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        body, digest = _splice(rec, prev, plain)
+    if len(body) > MAX_RECORD:
+        raise ValueError(f"audit record of {len(body)} bytes exceeds {MAX_RECORD}")
+    return body, digest
+
+
+def _splice(rec: dict[str, Any], prev: bytes, plain: bool) -> tuple[bytes, bytes]:
+    pre_keys, post_keys = _split(tuple(rec))
+    pre = {k: rec[k] for k in pre_keys}
+    post = {k: rec[k] for k in post_keys}
+    try:
+        a, b = _entries(pre, plain), _entries(post, plain)
+    except Exception:
+        if not plain:
+            raise
+        # e.g. a lone surrogate in a string: normalize replaces what cbor2 cannot encode.
+        return _splice(normalize(rec), prev, False)
+    n = len(rec)
+    digest = hashlib.sha256(prev + _map_head(n) + a + b).digest()
+    return _map_head(n + 1) + a + _HASH_ENTRY + digest + b, digest
+
+
+def frame(body: bytes) -> bytes:
+    return FRAME.pack(len(body)) + body
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def day_of(ts_us: int) -> str:
+    """The UTC day (YYYY-MM-DD) a timestamp belongs to."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts_us // 1_000_000))
+
+
+# -- canonical length (the fast canonical check) ------------------------------------------------
+def _head(n: int) -> int:
+    return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
+
+
+def canonical_length(o: Any) -> int:
+    """Length of the canonical encoding of `o`, or -1 if `o` needs the slow path.
+
+    -1 for: floats (several same-length encodings of NaN), integers beyond 64 bits (tags),
+    non-ASCII or non-text map keys, keys not in canonical order, and any other type. Written
+    for speed (leaves inline, no tuples): it runs once per record in `verify`.
+    """
+    t = type(o)
+    if t is dict:
+        total = _head(len(o))
+        ll = -1
+        lk = ""
+        for k, v in o.items():
+            if type(k) is not str or not k.isascii():
+                return -1
+            kl = len(k)
+            if kl < ll or (kl == ll and k <= lk):
+                return -1
+            ll = kl
+            lk = k
+            total += kl + (1 if kl < 24 else _head(kl))
+            tv = type(v)
+            if tv is str and v.isascii():
+                n = len(v)
+                total += n + (1 if n < 24 else _head(n))
+            elif tv is int and 0 <= v < 24:
+                total += 1
+            else:
+                vl = canonical_length(v)
+                if vl < 0:
+                    return -1
+                total += vl
+        return total
+    if t is str:
+        n = len(o) if o.isascii() else len(o.encode("utf-8", "surrogatepass"))
+        return _head(n) + n
+    if t is int:
+        m = o if o >= 0 else -1 - o
+        return _head(m) if m < 0x10000000000000000 else -1
+    if t is bytes:
+        return _head(len(o)) + len(o)
+    if t is list:
+        total = _head(len(o))
+        for v in o:
+            vl = canonical_length(v)
+            if vl < 0:
+                return -1
+            total += vl
+        return total
+    if t is bool or o is None:
+        return 1
+    return -1
+
+
+def _map_head(n: int) -> bytes:
+    if n < 24:
+        return bytes([0xA0 + n])
+    if n < 0x100:
+        return bytes([0xB8, n])
+    if n < 0x10000:
+        return b"\xb9" + n.to_bytes(2, "big")
+    return b"\xba" + n.to_bytes(4, "big")
+
+
+# -- decoding and checking ------------------------------------------------------------------------
+def check_fast(body: bytes) -> dict[str, Any] | None:
+    """The record if `body` is provably canonical, well-typed and its own hash matches; else None.
+
+    None means "take the slow path" (`check`), which names the exact cause.
+    """
+    try:
+        rec = cbor2.loads(body)
+    except Exception:
+        return None
+    if type(rec) is not dict or canonical_length(rec) != len(body):
+        return None
+    seq, ts, prev, digest = rec.get("seq"), rec.get("ts"), rec.get("prev"), rec.get("hash")
+    if (type(seq) is not int or seq < 1 or type(ts) is not int or type(prev) is not bytes or len(prev) != 32
+            or type(digest) is not bytes or len(digest) != 32):
+        return None
+    entry = _HASH_ENTRY + digest
+    i = body.find(entry)
+    if i < 0 or body.find(entry, i + 1) >= 0:
+        return None
+    hl = _head(len(rec))
+    without = _map_head(len(rec) - 1) + body[hl:i] + body[i + 39:]
+    if hashlib.sha256(prev + without).digest() != digest:
+        return None
+    return rec
+
+
+def decode(body: bytes) -> Any:
+    """Decode exactly one CBOR item filling `body`; BadRecord("malformed") otherwise."""
+    import io
+
+    fp = io.BytesIO(body)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except RecursionError:
+        raise BadRecord("malformed", "CBOR nested too deeply") from None
+    except Exception as e:
+        raise BadRecord("malformed", f"not valid CBOR ({str(e)[:120]})") from None
+    if fp.tell() != len(body):
+        raise BadRecord("malformed", f"{len(body) - fp.tell()} bytes after the CBOR item "
+                                     "(length prefix corrupted?)")
+    return value
+
+
+def check(body: bytes) -> dict[str, Any]:
+    """Full check of one record's bytes (slow path); raises BadRecord with the precise cause.
+
+    Order: malformed CBOR, not a record (types), non-canonical encoding, hash mismatch.
+    """
+    rec = decode(body)
+    if type(rec) is not dict:
+        raise BadRecord("bad_record", f"a record must be a CBOR map, found {type(rec).__name__}")
+    for k in rec:
+        if type(k) is not str:
+            raise BadRecord("bad_record", f"map key {k!r} is not text")
+    seq, ts, prev, digest = rec.get("seq"), rec.get("ts"), rec.get("prev"), rec.get("hash")
+    if type(seq) is not int or seq < 1:
+        raise BadRecord("bad_record", "missing or invalid seq")
+    if type(ts) is not int:
+        raise BadRecord("bad_record", "missing or invalid ts")
+    if type(prev) is not bytes or len(prev) != 32:
+        raise BadRecord("bad_record", "missing or invalid prev (32 bytes)")
+    if type(digest) is not bytes or len(digest) != 32:
+        raise BadRecord("bad_record", "missing or invalid hash (32 bytes)")
+    try:
+        canon = cbor2.dumps(rec, canonical=True)
+    except Exception as e:
+        raise BadRecord("malformed", f"cannot be re-encoded ({str(e)[:120]})") from None
+    if canon != body:
+        raise BadRecord("non_canonical", "the CBOR is not in deterministic (canonical) form")
+    without = {k: v for k, v in rec.items() if k != "hash"}
+    if hashlib.sha256(prev + cbor2.dumps(without, canonical=True)).digest() != digest:
+        raise BadRecord("modified", "hash does not match the record's contents (record modified)")
+    return rec
+
+
+def jsonable(v: Any) -> Any:
+    """A record as JSON-friendly data (bytes as hex) for the CLI and exports."""
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if isinstance(v, float) and v != v:
+        return "NaN"
+    return v

@@ -1,0 +1,372 @@
+"""Chain verification: a pure verifier over the bytes of the day files, and a thin shell.
+
+The verifier never trusts what it reads: every frame is bounded by the buffer, every decode is
+guarded, and it reports the first break of each file as `Finding(file, seq, cause, detail)`.
+Causes:
+  torn             the last file ends inside a record (a crash mid-write; not tampering)
+  truncated        a file other than the last ends inside a record
+  garbage          bytes after the last record that are not a record
+  malformed        a frame whose CBOR is invalid (or longer than its item)
+  non_canonical    valid CBOR that is not the deterministic encoding
+  bad_record       a CBOR value that is not a record (missing/mistyped seq, ts, prev, hash)
+  modified         the hash does not match the record's contents
+  deleted          records are missing (seq jumps, prev does not link)
+  reordered        records (or day files) are out of order
+  duplicate        a seq appears twice
+  chain_break      seq follows but prev does not link (a record replaced or inserted)
+  start_unanchored the log starts after seq 1 and no checkpoint vouches for the start
+  checkpoint_mismatch / checkpoint_truncated / checkpoint_invalid   see checkpoint.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from stockade.audit import checkpoint as cp
+from stockade.audit.record import FRAME, MAX_FRAME, MAX_RECORD, ZERO_HASH, BadRecord, check, check_fast
+
+DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.log$")
+TAMPER_FREE = {"torn"}     # causes that are crash artifacts, not evidence of tampering
+_LOOKAHEAD = 100_000
+
+
+@dataclass
+class Finding:
+    file: str
+    seq: int | None
+    cause: str
+    detail: str
+    offset: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    files: int = 0
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head: bytes | None = None
+    start: str | None = None               # genesis | checkpoint | trusted (--since)
+    anchored_through: int | None = None    # highest seq a valid checkpoint vouches for
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    end_offset: int = 0                    # end of the last good record in the last file
+    last_file: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def torn_only(self) -> bool:
+        return bool(self.findings) and all(f.cause in TAMPER_FREE for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "status": "intact" if self.ok else "torn" if self.torn_only else "broken",
+                "files": self.files, "records": self.records, "first_seq": self.first_seq,
+                "last_seq": self.last_seq, "head": self.head.hex() if self.head else None,
+                "start": self.start, "anchored_through": self.anchored_through,
+                "unanchored_after": self.anchored_through if self.anchored_through is not None else 0,
+                "findings": [f.to_dict() for f in self.findings], "notes": self.notes}
+
+
+def _looks_torn(rest: bytes | memoryview) -> bool:
+    """Is `rest` (an incomplete frame at EOF) a plausible prefix of a record write?"""
+    if len(rest) < 4 or not any(rest):
+        return True     # a short header, or zeros a filesystem left after a crash
+    n = FRAME.unpack_from(rest, 0)[0]
+    if n == 0 or n > MAX_RECORD:
+        return False
+    body = bytes(rest[4:6])
+    if not body:
+        return True
+    if not (0xA1 <= body[0] <= 0xB8):     # a map head
+        return False
+    return len(body) < 2 or 0x61 <= body[1] <= 0x78    # its first key is text
+
+
+class ChainVerifier:
+    """Feed day files in order (`feed`), then `finish()`. Pure: no I/O.
+
+    `checkpoints` maps seq -> hash from signed checkpoints; `trust_start` accepts the first
+    record's prev as given (verification from a date on).
+    """
+
+    def __init__(self, checkpoints: dict[int, bytes] | None = None, *, trust_start: bool = False):
+        self.cps = dict(checkpoints or {})
+        self.trust_start = trust_start
+        self.r = Report()
+        self.exp_seq: int | None = None
+        self.last_hash: bytes | None = None
+        self.last_file: str | None = None
+        self.resync = False     # after a break: trust the next file's first record
+
+    # -- per file ---------------------------------------------------------------------------
+    def feed(self, name: str, data: bytes | mmap.mmap | memoryview, *, last: bool) -> None:
+        self.r.files += 1
+        n = len(data)
+        o = 0
+        first = True
+        while o < n:
+            ln = FRAME.unpack_from(data, o)[0] if n - o >= 4 else 0
+            if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
+                self._bad_tail(name, data, o, last)
+                return
+            body = data[o + 4:o + 4 + ln]
+            if not isinstance(body, bytes):
+                body = bytes(body)
+            rec = check_fast(body)
+            if rec is None:
+                try:
+                    rec = check(body)
+                except BadRecord as e:
+                    self._add(name, self.exp_seq, e.cause, self._claim(body, e.detail), o)
+                    self.resync = True
+                    return
+            if not self._link(name, rec, data, o, first):
+                self.resync = True
+                return
+            first = False
+            o += 4 + ln
+            if last:
+                self.r.end_offset = o
+                self.r.last_file = name
+        if last:
+            self.r.end_offset = o
+            self.r.last_file = name
+
+    def _claim(self, body: bytes, detail: str) -> str:
+        try:
+            v = cbor2.loads(body)
+            s = v.get("seq") if isinstance(v, dict) else None
+        except Exception:
+            s = None
+        if type(s) is int and self.exp_seq is not None and s != self.exp_seq:
+            return f"{detail} (the record claims seq {s}, expected {self.exp_seq})"
+        return detail
+
+    def _bad_tail(self, name: str, data: Any, o: int, last: bool) -> None:
+        rest = data[o:]
+        size = len(data) - o
+        if last and _looks_torn(rest):
+            self._add(name, self.exp_seq, "torn",
+                      f"the file ends inside a record ({size} bytes after seq {self._prev_seq()}): "
+                      "a crash mid-write, not tampering; the next start moves it aside", o)
+        elif last:
+            self._add(name, self.exp_seq, "garbage",
+                      f"{size} bytes after seq {self._prev_seq()} are not a record", o)
+        else:
+            self._add(name, self.exp_seq, "truncated",
+                      f"the file ends inside a record ({size} bytes) but later files exist", o)
+        self.resync = True
+
+    def _prev_seq(self) -> Any:
+        return self.exp_seq - 1 if self.exp_seq is not None else "?"
+
+    def _link(self, name: str, rec: dict[str, Any], data: Any, o: int, first: bool) -> bool:
+        seq, prev, h = rec["seq"], rec["prev"], rec["hash"]
+        r = self.r
+        if self.exp_seq is None or (self.resync and first):
+            # The start of the log (or of the part after a break).
+            if self.exp_seq is None and not self.resync:
+                if seq == 1 and prev == ZERO_HASH:
+                    r.start = "genesis"
+                elif self.cps.get(seq - 1) == prev:
+                    r.start = "checkpoint"
+                    r.notes.append(f"log starts at seq {seq}; a signed checkpoint vouches for seq {seq - 1} "
+                                   "(older files pruned)")
+                elif self.trust_start:
+                    r.start = "trusted"
+                    r.notes.append(f"verified from seq {seq} on; earlier records were not checked")
+                else:
+                    self._add(name, seq, "start_unanchored",
+                              f"the log starts at seq {seq} and no checkpoint vouches for seq {seq - 1}: "
+                              "earlier records deleted", o)
+                r.first_seq = seq
+            else:
+                r.notes.append(f"{name}: resumed checking at seq {seq} after an earlier break")
+            self.resync = False
+        elif seq != self.exp_seq or prev != self.last_hash:
+            self._order_issue(name, rec, data, o, first)
+            return False
+        self._accept(name, seq, h)
+        return True
+
+    def _order_issue(self, name: str, rec: dict[str, Any], data: Any, o: int, first: bool) -> None:
+        seq, exp = rec["seq"], self.exp_seq
+        assert exp is not None
+        if seq == exp:
+            self._add(name, seq, "chain_break",
+                      f"seq {seq} does not link to seq {exp - 1} (prev differs): a record was replaced or inserted", o)
+            return
+        if first and self.last_file and seq > exp:
+            later = _seqs_after(data, o)
+            if exp in later:
+                self._add(name, exp, "reordered", f"day file starts at seq {seq} but contains seq {exp} later", o)
+            else:
+                self._add(name, exp, "deleted",
+                          f"records {exp}..{seq - 1} missing between {self.last_file} and {name} "
+                          "(a day file deleted or truncated?)", o)
+            return
+        if first and self.last_file and seq < exp:
+            self._add(name, exp, "reordered",
+                      f"{name} starts at seq {seq}, before the end of {self.last_file} (seq {exp - 1}): "
+                      "day files out of order or replayed", o)
+            return
+        if seq < exp:
+            cause = "duplicate" if seq in _seqs_before_cached(self) else "reordered"
+            self._add(name, exp, cause, f"found seq {seq} where seq {exp} was expected", o)
+            return
+        later = _seqs_after(data, o)
+        if exp in later:
+            self._add(name, exp, "reordered", f"found seq {seq} where seq {exp} was expected; seq {exp} comes later", o)
+        else:
+            self._add(name, exp, "deleted", f"records {exp}..{seq - 1} are missing (found seq {seq})", o)
+
+    def _accept(self, name: str, seq: int, h: bytes) -> None:
+        r = self.r
+        want = self.cps.get(seq)
+        if want is not None:
+            if want != h:
+                self._add(name, seq, "checkpoint_mismatch",
+                          f"a signed checkpoint says seq {seq} has hash {want.hex()[:16]}..., the log has "
+                          f"{h.hex()[:16]}...: the log was rewritten")
+            else:
+                r.anchored_through = max(r.anchored_through or 0, seq)
+        r.records += 1
+        r.last_seq = seq
+        r.head = h
+        self.exp_seq = seq + 1
+        self.last_hash = h
+        self.last_file = name
+
+    def _add(self, name: str, seq: int | None, cause: str, detail: str, offset: int | None = None) -> None:
+        self.r.findings.append(Finding(name, seq, cause, detail, offset))
+
+    def finish(self) -> Report:
+        r = self.r
+        if self.cps and r.last_seq is not None:
+            top = max(self.cps)
+            if top > r.last_seq:
+                self._add(r.last_file or "", r.last_seq + 1, "checkpoint_truncated",
+                          f"a signed checkpoint vouches for seq {top} but the log ends at seq {r.last_seq}: "
+                          "records removed from the tail")
+        elif self.cps and r.last_seq is None and r.files:
+            self._add("", None, "checkpoint_truncated",
+                      f"a signed checkpoint vouches for seq {max(self.cps)} but the log has no records")
+        return r
+
+
+def _seqs_after(data: Any, o: int) -> set[int]:
+    """Seqs claimed by the frames from offset `o` on (best effort; for diagnosis only)."""
+    out: set[int] = set()
+    n = len(data)
+    for _ in range(_LOOKAHEAD):
+        if o + 4 > n:
+            break
+        ln = FRAME.unpack_from(data, o)[0]
+        if ln == 0 or o + 4 + ln > n:
+            break
+        with contextlib.suppress(Exception):
+            v = cbor2.loads(bytes(data[o + 4:o + 4 + ln]))
+            if isinstance(v, dict) and type(v.get("seq")) is int:
+                out.add(v["seq"])
+        o += 4 + ln
+    return out
+
+
+def _seqs_before_cached(v: ChainVerifier) -> set[int]:
+    # Seqs are dense from first_seq to last_seq when we get here (every record so far linked).
+    if v.r.first_seq is None or v.r.last_seq is None:
+        return set()
+    return set(range(v.r.first_seq, v.r.last_seq + 1))
+
+
+def verify_buffers(files: Iterable[tuple[str, bytes]], checkpoints: dict[int, bytes] | None = None, *,
+                   trust_start: bool = False) -> Report:
+    """Verify in-memory day files given in order (pure; used by tests and the fuzzer)."""
+    items = list(files)
+    last = max((i for i, (_, d) in enumerate(items) if len(d)), default=len(items) - 1)
+    v = ChainVerifier(checkpoints, trust_start=trust_start)
+    for i, (name, data) in enumerate(items):
+        v.feed(name, data, last=i == last)
+    return v.finish()
+
+
+# -- shell --------------------------------------------------------------------------------------
+def day_files(audit_dir: Path) -> list[Path]:
+    if not audit_dir.is_dir():
+        return []
+    return sorted(p for p in audit_dir.iterdir() if DAY_FILE.match(p.name) and p.is_file())
+
+
+def _read(path: Path, limit: int | None = None) -> bytes | mmap.mmap:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size if limit is None else min(limit, os.fstat(fd).st_size)
+        if size == 0:
+            return b""
+        if size < (1 << 20):
+            return os.pread(fd, size, 0)
+        m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        return m
+    finally:
+        os.close(fd)
+
+
+def verify_dir(audit_dir: Path, pubkey: bytes | None, *, since: str | None = None,
+               extra_checkpoints: list[dict[str, Any]] | None = None,
+               limit: tuple[str, int] | None = None, only: list[Path] | None = None) -> Report:
+    """Verify the day files of `audit_dir` against the signed checkpoints.
+
+    `limit` = (file name, size): stop reading that file at `size` (the durable end the running
+    server reported), so a write in progress is not mistaken for a torn record.
+    """
+    cps, bad = cp.load_valid(audit_dir / cp.LOG_NAME, pubkey)
+    for c in extra_checkpoints or []:
+        cps[c["seq"]] = bytes.fromhex(c["hash"])
+    files = only if only is not None else day_files(audit_dir)
+    if since:
+        files = [p for p in files if p.name[:10] >= since]
+    v = ChainVerifier(cps, trust_start=bool(since) or only is not None)
+    for b in bad:
+        v._add(cp.LOG_NAME, b.get("seq"), "checkpoint_invalid", b["error"])
+    if pubkey is None:
+        v.r.notes.append("no audit public key (keys/audit_ed25519.pub): checkpoints not verified")
+    sizes = []
+    for p in files:
+        try:
+            sizes.append(p.stat().st_size if not (limit and limit[0] == p.name) else limit[1])
+        except FileNotFoundError:
+            sizes.append(0)
+    last = max((i for i, s in enumerate(sizes) if s), default=len(files) - 1)
+    for i, p in enumerate(files):
+        lim = limit[1] if limit and limit[0] == p.name else None
+        if limit and p.name > limit[0]:
+            continue
+        data = _read(p, lim)
+        try:
+            v.feed(p.name, data, last=i == last)
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
+    r = v.finish()
+    if not files:
+        r.notes.append("no day files")
+    torn_dir = audit_dir / "torn"
+    if torn_dir.is_dir():
+        for t in sorted(torn_dir.iterdir()):
+            r.notes.append(f"torn write moved aside earlier: torn/{t.name} ({t.stat().st_size} bytes)")
+    return r

@@ -1,0 +1,710 @@
+"""The audit writer: one writer per home, group commit, crash recovery, disk-full buffering.
+
+Imperative shell around `record.py`:
+- `Store` owns the day files (synchronous; one thread at a time): recovers a torn tail on open,
+  appends frames and fdatasyncs, fsyncs the directory when it creates a day file, and rolls a
+  failed (ENOSPC) append back so the file never keeps half a batch.
+- `AuditWriter` (asyncio) assigns seq/ts/prev/hash on the event loop in call order, queues the
+  frames, and a single flusher task writes whatever is queued as one batch in a worker thread:
+  every caller waiting in that batch shares one fsync, and the loop keeps serving meanwhile.
+  `record()` returns only once its record is durable.
+- fsync failing is fatal (the kernel may have dropped the dirty pages; retrying could "succeed"
+  without the data): the writer refuses every further record, so the gateway refuses calls.
+- ENOSPC: records stay queued in memory (up to `audit.buffer_records`), callers proceed with a
+  critical health alert, a retry runs every `audit.retry_seconds`, and the queue is flushed in
+  order once space returns; when the buffer is full, calls are refused. `fail_mode: halt`
+  refuses calls at once instead.
+- `audit/.lock` (flock) is held by the running server; offline CLI writers take it too, so two
+  writers never fork the chain (`append_offline_or_admin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import sqlite3
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stockade.audit import checkpoint as cp
+from stockade.audit.index import Index, row_fields
+from stockade.audit.record import FRAME, MAX_FRAME, ZERO_HASH, BadRecord, build, check, day_of, frame, now_us
+from stockade.audit.verify import _looks_torn, day_files
+from stockade.errors import StockadeError, err
+
+LOCK_NAME = ".lock"
+TORN_DIR = "torn"
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    pass
+
+
+class WriterFailed(Exception):
+    pass
+
+
+class AuditDamaged(Exception):
+    """The newest day file is damaged in a way a crash cannot explain: refuse to append."""
+
+
+@dataclass
+class Head:
+    seq: int = 0
+    hash: bytes = ZERO_HASH
+    file: str | None = None
+    size: int = 0
+
+
+# -- the files ------------------------------------------------------------------------------------
+class Store:
+    def __init__(self, audit_dir: Path):
+        self.dir = audit_dir
+        self.fd: int | None = None
+        self.day: str | None = None
+        self.size = 0
+
+    def recover(self) -> tuple[Head, dict[str, Any] | None]:
+        """Find the head; move a torn final record aside. Raises AuditDamaged on anything else.
+
+        Only the framing of the newest non-empty file and its last record are checked here (fast);
+        `stockade audit verify` checks the whole chain.
+        """
+        torn: dict[str, Any] | None = None
+        for p in reversed(day_files(self.dir)):
+            data = p.read_bytes()
+            if not data:
+                continue
+            o, last = 0, None
+            n = len(data)
+            while o < n:
+                ln = FRAME.unpack_from(data, o)[0] if n - o >= 4 else 0
+                if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
+                    break
+                last = (o, ln)
+                o += 4 + ln
+            if o < n:
+                rest = data[o:]
+                if not _looks_torn(rest):
+                    raise AuditDamaged(f"{p.name}: {n - o} bytes at offset {o} are not a record (garbage or "
+                                       "tampering, not a torn write)")
+                torn = self._move_aside(p, o, rest)
+            if last is None:
+                continue
+            try:
+                rec = check(data[last[0] + 4:last[0] + 4 + last[1]])
+            except BadRecord as e:
+                raise AuditDamaged(f"{p.name}: the last record (offset {last[0]}) is {e.cause}: {e.detail}") from None
+            return Head(rec["seq"], rec["hash"], p.name, o), torn
+        return Head(), torn
+
+    def _move_aside(self, p: Path, offset: int, rest: bytes) -> dict[str, Any]:
+        tdir = self.dir / TORN_DIR
+        tdir.mkdir(mode=0o700, exist_ok=True)
+        target = tdir / f"{p.name}.{offset}.{time.time_ns() // 1000}.torn"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, rest)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        cp.fsync_dir(tdir)
+        cp.fsync_dir(self.dir)
+        fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return {"file": p.name, "offset": offset, "bytes": len(rest), "moved_to": f"{TORN_DIR}/{target.name}"}
+
+    def _open(self, day: str) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        path = self.dir / f"{day}.log"
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:
+            fd = os.open(path, flags)
+            created = False
+        if created:
+            try:
+                cp.fsync_dir(self.dir)     # the new name must survive a crash before any record in it
+            except OSError as e:
+                os.close(fd)
+                raise WriterFailed(f"fsync of {self.dir} failed: {e}") from e
+        self.fd, self.day, self.size = fd, day, os.fstat(fd).st_size
+
+    def append(self, day: str, frames: list[bytes]) -> list[int]:
+        """Write frames to `day`'s file and fdatasync; their offsets. DiskFull leaves the file as it was."""
+        try:
+            if day != self.day or self.fd is None:
+                self._open(day)
+        except OSError as e:
+            if e.errno in _SPACE_ERRNOS:
+                raise DiskFull(str(e)) from e
+            raise WriterFailed(f"cannot open the day file: {e}") from e
+        assert self.fd is not None
+        start = self.size
+        offsets = []
+        pos = start
+        for f in frames:
+            offsets.append(pos)
+            pos += len(f)
+        data = memoryview(b"".join(frames))
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError as e2:
+                raise WriterFailed(f"write failed ({e}) and could not be rolled back ({e2})") from e2
+            if e.errno in _SPACE_ERRNOS:
+                raise DiskFull(str(e)) from e
+            raise WriterFailed(f"write failed: {e}") from e
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise WriterFailed(f"fdatasync failed: {e}") from e
+        self.size = pos
+        return offsets
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.day = None
+
+
+def last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete record of a day file (for pruning checkpoints)."""
+    from stockade.audit.index import iter_records
+
+    out = None
+    for _o, _l, rec in iter_records(path):
+        out = rec
+    return out
+
+
+# -- locking --------------------------------------------------------------------------------------
+def try_lock(audit_dir: Path) -> int | None:
+    fd = os.open(audit_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock(audit_dir: Path, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = try_lock(audit_dir)
+        if fd is not None:
+            return fd
+        if time.monotonic() > deadline:
+            raise err("Internal", f"another process holds {audit_dir / LOCK_NAME} (is another stockade serve "
+                                  "running on this home?)")
+        time.sleep(0.05)
+
+
+def unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+# -- the async writer ----------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Item:
+    seq: int
+    hash: bytes
+    ts: int
+    day: str
+    frame: bytes
+    row: tuple[Any, ...]
+    fut: asyncio.Future[int] | None = None
+    buffered: bool = False
+
+
+@dataclass
+class Settings:
+    checkpoint_every: int = 1000
+    retention_days: int = 90
+    fail_mode: str = "buffer"
+    buffer_records: int = 10_000
+    retry_seconds: float = 30.0
+
+    @classmethod
+    def of(cls, cfg: Any) -> Settings:
+        return cls(cfg.checkpoint_every, cfg.retention_days, cfg.fail_mode, cfg.buffer_records, cfg.retry_seconds)
+
+
+@dataclass
+class _DiskFullState:
+    since: int
+    first_seq: int | None = None
+    buffered: int = 0
+    refused: int = 0
+    probe: bool = False
+
+
+@dataclass
+class AuditWriter:
+    audit_dir: Path
+    keys_dir: Path | None
+    settings: Settings = field(default_factory=Settings)
+    bus: Any = None
+    health: dict[str, Any] | None = None
+    clock: Any = now_us
+
+    def __post_init__(self) -> None:
+        self.store = Store(self.audit_dir)
+        self.index: Index | None = None
+        self.head = Head()
+        self.durable = Head()
+        self.failed: str | None = None
+        self.disk_full: _DiskFullState | None = None
+        self.closed = True
+        self._queue: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        self._lock_fd: int | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._key: Any = None
+        self._last_cp = 0
+        self._index_behind = False
+        self._flushing = False
+        self.stats = {"batches": 0, "records": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self, *, lock_timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        self._lock_fd = await loop.run_in_executor(self._ex, lock, self.audit_dir, lock_timeout)
+        try:
+            try:
+                self.head, torn = await loop.run_in_executor(self._ex, self.store.recover)
+            except AuditDamaged as e:
+                raise err("Internal", f"audit log damaged: {e}. Run `stockade audit verify`; to start a new "
+                                      "segment, move the damaged day file out of audit/ (the break stays "
+                                      "visible to verify and to exported checkpoints).") from None
+            self.durable = Head(self.head.seq, self.head.hash, self.head.file, self.head.size)
+            if self.keys_dir is not None and (self.keys_dir / cp.KEY_NAME).exists():
+                self._key = cp.load_private(self.keys_dir)
+            last = cp.latest(self.audit_dir / cp.LOG_NAME)
+            self._last_cp = last["seq"] if last else 0
+            self.index = await loop.run_in_executor(self._ex, Index, self.audit_dir)
+            await loop.run_in_executor(self._ex, self._catch_up_index)
+        except BaseException:
+            unlock(self._lock_fd)
+            self._lock_fd = None
+            raise
+        self.closed = False
+        self._set_health("ok")
+        self._tasks.append(asyncio.create_task(self._flusher(), name="audit-flusher"))
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="audit-retention"))
+        if torn:
+            self._publish("audit.torn_recovered", torn, "warning")
+            await self.record({"kind": "audit.torn_recovered", **torn})
+
+    async def close(self) -> None:
+        """Flush, write the shutdown checkpoint, release the lock."""
+        if self.closed and self._lock_fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self.failed and self._queue:
+            if self.disk_full:
+                self._wake.set()
+            for _ in range(100):
+                if not self._queue or self.failed:
+                    break
+                self._wake.set()
+                await asyncio.sleep(0.02)
+        self.closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._queue:
+            print(f"stockade: audit: {len(self._queue)} buffered records could not be written at shutdown "
+                  f"({self.failed or 'disk full'})", file=sys.stderr)
+            for it in self._queue:
+                if it.fut and not it.fut.done():
+                    it.fut.set_exception(self._refusal("closed"))
+            self._queue.clear()
+        if not self.failed and self.durable.seq > self._last_cp:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self._ex, self._checkpoint_sync, "shutdown")
+        await loop.run_in_executor(self._ex, self._close_sync)
+        self._ex.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        self.store.close()
+        if self.index:
+            with contextlib.suppress(Exception):
+                self.index.close()
+        if self._lock_fd is not None:
+            unlock(self._lock_fd)
+            self._lock_fd = None
+
+    # -- recording -------------------------------------------------------------------------------
+    async def record(self, rec: dict[str, Any]) -> int:
+        """Append one record; returns its seq once it is durable (or buffered on a full disk)."""
+        self._accepting()
+        item = self._enqueue(rec, wait=not self.disk_full)
+        if item.fut is not None:
+            await asyncio.shield(item.fut)
+        return item.seq
+
+    def _enqueue(self, rec: dict[str, Any], *, wait: bool) -> _Item:
+        """Give the record its place in the chain (seq, ts, prev, hash) and queue it."""
+        ts = max(self.clock(), 0)
+        seq = self.head.seq + 1
+        try:
+            body, digest = build(rec, seq, ts, self.head.hash)
+        except ValueError as e:
+            raise err("Internal", f"audit record refused: {e}") from None
+        day = day_of(ts)
+        if self.head.file and day < self.head.file[:10]:
+            day = self.head.file[:10]     # the clock went back over midnight: never write to an older file
+        item = _Item(seq, digest, ts, day, frame(body), (seq, ts, *row_fields(rec)))
+        self.head = Head(seq, digest, f"{day}.log", 0)
+        if wait:
+            item.fut = asyncio.get_running_loop().create_future()
+        else:
+            item.buffered = True
+            if self.disk_full:
+                self.disk_full.buffered += 1
+        self._queue.append(item)
+        if not self.disk_full:
+            self._wake.set()
+        return item
+
+    def _accepting(self) -> None:
+        if self.failed:
+            raise self._refusal("failed")
+        if self.closed:
+            raise self._refusal("closed")
+        if self.disk_full:
+            if self.settings.fail_mode == "halt":
+                self.disk_full.refused += 1
+                raise self._refusal("halt")
+            if len(self._queue) >= self.settings.buffer_records:
+                self.disk_full.refused += 1
+                raise self._refusal("buffer_full")
+
+    def _refusal(self, why: str) -> StockadeError:
+        msg = {
+            "failed": f"the audit log failed ({self.failed}); calls are refused until the gateway is restarted",
+            "closed": "the audit log is closed (the gateway is stopping)",
+            "halt": "the audit disk is full (audit.fail_mode: halt): calls are refused until space returns",
+            "buffer_full": f"the audit disk is full and the buffer of {self.settings.buffer_records} records is "
+                           "full: calls are refused until space returns",
+        }[why]
+        return err("Internal", msg, audit=why)
+
+    # -- the flusher -----------------------------------------------------------------------------
+    async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue and not self.failed:
+                first = self._queue[0]
+                n = 0
+                for it in self._queue:
+                    if it.day != first.day:
+                        break
+                    n += 1
+                seg = self._queue[:n]
+                self._flushing = True
+                try:
+                    offsets = await loop.run_in_executor(self._ex, self._commit, first.day, seg)
+                except DiskFull as e:
+                    self._flushing = False
+                    self._on_disk_full(str(e))
+                    break
+                except Exception as e:  # WriterFailed or anything unexpected: fatal, never ignored
+                    self._flushing = False
+                    self._on_fatal(f"{type(e).__name__}: {e}")
+                    break
+                self._flushing = False
+                del self._queue[:n]
+                last = seg[-1]
+                self.durable = Head(last.seq, last.hash, f"{last.day}.log", offsets[-1] + len(last.frame))
+                self.stats["batches"] += 1
+                self.stats["records"] += n
+                for it in seg:
+                    if it.fut is not None and not it.fut.done():
+                        it.fut.set_result(it.seq)
+                if self.disk_full:
+                    await self._on_space_back()
+                every = self.settings.checkpoint_every
+                if last.seq // every > self._last_cp // every:
+                    with contextlib.suppress(Exception):
+                        await loop.run_in_executor(self._ex, self._checkpoint_sync, "periodic")
+
+    def _commit(self, day: str, seg: list[_Item]) -> list[int]:
+        offsets = self.store.append(day, [it.frame for it in seg])
+        if self.index is not None:
+            fname = f"{day}.log"
+            rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, *it.row[2:]) for it, off in zip(seg, offsets,
+                                                                                                    strict=True)]
+            try:
+                if self._index_behind:
+                    self.index.catch_up()
+                    self._index_behind = False
+                else:
+                    self.index.add(rows)
+            except sqlite3.Error:
+                self._index_behind = True    # derived data: catch up later, never block the log
+        return offsets
+
+    def _catch_up_index(self) -> None:
+        assert self.index is not None
+        try:
+            self.index.catch_up()
+        except sqlite3.Error:
+            self._index_behind = True
+
+    # -- failure modes ---------------------------------------------------------------------------
+    def _on_fatal(self, why: str) -> None:
+        self.failed = why
+        for it in self._queue:
+            if it.fut is not None and not it.fut.done():
+                it.fut.set_exception(self._refusal("failed"))
+        self._queue.clear()
+        self.head = Head(self.durable.seq, self.durable.hash, self.durable.file, self.durable.size)
+        self._set_health("critical", error=f"audit writer failed: {why}; calls are refused")
+        self._publish("health.audit", {"status": "critical", "error": why, "refusing": True}, "critical")
+        print(f"stockade: audit writer failed: {why}; refusing calls", file=sys.stderr)
+
+    def _on_disk_full(self, why: str) -> None:
+        first = not self.disk_full
+        if first:
+            self.disk_full = _DiskFullState(since=self.clock(), first_seq=self._queue[0].seq if self._queue else None)
+        assert self.disk_full is not None
+        if self.settings.fail_mode == "halt":
+            # Nothing is buffered: the queued callers are refused and the chain rewinds to the
+            # last durable record, so no seq is ever skipped.
+            for it in self._queue:
+                if it.fut is not None and not it.fut.done():
+                    self.disk_full.refused += 1
+                    it.fut.set_exception(self._refusal("halt"))
+            self._queue.clear()
+            self.head = Head(self.durable.seq, self.durable.hash, self.durable.file, self.durable.size)
+        else:
+            # The callers waiting in the queue proceed: their records are buffered, in order.
+            for it in self._queue:
+                if it.fut is not None and not it.fut.done():
+                    it.buffered = True
+                    self.disk_full.buffered += 1
+                    it.fut.set_result(it.seq)
+        if first:
+            detail = {"status": "critical", "error": f"audit disk full: {why}", "mode": self.settings.fail_mode,
+                      "buffered": len(self._queue), "buffer_records": self.settings.buffer_records,
+                      "retry_seconds": self.settings.retry_seconds}
+            self._set_health("critical", **{k: v for k, v in detail.items() if k != "status"})
+            self._publish("health.audit", detail, "critical")
+            self._tasks.append(asyncio.create_task(self._retry_loop(), name="audit-retry"))
+        elif self.health is not None and "audit" in self.health:
+            self.health["audit"]["buffered"] = len(self._queue)
+
+    async def _retry_loop(self) -> None:
+        while self.disk_full and not self.failed and not self.closed:
+            await asyncio.sleep(self.settings.retry_seconds)
+            state = self.disk_full
+            if not state:
+                return
+            if not self._queue and self.settings.fail_mode == "halt":
+                # Nothing is buffered in halt mode: the disk-full record itself is the probe.
+                state.probe = True
+                self._enqueue(self._disk_full_event(state), wait=False)
+            self._wake.set()
+
+    async def _on_space_back(self) -> None:
+        if self._queue:
+            return       # keep flushing, in order, first
+        state = self.disk_full
+        assert state is not None
+        self.disk_full = None
+        self._recovered(state)
+        if not state.probe:
+            self._enqueue(self._disk_full_event(state), wait=False)
+
+    def _disk_full_event(self, state: _DiskFullState) -> dict[str, Any]:
+        return {"kind": "audit.disk_full", "since": state.since, "until": self.clock(),
+                "buffered": state.buffered, "refused": state.refused, "first_seq": state.first_seq,
+                "mode": self.settings.fail_mode}
+
+    def _recovered(self, state: _DiskFullState) -> None:
+        self._set_health("ok")
+        self._publish("health.audit", {"status": "ok", "recovered": True, "buffered": state.buffered,
+                                       "refused": state.refused}, "info")
+
+    # -- checkpoints and retention ---------------------------------------------------------------
+    def _checkpoint_sync(self, reason: str, seq: int | None = None, digest: bytes | None = None,
+                         file: str | None = None) -> dict[str, Any] | None:
+        if self._key is None:
+            return None
+        if seq is None:
+            seq, digest, file = self.durable.seq, self.durable.hash, self.durable.file
+        if not seq:
+            return None
+        assert digest is not None
+        c = cp.make(self._key, seq, digest, self.clock(), reason, file)
+        cp.append(self.audit_dir / cp.LOG_NAME, c)
+        if reason != "prune":
+            self._last_cp = max(self._last_cp, seq)
+        return c
+
+    async def checkpoint(self, reason: str = "manual") -> dict[str, Any] | None:
+        """Write a signed checkpoint of the durable head now."""
+        loop = asyncio.get_running_loop()
+        for _ in range(200):
+            if not self._queue or self.disk_full or self.failed:
+                break
+            await asyncio.sleep(0.01)
+        return await loop.run_in_executor(self._ex, self._checkpoint_sync, reason)
+
+    def _prune_sync(self, today: str) -> list[str]:
+        cutoff = time.strftime("%Y-%m-%d", time.gmtime(self.clock() / 1e6 - self.settings.retention_days * 86400))
+        pruned = []
+        for p in day_files(self.audit_dir):
+            name = p.name
+            if name[:10] >= cutoff or name == self.durable.file or name[:10] >= today:
+                continue
+            rec = last_record(p)
+            if rec is not None:
+                if self._key is None:
+                    continue     # never delete history without a signed anchor for what follows
+                self._checkpoint_sync("prune", rec["seq"], rec["hash"], name)
+            p.unlink()
+            cp.fsync_dir(self.audit_dir)
+            if self.index is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self.index.prune_file(name)
+            pruned.append(name)
+        return pruned
+
+    async def prune(self) -> list[str]:
+        loop = asyncio.get_running_loop()
+        pruned = await loop.run_in_executor(self._ex, self._prune_sync, day_of(self.clock()))
+        for name in pruned:
+            self._publish("audit.pruned", {"file": name}, "info")
+        return pruned
+
+    async def _retention_loop(self) -> None:
+        while not self.closed:
+            try:
+                await self.prune()
+            except Exception as e:
+                print(f"stockade: audit retention: {e}", file=sys.stderr)
+            await asyncio.sleep(3600)
+
+    # -- reporting -------------------------------------------------------------------------------
+    def _set_health(self, status: str, **extra: Any) -> None:
+        if self.health is not None:
+            self.health["audit"] = {"status": status, "seq": self.durable.seq, **extra}
+
+    def _publish(self, kind: str, data: dict[str, Any], severity: str) -> None:
+        if self.bus is not None:
+            with contextlib.suppress(Exception):
+                self.bus.publish(kind, data, severity)
+
+    def status(self) -> dict[str, Any]:
+        return {"seq": self.durable.seq, "hash": self.durable.hash.hex(), "file": self.durable.file,
+                "size": self.durable.size, "queued": len(self._queue), "failed": self.failed,
+                "disk_full": bool(self.disk_full), "last_checkpoint": self._last_cp, **self.stats}
+
+
+# -- offline writers ---------------------------------------------------------------------------------
+def append_locked(audit_dir: Path, keys_dir: Path | None, record: dict[str, Any] | None,
+                  checkpoint_every: int = 1000, clock: Any = now_us, *, force_checkpoint: bool = False) -> int:
+    """Append one record (None: none) while holding audit/.lock (no server running); the head seq.
+
+    `force_checkpoint` signs the head afterwards whatever `checkpoint_every` says.
+    """
+    store = Store(audit_dir)
+    head, torn = store.recover()
+    try:
+        todo = []
+        if torn:
+            todo.append({"kind": "audit.torn_recovered", **torn})
+        if record is not None:
+            todo.append(record)
+        index = None
+        with contextlib.suppress(sqlite3.Error):
+            index = Index(audit_dir)
+            index.catch_up()
+        for rec in todo:
+            ts = clock()
+            day = day_of(ts)
+            if head.file and day < head.file[:10]:
+                day = head.file[:10]
+            body, digest = build(rec, head.seq + 1, ts, head.hash)
+            off = store.append(day, [frame(body)])[0]
+            head = Head(head.seq + 1, digest, f"{day}.log", off + 4 + len(body))
+            if index is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    index.add([(head.seq, ts, head.file, off, len(body), *row_fields(rec))])
+        if index is not None:
+            index.close()
+        last = cp.latest(audit_dir / cp.LOG_NAME)
+        last_seq = last["seq"] if last else 0
+        crossed = head.seq // checkpoint_every > last_seq // checkpoint_every
+        if keys_dir is not None and (keys_dir / cp.KEY_NAME).exists() and head.seq and (crossed or force_checkpoint):
+            cp.append(audit_dir / cp.LOG_NAME, cp.make(cp.load_private(keys_dir), head.seq, head.hash, clock(),
+                                                       "manual" if force_checkpoint else "periodic", head.file))
+        return head.seq
+    finally:
+        store.close()
+
+
+def append_offline_or_admin(home: Any, record: dict[str, Any], timeout: float = 30.0) -> int:
+    """Record an event from a CLI command: through the running server, or directly under the lock."""
+    from stockade.audit.record import jsonable
+    from stockade.supervision import admin
+
+    audit_dir: Path = home.audit_dir
+    audit_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if admin.running(home):
+            try:
+                return int(admin.call(home, "audit.append", {"record": jsonable(record)})["seq"])
+            except StockadeError as e:
+                if e.type != "Unreachable":
+                    raise
+        fd = try_lock(audit_dir)
+        if fd is not None:
+            try:
+                try:
+                    every = home.config().audit.checkpoint_every
+                except Exception:
+                    every = 1000
+                try:
+                    return append_locked(audit_dir, home.keys, record, every)
+                except AuditDamaged as e:
+                    raise err("Internal", f"audit log damaged: {e} (run stockade audit verify)") from None
+                except (DiskFull, WriterFailed) as e:
+                    raise err("Internal", f"cannot write the audit log: {e}") from None
+            finally:
+                unlock(fd)
+        if time.monotonic() > deadline:
+            raise err("Internal", f"timed out waiting for {audit_dir / LOCK_NAME}")
+        time.sleep(0.05)

@@ -1,0 +1,318 @@
+"""`stockade audit verify|query|tail|export|reindex|checkpoint export` (DESIGN.md §6).
+
+All of them work on a stopped home; with a server running, `verify` stops at the durable end
+the server reports (a batch being written is not a torn record) and `checkpoint export --fresh`
+asks the server to sign its current head.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stockade.audit import checkpoint as cp
+from stockade.audit.index import Index, iter_records, read_record
+from stockade.audit.record import jsonable
+from stockade.audit.verify import day_files, verify_dir
+from stockade.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    emit,
+    fail,
+    fail_error,
+    home_option,
+    json_option,
+    need_home,
+    sanitize,
+)
+from stockade.errors import StockadeError
+from stockade.home import Home
+
+
+def _parse_time(v: str | None, what: str) -> int | None:
+    """YYYY-MM-DD or an ISO 8601 time (UTC unless it says otherwise) -> µs."""
+    if v is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{what}: expected a date like 2026-11-22 or 2026-11-22T10:00:00Z, got {v!r}", EXIT_USAGE)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)
+
+
+def _iso(ts: Any) -> str:
+    if not isinstance(ts, int):
+        return "?"
+    return datetime.fromtimestamp(ts / 1e6, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _line(rec: dict[str, Any]) -> str:
+    kind = rec.get("kind")
+    if kind:
+        rest = {k: v for k, v in rec.items() if k not in ("seq", "ts", "prev", "hash", "kind")}
+        return sanitize(f"{rec.get('seq'):>8} {_iso(rec.get('ts'))} {kind} {json.dumps(jsonable(rest), default=str)}")
+    outcome = rec.get("outcome") if isinstance(rec.get("outcome"), dict) else {}
+    decision = rec.get("decision") if isinstance(rec.get("decision"), dict) else {}
+    status = outcome.get("status", "?")
+    if outcome.get("error"):
+        status += f" ({outcome['error']})"
+    return sanitize(f"{rec.get('seq'):>8} {_iso(rec.get('ts'))} {rec.get('agent')} {rec.get('capability')} "
+                    f"[{rec.get('phase')}] {decision.get('tier')} -> {status} {rec.get('duration_us')}us")
+
+
+def _live_limit(h: Home) -> tuple[str, int] | None:
+    from stockade.supervision import admin
+
+    if not admin.running(h):
+        return None
+    try:
+        head = admin.call(h, "audit.head")
+    except StockadeError:
+        return None
+    if head.get("file"):
+        return (head["file"], int(head["size"]))
+    return None
+
+
+@click.group()
+def audit() -> None:
+    """Inspect and verify the tamper-evident audit log."""
+
+
+@audit.command()
+@click.option("--since", help="Verify day files from this date (YYYY-MM-DD) on.")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, exists=True),
+              help="An exported checkpoint (audit checkpoint export) the log must still contain.")
+@home_option
+@json_option
+def verify(since: str | None, checkpoint_file: str | None, home: str | None, as_json: bool) -> None:
+    """Verify the hash chain, signatures and checkpoints; exit 0 only if intact."""
+    h = need_home(home)
+    if since is not None:
+        _parse_time(since, "--since")
+        since = since[:10]
+    extra: list[dict[str, Any]] = []
+    notes: list[str] = []
+    pub = cp.load_public(h.keys)
+    if checkpoint_file:
+        entries = _read_checkpoints(Path(checkpoint_file))
+        for c in entries:
+            try:
+                cp.check(c, None)
+            except ValueError as e:
+                fail(f"{checkpoint_file}: {e}", EXIT_CHECK_FAILED, as_json, cause="checkpoint_invalid")
+            if pub is not None and c.get("key") and base64.b64decode(c["key"]) != pub:
+                notes.append(f"the checkpoint for seq {c['seq']} was signed by a different key than this home's "
+                             "audit key")
+            extra.append(c)
+    r = verify_dir(h.audit_dir, pub, since=since, extra_checkpoints=extra, limit=_live_limit(h))
+    r.notes.extend(notes)
+    if checkpoint_file and not any(f.cause.startswith("checkpoint") for f in r.findings):
+        r.notes.append(f"the log still contains the exported checkpoint(s) for seq "
+                       f"{', '.join(str(c['seq']) for c in extra)}")
+    out = r.to_dict()
+
+    def render(d: dict[str, Any]) -> None:
+        if d["ok"]:
+            click.echo(f"intact: {d['records']} records in {d['files']} files, seq {d['first_seq']}..{d['last_seq']}"
+                       f" (start: {d['start']})")
+        else:
+            click.echo(f"NOT INTACT ({d['status']}): {len(d['findings'])} finding(s)")
+            for f in d["findings"]:
+                click.echo(sanitize(f"  {f['file']} seq {f['seq']}: {f['cause']}: {f['detail']}"))
+        if d["anchored_through"]:
+            click.echo(f"anchored by signed checkpoints through seq {d['anchored_through']}; "
+                       f"unanchored after")
+        else:
+            click.echo("no signed checkpoint covers the log yet")
+        for n in d["notes"]:
+            click.echo(sanitize(f"note: {n}"))
+
+    emit(out, as_json, render)
+    sys.exit(0 if r.ok else EXIT_CHECK_FAILED)
+
+
+def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(errors="replace").strip()
+    try:
+        v = json.loads(text)
+        items = v if isinstance(v, list) else [v]
+    except ValueError:
+        try:
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError:
+            fail(f"{path}: not a checkpoint (expected the JSON printed by `audit checkpoint export`)", EXIT_USAGE)
+    if not items or not all(isinstance(i, dict) for i in items):
+        fail(f"{path}: not a checkpoint", EXIT_USAGE)
+    return items
+
+
+@audit.command()
+@click.option("--agent")
+@click.option("--capability")
+@click.option("--outcome", help="ok | error | started")
+@click.option("--kind", help="call, or an event kind such as agent.created")
+@click.option("--since", help="Date or ISO time (UTC).")
+@click.option("--until", help="Date or ISO time (UTC), exclusive.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@home_option
+@json_option
+def query(agent: str | None, capability: str | None, outcome: str | None, kind: str | None, since: str | None,
+          until: str | None, limit: int, home: str | None, as_json: bool) -> None:
+    """Search the log through the index (by time, agent, capability, outcome)."""
+    h = need_home(home)
+    idx = Index(h.audit_dir)
+    try:
+        idx.catch_up()
+        hits = idx.query(agent=agent, capability=capability, outcome=outcome, kind=kind,
+                         since_us=_parse_time(since, "--since"), until_us=_parse_time(until, "--until"), limit=limit)
+    finally:
+        idx.close()
+    recs = [r for r in (read_record(h.audit_dir, *hit) for hit in hits) if r is not None]
+    emit({"records": [jsonable(r) for r in recs]}, as_json, lambda d: [click.echo(_line(r)) for r in recs])
+
+
+@audit.command()
+@click.option("-n", "count", type=click.IntRange(0, 1_000_000), default=20, show_default=True)
+@click.option("-f", "follow", is_flag=True, help="Keep printing new records.")
+@home_option
+@json_option
+def tail(count: int, follow: bool, home: str | None, as_json: bool) -> None:
+    """The last records (JSON lines with --json); -f follows the log."""
+    h = need_home(home)
+    files = day_files(h.audit_dir)
+    recs: list[dict[str, Any]] = []
+    pos: tuple[str, int] | None = None
+    for p in reversed(files):
+        got = list(iter_records(p))
+        if pos is None:
+            pos = (p.name, got[-1][0] + 4 + got[-1][1]) if got else (p.name, 0)
+        recs = [r for _o, _l, r in got] + recs
+        if len(recs) >= count:
+            break
+    for r in recs[-count:] if count else []:
+        _print(r, as_json)
+    if not follow:
+        return
+    try:
+        while True:
+            time.sleep(0.3)
+            pos = _follow(h, pos, as_json)
+    except KeyboardInterrupt:
+        pass
+
+
+def _print(rec: dict[str, Any], as_json: bool) -> None:
+    click.echo(json.dumps(jsonable(rec), default=str) if as_json else _line(rec))
+    sys.stdout.flush()
+
+
+def _follow(h: Home, pos: tuple[str, int] | None, as_json: bool) -> tuple[str, int] | None:
+    for p in day_files(h.audit_dir):
+        if pos is not None and p.name < pos[0]:
+            continue
+        start = pos[1] if pos is not None and p.name == pos[0] else 0
+        end = start
+        for o, ln, rec in iter_records(p, start):
+            _print(rec, as_json)
+            end = o + 4 + ln
+        pos = (p.name, end)
+    return pos
+
+
+@audit.command()
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--since", help="Date or ISO time (UTC).")
+@click.option("--until", help="Date or ISO time (UTC), exclusive.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@home_option
+def export(fmt: str, since: str | None, until: str | None, output: str | None, home: str | None) -> None:
+    """Every record as one JSON object per line (bytes as hex)."""
+    h = need_home(home)
+    lo, hi = _parse_time(since, "--since"), _parse_time(until, "--until")
+    out = open(output, "w") if output else sys.stdout  # noqa: SIM115
+    try:
+        for p in day_files(h.audit_dir):
+            if lo is not None and p.name[:10] < _day(lo - 86_400_000_000):
+                continue
+            for _o, _l, rec in iter_records(p):
+                ts = rec.get("ts")
+                if not isinstance(ts, int) or (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                    continue
+                out.write(json.dumps(jsonable(rec), default=str) + "\n")
+    finally:
+        if output:
+            out.close()
+
+
+def _day(ts_us: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts_us // 1_000_000))
+
+
+@audit.command()
+@home_option
+@json_option
+def reindex(home: str | None, as_json: bool) -> None:
+    """Rebuild audit/index.db from the day files."""
+    h = need_home(home)
+    idx = Index(h.audit_dir)
+    try:
+        n = idx.rebuild()
+    finally:
+        idx.close()
+    emit({"indexed": n}, as_json, lambda d: click.echo(f"indexed {d['indexed']} records"))
+
+
+@audit.group()
+def checkpoint() -> None:
+    """Signed checkpoints of the log head."""
+
+
+@checkpoint.command("export")
+@click.option("--fresh", is_flag=True, help="Sign the current head first (through the server if it runs).")
+@home_option
+@json_option
+def checkpoint_export(fresh: bool, home: str | None, as_json: bool) -> None:
+    """Print the latest signed checkpoint: keep it somewhere else, verify with --checkpoint later."""
+    h = need_home(home)
+    if fresh:
+        try:
+            _fresh(h)
+        except StockadeError as e:
+            fail_error(e, as_json)
+    c = cp.latest(h.audit_dir / cp.LOG_NAME)
+    if c is None:
+        fail("no checkpoint yet (the log is empty, or run with --fresh)", EXIT_CHECK_FAILED, as_json)
+    if as_json:
+        click.echo(json.dumps(c, sort_keys=True))
+    else:
+        click.echo(json.dumps(c, sort_keys=True))
+        click.echo(f"# seq {c['seq']} at {_iso(c['ts'])}: save this line off this machine; later run\n"
+                   f"#   stockade audit verify --checkpoint FILE", err=True)
+
+
+def _fresh(h: Home) -> None:
+    from stockade.audit import writer as w
+    from stockade.supervision import admin
+
+    if admin.running(h):
+        admin.call(h, "audit.checkpoint")
+        return
+    fd = w.lock(h.audit_dir, 30.0)
+    try:
+        w.append_locked(h.audit_dir, h.keys, None, force_checkpoint=True)
+    finally:
+        w.unlock(fd)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(audit)
