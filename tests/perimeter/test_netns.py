@@ -4,6 +4,7 @@ network namespaces we create (server + two clients; traffic never leaves them)."
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,11 @@ def test_stockade_knock_native_and_fwknop_profiles(lab: Lab) -> None:
         assert ev["outcome"] == "granted" and ev["profile"] == "native" and ev["seconds"] == 3
         lab.wait_grant(A_IP)
         assert lab.grants() == [(A_IP, "tcp", 22)]
+        st = subprocess.run(["ip", "netns", "exec", lab.srv, sys.executable, "-m", "stockade", "perimeter", "status",
+                             "--home", str(lab.home), "--json"], capture_output=True, text=True, timeout=30)
+        status = json.loads(st.stdout)
+        assert status["table_loaded"] and [(g["ip"], g["proto"], g["port"]) for g in status["grants"]] == \
+            [(A_IP, "tcp", 22)]
         assert lab.a.ssh_port(2.0) == "open"
         assert lab.b.ssh_port() == "timeout"
         held = lab.a(op="hold", id="k", host=SERVER_IP, port=22)
