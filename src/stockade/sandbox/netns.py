@@ -67,11 +67,12 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class _FileLock:
-    """Cross-process lock so two gateways/tests don't race `ip netns add` for the same name."""
+    """Cross-process lock so two gateways/tests don't race `ip netns add` for the same name
+    (one lock file for all names: creation is rare, and per-name files would pile up)."""
 
     def __init__(self, name: str) -> None:
         LOCK_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = str(LOCK_DIR / f"{name}.lock")
+        self.path = str(LOCK_DIR / "netns.lock")
 
     def __enter__(self) -> _FileLock:
         self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)

@@ -64,15 +64,23 @@ def allowlist_for(ctx: Any) -> tuple[Allowlist, dict[str, Any]]:
     return Allowlist(tuple(entries)), {"resolver": None}
 
 
-def _deadline_guard(sock: socket.socket, seconds: float) -> threading.Timer:
+class _Guard:
     """Shut the socket down at the deadline: a server dripping bytes cannot hold the call."""
-    def fire() -> None:
+
+    def __init__(self, sock: socket.socket, seconds: float):
+        self.fired = threading.Event()
+        self.sock = sock
+        self.timer = threading.Timer(max(0.0, seconds), self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    t = threading.Timer(max(0.0, seconds), fire)
-    t.daemon = True
-    t.start()
-    return t
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def _connect(url: Url, allow: Allowlist, deadline: float) -> tuple[socket.socket, str]:
@@ -162,10 +170,16 @@ def http_request(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     origin = url.origin
     while True:
         sock, address = _connect(url, allow, deadline)
-        guard = _deadline_guard(sock, deadline - time.monotonic())
+        guard = _Guard(sock, deadline - time.monotonic())
         try:
             status, reason, resp_headers, data = _exchange(url, sock, method, headers, body, max_bytes,
                                                            deadline)
+            if guard.fired.is_set():
+                raise err("Timeout", "the response did not finish in time")
+        except StockadeError as e:
+            if guard.fired.is_set() and e.type != "Timeout":
+                raise err("Timeout", "the response did not finish in time") from None
+            raise
         finally:
             guard.cancel()
             with contextlib.suppress(OSError):

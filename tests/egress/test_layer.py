@@ -1,0 +1,356 @@
+"""Egress against the real kernel: namespaces, veths, nftables, test hosts in our own netns.
+
+Attacks are made twice: through the capability handlers (run inside the agent's namespace) and
+through raw sockets from inside the namespace, which bypass every check of the handlers, so the
+nftables layer is shown to hold on its own. A control test removes the tables and shows the
+same raw connections then succeed (the refusals come from the layer, not from the topology).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from tests.conftest import need_root, run_cli
+from tests.egress.topo import TestHost, capability, raw_connect
+
+from stockade.egress import nft, ruleset
+from stockade.egress.manager import Egress, child_view, load_settings, profile_source
+from stockade.gateway import agents
+from stockade.home import Home
+from stockade.sandbox import netns
+
+pytestmark = [pytest.mark.xdist_group("egress-netns")]
+
+K = os.getpid() % 200 + 20
+A_IP, B_IP, P_IP, META_IP, R_IP = "198.51.100.10", "203.0.113.20", f"10.250.{K}.10", "169.254.169.254", "203.0.113.53"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    need_root()
+    d = tmp_path_factory.mktemp("egnet")
+    hosts = {}
+    try:
+        hosts["a"] = TestHost(1, A_IP, d).up().serve_http(8080, 8081)
+        hosts["b"] = TestHost(2, B_IP, d).up().serve_http(8080)
+        hosts["p"] = TestHost(3, P_IP, d).up().serve_http(8080)
+        hosts["m"] = TestHost(4, META_IP, d).up().serve_http(80, 8080)
+        yield hosts
+    finally:
+        for h in hosts.values():
+            h.down()
+
+
+@pytest.fixture
+def host_service():  # type: ignore[no-untyped-def]
+    """A service of the host itself, listening on all addresses (what an agent must not reach)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 0))
+    s.listen(16)
+    hits: list[str] = []
+
+    def loop() -> None:
+        while True:
+            try:
+                c, peer = s.accept()
+            except OSError:
+                return
+            hits.append(peer[0])
+            c.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    yield s.getsockname()[1], hits
+    s.close()
+
+
+def make_home(tmp: Path, egress: list[str], resolver: str | None = None, agent: str = "alice") -> Home:
+    h = tmp / "home"
+    run_cli("init", home=h)
+    with open(h / "stockade.yaml", "a") as f:
+        f.write(f"egress:\n  resolver: {resolver or 'null'}\n  poll: 0.5s\n")
+    home = Home.at(h)
+    conn = home.db()
+    agents.create(conn, agent)
+    conn.commit()
+    conn.close()
+    set_egress(home, agent, egress)
+    return home
+
+
+def set_egress(home: Home, agent: str, egress: list[str]) -> None:
+    items = "".join(f"\n    - {e!r}" for e in egress) if egress else " []"
+    (home.policies / "agents" / f"{agent}.yaml").write_text(f"version: 1\nsandbox:\n  egress:{items}\n")
+
+
+@pytest.fixture
+def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[Egress] = []
+
+    def make(egress: list[str], resolver: str | None = None) -> Egress:
+        home = make_home(tmp_path, egress, resolver)
+        eg = Egress(home, load_settings(home), profile_source(None, home))
+        made.append(eg)
+        return eg
+
+    yield make
+    for eg in made:
+        eg.teardown()
+
+
+def table_loaded(path: str | None, table: str) -> bool:
+    try:
+        nft.run_in_netns(path, [f"list table inet {table}"])
+        return True
+    except nft.NftError:
+        return False
+
+
+def remove_tables(eg: Egress) -> None:
+    """Switch the layer off (control experiments only)."""
+    for path, table in ((eg.agents["alice"].netns, ruleset.NS_TABLE), (None, ruleset.host_table(eg.tag))):
+        t = {"table": {"family": "inet", "name": table}}
+        nft.run_in_netns(path, [[{"delete": t}]])
+
+
+FORBIDDEN_TARGETS = [("a", A_IP, 8081), ("b", B_IP, 8080), ("p", P_IP, 8080), ("m", META_IP, 80),
+                     ("m", META_IP, 8080)]
+
+
+# -- the nftables layer on its own (raw sockets) ------------------------------------------------------
+def test_raw_sockets_only_reach_the_allowlist(net, manager, host_service) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    before = {k: len(h.connections()) for k, h in net.items()}
+    a8081 = len(net["a"].connections(8081))
+    assert raw_connect(st.netns, A_IP, 8080)["connected"]
+    assert net["a"].connections(8080)
+    for _name, ip, port in FORBIDDEN_TARGETS:
+        r = raw_connect(st.netns, ip, port, timeout=2)
+        assert not r["connected"], (ip, port)
+    port, hits = host_service
+    for ip in (st.host_ip, "192.0.2.2", "127.0.0.1"):
+        assert not raw_connect(st.netns, ip, port, timeout=2)["connected"], ip
+    assert hits == []
+    assert len(net["a"].connections(8081)) == a8081
+    assert {k: len(net[k].connections()) - before[k] for k in "bpm"} == {"b": 0, "p": 0, "m": 0}
+
+
+def test_control_without_the_layer_the_same_connections_succeed(net, manager, host_service) -> None:  # type: ignore[no-untyped-def]
+    """Shows the refusals above come from nftables: with both tables removed, they all connect."""
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    remove_tables(eg)
+    for _name, ip, port in FORBIDDEN_TARGETS:
+        assert raw_connect(st.netns, ip, port)["connected"], (ip, port)
+    port, hits = host_service
+    assert raw_connect(st.netns, st.host_ip, port)["connected"]
+    assert hits
+    # the deep check puts the layer back
+    eg.reconcile(deep=True)
+    assert table_loaded(st.netns, ruleset.NS_TABLE) and table_loaded(None, ruleset.host_table(eg.tag))
+    assert not raw_connect(st.netns, B_IP, 8080, timeout=2)["connected"]
+
+
+def test_no_egress_means_no_network(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([])
+    eg.reconcile()
+    assert "alice" not in eg.agents
+    path = netns.ensure_agent_netns(eg.home, "alice")   # what the sandbox joins: lo only
+    assert not raw_connect(path, A_IP, 8080, timeout=2)["connected"]
+    assert not os.path.exists(f"/sys/class/net/{eg.agents.get('alice') and 'x' or 'stkv-none'}")
+
+
+# -- the capability handlers, inside the agent's namespace ----------------------------------------------
+def test_http_request_allowed_and_refused(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    view = child_view(eg.home, "alice")
+    assert view and view["entries"] == [f"{A_IP}:8080"]
+    r = capability(st.netns, "alice", view, "http_request", {"url": f"http://{A_IP}:8080/hello"})
+    assert r["ok"]["status"] == 200 and r["ok"]["body"] == f"hello from {A_IP}:8080"
+    r = capability(st.netns, "alice", view, "http_request", {"url": f"http://{A_IP}:8080/binary"})
+    assert r["ok"]["body_encoding"] == "base64"
+
+
+@pytest.mark.parametrize("url", [
+    f"http://{A_IP}:8081/hello", f"http://{B_IP}:8080/hello", f"http://{P_IP}:8080/hello",
+    f"http://{META_IP}/latest/meta-data/", f"http://{META_IP}:8080/", "http://2852039166/",  # 169.254.169.254
+    "http://0xa9fea9fe/", f"http://u:p@{A_IP}:8080/hello", "http://[::1]:8080/", "ftp://198.51.100.10:8080/",
+    "http://127.0.0.1:8080/", "http://localhost:8080/",
+    f"http://{A_IP}:8080/redirect?to=http://{B_IP}:8080/hello",
+    f"http://{A_IP}:8080/redirect?to=http://{META_IP}/",
+    f"http://{A_IP}:8080/redirect?to=http://{A_IP}:8081/hello",
+    f"http://{A_IP}:8080/redirect?to=file:///etc/passwd",
+])
+def test_http_request_refusals_hold_without_nftables(net, manager, url) -> None:  # type: ignore[no-untyped-def]
+    """The handler's own checks refuse before connecting, even with the nftables layer removed."""
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    view = child_view(eg.home, "alice")
+    remove_tables(eg)
+    before = {k: len(h.connections()) for k, h in net.items()}
+    r = capability(st.netns, "alice", view, "http_request", {"url": url})
+    assert r.get("error", {}).get("type") == "EgressDenied", r
+    after = {k: len(h.connections()) for k, h in net.items()}
+    assert {k: after[k] - before[k] for k in after if k != "a"} == {"b": 0, "p": 0, "m": 0}
+    assert not any(":8081" in c for c in net["a"].connections()[before["a"]:])
+
+
+def test_http_request_limits(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    view = child_view(eg.home, "alice")
+
+    def call(args: dict) -> dict:
+        return capability(st.netns, "alice", view, "http_request", args)
+
+    assert call({"url": f"http://{A_IP}:8080/big?n=5000", "max_bytes": 4096})["error"]["type"] == "ResourceExhausted"
+    assert call({"url": f"http://{A_IP}:8080/endless", "max_bytes": 100000})["error"]["type"] == "ResourceExhausted"
+    assert call({"url": f"http://{A_IP}:8080/drip", "timeout": 1})["error"]["type"] == "Timeout"
+    r = call({"url": f"http://{A_IP}:8080/redirect?to=/hello"})
+    assert r["ok"]["status"] == 200 and r["ok"]["redirects"] == [f"http://{A_IP}:8080/hello"]
+    r = call({"url": f"http://{A_IP}:8080/echo", "method": "POST", "body": "hi",
+              "headers": {"Authorization": "Bearer s3cret", "X-T": "1"}})
+    assert '"body": "hi"' in r["ok"]["body"]
+    assert call({"url": f"http://{A_IP}:8080/echo", "headers": {"X": "a\r\nHost: evil"}})["error"]["type"] == \
+        "InvalidInput"
+
+
+def test_port_check_and_dns_lookup_limited(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080", f"{A_IP}:8082"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    view = child_view(eg.home, "alice")
+    assert capability(st.netns, "alice", view, "port_check", {"host": A_IP, "port": 8080})["ok"]["open"] is True
+    assert capability(st.netns, "alice", view, "port_check", {"host": A_IP, "port": 8082})["ok"]["open"] is False
+    for host, port in ((A_IP, 8081), (B_IP, 8080), (META_IP, 80), (P_IP, 8080)):
+        r = capability(st.netns, "alice", view, "port_check", {"host": host, "port": port})
+        assert r["error"]["type"] == "EgressDenied"
+    r = capability(st.netns, "alice", view, "dns_lookup", {"name": "not-listed.example"})
+    assert r["error"]["type"] == "EgressDenied"
+
+
+# -- DNS rebinding --------------------------------------------------------------------------------------
+def test_dns_rebinding_opens_no_forbidden_connection(net, manager, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = "api.rebind.test"
+    resolver = TestHost(5, R_IP, tmp_path).up().serve_dns(name, A_IP, P_IP)   # 1st answer A, then P
+    p_before = len(net["p"].connections())
+    try:
+        eg = manager([f"{name}:8080"], resolver=R_IP)
+        eg.reconcile()
+        st = eg.agents["alice"]
+        assert len(resolver.queries()) == 1
+        view1 = child_view(eg.home, "alice")
+        assert view1["resolved"] == {name: [A_IP]}
+        r = capability(st.netns, "alice", view1, "http_request", {"url": f"http://{name}:8080/hello"})
+        assert r["ok"]["body"] == f"hello from {A_IP}:8080" and r["ok"]["address"] == f"{A_IP}:8080"
+        assert len(resolver.queries()) == 1             # the handler did not ask DNS again
+
+        eg.reconcile(force_resolve=True)                # refresh: the resolver now says P (private)
+        assert len(resolver.queries()) == 2
+        view2 = child_view(eg.home, "alice")
+        assert view2["resolved"] == {name: []} and view2["refused"] == {name: [P_IP]}
+        assert eg.status()["alice"]["resolved"][name]["refused"] == [P_IP]
+        r = capability(st.netns, "alice", view2, "http_request", {"url": f"http://{name}:8080/hello"})
+        assert r["error"]["type"] == "EgressDenied"
+        # a stale view still names only the checked address: it goes to A (now refused by nft), never P
+        r = capability(st.netns, "alice", view1, "http_request", {"url": f"http://{name}:8080/hello"})
+        assert "error" in r
+        # live lookup from inside the namespace: the forbidden answer is reported, not reachable
+        r = capability(st.netns, "alice", view2, "dns_lookup", {"name": name})
+        assert r["ok"]["refused"] == [P_IP] and r["ok"]["reachable"] == []
+        assert not raw_connect(st.netns, P_IP, 8080, timeout=2)["connected"]
+        assert not raw_connect(st.netns, A_IP, 8080, timeout=2)["connected"]   # the set followed DNS
+        assert len(net["p"].connections()) == p_before
+    finally:
+        resolver.down()
+
+
+# -- lifecycle --------------------------------------------------------------------------------------------
+def test_hot_reload_follows_policy(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    veth = st.veth
+    assert raw_connect(st.netns, A_IP, 8080)["connected"]
+    set_egress(eg.home, "alice", [f"{B_IP}:8080"])
+    changes = eg.reconcile()
+    assert changes["added"] == ["alice"] or changes["updated"] == ["alice"]
+    assert eg.agents["alice"].veth == veth             # the link is kept; only rules change
+    assert not raw_connect(st.netns, A_IP, 8080, timeout=2)["connected"]
+    assert raw_connect(st.netns, B_IP, 8080)["connected"]
+    set_egress(eg.home, "alice", [])
+    eg.reconcile()
+    assert not os.path.exists(f"/sys/class/net/{veth}")
+    assert not table_loaded(None, ruleset.host_table(eg.tag))
+
+
+def test_agent_removal_removes_namespace_veth_rules(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    assert netns.is_netns(st.netns) and os.path.exists(f"/sys/class/net/{st.veth}")
+    conn = eg.home.db()
+    agents.revoke(conn, "alice")
+    conn.commit()
+    conn.close()
+    eg.reconcile()
+    assert not os.path.exists(st.netns)
+    assert not os.path.exists(f"/sys/class/net/{st.veth}")
+    assert not table_loaded(None, ruleset.host_table(eg.tag))
+    assert child_view(eg.home, "alice") is None
+
+
+def test_restart_restores_rules(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    # crash (no teardown): a new manager converges on what is there, reusing the link
+    eg2 = Egress(eg.home, eg.settings, eg.profile)
+    eg2.reconcile(deep=True)
+    assert eg2.agents["alice"].veth == st.veth and eg2.agents["alice"].agent_ip == st.agent_ip
+    # clean stop: everything goes; start: everything comes back
+    eg2.teardown()
+    assert not os.path.exists(st.netns) and not table_loaded(None, ruleset.host_table(eg.tag))
+    eg3 = Egress(eg.home, eg.settings, eg.profile)
+    eg3.reconcile(deep=True)
+    st3 = eg3.agents["alice"]
+    assert table_loaded(st3.netns, ruleset.NS_TABLE) and table_loaded(None, ruleset.host_table(eg.tag))
+    assert raw_connect(st3.netns, A_IP, 8080)["connected"]
+    assert not raw_connect(st3.netns, B_IP, 8080, timeout=2)["connected"]
+    eg3.teardown()
+
+
+def test_ip_forward_restored(net, manager) -> None:  # type: ignore[no-untyped-def]
+    orig_file = Path("/run/stockade/ip_forward.orig")
+    before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+    eg = manager([f"{A_IP}:8080"])
+    eg.reconcile()
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    eg.teardown()
+    others = any(n.startswith("stkv") for n in os.listdir("/sys/class/net"))
+    if not others and not orig_file.exists():
+        assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == before or before == "1"
+
+
+def test_doctor_reports_agents(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080", "api.none.test:443"])
+    eg.reconcile()
+    from stockade.egress.setup import doctor
+
+    d = doctor(eg.home)["egress"]
+    a = d["agents"]["alice"]
+    assert a["netns"] == eg.agents["alice"].netns and a["rules_loaded"] is True and d["host_table"] is True
+    assert "api.none.test" in a["resolved"]
+    subprocess.run(["true"])
