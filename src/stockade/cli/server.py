@@ -177,6 +177,8 @@ def _check_home(h: Any) -> dict[str, Any]:
                 st = os.lstat(p)
             except FileNotFoundError:
                 continue
+            if p == str(h.shared) and st.st_mode & 0o022 == 0:
+                continue  # shared/ is 0755 so the sandbox's unprivileged uid can list it; the home stays 0700
             if st.st_mode & 0o077 and not os.path.islink(p) and not p.endswith(".sock"):
                 loose.append(p)
     if loose:
