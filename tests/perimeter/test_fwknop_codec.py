@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import need
 from tests.perimeter.conftest import fwknop_packet, keys
 
 from stockade.perimeter import fwknop
@@ -74,8 +75,10 @@ def test_non_cbc_modes_refused(tmp_path: Path, k: dict[str, str], raw: tuple[byt
 
 def test_legacy_iv_and_hmacless_packets_refused(tmp_path: Path, k: dict[str, str], raw: tuple[bytes, bytes]) -> None:
     import os
+    import shutil
     import subprocess
 
+    need(shutil.which("fwknop") is not None, "Debian fwknop-client is not installed")
     for extra in (("-M", "legacy"), ()):
         out = tmp_path / f"nohmac{len(extra)}"
         p = subprocess.run(["fwknop", "--no-rc-file", "--no-save-args", "--key-base64-rijndael", k["key_base64"],
@@ -139,13 +142,11 @@ def test_evp_bytes_to_key_matches_openssl(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    if not shutil.which("openssl"):
-        pytest.skip("openssl CLI not installed")
+    need(shutil.which("openssl") is not None, "openssl CLI not installed")
     salt = bytes.fromhex("0102030405060708")
     p = subprocess.run(["openssl", "enc", "-aes-256-cbc", "-md", "md5", "-pass", "pass:secretkey", "-S",
                         salt.hex(), "-P"], capture_output=True, text=True)
-    if p.returncode != 0:
-        pytest.skip(f"openssl enc -P unavailable: {p.stderr.strip()[:80]}")
+    assert p.returncode == 0, p.stderr
     vals = {a.strip(): b.strip() for a, _, b in (ln.partition("=") for ln in p.stdout.splitlines()) if b}
     key, iv = fwknop.evp_bytes_to_key(b"secretkey", salt)
     assert key.hex().upper() == vals["key"].upper() and iv.hex().upper() == vals["iv"].upper()

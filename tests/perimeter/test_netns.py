@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from tests.perimeter.conftest import A_IP, SERVER_IP, Lab, fwknop_cmd, fwknop_packet
+from tests.perimeter.conftest import A_IP, B_IP, SERVER_IP, Lab, fwknop_cmd, fwknop_packet
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.xdist_group("perimeter-netns")]
 
@@ -233,3 +233,29 @@ def test_crash_leaves_the_door_closed_and_replays_survive_restart(lab: Lab) -> N
     finally:
         assert lab.stop_daemon() == 0
     assert not lab.table_exists()
+
+
+def test_sighup_loads_a_new_keygen_stanza(lab: Lab) -> None:
+    d = lab.start_daemon()
+    try:
+        p = subprocess.run([sys.executable, "-m", "stockade", "perimeter", "keygen", "--name", f"phone{lab.tag}",
+                            "--home", str(lab.home), "--json"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        new_key = json.loads(p.stdout)["native_key"]
+        n = d.count()
+        knock(lab, lab.ns_b, "--key", new_key)
+        assert d.wait_outcome(n)["outcome"] == "unknown_key"       # not loaded yet
+        d.proc.send_signal(1)                                        # SIGHUP
+        end = time.monotonic() + 5
+        while not any(e.get("event") == "reloaded" for e in list(d.events)):
+            assert time.monotonic() < end, d.events[-3:]
+            time.sleep(0.05)
+        n = d.count()
+        knock(lab, lab.ns_b, "--key", new_key)
+        assert d.wait_outcome(n)["outcome"] == "granted"
+        lab.wait_grant(B_IP)
+        assert lab.b.ssh_port(2.0) == "open"
+        assert lab.a.ssh_port() == "timeout"
+    finally:
+        if lab.daemon:
+            assert lab.stop_daemon() == 0

@@ -90,7 +90,8 @@ def keygen_cmd(home: str | None, name: str | None, open_ports: tuple[str, ...], 
            "fwknoprc": keygen.fwknoprc(stanza.name, stanza, server, cfg.port)}
 
     def render(d: dict[str, Any]) -> None:
-        click.echo(f"added stanza {d['name']!r} to {h.config_path} (restart `perimeter serve` to load it)\n")
+        click.echo(f"added stanza {d['name']!r} to {h.config_path}"
+                   " (send SIGHUP to `perimeter serve`, or restart it, to load it)\n")
         click.echo(f"native key (for `stockade knock --key`): {d['native_key']}\n")
         click.echo("~/.fwknoprc stanza for Debian's fwknop client:\n")
         click.echo(d["fwknoprc"])

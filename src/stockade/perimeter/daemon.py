@@ -151,6 +151,36 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+_reload_requested = False
+
+
+def _request_reload(signum: int, frame: Any) -> None:
+    global _reload_requested
+    _reload_requested = True
+
+
+def reload_config(perim: Perimeter, home: Home, log: TextIO) -> bool:
+    """SIGHUP: re-read the stanzas (new keys from keygen); on any error keep the old config.
+
+    The listen address, port and table rules stay as started (restart to change those)."""
+    from stockade.errors import ConfigError
+    from stockade.perimeter.config import load
+
+    try:
+        cfg = load(home.config_path)
+        ring = verify.Keyring.from_config(cfg)
+    except (ConfigError, ValueError) as e:
+        errors = e.errors if isinstance(e, ConfigError) else [str(e)]
+        log.write(json.dumps({"event": "reload_failed", "errors": errors}) + "\n")
+        log.flush()
+        return False
+    perim.cfg, perim.ring = cfg, ring
+    perim.limiter = Limiter(cfg.rate_per_source, cfg.rate_total)
+    log.write(json.dumps({"event": "reloaded", "stanzas": len(cfg.stanzas)}) + "\n")
+    log.flush()
+    return True
+
+
 def parse_listen(listen: str | None, cfg: PerimeterConfig) -> tuple[str, int]:
     """`ADDR`, `ADDR:PORT` or `[V6]:PORT` -> (addr, port); defaults from the config."""
     if not listen:
@@ -174,7 +204,9 @@ def serve(home: Home, cfg: PerimeterConfig, listen: str | None = None, *, out: T
     perim = Perimeter(cfg, replay, fw, log)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    global _reload_requested
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, _request_reload)
     state_path = home.run / "perimeter.json"
     clean = False
     try:
@@ -204,6 +236,9 @@ def serve(home: Home, cfg: PerimeterConfig, listen: str | None = None, *, out: T
                 except Exception as e:  # a bug must not stop the listener nor open anything
                     perim.counters["internal_error"] += 1
                     log.write(json.dumps({"event": "error", "error": type(e).__name__}) + "\n")
+            if _reload_requested:
+                _reload_requested = False
+                reload_config(perim, home, log)
             now = time.time()
             if now - last_maint >= 2.0:
                 last_maint = now
