@@ -159,7 +159,7 @@ def build(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes
     body, digest = _splice(rec, prev, plain)
     if len(body) > MAX_ARGS and "args" in rec:
         raw = cbor2.dumps(rec["args"], canonical=True)
-        rec["args"] = {"_truncated": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        rec["args"] = normalize({"_truncated": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
         body, digest = _splice(rec, prev, plain)
     if len(body) > MAX_RECORD:
         raise ValueError(f"audit record of {len(body)} bytes exceeds {MAX_RECORD}")
