@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ from tests.conftest import cli_json, need, run_cli
 from stockade.errors import ConfigError
 from stockade.perimeter import config as pconfig
 from stockade.perimeter import fwknop, sshd
+
+
+def serve_isolated(home: Path) -> subprocess.CompletedProcess[str]:
+    """`perimeter serve` that must refuse to start; run in a fresh network namespace when root so
+    that a bug could never load a drop-everything table into the host's namespace."""
+    cmd = [sys.executable, "-m", "stockade", "perimeter", "serve", "--home", str(home)]
+    if os.geteuid() == 0:
+        cmd = ["unshare", "--net", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def test_keygen_adds_a_stanza_safely(home: Path) -> None:
@@ -57,7 +67,7 @@ def test_invalid_perimeter_section_reports_file_line(home: Path) -> None:
     p = run_cli("perimeter", "keygen", home=home, check=False)
     assert p.returncode == 2 and "unknown key" in p.stderr
     assert cfg_path.read_bytes() == snapshot
-    p = run_cli("perimeter", "serve", home=home, check=False)
+    p = serve_isolated(home)
     assert p.returncode == 2
 
 
@@ -75,7 +85,7 @@ def test_stanza_validation_rules() -> None:
 
 
 def test_serve_refuses_without_stanzas(home: Path) -> None:
-    p = run_cli("perimeter", "serve", home=home, check=False)
+    p = serve_isolated(home)
     assert p.returncode == 2 and "keygen" in p.stderr
 
 
