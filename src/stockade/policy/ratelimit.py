@@ -40,6 +40,7 @@ class RateLimiter:
         self._stored: dict[tuple[str, str], list[float]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._since_prune = 0
+        self._last = 0.0              # newest hit time seen (prunes use the caller's clock)
         if conn is not None:
             t = time.time() if now is None else now
             for agent, rule, ts in conn.execute(
@@ -60,6 +61,7 @@ class RateLimiter:
     def hit(self, agent: str, rule: Rule, now: float) -> None:
         dq = self.window(agent, rule)
         dq.append(now)
+        self._last = max(self._last, now)
         if self.conn is None or self.readonly:
             return
         self.conn.execute("INSERT INTO policy_rate_hits(agent, rule, ts) VALUES (?, ?, ?)", (agent, rule.key, now))
@@ -84,8 +86,8 @@ class RateLimiter:
     def close(self) -> None:
         if self.conn is not None:
             try:
-                if not self.readonly:
-                    self.prune(time.time())
+                if not self.readonly and self._last:
+                    self.prune(self._last)
             finally:
                 self.conn.close()
                 self.conn = None
