@@ -43,7 +43,7 @@ def independent_verify(files: list[Path]) -> int:
 def test_writer_output_passes_the_independent_verifier(tmp_path: Path) -> None:
     audit = tmp_path / "audit"
     write_log(audit, make_keys(tmp_path), per_day=6)
-    files = sorted(audit.glob("*.log"))
+    files = sorted(audit.glob("????-??-??.log"))
     assert [p.name for p in files] == ["2026-01-01.log", "2026-01-02.log", "2026-01-03.log"]
     assert independent_verify(files) == 18
     first = cbor2.loads(files[0].read_bytes()[4:])

@@ -199,7 +199,7 @@ def test_whole_log_rewrite_is_caught_by_an_exported_checkpoint(log: Path, tmp_pa
                        cbor2.loads((log / "audit" / D3).read_bytes()[frames(log / "audit" / D3)[-1][0] + 4:])["hash"],
                        1, "manual", D3)
     # the attacker (root, no key) rewrites every record from seq 5 on with valid hashes
-    files = sorted((log / "audit").glob("*.log"))
+    files = sorted((log / "audit").glob("????-??-??.log"))
     prev, changed = None, 0
     for p in files:
         out = b""
@@ -234,7 +234,7 @@ def test_forged_checkpoint_signature_is_reported(log: Path) -> None:
 # -- fuzzing: the reader never crashes; every corruption of a valid log is detected --------------
 @pytest.fixture(scope="module")
 def buffers(pristine: Path) -> list[tuple[str, bytes]]:
-    return [(p.name, p.read_bytes()) for p in sorted((pristine / "audit").glob("*.log"))]
+    return [(p.name, p.read_bytes()) for p in sorted((pristine / "audit").glob("????-??-??.log"))]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
