@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from stockade.capabilities.registry import load_registry
 from stockade.config import Config
@@ -88,6 +89,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return s
 
 
+class _NoDelayH11(H11Protocol):
+    """Responses go out as two writes (head, body); with Nagle on, a keep-alive client's delayed
+    ACK holds the body back ~40 ms. Loopback RPC wants every write sent at once."""
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
 class _Server(uvicorn.Server):
     """We own signal handling (several servers share one loop)."""
 
@@ -135,7 +148,7 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
         for li in gw.listeners:
             li.sock = _bind(li.host, li.port)
             gw.ports[li.name] = li.sock.getsockname()[1]
-            ucfg = uvicorn.Config(li.app, log_level="warning", access_log=False, lifespan="on",
+            ucfg = uvicorn.Config(li.app, log_level="warning", access_log=False, lifespan="on", http=_NoDelayH11,
                                   ssl_certfile=li.ssl_certfile, ssl_keyfile=li.ssl_keyfile,
                                   timeout_graceful_shutdown=5, ws_max_size=gw.config.gateway.max_body_bytes)
             srv = _Server(ucfg)

@@ -70,41 +70,54 @@ class AdminServer:
             self.gw.home.admin_sock.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
         try:
-            uid = peer_uid(sock)
-            if uid not in (0, os.geteuid()):
-                await _send(writer, {"ok": False, "error": err("Unauthenticated", "admin socket: uid not allowed").to_dict()})
-                return
-            line = await reader.readline()
-            try:
-                req = json.loads(line)
-                cmd, args = req["cmd"], req.get("args", {})
-                if not isinstance(cmd, str) or not isinstance(args, dict):
-                    raise ValueError
-            except (ValueError, KeyError, TypeError):
-                await _send(writer, {"ok": False, "error": err("InvalidInput", "bad admin request").to_dict()})
-                return
-            entry = ADMIN_COMMANDS.get(cmd)
-            if entry is None:
-                await _send(writer, {"ok": False, "error": err("InvalidInput", f"unknown admin command {cmd!r}").to_dict()})
-                return
-            fn, stream = entry
-            try:
-                if stream:
-                    async def emit(event: Any) -> None:
-                        await _send(writer, {"event": event})
-                    await fn(self.gw, args, emit)
-                else:
-                    result = await fn(self.gw, args)
-                    await _send(writer, {"ok": True, "result": result})
-            except StockadeError as e:
-                await _send(writer, {"ok": False, "error": e.to_dict()})
-            except (ConnectionError, BrokenPipeError):
-                pass
+            await self._serve_one(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass  # a client that went away or sent garbage; it gets nothing more
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = peer_uid(writer.get_extra_info("socket"))
+        if uid not in (0, os.geteuid()):
+            await _send(writer, _fail(err("Unauthenticated", "admin socket: uid not allowed")))
+            return
+        line = await reader.readline()
+        try:
+            req = json.loads(line)
+            cmd, args = req["cmd"], req.get("args", {})
+            if not isinstance(cmd, str) or not isinstance(args, dict):
+                raise ValueError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            await _send(writer, _fail(err("InvalidInput", "bad admin request")))
+            return
+        entry = ADMIN_COMMANDS.get(cmd)
+        if entry is None:
+            await _send(writer, _fail(err("InvalidInput", f"unknown admin command {cmd!r}")))
+            return
+        fn, stream = entry
+        try:
+            if stream:
+                async def emit(event: Any) -> None:
+                    await _send(writer, {"event": event})
+
+                await fn(self.gw, args, emit)
+            else:
+                await _send(writer, {"ok": True, "result": await fn(self.gw, args)})
+        except StockadeError as e:
+            await _send(writer, _fail(e))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a bug in a command: the CLI gets a clean error, the log the details
+            import logging
+
+            logging.getLogger("stockade.admin").exception("admin command %s failed", cmd)
+            await _send(writer, _fail(err("Internal", f"admin command {cmd} failed ({type(e).__name__})")))
+
+
+def _fail(e: StockadeError) -> dict[str, Any]:
+    return {"ok": False, "error": e.to_dict()}
 
 
 async def _send(writer: asyncio.StreamWriter, obj: Any) -> None:
