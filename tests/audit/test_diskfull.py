@@ -1,0 +1,174 @@
+"""A real full filesystem (a small tmpfs mounted as the audit directory).
+
+Buffer mode: records are buffered in memory with a critical alert, the buffer refuses calls
+when it would overflow, and everything is flushed in order once space returns: nothing lost.
+Halt mode: calls are refused at once and the chain never skips a seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import cbor2
+import pytest
+from tests.audit.helpers import call_rec, frames, make_keys
+from tests.conftest import need_root
+
+from stockade.audit import checkpoint as cp
+from stockade.audit.verify import verify_dir
+from stockade.audit.writer import AuditWriter, Settings
+from stockade.errors import StockadeError
+from stockade.supervision.bus import EventBus
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    need_root()
+    audit = tmp_path / "audit"
+    audit.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(audit)], check=True)
+    try:
+        yield audit
+    finally:
+        subprocess.run(["umount", "-l", str(audit)], check=False)
+
+
+def fill(audit: Path) -> Path:
+    """Use up every free byte with a filler file."""
+    filler = audit / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\0" * 4096)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                break
+        while True:         # the last partial page too
+            try:
+                os.write(fd, b"\0")
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def log_records(audit: Path) -> list[dict]:
+    out = []
+    for p in sorted(audit.glob("????-??-??.log")):
+        data = p.read_bytes()
+        out += [cbor2.loads(data[o + 4:o + n]) for o, n in frames(p)]
+    return out
+
+
+def test_disk_full_buffers_alerts_and_flushes_in_order(small_fs: Path, tmp_path: Path) -> None:
+    keys = make_keys(tmp_path)
+    bus = EventBus()
+    health: dict = {}
+    acked: list[str] = []
+
+    async def go() -> None:
+        w = AuditWriter(small_fs, keys, Settings(buffer_records=40, retry_seconds=0.2, checkpoint_every=10_000),
+                        bus=bus, health=health)
+        await w.open()
+        i = 0
+        for _ in range(5):
+            await w.record(call_rec(i))
+            acked.append(f"{i:032x}")
+            i += 1
+        filler = fill(small_fs)
+        # Records keep being acknowledged; once the file's last page is full they are buffered.
+        for _ in range(200):
+            await w.record(call_rec(i))
+            acked.append(f"{i:032x}")
+            i += 1
+            if health["audit"]["status"] == "critical":
+                break
+        assert health["audit"]["status"] == "critical" and w.disk_full
+        assert "disk full" in health["audit"]["error"]
+        alerts = [e for e in bus.history if e.kind == "health.audit" and e.severity == "critical"]
+        assert len(alerts) == 1
+        # Fill the buffer: then calls are refused with a clear error, never dropped.
+        refused = 0
+        for _ in range(100):
+            try:
+                await w.record(call_rec(i))
+                acked.append(f"{i:032x}")
+            except StockadeError as e:
+                assert e.type == "Internal" and e.data["audit"] == "buffer_full" and "buffer" in e.message
+                refused += 1
+                if refused == 3:
+                    break
+            i += 1
+        assert refused == 3 and len(w._queue) == 40
+        await asyncio.sleep(0.5)
+        assert w.disk_full                        # retries keep failing while the disk is full
+        filler.unlink()                           # space returns
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if not w.disk_full and not w._queue:
+                break
+        assert not w.disk_full and health["audit"]["status"] == "ok"
+        await w.record(call_rec(10_000))
+        acked.append(f"{10_000:032x}")
+        await w.close()
+
+    asyncio.run(go())
+    recs = log_records(small_fs)
+    calls = [r["call"] for r in recs if "call" in r]
+    assert calls == acked                         # every acknowledged record, in order, none extra
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    gap = [r for r in recs if r.get("kind") == "audit.disk_full"]
+    assert len(gap) == 1 and gap[0]["buffered"] >= 40 and gap[0]["refused"] == 3
+    assert any(e.kind == "health.audit" and e.data.get("recovered") for e in bus.history)
+    r = verify_dir(small_fs, cp.load_public(keys))
+    assert r.ok, r.findings
+
+
+def test_halt_mode_refuses_at_once_and_never_skips_a_seq(small_fs: Path, tmp_path: Path) -> None:
+    health: dict = {}
+    acked: list[str] = []
+
+    async def go() -> None:
+        w = AuditWriter(small_fs, None, Settings(fail_mode="halt", retry_seconds=0.2), health=health)
+        await w.open()
+        await w.record(call_rec(0))
+        acked.append(f"{0:032x}")
+        filler = fill(small_fs)
+        refused = 0
+        for i in range(1, 300):
+            try:
+                await w.record(call_rec(i))
+                acked.append(f"{i:032x}")
+            except StockadeError as e:
+                assert e.data["audit"] == "halt"
+                refused += 1
+                if refused >= 5:
+                    break
+        assert health["audit"]["status"] == "critical"
+        filler.unlink()
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if not w.disk_full:
+                break
+        assert health["audit"]["status"] == "ok"
+        await w.record(call_rec(999))
+        acked.append(f"{999:032x}")
+        await w.close()
+
+    asyncio.run(go())
+    recs = log_records(small_fs)
+    assert [r["call"] for r in recs if "call" in r] == acked
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+    assert [r["refused"] for r in recs if r.get("kind") == "audit.disk_full"] == [5]
+    with contextlib.suppress(FileNotFoundError):
+        assert verify_dir(small_fs, None).ok
