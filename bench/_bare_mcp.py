@@ -36,7 +36,11 @@ def main() -> None:
         async with manager.run():
             yield
 
-    app = Starlette(routes=[Route("/mcp", manager.handle_request, methods=["GET", "POST", "DELETE"])],
+    class Endpoint:  # an ASGI app (a bare function would be treated as a request handler)
+        async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+            await manager.handle_request(scope, receive, send)
+
+    app = Starlette(routes=[Route("/mcp", Endpoint(), methods=["GET", "POST", "DELETE"])],
                     lifespan=lifespan)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
