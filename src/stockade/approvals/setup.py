@@ -1,0 +1,92 @@
+"""Wire approvals into `stockade serve`: the pipeline hook, JSON-RPC method, admin commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stockade.approvals import rpc  # noqa: F401  (registers approvals.status)
+from stockade.approvals.service import ApprovalService
+from stockade.errors import err
+from stockade.supervision.admin import admin_command
+
+
+async def start(gw: Any) -> None:
+    cfg = gw.config.approvals
+    svc = ApprovalService(gw.pipeline, ttl=cfg.ttl, hold_seconds=cfg.hold_seconds)
+    gw.pipeline.approvals = svc
+    gw.state["approvals"] = svc
+    await svc.start()
+    gw.pipeline.health["approvals"] = {"status": "ok", "hold_seconds": cfg.hold_seconds, "ttl": cfg.ttl}
+
+
+async def stop(gw: Any) -> None:
+    svc = gw.state.get("approvals")
+    if svc:
+        await svc.stop()
+
+
+def service(gw: Any) -> ApprovalService:
+    svc = gw.state.get("approvals")
+    if svc is None:
+        raise err("Internal", "approvals are not running")
+    return svc
+
+
+def _by(args: dict[str, Any]) -> str:
+    return "cli"
+
+
+def _str(args: dict[str, Any], name: str) -> str:
+    v = args.get(name)
+    if not isinstance(v, str) or not v:
+        raise err("InvalidInput", f"{name} must be a non-empty string")
+    return v
+
+
+@admin_command("approvals.list")
+async def _list(gw: Any, args: dict[str, Any]) -> Any:
+    status = args.get("status")
+    if status in (None, "all"):
+        status = None
+    elif not isinstance(status, str):
+        raise err("InvalidInput", "status must be a string")
+    limit = args.get("limit", 200)
+    if not isinstance(limit, int) or not 0 < limit <= 10_000:
+        raise err("InvalidInput", "limit must be 1..10000")
+    return {"approvals": service(gw).list(status, limit), "grants": service(gw).grants()}
+
+
+@admin_command("approvals.show")
+async def _show(gw: Any, args: dict[str, Any]) -> Any:
+    return service(gw).show(_str(args, "id"))
+
+
+@admin_command("approvals.approve")
+async def _approve(gw: Any, args: dict[str, Any]) -> Any:
+    return await service(gw).decide(_str(args, "id"), "approve", by=_by(args))
+
+
+@admin_command("approvals.reject")
+async def _reject(gw: Any, args: dict[str, Any]) -> Any:
+    reason = args.get("reason")
+    return await service(gw).decide(_str(args, "id"), "reject", by=_by(args), reason=reason)
+
+
+@admin_command("approvals.grant")
+async def _grant(gw: Any, args: dict[str, Any]) -> Any:
+    """Either {id, minutes}: approve that call and grant its capability; or {agent, capability, minutes}."""
+    svc = service(gw)
+    minutes = args.get("minutes")
+    reason = args.get("reason")
+    if args.get("id"):
+        a = svc.show(_str(args, "id"))
+        g = await svc.grant(a["agent"], a["capability"], minutes, by=_by(args), reason=reason, approval=a["approval"])
+        decided = await svc.decide(a["approval"], "approve", by=_by(args)) if a["status"] == "pending" else a
+        return {"grant": g, "approval": decided}
+    return {"grant": await svc.grant(_str(args, "agent"), _str(args, "capability"), minutes, by=_by(args),
+                                     reason=reason)}
+
+
+@admin_command("approvals.revoke_grant")
+async def _revoke_grant(gw: Any, args: dict[str, Any]) -> Any:
+    return await service(gw).revoke_grant(_str(args, "id"), by=_by(args))

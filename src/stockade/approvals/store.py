@@ -1,0 +1,230 @@
+"""SQLite persistence of approvals and time-limited grants (tables in `stockade.db`).
+
+Raw arguments are kept only while the call may still run (they are needed to execute it after
+the agent stopped waiting) and cleared once the approval is final; what the owner and the agent
+see afterwards is the redacted copy. Results are stored redacted so the agent can fetch them.
+"""
+
+# ruff: noqa: S608  (SQL is built only from the constant column lists below; values are bound)
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from stockade import db as _db
+from stockade.approvals.core import PENDING
+
+MAX_RESULT_BYTES = 1 << 20
+
+_db.SCHEMA.append("""CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    session TEXT NOT NULL,
+    capability TEXT NOT NULL,
+    args_hash TEXT NOT NULL,
+    args_json TEXT,
+    args_redacted TEXT NOT NULL,
+    tier TEXT, rule TEXT, layer TEXT, policy_reason TEXT,
+    call_id TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    decided_at REAL,
+    decided_by TEXT,
+    reason TEXT,
+    exec_call_id TEXT,
+    finished_at REAL,
+    result_json TEXT,
+    error_json TEXT
+)""")
+_db.SCHEMA.append("CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status, created_at)")
+_db.SCHEMA.append("CREATE INDEX IF NOT EXISTS approvals_match ON approvals(agent, capability, args_hash, status)")
+_db.SCHEMA.append("""CREATE TABLE IF NOT EXISTS approval_grants (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    capability TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    created_by TEXT,
+    reason TEXT,
+    approval TEXT,
+    revoked_at REAL
+)""")
+
+_COLS = ("id", "agent", "session", "capability", "args_hash", "args_json", "args_redacted", "tier", "rule",
+         "layer", "policy_reason", "call_id", "created_at", "expires_at", "status", "decided_at", "decided_by",
+         "reason", "exec_call_id", "finished_at", "result_json", "error_json")
+_GCOLS = ("id", "agent", "capability", "created_at", "expires_at", "created_by", "reason", "approval", "revoked_at")
+
+
+@dataclass
+class Approval:
+    id: str
+    agent: str
+    session: str
+    capability: str
+    args_hash: str
+    args_json: str | None
+    args_redacted: str
+    tier: str | None
+    rule: str | None
+    layer: str | None
+    policy_reason: str | None
+    call_id: str | None
+    created_at: float
+    expires_at: float
+    status: str
+    decided_at: float | None
+    decided_by: str | None
+    reason: str | None
+    exec_call_id: str | None
+    finished_at: float | None
+    result_json: str | None
+    error_json: str | None
+
+    def public(self, *, owner: bool = True) -> dict[str, Any]:
+        """JSON view (never the raw arguments). `owner=False` is what the agent sees."""
+        out: dict[str, Any] = {
+            "approval": self.id, "status": self.status, "agent": self.agent, "capability": self.capability,
+            "args": json.loads(self.args_redacted), "args_hash": self.args_hash,
+            "created": self.created_at, "expires": self.expires_at,
+        }
+        if owner:
+            out.update({"session": self.session, "tier": self.tier, "rule": self.rule, "layer": self.layer,
+                        "policy_reason": self.policy_reason, "call": self.call_id})
+        if self.decided_at is not None:
+            out.update({"decided": self.decided_at, "decided_by": self.decided_by})
+        if self.reason:
+            out["reason"] = self.reason
+        if self.finished_at is not None:
+            out["finished"] = self.finished_at
+        if self.result_json is not None:
+            out["result"] = json.loads(self.result_json)
+        if self.error_json is not None:
+            out["error"] = json.loads(self.error_json)
+        return out
+
+
+@dataclass
+class Grant:
+    id: str
+    agent: str
+    capability: str
+    created_at: float
+    expires_at: float
+    created_by: str | None
+    reason: str | None
+    approval: str | None
+    revoked_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        return {"grant": self.id, "agent": self.agent, "capability": self.capability, "created": self.created_at,
+                "expires": self.expires_at, "created_by": self.created_by, "reason": self.reason,
+                "approval": self.approval, "revoked": self.revoked_at}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+def insert(conn: sqlite3.Connection, a: Approval) -> None:
+    conn.execute(f"INSERT INTO approvals({','.join(_COLS)}) VALUES ({','.join('?' * len(_COLS))})",
+                 tuple(getattr(a, c) for c in _COLS))
+
+
+def get(conn: sqlite3.Connection, aid: str) -> Approval | None:
+    r = conn.execute(f"SELECT {','.join(_COLS)} FROM approvals WHERE id=?", (aid,)).fetchone()
+    return Approval(*r) if r else None
+
+
+def find_pending(conn: sqlite3.Connection, agent: str, capability: str, h: str, now: float) -> Approval | None:
+    r = conn.execute(f"SELECT {','.join(_COLS)} FROM approvals WHERE agent=? AND capability=? AND args_hash=? "
+                     "AND status=? AND expires_at>? ORDER BY created_at LIMIT 1",
+                     (agent, capability, h, PENDING, now)).fetchone()
+    return Approval(*r) if r else None
+
+
+def list_(conn: sqlite3.Connection, *, status: str | None = None, agent: str | None = None,
+          limit: int = 200) -> list[Approval]:
+    q, params = f"SELECT {','.join(_COLS)} FROM approvals WHERE 1=1", []
+    if status:
+        q += " AND status=?"
+        params.append(status)
+    if agent:
+        q += " AND agent=?"
+        params.append(agent)
+    q += " ORDER BY created_at DESC LIMIT ?"
+    params.append(limit)
+    return [Approval(*r) for r in conn.execute(q, params).fetchall()]
+
+
+def count_pending(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM approvals WHERE status=?", (PENDING,)).fetchone()[0]
+
+
+def set_status(conn: sqlite3.Connection, aid: str, new: str, *, only_from: str | None = None,
+               **fields: Any) -> bool:
+    """Update status (and fields); with `only_from`, only if the current status is that (a claim)."""
+    assert set(fields) <= set(_COLS), fields
+    sets = ["status=?", *[f"{k}=?" for k in fields]]
+    params: list[Any] = [new, *fields.values()]
+    q = f"UPDATE approvals SET {','.join(sets)} WHERE id=?"
+    params.append(aid)
+    if only_from is not None:
+        q += " AND status=?"
+        params.append(only_from)
+    return conn.execute(q, params).rowcount == 1
+
+
+def set_fields(conn: sqlite3.Connection, aid: str, **fields: Any) -> None:
+    assert set(fields) <= set(_COLS), fields
+    conn.execute(f"UPDATE approvals SET {','.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), aid))
+
+
+def encode_result(value: Any) -> str:
+    s = json.dumps(value, separators=(",", ":"), default=str)
+    if len(s) > MAX_RESULT_BYTES:
+        return json.dumps({"truncated": True, "bytes": len(s)})
+    return s
+
+
+def due_for_expiry(conn: sqlite3.Connection, now: float) -> list[Approval]:
+    rows = conn.execute(f"SELECT {','.join(_COLS)} FROM approvals WHERE status=? AND expires_at<=?",
+                        (PENDING, now)).fetchall()
+    return [Approval(*r) for r in rows]
+
+
+# -- grants ---------------------------------------------------------------------------------
+def insert_grant(conn: sqlite3.Connection, g: Grant) -> None:
+    conn.execute(f"INSERT INTO approval_grants({','.join(_GCOLS)}) VALUES ({','.join('?' * len(_GCOLS))})",
+                 tuple(getattr(g, c) for c in _GCOLS))
+
+
+def live_grant(conn: sqlite3.Connection, agent: str, capability: str, now: float) -> Grant | None:
+    r = conn.execute(f"SELECT {','.join(_GCOLS)} FROM approval_grants WHERE agent=? AND capability=? "
+                     "AND revoked_at IS NULL AND expires_at>? ORDER BY expires_at DESC LIMIT 1",
+                     (agent, capability, now)).fetchone()
+    return Grant(*r) if r else None
+
+
+def list_grants(conn: sqlite3.Connection, *, live_only: bool, now: float) -> list[Grant]:
+    q = f"SELECT {','.join(_GCOLS)} FROM approval_grants"
+    params: list[Any] = []
+    if live_only:
+        q += " WHERE revoked_at IS NULL AND expires_at>?"
+        params.append(now)
+    q += " ORDER BY created_at DESC LIMIT 200"
+    return [Grant(*r) for r in conn.execute(q, params).fetchall()]
+
+
+def get_grant(conn: sqlite3.Connection, gid: str) -> Grant | None:
+    r = conn.execute(f"SELECT {','.join(_GCOLS)} FROM approval_grants WHERE id=?", (gid,)).fetchone()
+    return Grant(*r) if r else None
+
+
+def revoke_grant(conn: sqlite3.Connection, gid: str, now: float) -> bool:
+    return conn.execute("UPDATE approval_grants SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                        (now, gid)).rowcount == 1
