@@ -1,0 +1,148 @@
+"""`stockade vault ...` on a stopped home and against a running gateway (admin socket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import cli_json, run_cli, start_server
+
+from stockade.home import Home
+from stockade.vault.setup import doctor
+
+PW = "cli test passphrase"
+ENV = {"STOCKADE_VAULT_PASSPHRASE": PW}
+VALUE = "tok_\u2713_not_in_output_9f8e7d"
+
+
+def vinit(home: Path) -> None:
+    assert cli_json("vault", "init", home=home, env=ENV)["initialized"] is True
+
+
+def test_offline_lifecycle(home: Path, tmp_path: Path) -> None:
+    vinit(home)
+    assert (home / "vault.db").stat().st_mode & 0o777 == 0o600
+    again = run_cli("vault", "init", "--json", home=home, env=ENV, check=False)
+    assert again.returncode == 2 and json.loads(again.stdout)["error"]["type"] == "VaultExists"
+
+    out = cli_json("vault", "set", "exchange key", "--scope", "network.http_request", "--host", "api.example.com",
+                   home=home, env=ENV, input=VALUE + "\n")
+    assert out["name"] == "exchange key" and out["hosts"] == ["api.example.com"] and VALUE not in json.dumps(out)
+    # the trailing newline of stdin was stripped; --raw keeps it
+    vf = tmp_path / "v.txt"
+    vf.write_bytes(b"raw\n")
+    cli_json("vault", "set", "raw", "--scope", "process.run,pack.tool", "--value-file", str(vf), "--raw",
+             home=home, env=ENV)
+    listed = cli_json("vault", "list", home=home)
+    assert [s["name"] for s in listed["secrets"]] == ["exchange key", "raw"]
+    assert listed["secrets"][1]["scope"] == ["pack.tool", "process.run"]
+    text = run_cli("vault", "list", home=home).stdout
+    for blob in (json.dumps(listed), text):
+        assert VALUE not in blob and "raw\n" not in blob.replace("raw ", "")
+
+    from tests.vault.test_vault_format import independent_decrypt
+    assert independent_decrypt(home / "vault.db", "exchange key", PW) == VALUE.encode()
+    assert independent_decrypt(home / "vault.db", "raw", PW) == b"raw\n"
+
+    # rotate keeps scope and hosts
+    cli_json("vault", "rotate", "exchange key", home=home, env=ENV, input="new-value")
+    assert independent_decrypt(home / "vault.db", "exchange key", PW) == b"new-value"
+    assert cli_json("vault", "list", home=home)["secrets"][0]["hosts"] == ["api.example.com"]
+
+    st = cli_json("vault", "status", home=home)
+    assert st == {"initialized": True, "sealed": True, "running": False, "path": str(home / "vault.db"), "secrets": 2}
+    assert cli_json("vault", "remove", "raw", home=home)["removed"] is True
+    gone = run_cli("vault", "delete", "raw", "--json", home=home, check=False)
+    assert gone.returncode == 2 and json.loads(gone.stdout)["error"]["type"] == "SecretNotFound"
+
+    d = doctor(Home.at(home))["vault"]
+    assert d["status"] == "ok" and d["secrets"] == 1 and d["kdf"]["m_kib"] == 65536
+
+
+def test_bad_input_changes_nothing(home: Path) -> None:
+    vinit(home)
+    before = (home / "vault.db").read_bytes()
+    cases = [
+        (["vault", "set", "x", "--scope", "process.run"], {"STOCKADE_VAULT_PASSPHRASE": "wrong"}, "x", 2),
+        (["vault", "set", "x", "--scope", "network.http_request"], ENV, "x", 2),     # no --host
+        (["vault", "set", "x", "--scope", "not a capability"], ENV, "x", 2),
+        (["vault", "set", "x}", "--scope", "process.run"], ENV, "x", 2),
+        (["vault", "set", "x", "--scope", "process.run"], ENV, "", 2),              # empty value
+        (["vault", "set", "x", "--scope", "process.run"], {"STOCKADE_VAULT_PASSPHRASE": ""}, "x", 2),
+        (["vault", "unseal"], ENV, None, 3),                                       # no server
+        (["vault", "seal"], ENV, None, 3),
+    ]
+    for args, env, stdin, code in cases:
+        e = {k: v for k, v in os.environ.items() if k != "STOCKADE_VAULT_PASSPHRASE"}
+        e.update(env)
+        p = run_cli(*args, "--json", home=home, env=e, input=stdin, check=False)
+        assert p.returncode == code, (args, p.stdout, p.stderr)
+        assert "error" in json.loads(p.stdout), args
+    assert cli_json("vault", "list", home=home)["secrets"] == []
+    c = sqlite3.connect(home / "vault.db")
+    assert c.execute("SELECT count(*) FROM secrets").fetchone()[0] == 0
+    assert len(before) > 0
+
+
+def test_offline_rekey(home: Path, tmp_path: Path) -> None:
+    vinit(home)
+    cli_json("vault", "set", "a", "--scope", "process.run", home=home, env=ENV, input="value-a")
+    newf = tmp_path / "new"
+    newf.write_text("the new passphrase\n")
+    out = cli_json("vault", "rekey", "--new-passphrase-file", str(newf), home=home, env=ENV)
+    assert out["secrets"] == 1
+    from tests.vault.test_vault_format import independent_decrypt
+    assert independent_decrypt(home / "vault.db", "a", "the new passphrase") == b"value-a"
+    p = run_cli("vault", "set", "b", "--scope", "process.run", "--json", home=home, env=ENV, input="v", check=False)
+    assert p.returncode == 2 and json.loads(p.stdout)["error"]["type"] == "WrongPassphrase"
+
+
+def allow_secrets_list(home: Path) -> None:
+    """The personal template's default is approval_required; let agents list names at once."""
+    import yaml
+
+    org = home / "policies" / "org.yaml"
+    doc = yaml.safe_load(org.read_text())
+    doc.setdefault("rules", []).append({"id": "secrets-list", "capability": "secrets.list", "tier": "autonomous"})
+    org.write_text(yaml.safe_dump(doc))
+
+
+def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
+    vinit(home)
+    allow_secrets_list(home)
+    cli_json("vault", "set", "envtok", "--scope", "process.run", home=home, env=ENV, input=VALUE)
+    srv = start_server(home)
+    try:
+        st = cli_json("vault", "status", home=home)
+        assert st["running"] and st["sealed"] and st["secrets"] == 1
+        assert st["process"] == {"core_dumps_off": True, "non_dumpable": True}
+        key = srv.agent("alice")
+        health = srv.invoke(key, "system.health")["result"]
+        assert health["layers"]["vault"]["sealed"] is True
+
+        bad = run_cli("vault", "unseal", "--json", home=home, env={"STOCKADE_VAULT_PASSPHRASE": "nope"}, check=False)
+        assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["type"] == "WrongPassphrase"
+        pf = tmp_path / "pw"
+        pf.write_text(PW + "\n")
+        env_wo = {k: v for k, v in os.environ.items() if k != "STOCKADE_VAULT_PASSPHRASE"}
+        up = json.loads(run_cli("vault", "unseal", "--passphrase-file", str(pf), "--json", home=home,
+                                env=env_wo).stdout)
+        assert up["sealed"] is False and up["memory"]["mlock"] and up["memory"]["dontfork"]
+        assert srv.invoke(key, "system.health")["result"]["layers"]["vault"]["sealed"] is False
+
+        # while running: set goes through the gateway (no passphrase needed once unsealed)
+        cli_json("vault", "set", "other", "--scope", "process.run", home=home, env=env_wo, input="other-value")
+        lst = srv.invoke(key, "secrets.list")
+        names = [s["name"] for s in lst["result"]["secrets"]]
+        assert names == ["envtok", "other"] and VALUE not in json.dumps(lst)
+
+        sealed = cli_json("vault", "seal", home=home)
+        assert sealed["was_unsealed"] is True
+        p = run_cli("vault", "set", "x", "--scope", "process.run", "--json", home=home, input="v", check=False)
+        assert p.returncode == 3 and json.loads(p.stdout)["error"]["type"] == "VaultSealed"
+    finally:
+        srv.stop()
+    log = "".join(f.read_text(errors="replace") for f in home.parent.glob("serve-*.log"))
+    assert VALUE not in log and PW not in log
