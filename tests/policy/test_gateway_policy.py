@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import Server, cli_json, run_cli, start_server
 
 pytestmark = pytest.mark.xdist_group("policy-gateway")

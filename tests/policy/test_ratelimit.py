@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.policy.policy_helpers import build, org
 
 from stockade import db as dbmod
 from stockade.policy.ratelimit import RateLimiter
 from stockade.policy.runtime import PolicyEngine
-from tests.policy.policy_helpers import build, org
 
 R = dict
 

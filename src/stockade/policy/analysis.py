@@ -99,7 +99,7 @@ def _samples(rules: Iterable[Rule], capability: str, cat: Catalog) -> list[dict[
             equals.append(r.when["arg_equals"])
     argnames = cat.args.get(capability) or frozenset(PATH_ARGS) | {"content", "url", "argv"}
     base: dict[str, Any] = {}
-    out: list[dict[str, Any]] = [{}]
+    out: list[dict[str, Any]] = []
     for p in sorted(paths):
         a = dict(base)
         for n in ("path", "source", "destination", "cwd"):
@@ -117,6 +117,7 @@ def _samples(rules: Iterable[Rule], capability: str, cat: Catalog) -> list[dict[
     if "argv" in argnames:
         out.extend({"argv": a, "cwd": "/workspace"} for a in argvs)
     out.extend(dict(e) for e in equals)
+    out.append({})          # last: examples prefer concrete arguments
     return out
 
 

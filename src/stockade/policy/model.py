@@ -110,7 +110,7 @@ class SandboxModel(_M):
 class FileModel(_M):
     version: Literal[1]
     default: Tier | None = None
-    rules: list[RuleModel] = []
+    rules: list[Any] = []                # each validated on its own, so every bad rule is reported
     sandbox: SandboxModel | None = None
 
 
@@ -214,9 +214,14 @@ def parse_data(data: Any, lines: yamlfile.Lines, fname: str, layer: str, *, ctx:
     errors: list[str] = []
     rules: list[Rule] = []
     seen_ids: dict[str, int] = {}
-    for i, rm in enumerate(model.rules):
+    for i, raw in enumerate(model.rules):
         line = yamlfile.line_of(lines, ("rules", i))
-        raw = data["rules"][i]
+        try:
+            rm = RuleModel.model_validate(raw)
+        except ValidationError as e:
+            errors.extend(m.replace(": ", f": rules.{i}.", 1).replace(f"rules.{i}.(top level)", f"rules.{i}")
+                          for m in yamlfile.pydantic_errors(e, fname, lines, ("rules", i)))
+            continue
         if rm.id is not None:
             if rm.id in seen_ids:
                 errors.append(f"{fname}:{line}: rules.{i}.id: duplicate id {rm.id!r} (first at line {seen_ids[rm.id]})")
