@@ -109,6 +109,8 @@ def explain(agent: str, capability: str, args_json: str, home: str | None, as_js
     if not isinstance(args, dict):
         fail("--args must be a JSON object", EXIT_USAGE, as_json)
     h = get_home(home)
+    if not h.policies.is_dir():
+        fail(f"no stockade home at {h.root} (run: stockade init --home {h.root})", EXIT_USAGE, as_json)
     pol = _load_home_policy(h, as_json)
     conn = None
     if h.db_path.exists():
