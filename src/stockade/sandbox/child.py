@@ -14,6 +14,7 @@ Killing P (pid 1 of its namespace) kills every descendant.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -53,7 +54,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # -- C: the monitor ---------------------------------------------------------------------------
-def run_call(req: dict[str, Any], out_fd: int, prep: Prepared, cg: AgentCgroup | None,
+def run_call(req: dict[str, Any], out_fd: int, netns_fd: int, prep: Prepared, cg: AgentCgroup | None,
              impls: dict[str, Any]) -> None:
     """Body of C (a fork of the zygote). Never returns."""
     t0 = time.monotonic()
@@ -64,14 +65,13 @@ def run_call(req: dict[str, Any], out_fd: int, prep: Prepared, cg: AgentCgroup |
         profile = Profile.from_dict(req["profile"])
         os.setsid()
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if req.get("netns") and "netns" not in off:
-            fd = os.open(req["netns"], os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                libc.setns(fd, libc.CLONE_NEWNET)
-            finally:
-                os.close(fd)
+        gc.enable()
+        if netns_fd >= 0 and "netns" not in off:
+            libc.setns(netns_fd, libc.CLONE_NEWNET)
         elif "netns" not in off:
             raise OSError(2, "no network namespace for this agent")
+        if netns_fd >= 0:
+            os.close(netns_fd)
         if cg is not None and "cgroup" not in off:
             cg.attach(0)
         before = cg.counters() if cg is not None else {}
@@ -80,12 +80,15 @@ def run_call(req: dict[str, Any], out_fd: int, prep: Prepared, cg: AgentCgroup |
             flags |= libc.CLONE_NEWPID
         libc.unshare(flags)
         r, w = os.pipe()
+        t_fork = time.monotonic_ns()
         pid = os.fork()
         if pid == 0:
             os.close(r)
             _sandboxed(req, w, prep, profile, off, impls)  # never returns
         os.close(w)
-        header, payload = _watch(pid, r, profile, t0)
+        header, payload = _watch(pid, r, profile, t0, "output" not in off)
+        if req.get("trace"):
+            header["trace"] = {"c_start": int(t0 * 1e9), "c_forked": t_fork, "c_done": time.monotonic_ns()}
         if cg is not None:
             after = cg.counters()
             header["oom_kill"] = after.get("oom_kill", 0) - before.get("oom_kill", 0)
@@ -99,9 +102,9 @@ def run_call(req: dict[str, Any], out_fd: int, prep: Prepared, cg: AgentCgroup |
         os._exit(0)
 
 
-def _watch(pid: int, r: int, profile: Profile, t0: float) -> tuple[dict[str, Any], bytes]:
+def _watch(pid: int, r: int, profile: Profile, t0: float, bounded: bool = True) -> tuple[dict[str, Any], bytes]:
     """Collect P's output (bounded) until it exits or the deadline passes; kill on either limit."""
-    cap = profile.max_output_bytes + 4096
+    cap = profile.max_output_bytes + 4096 if bounded else 1 << 34
     deadline = t0 + profile.timeout
     pidfd = os.pidfd_open(pid)
     buf = bytearray()
@@ -152,24 +155,31 @@ def _watch(pid: int, r: int, profile: Profile, t0: float) -> tuple[dict[str, Any
 def _sandboxed(req: dict[str, Any], w: int, prep: Prepared, profile: Profile, off: set[str],
                impls: dict[str, Any]) -> None:
     step = "start"
+    trace: list[tuple[str, int]] = [("p_start", time.monotonic_ns())]
+    tr = trace.append if req.get("trace") else (lambda _x: None)
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         step = "mounts"
         libc.unshare(libc.CLONE_NEWNS)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
         if "mounts" not in off:
-            _build_root(req, prep, profile)
+            _enter_root(req, prep, profile)
         step = "hostname"
+        tr((step, time.monotonic_ns()))
         libc.sethostname("sandbox")
         step = "identity"
+        tr((step, time.monotonic_ns()))
         if "userns" not in off:
             _become_sandbox_user(int(req["host_uid"]), int(req["host_gid"]))
         step = "caps"
+        tr((step, time.monotonic_ns()))
         if "caps" not in off:
             libc.drop_all_caps(prep.last_cap)
         step = "no_new_privs"
+        tr((step, time.monotonic_ns()))
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
         step = "fds"
+        tr((step, time.monotonic_ns()))
         os.dup2(w, 3, inheritable=False)
         if w != 3:
             os.close(w)
@@ -181,18 +191,22 @@ def _sandboxed(req: dict[str, Any], w: int, prep: Prepared, profile: Profile, of
         if "fds" not in off:
             libc.close_range(4)
         step = "setsid"
+        tr((step, time.monotonic_ns()))
         if "setsid" not in off:
             os.setsid()
         step = "rlimits"
+        tr((step, time.monotonic_ns()))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         cpu = int(profile.timeout) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         step = "landlock"
+        tr((step, time.monotonic_ns()))
         if "landlock" not in off:
             if prep.abi < 1:
                 raise OSError(95, "Landlock unavailable")
-            landlock.restrict(landlock_spec(profile, "mounts" in off), prep.abi)
+            landlock.restrict(landlock_spec(profile, "mounts" in off, prep.system_links), prep.abi)
         step = "seccomp"
+        tr((step, time.monotonic_ns()))
         if "seccomp" not in off:
             for prog in prep.bpf[profile.seccomp]:
                 libc.load_seccomp_bpf(prog)
@@ -202,12 +216,14 @@ def _sandboxed(req: dict[str, Any], w: int, prep: Prepared, profile: Profile, of
                        json.dumps({"setup_error": f"{step}: {type(e).__name__}: {e}"[:500]}).encode())
         finally:
             os._exit(70)
-    _run_handler(req, profile, impls)
+    tr(("handler", time.monotonic_ns()))
+    _run_handler(req, profile, impls, trace if req.get("trace") else None)
 
 
-def landlock_spec(profile: Profile, host_view: bool = False) -> landlock.Spec:
-    """Pure: what the sandbox may touch, by path in the new root."""
-    paths: list[tuple[str, int]] = [(f"/{d}", landlock.RX) for d in SYSTEM_DIRS]
+def landlock_spec(profile: Profile, host_view: bool = False,
+                  links: dict[str, str] | None = None) -> landlock.Spec:
+    """Pure: what the sandbox may touch, by path in the new root (symlinked dirs need no rule)."""
+    paths: list[tuple[str, int]] = [(f"/{d}", landlock.RX) for d in SYSTEM_DIRS if d not in (links or {})]
     paths += [("/", landlock.READ_DIR), ("/etc", landlock.RO), ("/shared", landlock.RO), ("/definitions", landlock.RO),
               ("/proc", landlock.RO),
               ("/dev", landlock.READ_FILE | landlock.WRITE_FILE | landlock.READ_DIR),
@@ -217,7 +233,8 @@ def landlock_spec(profile: Profile, host_view: bool = False) -> landlock.Spec:
     return landlock.Spec(tuple(paths), tuple(profile.egress_ports()))
 
 
-def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any]) -> None:
+def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any],
+                 trace: list[tuple[str, int]] | None = None) -> None:
     from stockade.errors import StockadeError
 
     code = 0
@@ -228,7 +245,11 @@ def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any]) -
                              profile.timeout)
         fn = impls[req["capability"]]
         result = fn(ctx, req["args"])
-        out = json.dumps({"ok": result}, default=str).encode()
+        body: dict[str, Any] = {"ok": result}
+        if trace is not None:
+            trace.append(("done", time.monotonic_ns()))
+            body["trace"] = trace
+        out = json.dumps(body, default=str).encode()
     except StockadeError as e:
         out = json.dumps({"error": {"type": e.type, "message": e.message, "recovery": e.recovery,
                                     "data": e.data}}, default=str).encode()
@@ -258,33 +279,37 @@ def _bind(src: str, dst: str, ro: bool, dev: bool = False) -> None:
     libc.mount(None, dst, None, flags)
 
 
-def _build_root(req: dict[str, Any], prep: Prepared, profile: Profile) -> None:
-    root = prep.root_dir
+def build_template(root: str, shared: str | None, definitions: str | None, etc_files: dict[str, bytes],
+                   etc_links: dict[str, str], system_links: dict[str, str]) -> None:
+    """Zygote start-up, in the zygote's own mount namespace: the static part of every root.
+
+    Per call the child copies this tree (unshare(CLONE_NEWNS)) and adds only /workspace,
+    /trash, /tmp and /proc, then pivots into it; the template itself is read-only.
+    """
+    libc.unshare(libc.CLONE_NEWNS)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     libc.mount("tmpfs", root, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755,size=4m")
     j = os.path.join
     for d in SYSTEM_DIRS:
-        if d in prep.system_links:
-            os.symlink(prep.system_links[d], j(root, d))
+        if d in system_links:
+            os.symlink(system_links[d], j(root, d))
         elif os.path.isdir(f"/{d}"):
             os.mkdir(j(root, d))
             _bind(f"/{d}", j(root, d), ro=True)
-    for name, ro in (("workspace", False), ("trash", False), ("shared", True), ("definitions", True)):
+    for name in ("workspace", "trash", "shared", "definitions", "tmp", "proc"):
         os.mkdir(j(root, name), 0o755)
-        src = req["binds"].get(name)
+    for name, src in (("shared", shared), ("definitions", definitions)):
         if src:
-            _bind(src, j(root, name), ro=ro)
-    os.mkdir(j(root, "tmp"), 0o1777)
-    libc.mount("tmpfs", j(root, "tmp"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
-               f"mode=1777,size={max(1024 * 1024, profile.tmpfs)}")
-    # /etc: a small tmpfs with what libc and tools need, read-only afterwards
+            _bind(src, j(root, name), ro=True)
+    # /etc: a small tmpfs with what libc and tools need, read-only
     etc = j(root, "etc")
     os.mkdir(etc, 0o755)
     libc.mount("tmpfs", etc, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755,size=2m")
-    for name, data in prep.etc_files.items():
+    for name, data in etc_files.items():
         fd = os.open(j(etc, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         _write_all(fd, data)
         os.close(fd)
-    for name, target in prep.etc_links.items():
+    for name, target in etc_links.items():
         os.symlink(target, j(etc, name))
     for name in ETC_BINDS:
         if os.path.isdir(f"/etc/{name}"):
@@ -302,13 +327,25 @@ def _build_root(req: dict[str, Any], prep: Prepared, profile: Profile) -> None:
                  ("stderr", "/proc/self/fd/2")):
         os.symlink(t, j(dev, n))
     libc.mount(None, dev, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NOEXEC)
-    os.mkdir(j(root, "proc"), 0o555)
+    libc.mount(None, root, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+
+
+def _enter_root(req: dict[str, Any], prep: Prepared, profile: Profile) -> None:
+    """P: the per-call part of the root (workspace, trash, tmp, proc), then pivot_root."""
+    root = prep.root_dir
+    j = os.path.join
+    for name in ("workspace", "trash"):
+        src = req["binds"].get(name)
+        if not src:
+            raise OSError(2, f"no {name} for this agent")
+        _bind(src, j(root, name), ro=False)
+    libc.mount("tmpfs", j(root, "tmp"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
+               f"mode=1777,size={max(1024 * 1024, profile.tmpfs)}")
     os.chdir(root)
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
     libc.mount("proc", "/proc", "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
-    libc.mount(None, "/", None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
 
 
 def _become_sandbox_user(uid: int, gid: int) -> None:

@@ -103,13 +103,18 @@ class SandboxExecutor:
         """Synchronous: spawn the zygote and wait for its probe report (prefork time)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in os.environ.items()
-               if k in ("PATH", "LANG", "LC_ALL", "STOCKADE_SANDBOX_TESTING", "STOCKADE_SANDBOX_TEST_MODULES")}
+               if k in ("PATH", "LANG", "LC_ALL") or k.startswith("STOCKADE_SANDBOX_TEST")}
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-B", "-m", "stockade.sandbox.zygote", str(child.fileno())],
             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True, cwd="/")
         child.close()
-        parent.send(json.dumps({"cgroup_parent": self.cgroup_parent,
-                                "cgroup_version": self.cgroup_version}).encode())
+        shared = self.home.shared
+        if self.home.root.exists():
+            shared.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.chmod(shared, 0o755)  # noqa: S103 - the home above stays 0700; the sandbox uid must list it
+        parent.send(json.dumps({"cgroup_parent": self.cgroup_parent, "cgroup_version": self.cgroup_version,
+                                "shared": str(shared) if shared.is_dir() else None,
+                                "definitions": DEFINITIONS_DIR}).encode())
         parent.settimeout(60)
         msg = parent.recv(1 << 20)
         if not msg:
@@ -177,10 +182,7 @@ class SandboxExecutor:
             if st.st_uid != uid or st.st_gid != uid:
                 os.chown(d, uid, uid)
             os.chmod(d, 0o700)
-        shared = self.home.shared
-        shared.mkdir(mode=0o755, parents=True, exist_ok=True)
-        os.chmod(shared, 0o755)  # noqa: S103 - its parent (the home) stays 0700; the sandbox uid must list it
-        a = {"uid": uid, "workspace": str(ws), "trash": str(trash), "shared": str(shared),
+        a = {"uid": uid, "workspace": str(ws), "trash": str(trash),
              "devices": block_devices([str(ws)]), "netns": None}
         self._agents[agent] = a
         return a
@@ -207,18 +209,32 @@ class SandboxExecutor:
             raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
                       _UNAVAILABLE)
         agent = caller.agent
+        switch = os.environ.get("STOCKADE_SANDBOX_TEST_SWITCH")
+        if switch and self.status.get("testing"):
+            try:
+                with open(switch) as f:
+                    self.test_disable = set(json.load(f))
+            except (OSError, ValueError):
+                self.test_disable = set()
         profile = self.profile(agent)
         a = self._agent(agent)
         netns = await self._netns(agent, a)
         req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
                "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns,
                "io_devices": a["devices"],
-               "binds": {"workspace": a["workspace"], "trash": a["trash"], "shared": a["shared"],
-                         "definitions": DEFINITIONS_DIR},
+               "binds": {"workspace": a["workspace"], "trash": a["trash"]},
                "disable": sorted(self.test_disable)}
-        return await self._call(req, profile)
+        try:
+            netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise err("SandboxUnavailable", f"the agent's network namespace is missing ({e.strerror})",
+                      _UNAVAILABLE) from None
+        try:
+            return await self._call(req, profile, netns_fd)
+        finally:
+            os.close(netns_fd)
 
-    async def _call(self, req: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    async def _call(self, req: dict[str, Any], profile: Profile, netns_fd: int = -1) -> dict[str, Any]:
         assert self.sock is not None
         if self.lock is None:
             self.lock = asyncio.Lock()
@@ -231,8 +247,9 @@ class SandboxExecutor:
             while view:
                 view = view[os.write(memfd, view):]
             async with self.lock:
+                fds = [memfd, w] + ([netns_fd] if netns_fd >= 0 else [])
                 self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                               memfd.to_bytes(4, sys.byteorder) + w.to_bytes(4, sys.byteorder))])
+                                               b"".join(f.to_bytes(4, sys.byteorder) for f in fds))])
                 reply = json.loads(await loop.sock_recv(self.sock, 65536) or b'{"error": "zygote gone"}')
         except (OSError, ValueError) as e:
             os.close(r)
@@ -248,7 +265,8 @@ class SandboxExecutor:
         except OSError:
             pidfd = -1
         try:
-            raw = await asyncio.wait_for(_read_all(r, profile.max_output_bytes + 65536), profile.timeout + 10)
+            cap = profile.max_output_bytes + 65536 if "output" not in self.test_disable else 1 << 34
+            raw = await asyncio.wait_for(_read_all(r, cap), profile.timeout + 10)
         except TimeoutError:
             if pidfd >= 0:
                 with contextlib.suppress(OSError):
@@ -263,6 +281,8 @@ class SandboxExecutor:
             header = json.loads(head)
         except ValueError:
             header = {"status": "setup_error", "error": "no report from the monitor"}
+        if "output" in self.test_disable and self.status.get("testing"):
+            profile = Profile.from_dict({**profile.to_dict(), "max_output_bytes": 1 << 34})
         return map_outcome(header, payload, profile)
 
 

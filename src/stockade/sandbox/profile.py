@@ -89,8 +89,8 @@ def from_policy(d: dict[str, Any] | None, base: Profile) -> Profile:
 
 
 def resolve(policy: Any, agent: str, base: Profile) -> Profile:
-    """Ask the policy part for the agent's profile when it offers one (`profile(agent)`)."""
-    fn = getattr(policy, "profile", None)
+    """Ask the policy part for the agent's profile (`profile(agent)` or `sandbox_profile(agent)`)."""
+    fn = getattr(policy, "profile", None) or getattr(policy, "sandbox_profile", None)
     if fn is None:
         return base
     got = fn(agent)

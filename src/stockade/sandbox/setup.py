@@ -20,7 +20,8 @@ class _LivePolicy:
         self.pipeline = pipeline
 
     def profile(self, agent: str) -> Any:
-        fn = getattr(self.pipeline.policy, "profile", None)
+        pol = self.pipeline.policy
+        fn = getattr(pol, "profile", None) or getattr(pol, "sandbox_profile", None)
         return fn(agent) if fn is not None else None
 
 

@@ -11,6 +11,8 @@ the result pipe); the reply is `{"pid": monitor pid}` or `{"error": ...}`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import gc
 import importlib
 import importlib.util
 import json
@@ -33,6 +35,7 @@ PRELOAD = ("json", "ctypes", "errno", "shutil", "subprocess", "fnmatch", "glob",
 
 TEST_ENV = "STOCKADE_SANDBOX_TESTING"          # "1": honour per-request layer switches (tests only)
 TEST_MODULES_ENV = "STOCKADE_SANDBOX_TEST_MODULES"  # os.pathsep-separated .py files (tests only)
+TEST_CANARY_ENV = "STOCKADE_SANDBOX_TEST_CANARY"    # a file the zygote keeps open, inheritable (tests only)
 
 
 def _etc(home_uid: int = 1100) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -90,6 +93,11 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
             assert spec and spec.loader
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
+        canary = os.environ.get(TEST_CANARY_ENV)
+        if canary:
+            fd = os.open(canary, os.O_RDONLY)
+            status["canary_fd"] = fcntl.fcntl(fd, fcntl.F_DUPFD, 50)  # the leak the fd layer must catch
+            os.close(fd)
     for m in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(m)
@@ -121,6 +129,11 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     root_dir = tempfile.mkdtemp(prefix="stockade-sandbox-root-", dir=init.get("root_parent") or "/run")
     etc_files, etc_links = _etc()
     sys_links = {d: os.readlink(f"/{d}") for d in child.SYSTEM_DIRS if os.path.islink(f"/{d}")}
+    try:
+        child.build_template(root_dir, init.get("shared"), init.get("definitions"), etc_files, etc_links,
+                             sys_links)
+    except OSError as e:
+        problems.append(f"mounts: cannot build the sandbox root template ({e})")
     prep = child.Prepared(root_dir, bpf, abi, libc.last_cap(), etc_files, etc_links, sys_links, testing)
     status["root_dir"] = root_dir
     status["cgroup_info"] = info
@@ -156,6 +169,9 @@ def serve(sock: socket.socket) -> None:
     prep, impls, status = prepare(init)
     info = status.pop("cgroup_info")
     sock.send(json.dumps(status).encode())
+    gc.collect()
+    gc.freeze()    # forked children then share the heap without GC-induced copy-on-write
+    gc.disable()
     groups: dict[str, tuple[str, AgentCgroup]] = {}
     parent = init.get("cgroup_parent", "stockade")
     try:
@@ -168,17 +184,23 @@ def serve(sock: socket.socket) -> None:
             msg, fds = _recv(sock)
             if not msg:
                 return
-            if len(fds) != 2:
+            if len(fds) > 3:
                 for fd in fds:
                     os.close(fd)
                 sock.send(b'{"error": "bad request"}')
                 continue
-            req_fd, out_w = fds
+            if len(fds) not in (2, 3):
+                for fd in fds:
+                    os.close(fd)
+                sock.send(b'{"error": "bad request"}')
+                continue
+            req_fd, out_w = fds[0], fds[1]
+            netns_fd = fds[2] if len(fds) == 3 else -1
             try:
                 req = json.loads(_read_fd(req_fd))
             except Exception:
-                os.close(req_fd)
-                os.close(out_w)
+                for fd in fds:
+                    os.close(fd)
                 sock.send(b'{"error": "bad request"}')
                 continue
             os.close(req_fd)
@@ -197,6 +219,8 @@ def serve(sock: socket.socket) -> None:
                     cg = groups[req["agent"]][1]
             except OSError as e:
                 os.close(out_w)
+                if netns_fd >= 0:
+                    os.close(netns_fd)
                 sock.send(json.dumps({"error": f"cgroup: {e}"[:300]}).encode())
                 continue
             pid = os.fork()
@@ -204,12 +228,18 @@ def serve(sock: socket.socket) -> None:
                 try:
                     sock.close()
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    child.run_call(req, out_w, prep, cg, impls)
+                    child.run_call(req, out_w, netns_fd, prep, cg, impls)
                 finally:
                     os._exit(71)
             os.close(out_w)
+            if netns_fd >= 0:
+                os.close(netns_fd)
             sock.send(json.dumps({"pid": pid}).encode())
     finally:
+        from stockade.sandbox import libc
+
+        with contextlib.suppress(OSError):
+            libc.umount2(prep.root_dir, libc.MNT_DETACH)
         with contextlib.suppress(OSError):
             os.rmdir(prep.root_dir)
 
