@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from tests.conftest import need_root, run_cli
-from tests.egress.topo import TestHost, capability, raw_connect
+from tests.conftest import run_cli
+from tests.egress.topo import A_IP, B_IP, META_IP, P_IP, R_IP, TestHost, capability, raw_connect
 
 from stockade.egress import nft, ruleset
 from stockade.egress.manager import Egress, child_view, load_settings, profile_source
@@ -26,24 +26,6 @@ from stockade.sandbox import netns
 
 pytestmark = [pytest.mark.xdist_group("egress-netns")]
 
-K = os.getpid() % 200 + 20
-A_IP, B_IP, P_IP, META_IP, R_IP = "198.51.100.10", "203.0.113.20", f"10.250.{K}.10", "169.254.169.254", "203.0.113.53"
-
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    need_root()
-    d = tmp_path_factory.mktemp("egnet")
-    hosts = {}
-    try:
-        hosts["a"] = TestHost(1, A_IP, d).up().serve_http(8080, 8081)
-        hosts["b"] = TestHost(2, B_IP, d).up().serve_http(8080)
-        hosts["p"] = TestHost(3, P_IP, d).up().serve_http(8080)
-        hosts["m"] = TestHost(4, META_IP, d).up().serve_http(80, 8080)
-        yield hosts
-    finally:
-        for h in hosts.values():
-            h.down()
 
 
 @pytest.fixture
@@ -182,14 +164,14 @@ def test_http_request_allowed_and_refused(net, manager) -> None:  # type: ignore
 
 
 @pytest.mark.parametrize("url", [
-    f"http://{A_IP}:8081/hello", f"http://{B_IP}:8080/hello", f"http://{P_IP}:8080/hello",
-    f"http://{META_IP}/latest/meta-data/", f"http://{META_IP}:8080/", "http://2852039166/",  # 169.254.169.254
-    "http://0xa9fea9fe/", f"http://u:p@{A_IP}:8080/hello", "http://[::1]:8080/", "ftp://198.51.100.10:8080/",
+    "http://{A}:8081/hello", "http://{B}:8080/hello", "http://{P}:8080/hello",
+    "http://{M}/latest/meta-data/", "http://{M}:8080/", "http://2852039166/",  # 169.254.169.254
+    "http://0xa9fea9fe/", "http://u:p@{A}:8080/hello", "http://[::1]:8080/", "ftp://198.51.100.10:8080/",
     "http://127.0.0.1:8080/", "http://localhost:8080/",
-    f"http://{A_IP}:8080/redirect?to=http://{B_IP}:8080/hello",
-    f"http://{A_IP}:8080/redirect?to=http://{META_IP}/",
-    f"http://{A_IP}:8080/redirect?to=http://{A_IP}:8081/hello",
-    f"http://{A_IP}:8080/redirect?to=file:///etc/passwd",
+    "http://{A}:8080/redirect?to=http://{B}:8080/hello",
+    "http://{A}:8080/redirect?to=http://{M}/",
+    "http://{A}:8080/redirect?to=http://{A}:8081/hello",
+    "http://{A}:8080/redirect?to=file:///etc/passwd",
 ])
 def test_http_request_refusals_hold_without_nftables(net, manager, url) -> None:  # type: ignore[no-untyped-def]
     """The handler's own checks refuse before connecting, even with the nftables layer removed."""
@@ -199,6 +181,7 @@ def test_http_request_refusals_hold_without_nftables(net, manager, url) -> None:
     view = child_view(eg.home, "alice")
     remove_tables(eg)
     before = {k: len(h.connections()) for k, h in net.items()}
+    url = url.format(A=A_IP, B=B_IP, P=P_IP, M=META_IP)
     r = capability(st.netns, "alice", view, "http_request", {"url": url})
     assert r.get("error", {}).get("type") == "EgressDenied", r
     after = {k: len(h.connections()) for k, h in net.items()}

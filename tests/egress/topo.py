@@ -17,6 +17,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
+K = os.getpid() % 200 + 20
+# service addresses: A and B stand in for public hosts (TEST-NET-2/3), P is private, META is the
+# cloud metadata endpoint, R a DNS resolver. Routed by the host to our own namespaces only.
+A_IP, B_IP, P_IP, META_IP, R_IP = "198.51.100.10", "203.0.113.20", f"10.250.{K}.10", "169.254.169.254", "203.0.113.53"
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

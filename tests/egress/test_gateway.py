@@ -1,0 +1,109 @@
+"""Egress through the real gateway (`stockade serve`): rules follow the server's life and the
+policy, and network.http_request runs in the agent's sandbox + namespace."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import cli_json, need, need_root, run_cli, start_server
+from tests.egress.topo import A_IP, B_IP, META_IP, raw_connect
+
+from stockade.egress import nft, ruleset
+from stockade.home import Home
+from stockade.sandbox import netns
+
+pytestmark = [pytest.mark.xdist_group("egress-netns")]
+
+
+def loaded(path: str | None, table: str) -> bool:
+    try:
+        nft.run_in_netns(path, [f"list table inet {table}"])
+        return True
+    except (nft.NftError, OSError):
+        return False
+
+
+def wait(cond, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def write_policy(h: Path, egress: list[str]) -> None:
+    items = "".join(f"\n    - {e!r}" for e in egress) if egress else " []"
+    (h / "policies" / "agents" / "alice.yaml").write_text(f"version: 1\nsandbox:\n  egress:{items}\n")
+
+
+@pytest.fixture
+def ghome(tmp_path: Path) -> Path:
+    need_root()
+    h = tmp_path / "home"
+    run_cli("init", "--policy", "open", home=h)   # network.* at notify: runs without approval
+    with open(h / "stockade.yaml", "a") as f:
+        f.write("egress:\n  resolver: null\n  poll: 0.3s\n")
+    return h
+
+
+def test_serve_lifecycle_and_http_request(net, ghome: Path) -> None:  # type: ignore[no-untyped-def]
+    home = Home.at(ghome)
+    key = cli_json("agent", "create", "alice", home=ghome)["key"]
+    write_policy(ghome, [f"{A_IP}:8080"])
+    path = netns.netns_path(home, "alice")
+    host_table = ruleset.host_table(netns.home_tag(home))
+    srv = start_server(ghome)
+    try:
+        assert wait(lambda: loaded(path, ruleset.NS_TABLE) and loaded(None, host_table))
+        r = srv.invoke(key, "network.http_request", {"url": f"http://{A_IP}:8080/hello"})
+        if "error" in r and r["error"].get("data", {}).get("type") == "SandboxUnavailable":
+            need(False, f"sandbox runtime unavailable here: {r['error']}")
+        assert r.get("result", {}).get("status") == 200 or r["result"]["structuredContent"]["status"] == 200, r
+        for url in (f"http://{B_IP}:8080/hello", f"http://{META_IP}/", f"http://{A_IP}:8081/"):
+            r = srv.invoke(key, "network.http_request", {"url": url})
+            assert r["error"]["data"]["type"] == "EgressDenied", r
+        # hot reload: the policy changes, the rules follow without a restart
+        write_policy(ghome, [f"{B_IP}:8080"])
+        assert wait(lambda: not raw_connect(path, A_IP, 8080, timeout=1)["connected"]
+                    and raw_connect(path, B_IP, 8080, timeout=1)["connected"])
+    finally:
+        assert srv.stop() is not None
+    # stop tears everything of this home down
+    assert not os.path.exists(path) and not loaded(None, host_table)
+    # restart restores it
+    srv = start_server(ghome)
+    try:
+        assert wait(lambda: loaded(path, ruleset.NS_TABLE) and loaded(None, host_table))
+        assert raw_connect(path, B_IP, 8080)["connected"]
+        assert not raw_connect(path, A_IP, 8080, timeout=1)["connected"]
+        doc = cli_json("doctor", home=ghome, check=False)["checks"]["egress"]
+        assert doc["agents"]["alice"]["rules_loaded"] is True and doc["agents"]["alice"]["netns"] == path
+        # removing the agent removes namespace, veth and rules while the server runs
+        run_cli("agent", "revoke", "alice", home=ghome)
+        assert wait(lambda: not os.path.exists(path) and not loaded(None, host_table))
+    finally:
+        srv.stop()
+
+
+def test_crash_then_restart_converges(net, ghome: Path) -> None:  # type: ignore[no-untyped-def]
+    home = Home.at(ghome)
+    cli_json("agent", "create", "alice", home=ghome)
+    write_policy(ghome, [f"{A_IP}:8080"])
+    path = netns.netns_path(home, "alice")
+    srv = start_server(ghome)
+    try:
+        assert wait(lambda: loaded(path, ruleset.NS_TABLE))
+    finally:
+        srv.stop(sig=9)
+    srv = start_server(ghome)
+    try:
+        assert wait(lambda: loaded(path, ruleset.NS_TABLE))
+        assert raw_connect(path, A_IP, 8080)["connected"]
+        assert not raw_connect(path, B_IP, 8080, timeout=1)["connected"]
+    finally:
+        srv.stop()
+    assert not os.path.exists(path)
