@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from _util import row
-
 from stockade import db as dbmod
 from stockade.policy import loader
 from stockade.policy.engine import compile_policy
