@@ -253,3 +253,13 @@ def test_visibility_hides_only_argument_independent_blocks() -> None:
     assert not always_blocked(p, "a", "filesystem.write")
     blocked_default = build(org(R(capability="a.ok", tier="notify"), default="blocked"), system=None)
     assert always_blocked(blocked_default, "a", "zz.top") and not always_blocked(blocked_default, "a", "a.ok")
+
+
+def test_sandbox_profile_is_org_defaults_overlaid_by_the_agent_file() -> None:
+    p = build({"version": 1, "sandbox": {"cpu": 0.5, "memory": "512MiB", "egress": []}},
+              agents={"a": {"version": 1, "sandbox": {"memory": "1GiB", "egress": ["api.example.com:443"],
+                                                     "timeout": "2m"}}})
+    assert p.sandbox_profile("a") == {"cpu": 0.5, "memory": "1GiB", "egress": ["api.example.com:443"],
+                                      "timeout": 120.0}
+    assert p.sandbox_profile("b") == {"cpu": 0.5, "memory": "512MiB", "egress": []}
+    assert build(None).sandbox_profile("a") == {}

@@ -254,22 +254,26 @@ def evaluate(policy: Policy, agent: str, capability: str, args: dict[str, Any]) 
 @dataclass(frozen=True)
 class RateState:
     rule: Rule
-    count: int           # hits inside the window
+    count: int | None    # hits inside the window (None when not asked for: it costs O(max))
     exceeded: bool
     retry_after: float | None
 
 
-def window_state(rule: Rule, hits: Any, now: float) -> RateState:
-    """`hits`: ascending timestamps, at most rule.rate_max of the newest (a deque)."""
+def window_state(rule: Rule, hits: Any, now: float, count: bool = False) -> RateState:
+    """`hits`: ascending timestamps, at most rule.rate_max of the newest (a deque).
+
+    The limit is reached when the max-th newest hit is still inside the window: O(1)."""
     m = rule.rate_max or 0
     w = rule.rate_window or 0.0
     start = now - w
-    n = 0
-    for t in reversed(hits):
-        if t <= start:
-            break
-        n += 1
-    exceeded = n >= m
+    exceeded = len(hits) >= m and hits[-m] > start
+    n: int | None = None
+    if count:
+        n = 0
+        for t in reversed(hits):
+            if t <= start:
+                break
+            n += 1
     return RateState(rule, n, exceeded, (hits[-m] + w - now) if exceeded else None)
 
 

@@ -83,13 +83,24 @@ class IoModel(_M):
 
 class SandboxModel(_M):
     model_config = ConfigDict(extra="forbid", strict=False)
-    cpu: float | None = Field(None, gt=0, le=1024)
+    cpu: float | None = Field(None, ge=0.01, le=1024)
     memory: str | int | None = None
-    pids: int | None = Field(None, ge=1, le=1_000_000)
+    pids: int | None = Field(None, ge=2, le=1_000_000)
     io: IoModel | None = None
     tmpfs: str | int | None = None
     seccomp: Literal["default", "strict"] | None = None
     egress: list[str] | None = None
+    timeout: float | None = None          # per-call wall-clock limit, seconds (sandbox part)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> float | None:
+        if v is None:
+            return None
+        d = parse_duration(v)
+        if not 0 < d <= 86400:
+            raise ValueError("timeout must be more than 0 and at most 24h")
+        return d
 
     @field_validator("memory", "tmpfs")
     @classmethod

@@ -42,6 +42,9 @@ class RateLimiter:
         self._since_prune = 0
         self._last = 0.0              # newest hit time seen (prunes use the caller's clock)
         if conn is not None:
+            if not readonly:
+                # never stall the event loop for long on a locked database: fail (closed) instead
+                conn.execute("PRAGMA busy_timeout=1000")
             t = time.time() if now is None else now
             for agent, rule, ts in conn.execute(
                     "SELECT agent, rule, ts FROM policy_rate_hits WHERE ts > ? ORDER BY ts", (t - MAX_WINDOW,)):

@@ -17,12 +17,13 @@ from stockade.policy.model import BLOCKED, TIERS
 from stockade.policy.ratelimit import RateLimiter
 
 
-def rate_states(v: Verdict, agent: str, limiter: RateLimiter, now: float) -> dict[str, RateState]:
+def rate_states(v: Verdict, agent: str, limiter: RateLimiter, now: float,
+                count: bool = False) -> dict[str, RateState]:
     out: dict[str, RateState] = {}
     for _, lv in v.layers:
         for r in lv.rated:
             if r.key not in out:
-                out[r.key] = window_state(r, limiter.window(agent, r), now)
+                out[r.key] = window_state(r, limiter.window(agent, r), now, count)
     return out
 
 
@@ -47,7 +48,8 @@ def to_decision(policy: Policy, base: Verdict, v: Verdict, retry: float | None, 
     layers["default"] = TIERS[v.default]
     layers["version"] = policy.version
     if states:
-        layers["rate_limits"] = [{"rule": s.rule.label, "layer": s.rule.layer, "count": s.count,
+        layers["rate_limits"] = [{"rule": s.rule.label, "layer": s.rule.layer,
+                                  **({"count": s.count} if s.count is not None else {}),
                                   "max": s.rule.rate_max, "window_s": s.rule.rate_window,
                                   "exceeded": s.exceeded,
                                   **({"retry_after": round(s.retry_after, 3)} if s.retry_after is not None else {})}
@@ -70,7 +72,7 @@ class PolicyEngine:
         if not any(lv.rated for _, lv in base.layers):
             return to_decision(policy, base, base, None, [])
         now = self.clock()
-        states = rate_states(base, agent, self.limiter, now)
+        states = rate_states(base, agent, self.limiter, now, count=not count)   # peek/explain: exact counts
         v, retry, exceeded = escalate(base, states)
         if count and v.tier != BLOCKED:
             for _, lv in v.layers:
