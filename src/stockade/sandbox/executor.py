@@ -39,8 +39,8 @@ def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dic
     if header.get("overflow") or len(payload) > profile.max_output_bytes:
         raise err("ResourceExhausted", f"the result exceeded {profile.max_output_bytes} bytes",
                   resource="output", limit=profile.max_output_bytes)
-    oom = int(header.get("oom_kill") or 0) > 0
-    pids = int(header.get("pids_max") or 0) > 0
+    oom = _int(header.get("oom_kill")) > 0
+    pids = _int(header.get("pids_max")) > 0
     body: dict[str, Any] | None = None
     if payload:
         try:
@@ -72,6 +72,10 @@ def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dic
     if sig is not None:
         raise err("Internal", f"the sandboxed call was killed by signal {sig}")
     raise err("Internal", f"the sandboxed call ended without a result (exit {header.get('code')})")
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 
 def _raise(e: StockadeError) -> dict[str, Any]:

@@ -1,0 +1,257 @@
+"""The runtime's shells on the real kernel: cgroup v1 (for real) and v2 (as far as this kernel
+allows), aggregate per-agent limits, the strict seccomp profile, fail-closed SandboxUnavailable,
+doctor/health reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import need, need_root
+from tests.sandbox import attack_caps
+from tests.sandbox.conftest import ATTACK_FILE, PRELUDE
+
+from stockade.errors import StockadeError
+from stockade.gateway.pipeline import Caller
+from stockade.sandbox import Profile, cgroups
+
+pytestmark = pytest.mark.root
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sleep", "30"])
+
+
+# -- cgroup v1 (this machine kind) --------------------------------------------------------------
+def test_cgroup_v1_for_real() -> None:
+    need_root()
+    info = cgroups.detect(prefer=1)
+    need(info.version == 1, "no cgroup v1 memory/pids/cpu controllers on this host")
+    parent = f"stockade-unit-{os.getpid()}"
+    g = cgroups.AgentCgroup(info, parent, "v1agent")
+    p = Profile(memory=64 << 20, pids=7, cpu=0.25)
+    proc = _sleeper()
+    try:
+        g.ensure(p, cgroups.block_devices(["/"]))
+        d = g.dirs()
+        assert Path(d["memory"], "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        if Path(d["memory"], "memory.memsw.limit_in_bytes").exists():
+            assert Path(d["memory"], "memory.memsw.limit_in_bytes").read_text().strip() == str(64 << 20)
+        assert Path(d["pids"], "pids.max").read_text().strip() == "7"
+        assert Path(d["cpu"], "cpu.cfs_quota_us").read_text().strip() == "25000"
+        g.ensure(Profile(memory=128 << 20, pids=9), [])   # re-applying (growing) works
+        assert Path(d["memory"], "memory.limit_in_bytes").read_text().strip() == str(128 << 20)
+        g.attach(proc.pid)
+        assert proc.pid in g.procs()
+        assert set(g.counters()) == {"oom_kill", "pids_max"}
+        g.kill_all()
+        proc.wait(5)
+        assert proc.returncode == -9
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        time.sleep(0.05)
+        g.remove()
+        for m in info.v1.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(m, parent))
+    assert not any(os.path.exists(x) for x in g.dirs().values())
+
+
+# -- cgroup v2 (as far as this kernel allows) -----------------------------------------------------
+def test_cgroup_v2_path() -> None:
+    """On a hybrid host the cgroup2 hierarchy cannot hold memory/pids/cpu (bound to v1): the
+    limits must fail loudly; group creation, attach, cgroup.kill and removal are exercised."""
+    need_root()
+    info = cgroups.detect(prefer=2)
+    need(info.version == 2 and info.v2_root is not None, "no cgroup2 hierarchy mounted")
+    parent = f"stockade-unit-{os.getpid()}"
+    g = cgroups.AgentCgroup(info, parent, "v2agent")
+    proc = _sleeper()
+    try:
+        complete = not cgroups.missing_controllers(info)
+        if complete:
+            g.ensure(Profile(memory=64 << 20, pids=7), [])
+            d = g.dirs()["v2"]
+            assert Path(d, "memory.max").read_text().strip() == str(64 << 20)
+            assert Path(d, "memory.swap.max").read_text().strip() == "0"
+            assert Path(d, "pids.max").read_text().strip() == "7"
+        else:
+            with pytest.raises(OSError, match="controller not enabled"):
+                g.ensure(Profile(), [])
+        d = g.dirs()["v2"]
+        assert os.path.isdir(d)
+        g.attach(proc.pid)
+        assert g.procs() == [proc.pid]
+        g.kill_all()            # cgroup.kill
+        proc.wait(5)
+        assert proc.returncode == -9
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        time.sleep(0.05)
+        g.remove()
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(info.v2_root or "/nonexistent", parent))
+
+
+# -- executor, direct ---------------------------------------------------------------------------
+class _Pol:
+    def __init__(self, d: dict[str, Any]):
+        self.d = d
+
+    def sandbox_profile(self, agent: str) -> dict[str, Any]:
+        return self.d
+
+
+@pytest.fixture
+def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A SandboxExecutor + zygote of our own (no gateway), for profile and fail-closed cases."""
+    need_root()
+    monkeypatch.setenv("STOCKADE_SANDBOX_TESTING", "1")
+    monkeypatch.setenv("STOCKADE_SANDBOX_TEST_MODULES", ATTACK_FILE)
+    from stockade.gateway import agents
+    from stockade.home import Home, init_home
+    from stockade.sandbox import agentns
+    from stockade.sandbox.executor import SandboxExecutor
+
+    home = Home.at(tmp_path / "home")
+    init_home(home)
+    db = home.db()
+    name = f"rt{os.getpid()}"
+    agents.create(db, name)
+    made: list[SandboxExecutor] = []
+
+    def make(**kw: Any) -> SandboxExecutor:
+        ex = SandboxExecutor(home, call_timeout=5, cgroup_parent=f"stockade-rt-{os.getpid()}", **kw)
+        ex.db = db
+        ex.start_zygote()
+        made.append(ex)
+        return ex
+
+    defs = {d.name: d for d in attack_caps.definitions()}
+    caller = Caller(name, b"", "s", "test")
+
+    def call(ex: SandboxExecutor, code: str) -> dict[str, Any]:
+        return asyncio.run(acall(ex, code))
+
+    async def acall(ex: SandboxExecutor, code: str) -> dict[str, Any]:
+        return await ex.run(caller, defs["test.pyexec"], {"code": PRELUDE + code}, "call")
+
+    call.acall = acall  # type: ignore[attr-defined]
+    try:
+        yield make, call, name
+    finally:
+        for ex in made:
+            ex.stop()
+        agentns.remove(name)
+        info = cgroups.detect()
+        cgroups.AgentCgroup(info, f"stockade-rt-{os.getpid()}", name).remove()
+        for m in info.v1.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(m, f"stockade-rt-{os.getpid()}"))
+        db.close()
+
+
+def test_strict_seccomp_profile_denies_exec_and_fork(direct) -> None:  # type: ignore[no-untyped-def]
+    make, call, _ = direct
+    code = """
+result['fork'] = sc(57)
+if result['fork'][0] == 0:
+    os._exit(0)
+result['execve'] = sc(59, b'/nonexistent/x', None, None)
+result['thread'] = attempt(lambda: __import__('threading').Thread(target=lambda: None).start())
+"""
+    ex = make()
+    ex.policy = _Pol({"seccomp": "strict"})
+    r = call(ex, code)
+    assert r["fork"] == [-1, 1] and r["execve"] == [-1, 1]
+    assert r["thread"]["ok"]                     # threads still work
+    ex.policy = _Pol({"seccomp": "default"})
+    r = call(ex, code)
+    assert r["fork"][0] > 0 and r["execve"] == [-1, 2]
+
+
+def test_missing_layer_fails_closed(direct) -> None:  # type: ignore[no-untyped-def]
+    """cgroup v2 forced on a host whose v2 hierarchy lacks the controllers: nothing runs."""
+    make, call, _ = direct
+    info = cgroups.detect(prefer=2)
+    need(info.version == 2, "no cgroup2 hierarchy mounted")
+    ex = make(cgroup_version=2)
+    if cgroups.missing_controllers(info):
+        assert any("cgroup v2" in p for p in ex.problems())
+        assert ex.health()["status"] == "critical"
+        marker = f"/tmp/stockade-ran-{os.getpid()}"
+        with pytest.raises(StockadeError) as ei:
+            call(ex, f"open({marker!r}, 'w').write('ran')")
+        assert ei.value.type == "SandboxUnavailable"
+        assert not os.path.exists(marker)
+    else:
+        assert call(ex, "result = {'ok': 1}") == {"ok": 1}
+
+
+def test_zygote_gone_fails_closed(direct) -> None:  # type: ignore[no-untyped-def]
+    make, call, _ = direct
+    ex = make()
+    assert call(ex, "result = {'x': 1}") == {"x": 1}
+    ex.proc.kill()
+    ex.proc.wait()
+    with pytest.raises(StockadeError) as ei:
+        call(ex, "result = {'x': 1}")
+    assert ei.value.type == "SandboxUnavailable"
+
+
+def test_aggregate_pids_limit_across_concurrent_calls(direct) -> None:  # type: ignore[no-untyped-def]
+    """Two concurrent calls share the agent's 24 pids: together they cannot fork 2 x 20."""
+    make, call, _ = direct
+    ex = make()
+    ex.policy = _Pol({"pids": 24})
+    code = """
+n = 0
+try:
+    while n < 20:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(20)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+time.sleep(1.5)
+result['n'] = n
+"""
+    async def one(delay: float) -> Any:
+        await asyncio.sleep(delay)
+        try:
+            return (await call.acall(ex, code))["n"]
+        except StockadeError as e:
+            return e.data.get("resource")
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(one(0), one(0.2)))
+
+    out = asyncio.run(both())
+    counts = [x for x in out if isinstance(x, int)]
+    assert len(out) == 2 and sum(counts) < 40, out
+
+
+def test_doctor_reports_every_layer(tmp_path: Path) -> None:
+    need_root()
+    from stockade.home import Home
+    from stockade.sandbox import setup
+
+    out = setup.doctor(Home.at(tmp_path))
+    assert set(out) == {"sandbox.landlock", "sandbox.seccomp", "sandbox.userns", "sandbox.cgroup",
+                        "sandbox.nftables"}
+    assert out["sandbox.landlock"]["abi"] >= 1 and out["sandbox.seccomp"]["status"] == "ok"
+    assert out["sandbox.userns"]["available"] is True
+    assert out["sandbox.cgroup"]["version"] in (1, 2)
