@@ -100,7 +100,8 @@ def _samples(rules: Iterable[Rule], capability: str, cat: Catalog) -> list[dict[
     argnames = cat.args.get(capability) or frozenset(PATH_ARGS) | {"content", "url", "argv"}
     base: dict[str, Any] = {}
     out: list[dict[str, Any]] = []
-    for p in sorted(paths):
+    has_path = any(n in argnames for n in PATH_ARGS)
+    for p in sorted(paths) if has_path else []:
         a = dict(base)
         for n in ("path", "source", "destination", "cwd"):
             if n in argnames:
