@@ -1,10 +1,33 @@
-"""Supervision wiring: the admin socket (more comes with the dashboard)."""
+"""Supervision wiring: the admin socket, the dashboard listener (HTTPS), webhooks, `watch`.
+
+`stockade init` creates the dashboard's self-signed certificate (keys/tls.crt, keys/tls.key) and
+an admin token (print a fresh one with `stockade admin token`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
+from stockade.home import Home, on_init
+from stockade.supervision import tls, tokens
 from stockade.supervision.admin import AdminServer, admin_command
+
+HEARTBEAT = 15.0
+
+
+@on_init
+def _init(home: Home, policy_template: str) -> list[str]:
+    created = tls.ensure(home)
+    conn = home.db()
+    try:
+        if tokens.current_hash(conn) is None:
+            tokens.issue(conn)   # print a usable one with `stockade admin token`
+            created.append("admin token (print a fresh one: stockade admin token)")
+    finally:
+        conn.close()
+    return created
 
 
 async def start(gw: Any) -> None:
@@ -12,13 +35,93 @@ async def start(gw: Any) -> None:
     await srv.start()
     gw.state["admin"] = srv
 
+    from stockade.gateway.service import Listener
+    from stockade.supervision.dashboard.app import build_app
+
+    tls.ensure(gw.home)
+    crt, key = tls.paths(gw.home)
+    cfg = gw.config.dashboard
+    gw.listeners.append(Listener("dashboard", build_app(gw), cfg.host, cfg.port,
+                                 ssl_certfile=str(crt), ssl_keyfile=str(key)))
+    if gw.config.webhook:
+        from stockade.supervision.webhook import WebhookSender
+
+        wh = WebhookSender(gw.bus, gw.config.webhook)
+        wh.start()
+        gw.state["webhook"] = wh
+
 
 async def stop(gw: Any) -> None:
+    wh = gw.state.get("webhook")
+    if wh:
+        await wh.stop()
     srv = gw.state.get("admin")
     if srv:
         await srv.stop()
 
 
+def doctor(home: Home) -> dict[str, Any]:
+    crt, key = tls.paths(home)
+    if not (crt.exists() and key.exists()):
+        return {"dashboard_tls": {"status": "degraded", "error": "no keys/tls.crt + keys/tls.key (stockade init)"}}
+    return {"dashboard_tls": {"status": "ok", "cert": str(crt)}}
+
+
 @admin_command("ping")
 async def _ping(gw: Any, args: dict[str, Any]) -> Any:
     return {"pong": True, "ports": gw.ports}
+
+
+@admin_command("watch", stream=True)
+async def _watch(gw: Any, args: dict[str, Any], emit: Any) -> None:
+    """Live events for `stockade watch` until the client leaves or the gateway stops."""
+    history = args.get("history", 20)
+    if not isinstance(history, int) or history < 0:
+        history = 20
+    sub = gw.bus.subscribe()
+    try:
+        seen = 0
+        for ev in list(gw.bus.history)[-history:] if history else []:
+            await emit(ev.to_dict())
+            seen = ev.id
+        last = time.monotonic()
+        while not (gw.stopping is not None and gw.stopping.is_set()):
+            ev = await sub.get(timeout=1.0)
+            if ev is None:
+                if time.monotonic() - last >= HEARTBEAT:
+                    await emit({"kind": "heartbeat", "ts": time.time()})   # notices a gone client
+                    last = time.monotonic()
+                continue
+            if ev.id > seen:
+                await emit(ev.to_dict())
+                last = time.monotonic()
+    finally:
+        sub.close()
+
+
+@admin_command("agents.status")
+async def _agents_status(gw: Any, args: dict[str, Any]) -> Any:
+    from stockade.gateway import agents
+
+    db = gw.pipeline.db
+    last: dict[str, float] = {}
+    for ev in gw.bus.history:
+        a = ev.data.get("agent") if isinstance(ev.data, dict) else None
+        if isinstance(a, str):
+            last[a] = ev.ts
+    out = []
+    for a in agents.list_all(db):
+        pending = db.execute("SELECT count(*) FROM approvals WHERE agent=? AND status='pending'",
+                             (a.name,)).fetchone()[0]
+        grants = db.execute("SELECT count(*) FROM approval_grants WHERE agent=? AND revoked_at IS NULL "
+                            "AND expires_at>?", (a.name, time.time())).fetchone()[0]
+        sessions = db.execute("SELECT count(*) FROM sessions WHERE agent=? AND ended_at IS NULL",
+                              (a.name,)).fetchone()[0]
+        out.append({"name": a.name, "status": "active" if a.active else "revoked", "created": a.created_at,
+                    "pending_approvals": pending, "live_grants": grants, "open_sessions": sessions,
+                    "last_event": last.get(a.name)})
+    return {"agents": out, "server": "running"}
+
+
+with contextlib.suppress(ImportError):
+    import stockade.approvals.store  # noqa: F401  (the approvals tables exist for agents.status)

@@ -1,0 +1,64 @@
+"""The dashboard's read-only view of the audit part (query through its index, verify the chain).
+
+Duck-typed on `gw.state["audit"]` (the audit writer): when the audit part is not running the
+dashboard says "audit not available" instead of failing. Work runs in a thread (file reads,
+SQLite, hashing) so the event loop keeps serving calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from stockade.errors import err
+
+
+def available(gw: Any) -> bool:
+    w = gw.state.get("audit")
+    return w is not None and hasattr(w, "durable")
+
+
+def _time_us(v: str | None, name: str) -> int | None:
+    if not v:
+        return None
+    try:
+        t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise err("InvalidInput", f"{name}: expected a date or ISO time (UTC)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+async def query(gw: Any, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    from stockade.audit.index import Index, read_record
+    from stockade.audit.record import jsonable
+
+    audit_dir = gw.home.audit_dir
+    kw = {"agent": filters.get("agent"), "capability": filters.get("capability"), "kind": filters.get("kind"),
+          "since_us": _time_us(filters.get("since"), "since"), "until_us": _time_us(filters.get("until"), "until"),
+          "limit": int(filters.get("limit", 100)), "newest_first": True}
+
+    def work() -> list[dict[str, Any]]:
+        idx = Index(audit_dir)
+        try:
+            hits = idx.query(**kw)
+        finally:
+            idx.close()
+        return [jsonable(r) for r in (read_record(audit_dir, *h) for h in hits) if r is not None]
+
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+async def verify(gw: Any) -> dict[str, Any]:
+    from stockade.audit import checkpoint as cp
+    from stockade.audit.verify import verify_dir
+
+    w = gw.state["audit"]
+    limit = (w.durable.file, int(w.durable.size)) if getattr(w.durable, "file", None) else None
+
+    def work() -> dict[str, Any]:
+        return verify_dir(gw.home.audit_dir, cp.load_public(gw.home.keys), limit=limit).to_dict()
+
+    return await asyncio.get_running_loop().run_in_executor(None, work)

@@ -1,0 +1,1 @@
+"""The owner's dashboard: server-rendered pages, `/api/*` JSON, `/api/events` SSE."""

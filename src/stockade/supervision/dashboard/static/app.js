@@ -1,0 +1,53 @@
+// stockade dashboard: live events (SSE) rendered with textContent only (agent strings stay inert).
+"use strict";
+(function () {
+  function fmt(t) {
+    var d = new Date(t * 1000);
+    return d.toISOString().replace("T", " ").slice(0, 19) + "Z";
+  }
+  function cell(tr, text, cls) {
+    var td = document.createElement("td");
+    td.textContent = text == null ? "" : String(text);
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+  }
+  function detail(d) {
+    var out = {};
+    Object.keys(d || {}).forEach(function (k) {
+      if (k !== "agent" && k !== "capability") out[k] = d[k];
+    });
+    var s = JSON.stringify(out);
+    return s.length > 400 ? s.slice(0, 400) + "…" : s;
+  }
+  function live() {
+    var table = document.getElementById("events");
+    var onApprovals = document.getElementById("pending");
+    if (!table && !onApprovals) return;
+    var conn = document.getElementById("conn");
+    var es = new EventSource("/api/events");
+    es.onopen = function () { if (conn) { conn.textContent = "live"; conn.className = "badge b-ok"; } };
+    es.onerror = function () { if (conn) { conn.textContent = "reconnecting"; conn.className = "badge b-degraded"; } };
+    es.onmessage = function (m) {
+      var ev;
+      try { ev = JSON.parse(m.data); } catch (e) { return; }
+      if (onApprovals && !table) {
+        if (ev.live && (ev.kind === "approval.requested" || ev.kind === "approval.expired")) window.location.reload();
+        return;
+      }
+      var tbody = table.tBodies[0];
+      var tr = document.createElement("tr");
+      tr.className = "ev sev-" + String(ev.severity).replace(/[^a-z]/g, "");
+      tr.setAttribute("data-kind", String(ev.kind));
+      var d = ev.data || {};
+      cell(tr, fmt(ev.ts));
+      cell(tr, ev.severity);
+      cell(tr, ev.kind, "kind");
+      cell(tr, d.agent);
+      cell(tr, d.capability);
+      cell(tr, detail(d), "detail");
+      tbody.insertBefore(tr, tbody.firstChild);
+      while (tbody.rows.length > 500) tbody.deleteRow(tbody.rows.length - 1);
+    };
+  }
+  document.addEventListener("DOMContentLoaded", live);
+})();

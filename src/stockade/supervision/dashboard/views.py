@@ -1,0 +1,195 @@
+"""HTML for the dashboard pages. Pure functions from data to markup; every value goes through
+`esc` (agent-supplied strings must render as inert text)."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any
+
+NAV = (("/", "Overview"), ("/approvals", "Approvals"), ("/activity", "Live activity"), ("/agents", "Agents"),
+       ("/audit", "Audit"))
+
+
+def esc(v: Any) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def ts(t: Any) -> str:
+    if not isinstance(t, int | float):
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+
+
+def pretty(v: Any) -> str:
+    return esc(json.dumps(v, indent=2, ensure_ascii=False, default=str, sort_keys=True))
+
+
+def badge(status: Any) -> str:
+    s = esc(status)
+    return f'<span class="badge b-{s}">{s}</span>'
+
+
+def layout(title: str, body: str, *, csrf: str | None, active: str = "") -> str:
+    nav = "".join(f'<a href="{p}"{" class=on" if p == active else ""}>{esc(n)}</a>' for p, n in NAV)
+    logout = (f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" '
+              f'value="{esc(csrf)}"><button class="link">Log out</button></form>') if csrf else ""
+    meta = f'<meta name="csrf" content="{esc(csrf)}">' if csrf else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+{meta}<title>{esc(title)} · stockade</title><link rel="stylesheet" href="/static/style.css">
+<script src="/static/app.js" defer></script></head>
+<body><header><span class="brand">stockade</span><nav>{nav if csrf else ""}</nav>{logout}</header>
+<main><h1>{esc(title)}</h1>{body}</main></body></html>"""
+
+
+def login(login_csrf: str, error: str | None = None) -> str:
+    err = f'<p class="error">{esc(error)}</p>' if error else ""
+    body = f"""{err}<form method="post" action="/login" class="card narrow">
+<label for="token">Admin token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required>
+<input type="hidden" name="login_csrf" value="{esc(login_csrf)}">
+<button type="submit">Log in</button>
+<p class="hint">Print a fresh token with <code>stockade admin token</code> (the previous one stops working).</p>
+</form>"""
+    return layout("Log in", body, csrf=None)
+
+
+def overview(d: dict[str, Any], csrf: str) -> str:
+    layers = "".join(f"<tr><td>{esc(k)}</td><td>{badge(v.get('status', '?') if isinstance(v, dict) else v)}</td>"
+                     f"<td><code>{esc(json.dumps({x: y for x, y in v.items() if x != 'status'}, default=str))}"
+                     f"</code></td></tr>"
+                     for k, v in sorted(d["layers"].items()) if isinstance(v, dict))
+    audit = d.get("audit") or {}
+    return layout("Overview", f"""
+<section class="tiles">
+ <div class="tile"><div class="big">{badge(d['status'])}</div><div>overall</div></div>
+ <div class="tile"><div class="big"><a href="/approvals">{esc(d['pending_approvals'])}</a></div>
+  <div>pending approvals</div></div>
+ <div class="tile"><div class="big">{esc(d['agents_active'])}</div><div>active agents</div></div>
+ <div class="tile"><div class="big">{badge(d['vault'])}</div><div>vault</div></div>
+ <div class="tile"><div class="big">{badge(audit.get('status', 'unknown'))}</div><div>audit chain</div></div>
+</section>
+<h2>Layers</h2>
+<table><thead><tr><th>layer</th><th>status</th><th>detail</th></tr></thead><tbody>{layers or
+  '<tr><td colspan=3>no layer has reported yet</td></tr>'}</tbody></table>
+<p class="hint">Gateway up since {esc(ts(d['started']))}; ports {esc(json.dumps(d['ports']))}.</p>""",
+                  csrf=csrf, active="/")
+
+
+def _args(a: dict[str, Any]) -> str:
+    return f'<pre class="args">{pretty(a.get("args"))}</pre>'
+
+
+def approvals(items: list[dict[str, Any]], grants: list[dict[str, Any]], csrf: str) -> str:
+    pending = [a for a in items if a["status"] == "pending"]
+    done = [a for a in items if a["status"] != "pending"]
+    cards = "".join(approval_card(a, csrf) for a in pending) or '<p class="empty">Nothing is waiting for you.</p>'
+    rows = "".join(f"<tr><td><a href='/approvals/{esc(a['approval'])}'>{esc(a['approval'])}</a></td>"
+                   f"<td>{esc(a['agent'])}</td><td>{esc(a['capability'])}</td><td>{badge(a['status'])}</td>"
+                   f"<td>{esc(ts(a.get('decided') or a.get('finished')))}</td><td>{esc(a.get('decided_by'))}</td></tr>"
+                   for a in done[:100])
+    grows = "".join(f"<tr><td>{esc(g['grant'])}</td><td>{esc(g['agent'])}</td><td>{esc(g['capability'])}</td>"
+                    f"<td>{esc(ts(g['expires']))}</td><td><form method=post action='/grants/{esc(g['grant'])}/revoke'>"
+                    f"<input type=hidden name=csrf value='{esc(csrf)}'><button class=danger>Revoke</button>"
+                    "</form></td></tr>"
+                    for g in grants)
+    return layout("Approvals", f"""
+<p class="hint" id="live-note">This page updates when a new request arrives.</p>
+<section id="pending">{cards}</section>
+<h2>Time-limited grants</h2>
+<table><thead><tr><th>grant</th><th>agent</th><th>capability</th><th>until</th><th></th></tr></thead>
+<tbody>{grows or '<tr><td colspan=5>none</td></tr>'}</tbody></table>
+<h2>Decided</h2>
+<table><thead><tr><th>id</th><th>agent</th><th>capability</th><th>status</th><th>when</th><th>by</th></tr></thead>
+<tbody>{rows or '<tr><td colspan=6>none yet</td></tr>'}</tbody></table>""", csrf=csrf, active="/approvals")
+
+
+def approval_card(a: dict[str, Any], csrf: str) -> str:
+    aid = esc(a["approval"])
+    buttons = ""
+    if a["status"] == "pending":
+        buttons = f"""<div class="actions">
+<form method="post" action="/approvals/{aid}/approve"><input type="hidden" name="csrf" value="{esc(csrf)}">
+<button class="ok" id="approve-{aid}">Approve this call</button></form>
+<form method="post" action="/approvals/{aid}/approve"><input type="hidden" name="csrf" value="{esc(csrf)}">
+<input type="number" name="grant_minutes" min="1" max="10080" value="30" aria-label="minutes">
+<button>Approve + allow {esc(a['capability'])} for N minutes</button></form>
+<form method="post" action="/approvals/{aid}/reject"><input type="hidden" name="csrf" value="{esc(csrf)}">
+<input name="reason" placeholder="reason (shown to the agent)" maxlength="1000">
+<button class="danger" id="reject-{aid}">Reject</button></form></div>"""
+    extra = ""
+    if "result" in a:
+        extra += f"<h3>Result</h3><pre class='args'>{pretty(a['result'])}</pre>"
+    if "error" in a:
+        extra += f"<h3>Error</h3><pre class='args'>{pretty(a['error'])}</pre>"
+    if a.get("reason"):
+        extra += f"<p>Reason: {esc(a['reason'])}</p>"
+    return f"""<article class="card approval" data-id="{aid}">
+<div class="row"><a href="/approvals/{aid}"><code>{aid}</code></a> {badge(a['status'])}
+<span class="agent">{esc(a['agent'])}</span> wants <strong class="cap">{esc(a['capability'])}</strong></div>
+<div class="meta">requested {esc(ts(a['created']))} · expires {esc(ts(a['expires']))} · rule {esc(a.get('rule'))}
+{(' · ' + esc(a.get('policy_reason'))) if a.get('policy_reason') else ''}
+· args sha256 <code>{esc(a['args_hash'][:16])}…</code></div>
+<h3>Exact arguments</h3>{_args(a)}{buttons}{extra}</article>"""
+
+
+def approval_page(a: dict[str, Any], csrf: str) -> str:
+    return layout(f"Approval {a['approval']}", approval_card(a, csrf), csrf=csrf, active="/approvals")
+
+
+def activity(csrf: str) -> str:
+    return layout("Live activity", """
+<p class="hint">Events stream live from the gateway: notify-tier calls, denials, rate limits, approvals,
+health alerts, policy reloads. <span id="conn" class="badge b-unknown">connecting</span></p>
+<table id="events"><thead><tr><th>time</th><th>severity</th><th>kind</th><th>agent</th><th>capability</th>
+<th>detail</th></tr></thead><tbody></tbody></table>""", csrf=csrf, active="/activity")
+
+
+def agents(rows: list[dict[str, Any]], csrf: str) -> str:
+    out = []
+    for r in rows:
+        tiers = "".join(f"<tr><td>{esc(c)}</td><td>{badge(t)}</td></tr>" for c, t in sorted(r["tiers"].items()))
+        revoke = "" if r["status"] != "active" else (
+            f"<form method=post action='/agents/{esc(r['name'])}/revoke'><input type=hidden name=csrf "
+            f"value='{esc(csrf)}'><button class=danger>Revoke key</button></form>")
+        profile = f"<pre class='args'>{pretty(r['sandbox'])}</pre>" if r.get("sandbox") else \
+            "<p class='hint'>sandbox profile: not reported by the policy part</p>"
+        out.append(f"""<article class="card"><div class="row"><strong>{esc(r['name'])}</strong> {badge(r['status'])}
+<span class="meta">created {esc(ts(r['created']))} · pending approvals {esc(r['pending'])}</span>{revoke}</div>
+<details><summary>Effective tier per capability</summary><table>{tiers}</table></details>
+<details><summary>Sandbox profile</summary>{profile}</details></article>""")
+    return layout("Agents", "".join(out) or "<p class='empty'>No agents yet (stockade agent create NAME).</p>",
+                  csrf=csrf, active="/agents")
+
+
+def audit(d: dict[str, Any], csrf: str) -> str:
+    if not d.get("available"):
+        return layout("Audit", "<p class='empty'>audit not available: the audit part is not running on this "
+                               "gateway (no query functions).</p>", csrf=csrf, active="/audit")
+    f = d.get("filters", {})
+    rows = "".join(f"<tr><td>{esc(r.get('seq'))}</td><td>{esc(ts((r.get('ts') or 0) / 1e6))}</td>"
+                   f"<td>{esc(r.get('kind') or 'call')}</td><td>{esc(r.get('agent'))}</td>"
+                   f"<td>{esc(r.get('capability'))}</td><td>{esc((r.get('decision') or {}).get('tier'))}</td>"
+                   f"<td>{esc((r.get('outcome') or {}).get('status'))}</td>"
+                   f"<td><details><summary>record</summary><pre class='args'>{pretty(r)}</pre></details></td></tr>"
+                   for r in d.get("records", []))
+    verify = d.get("verify")
+    vres = f"<pre class='args'>{pretty(verify)}</pre>" if verify else ""
+    return layout("Audit", f"""
+<form method="get" action="/audit" class="filters">
+<input name="agent" placeholder="agent" value="{esc(f.get('agent'))}">
+<input name="capability" placeholder="capability" value="{esc(f.get('capability'))}">
+<input name="kind" placeholder="kind" value="{esc(f.get('kind'))}">
+<input name="limit" type="number" min="1" max="1000" value="{esc(f.get('limit', 100))}">
+<button>Filter</button></form>
+<form method="post" action="/audit/verify"><input type="hidden" name="csrf" value="{esc(csrf)}">
+<button id="verify">Verify now</button></form>{vres}
+<table><thead><tr><th>seq</th><th>time</th><th>kind</th><th>agent</th><th>capability</th><th>tier</th><th>outcome</th>
+<th></th></tr></thead><tbody>{rows or '<tr><td colspan=8>no records</td></tr>'}</tbody></table>""",
+                  csrf=csrf, active="/audit")
+
+
+def error_page(status: int, message: str, csrf: str | None = None) -> str:
+    return layout(f"Error {status}", f"<p class='error'>{esc(message)}</p>", csrf=csrf)
