@@ -65,6 +65,7 @@ class Index:
         self.conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA journal_size_limit=4194304")   # the WAL never keeps more than 4 MiB
         for stmt in SCHEMA:
             self.conn.execute(stmt)
         for suffix in ("-wal", "-shm"):

@@ -114,21 +114,35 @@ def _split(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return s
 
 
+_LEAF = (str, bool, bytes, type(None))
+
+
 def _prep(v: Any) -> Any:
     """Fast path of `normalize` for JSON-like data: a key-sorted copy, or _Exotic."""
     t = type(v)
-    if t is str or t is bool or v is None or t is bytes:
+    if t is dict:
+        keys = tuple(v)
+        order = _ORDERS.get(keys)
+        if order is None:
+            for k in keys:
+                if type(k) is not str or not k.isascii():
+                    raise _Exotic
+            order = _order(keys)
+        out = {}
+        for k in order:
+            x = v[k]
+            tx = type(x)
+            if tx in _LEAF or (tx is int and -0x10000000000000000 <= x < 0x10000000000000000):
+                out[k] = x
+            else:
+                out[k] = _prep(x)
+        return out
+    if t in _LEAF:
         return v
     if t is int:
         if -0x10000000000000000 <= v < 0x10000000000000000:
             return v
         raise _Exotic
-    if t is dict:
-        keys = tuple(v)
-        for k in keys:
-            if type(k) is not str or not k.isascii():
-                raise _Exotic
-        return {k: _prep(v[k]) for k in _order(keys)}
     if t is list or t is tuple:
         return [_prep(x) for x in v]
     raise _Exotic

@@ -282,6 +282,8 @@ class AuditWriter:
         self._queue: list[_Item] = []
         self._wake = asyncio.Event()
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        # The index is derived data: it is updated by its own thread, off the commit path.
+        self._ix = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-index")
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._key: Any = None
@@ -306,8 +308,8 @@ class AuditWriter:
                 self._key = cp.load_private(self.keys_dir)
             last = cp.latest(self.audit_dir / cp.LOG_NAME)
             self._last_cp = last["seq"] if last else 0
-            self.index = await loop.run_in_executor(self._ex, Index, self.audit_dir)
-            await loop.run_in_executor(self._ex, self._catch_up_index)
+            self.index = await loop.run_in_executor(self._ix, Index, self.audit_dir)
+            await loop.run_in_executor(self._ix, self._catch_up_index)
         except BaseException:
             unlock(self._lock_fd)
             self._lock_fd = None
@@ -349,14 +351,18 @@ class AuditWriter:
         if not self.failed and self.durable.seq > self._last_cp:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(self._ex, self._checkpoint_sync, "shutdown")
+        await loop.run_in_executor(self._ix, self._close_index)
+        self._ix.shutdown(wait=True)
         await loop.run_in_executor(self._ex, self._close_sync)
         self._ex.shutdown(wait=True)
 
-    def _close_sync(self) -> None:
-        self.store.close()
+    def _close_index(self) -> None:
         if self.index:
             with contextlib.suppress(Exception):
                 self.index.close()
+
+    def _close_sync(self) -> None:
+        self.store.close()
         if self._lock_fd is not None:
             unlock(self._lock_fd)
             self._lock_fd = None
@@ -433,7 +439,8 @@ class AuditWriter:
                 seg = self._queue[:n]
                 self._flushing = True
                 try:
-                    offsets = await loop.run_in_executor(self._ex, self._commit, first.day, seg)
+                    offsets = await loop.run_in_executor(self._ex, self.store.append, first.day,
+                                                         [it.frame for it in seg])
                 except DiskFull as e:
                     self._flushing = False
                     self._on_disk_full(str(e))
@@ -451,6 +458,10 @@ class AuditWriter:
                 for it in seg:
                     if it.fut is not None and not it.fut.done():
                         it.fut.set_result(it.seq)
+                fname = f"{first.day}.log"
+                rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, *it.row[2:])
+                        for it, off in zip(seg, offsets, strict=True)]
+                loop.run_in_executor(self._ix, self._index_rows, rows)
                 if self.disk_full:
                     await self._on_space_back()
                 every = self.settings.checkpoint_every
@@ -458,21 +469,21 @@ class AuditWriter:
                     with contextlib.suppress(Exception):
                         await loop.run_in_executor(self._ex, self._checkpoint_sync, "periodic")
 
-    def _commit(self, day: str, seg: list[_Item]) -> list[int]:
-        offsets = self.store.append(day, [it.frame for it in seg])
-        if self.index is not None:
-            fname = f"{day}.log"
-            rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, *it.row[2:]) for it, off in zip(seg, offsets,
-                                                                                                    strict=True)]
-            try:
-                if self._index_behind:
-                    self.index.catch_up()
-                    self._index_behind = False
-                else:
-                    self.index.add(rows)
-            except sqlite3.Error:
-                self._index_behind = True    # derived data: catch up later, never block the log
-        return offsets
+    def _index_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.index is None:
+            return
+        if self.disk_full:
+            # The log comes first: the index must not take the space the buffered records need.
+            self._index_behind = True
+            return
+        try:
+            if self._index_behind:
+                self.index.catch_up()
+                self._index_behind = False
+            else:
+                self.index.add(rows)
+        except sqlite3.Error:
+            self._index_behind = True    # derived data: catch up later, never block the log
 
     def _catch_up_index(self) -> None:
         assert self.index is not None
@@ -596,10 +607,14 @@ class AuditWriter:
             p.unlink()
             cp.fsync_dir(self.audit_dir)
             if self.index is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self.index.prune_file(name)
+                self._ix.submit(self._unindex, name)
             pruned.append(name)
         return pruned
+
+    def _unindex(self, name: str) -> None:
+        assert self.index is not None
+        with contextlib.suppress(sqlite3.Error):
+            self.index.prune_file(name)
 
     async def prune(self) -> list[str]:
         loop = asyncio.get_running_loop()
