@@ -1,24 +1,22 @@
-"""One sandboxed call: the monitor (C) and the sandboxed process (P, pid 1 of a new pid ns).
+"""One sandboxed call: the child P, forked by the zygote as pid 1 of a new pid namespace.
 
-    zygote --fork--> C: setsid, setns(agent netns), join agent cgroup,
-                        unshare(pid|uts|ipc|cgroup), fork P, watch P (deadline, output cap)
-                     P: unshare(mount), minimal root, pivot_root, /proc, hostname,
-                        drop to the agent's host uid, unshare(user) + uid map 1100,
-                        drop caps, no_new_privs, close fds, setsid, rlimits,
-                        Landlock, seccomp (last), handler -> bounded JSON on fd 3
+    zygote: unshare(CLONE_NEWPID), fork -> P, setns back to its own pid ns, watch P (pidfd)
+    P:      setns(agent netns), join the agent cgroup, unshare(mount|uts|ipc|cgroup),
+            minimal root from the template, pivot_root, /proc, hostname,
+            drop to the agent's host uid, unshare(user) + uid map 1100,
+            drop caps, no_new_privs, close fds, setsid, rlimits,
+            Landlock, seccomp (last), handler -> JSON on fd 3 (the gateway's pipe)
 
-C reports one header line (JSON) followed by P's payload on the gateway's pipe and exits.
-Killing P (pid 1 of its namespace) kills every descendant.
+Killing P (pid 1 of its namespace) kills every descendant; the zygote reports P's exit status
+on a second pipe once P is reaped, i.e. once every process of the call is gone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
 import resource
-import select
 import signal
 import time
 from dataclasses import dataclass
@@ -30,6 +28,9 @@ from stockade.sandbox.cgroups import AgentCgroup
 SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 ETC_BINDS = ("ssl", "ca-certificates", "alternatives")
+
+
+FORK_NS = 0   # set by the zygote just before fork (tracing only)
 
 
 @dataclass
@@ -53,114 +54,31 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-# -- C: the monitor ---------------------------------------------------------------------------
-def run_call(req: dict[str, Any], out_fd: int, netns_fd: int, prep: Prepared, cg: AgentCgroup | None,
-             impls: dict[str, Any]) -> None:
-    """Body of C (a fork of the zygote). Never returns."""
-    t0 = time.monotonic()
-    header: dict[str, Any] = {"status": "setup_error"}
-    payload = b""
+# -- P: the sandboxed process -----------------------------------------------------------------
+def sandboxed(req: dict[str, Any], w: int, netns_fd: int, prep: Prepared, cg: AgentCgroup | None,
+              impls: dict[str, Any]) -> None:
+    """Body of P (just forked by the zygote). Never returns."""
+    step = "start"
+    trace: list[tuple[str, int]] = [("z_fork", FORK_NS), ("p_start", time.monotonic_ns())]
+    tr = trace.append if req.get("trace") else (lambda _x: None)
     try:
         off = set(req.get("disable") or []) if prep.testing else set()
         profile = Profile.from_dict(req["profile"])
-        os.setsid()
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         gc.enable()
+        step = "netns"
         if netns_fd >= 0 and "netns" not in off:
             libc.setns(netns_fd, libc.CLONE_NEWNET)
         elif "netns" not in off:
             raise OSError(2, "no network namespace for this agent")
         if netns_fd >= 0:
             os.close(netns_fd)
+        step = "cgroup"
         if cg is not None and "cgroup" not in off:
             cg.attach(0)
-        before = cg.counters() if cg is not None else {}
-        flags = libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
-        if "pidns" not in off:
-            flags |= libc.CLONE_NEWPID
-        libc.unshare(flags)
-        r, w = os.pipe()
-        t_fork = time.monotonic_ns()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            _sandboxed(req, w, prep, profile, off, impls)  # never returns
-        os.close(w)
-        header, payload = _watch(pid, r, profile, t0, "output" not in off)
-        if req.get("trace"):
-            header["trace"] = {"c_start": int(t0 * 1e9), "c_forked": t_fork, "c_done": time.monotonic_ns()}
-        if cg is not None:
-            after = cg.counters()
-            header["oom_kill"] = after.get("oom_kill", 0) - before.get("oom_kill", 0)
-            header["pids_max"] = after.get("pids_max", 0) - before.get("pids_max", 0)
-    except BaseException as e:  # noqa: BLE001 - report, never raise out of a fork
-        header = {"status": "setup_error", "error": f"monitor: {type(e).__name__}: {e}"[:500]}
-    header["elapsed_us"] = int((time.monotonic() - t0) * 1e6)
-    try:
-        _write_all(out_fd, json.dumps(header).encode() + b"\n" + payload)
-    finally:
-        os._exit(0)
-
-
-def _watch(pid: int, r: int, profile: Profile, t0: float, bounded: bool = True) -> tuple[dict[str, Any], bytes]:
-    """Collect P's output (bounded) until it exits or the deadline passes; kill on either limit."""
-    cap = profile.max_output_bytes + 4096 if bounded else 1 << 34
-    deadline = t0 + profile.timeout
-    pidfd = os.pidfd_open(pid)
-    buf = bytearray()
-    timeout = overflow = False
-    poller = select.poll()
-    poller.register(r, select.POLLIN)
-    poller.register(pidfd, select.POLLIN)
-    exited = False
-    open_r = True
-    while open_r:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timeout = True
-            break
-        if exited:
-            # P is gone: its namespace is being torn down; the pipe reaches EOF promptly.
-            left = min(left, 2.0)
-        for fd, _ev in poller.poll(int(left * 1000) + 1):
-            if fd == r:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    open_r = False
-                    poller.unregister(r)
-                    break
-                buf += chunk
-                if len(buf) > cap:
-                    overflow = True
-                    open_r = False
-                    break
-            elif fd == pidfd:
-                exited = True
-                poller.unregister(pidfd)
-    if timeout or overflow:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    os.close(pidfd)
-    h: dict[str, Any] = {"status": "done", "timeout": timeout, "overflow": overflow}
-    if os.WIFSIGNALED(status):
-        h["signal"] = os.WTERMSIG(status)
-    else:
-        h["code"] = os.WEXITSTATUS(status)
-    return h, b"" if overflow else bytes(buf)
-
-
-# -- P: the sandboxed process -----------------------------------------------------------------
-def _sandboxed(req: dict[str, Any], w: int, prep: Prepared, profile: Profile, off: set[str],
-               impls: dict[str, Any]) -> None:
-    step = "start"
-    trace: list[tuple[str, int]] = [("p_start", time.monotonic_ns())]
-    tr = trace.append if req.get("trace") else (lambda _x: None)
-    try:
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        tr((step, time.monotonic_ns()))
         step = "mounts"
-        libc.unshare(libc.CLONE_NEWNS)
+        libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
         if "mounts" not in off:
             _enter_root(req, prep, profile)
@@ -212,7 +130,8 @@ def _sandboxed(req: dict[str, Any], w: int, prep: Prepared, profile: Profile, of
                 libc.load_seccomp_bpf(prog)
     except BaseException as e:  # noqa: BLE001
         try:
-            _write_all(w if step in ("start", "mounts", "hostname", "identity", "caps", "no_new_privs") else 3,
+            _write_all(w if step in ("start", "netns", "cgroup", "mounts", "hostname", "identity", "caps",
+                                     "no_new_privs") else 3,
                        json.dumps({"setup_error": f"{step}: {type(e).__name__}: {e}"[:500]}).encode())
         finally:
             os._exit(70)

@@ -244,33 +244,48 @@ class SandboxExecutor:
             self.lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         memfd = os.memfd_create("stockade-call", os.MFD_CLOEXEC)
-        r, w = os.pipe2(os.O_CLOEXEC)
+        r, w = os.pipe2(os.O_CLOEXEC)        # the child's JSON result
+        sr, sw = os.pipe2(os.O_CLOEXEC)      # the zygote's report once the child is reaped
         try:
             data = json.dumps(req).encode()
             view = memoryview(data)
             while view:
                 view = view[os.write(memfd, view):]
             async with self.lock:
-                fds = [memfd, w] + ([netns_fd] if netns_fd >= 0 else [])
+                fds = [memfd, w, sw] + ([netns_fd] if netns_fd >= 0 else [])
                 self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                b"".join(f.to_bytes(4, sys.byteorder) for f in fds))])
                 reply = json.loads(await loop.sock_recv(self.sock, 65536) or b'{"error": "zygote gone"}')
         except (OSError, ValueError) as e:
             os.close(r)
+            os.close(sr)
             raise err("SandboxUnavailable", f"the sandbox zygote did not answer ({e})", _UNAVAILABLE) from None
         finally:
             os.close(memfd)
             os.close(w)
+            os.close(sw)
         if "pid" not in reply:
             os.close(r)
+            os.close(sr)
             raise err("SandboxUnavailable", f"the sandbox refused the call ({reply.get('error')})", _UNAVAILABLE)
         try:
             pidfd = os.pidfd_open(reply["pid"])
         except OSError:
             pidfd = -1
+        testing_off = "output" in self.test_disable and self.status.get("testing")
+        cap = profile.max_output_bytes if not testing_off else 1 << 34
+        overflow = False
+
+        def on_overflow() -> None:
+            nonlocal overflow
+            overflow = True
+            if pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
         try:
-            cap = profile.max_output_bytes + 65536 if "output" not in self.test_disable else 1 << 34
-            raw = await asyncio.wait_for(_read_all(r, cap), profile.timeout + 10)
+            payload, report = await asyncio.wait_for(
+                asyncio.gather(_read_all(r, cap, on_overflow), _read_all(sr, 65536)), profile.timeout + 10)
         except TimeoutError:
             if pidfd >= 0:
                 with contextlib.suppress(OSError):
@@ -280,34 +295,41 @@ class SandboxExecutor:
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
-        head, _, payload = raw.partition(b"\n")
         try:
-            header = json.loads(head)
+            header = json.loads(report)
+            if not isinstance(header, dict):
+                raise ValueError
         except ValueError:
-            header = {"status": "setup_error", "error": "no report from the monitor"}
-        if "output" in self.test_disable and self.status.get("testing"):
+            header = {"status": "setup_error", "error": "no report from the zygote"}
+        header["overflow"] = overflow
+        if testing_off:
             profile = Profile.from_dict({**profile.to_dict(), "max_output_bytes": 1 << 34})
-        return map_outcome(header, payload, profile)
+        return map_outcome(header, payload if not overflow else b"", profile)
 
 
-async def _read_all(fd: int, cap: int) -> bytes:
-    """Read a pipe to EOF without blocking the loop; stop at `cap` bytes."""
+async def _read_all(fd: int, cap: int, on_overflow: Any = None) -> bytes:
+    """Read a pipe to EOF without blocking the loop; past `cap` bytes keep draining, drop the data."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     buf = bytearray()
     done = loop.create_future()
 
+    over = False
+
     def on_readable() -> None:
+        nonlocal over
         try:
             while True:
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
-                buf.extend(chunk)
-                if len(buf) > cap:
-                    break
-            else:  # pragma: no cover
-                return
+                if not over:
+                    buf.extend(chunk)
+                    if len(buf) > cap:
+                        over = True
+                        buf.clear()
+                        if on_overflow is not None:
+                            on_overflow()
         except BlockingIOError:
             return
         except OSError:

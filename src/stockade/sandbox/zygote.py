@@ -4,8 +4,12 @@ Started by the gateway in `prefork` (before any thread and before the vault is u
 new interpreter (`python -m stockade.sandbox.zygote`), so its memory never held the gateway's
 configuration, database handles or keys. It imports every capability implementation, builds the
 seccomp programs and probes the kernel once, then serves requests on a SOCK_SEQPACKET socket
-(its fd given as argv[1]): each message carries two fds (a memfd holding the JSON request, and the write end of
-the result pipe); the reply is `{"pid": monitor pid}` or `{"error": ...}`.
+(its fd given as argv[1]): each message carries three or four fds (a memfd holding the JSON
+request, the write end of the result pipe the child writes its JSON to, the write end of the
+status pipe the zygote reports the child's exit on, and the agent's netns); the reply is
+`{"pid": child pid}` or `{"error": ...}`. The zygote watches every running child (pidfd), kills
+it at its deadline, reaps it and writes `{"status", "code"|"signal", "timeout", "oom_kill",
+"pids_max"}` to the status pipe.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import signal
 import socket
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from typing import Any
 
 # Modules handlers may need: imported now, because after pivot_root nothing of the host's
@@ -160,84 +166,135 @@ def _read_fd(fd: int) -> bytes:
         chunks.append(b)
 
 
+@dataclass
+class _Call:
+    pid: int
+    pidfd: int
+    status_w: int
+    deadline: float
+    cg: Any
+    before: dict[str, int]
+    timeout: bool = False
+
+
+def _finish(c: _Call) -> None:
+    """P exited (pidfd readable): reap it, attribute the death, report on the status pipe."""
+    _, status = os.waitpid(c.pid, 0)
+    h: dict[str, Any] = {"status": "done", "timeout": c.timeout}
+    if os.WIFSIGNALED(status):
+        h["signal"] = os.WTERMSIG(status)
+    else:
+        h["code"] = os.WEXITSTATUS(status)
+    if c.cg is not None:
+        after = c.cg.counters()
+        h["oom_kill"] = after.get("oom_kill", 0) - c.before.get("oom_kill", 0)
+        h["pids_max"] = after.get("pids_max", 0) - c.before.get("pids_max", 0)
+    with contextlib.suppress(OSError):
+        os.write(c.status_w, json.dumps(h).encode())
+    os.close(c.status_w)
+    os.close(c.pidfd)
+
+
 def serve(sock: socket.socket) -> None:
-    from stockade.sandbox import Profile, child
+    """The event loop: requests on `sock`, one pidfd per running call, deadlines."""
+    from stockade.sandbox import Profile, child, libc
     from stockade.sandbox.cgroups import AgentCgroup
 
     msg, _ = _recv(sock)
     init = json.loads(msg or b"{}")
     prep, impls, status = prepare(init)
     info = status.pop("cgroup_info")
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     sock.send(json.dumps(status).encode())
     gc.collect()
     gc.freeze()    # forked children then share the heap without GC-induced copy-on-write
     gc.disable()
     groups: dict[str, tuple[str, AgentCgroup]] = {}
     parent = init.get("cgroup_parent", "stockade")
+    calls: dict[int, _Call] = {}
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     try:
         while True:
-            with contextlib.suppress(ChildProcessError):
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            if not select.select([sock], [], [], 1.0)[0]:
-                continue
-            msg, fds = _recv(sock)
-            if not msg:
-                return
-            if len(fds) > 3:
-                for fd in fds:
-                    os.close(fd)
-                sock.send(b'{"error": "bad request"}')
-                continue
-            if len(fds) not in (2, 3):
-                for fd in fds:
-                    os.close(fd)
-                sock.send(b'{"error": "bad request"}')
-                continue
-            req_fd, out_w = fds[0], fds[1]
-            netns_fd = fds[2] if len(fds) == 3 else -1
-            try:
-                req = json.loads(_read_fd(req_fd))
-            except Exception:
-                for fd in fds:
-                    os.close(fd)
-                sock.send(b'{"error": "bad request"}')
-                continue
-            os.close(req_fd)
-            cg = None
-            off = set(req.get("disable") or []) if prep.testing else set()
-            try:
-                if "cgroup" not in off:
+            now = time.monotonic()
+            for c in list(calls.values()):
+                if not c.timeout and now >= c.deadline:
+                    c.timeout = True
+                    with contextlib.suppress(OSError):
+                        signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+            wait = min((c.deadline - now for c in calls.values() if not c.timeout), default=5.0)
+            for fd, _ev in poller.poll(max(0, int(wait * 1000) + 1)):
+                if fd in calls:
+                    c = calls.pop(fd)
+                    poller.unregister(fd)
+                    _finish(c)
+                    continue
+                msg, fds = _recv(sock)
+                if not msg:
+                    return
+                if len(fds) not in (3, 4):
+                    for x in fds:
+                        os.close(x)
+                    sock.send(b'{"error": "bad request"}')
+                    continue
+                req_fd, out_w, status_w = fds[:3]
+                netns_fd = fds[3] if len(fds) == 4 else -1
+                try:
+                    req = json.loads(_read_fd(req_fd))
                     prof = Profile.from_dict(req["profile"])
-                    key = json.dumps([prof.cpu, prof.memory, prof.pids, prof.io_read, prof.io_write,
-                                      req.get("io_devices")])
-                    cached = groups.get(req["agent"])
-                    if cached is None or cached[0] != key:
-                        g = AgentCgroup(info, parent, req["agent"])
-                        g.ensure(prof, req.get("io_devices") or [])
-                        groups[req["agent"]] = (key, g)
-                    cg = groups[req["agent"]][1]
-            except OSError as e:
+                except Exception:
+                    for x in fds:
+                        os.close(x)
+                    sock.send(b'{"error": "bad request"}')
+                    continue
+                os.close(req_fd)
+                off = set(req.get("disable") or []) if prep.testing else set()
+                cg = None
+                pid = -1
+                try:
+                    if "cgroup" not in off:
+                        key = json.dumps([prof.cpu, prof.memory, prof.pids, prof.io_read, prof.io_write,
+                                          req.get("io_devices")])
+                        cached = groups.get(req["agent"])
+                        if cached is None or cached[0] != key:
+                            g = AgentCgroup(info, parent, req["agent"])
+                            g.ensure(prof, req.get("io_devices") or [])
+                            groups[req["agent"]] = (key, g)
+                        cg = groups[req["agent"]][1]
+                    before = cg.counters() if cg is not None else {}
+                    newpid = "pidns" not in off
+                    if newpid:
+                        libc.unshare(libc.CLONE_NEWPID)
+                    try:
+                        child.FORK_NS = time.monotonic_ns()
+                        pid = os.fork()
+                        if pid == 0:
+                            try:
+                                sock.close()
+                                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                                child.sandboxed(req, out_w, netns_fd, prep, cg, impls)
+                            finally:
+                                os._exit(71)
+                    finally:
+                        if newpid:
+                            libc.setns(own_pidns, libc.CLONE_NEWPID)  # our next child is ours again
+                    pidfd = os.pidfd_open(pid)
+                except OSError as e:
+                    for x in (out_w, status_w, netns_fd):
+                        if x >= 0:
+                            os.close(x)
+                    sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
+                    continue
                 os.close(out_w)
                 if netns_fd >= 0:
                     os.close(netns_fd)
-                sock.send(json.dumps({"error": f"cgroup: {e}"[:300]}).encode())
-                continue
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    sock.close()
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    child.run_call(req, out_w, netns_fd, prep, cg, impls)
-                finally:
-                    os._exit(71)
-            os.close(out_w)
-            if netns_fd >= 0:
-                os.close(netns_fd)
-            sock.send(json.dumps({"pid": pid}).encode())
+                calls[pidfd] = _Call(pid, pidfd, status_w, time.monotonic() + prof.timeout, cg, before)
+                poller.register(pidfd, select.POLLIN)
+                sock.send(json.dumps({"pid": pid}).encode())
     finally:
-        from stockade.sandbox import libc
-
+        for c in calls.values():
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
         with contextlib.suppress(OSError):
             libc.umount2(prep.root_dir, libc.MNT_DETACH)
         with contextlib.suppress(OSError):
