@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from _util import row
-
 from stockade.audit import record as R
 from stockade.audit.verify import verify_dir
 from stockade.audit.writer import AuditWriter, Settings

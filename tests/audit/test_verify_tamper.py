@@ -261,3 +261,28 @@ def test_fuzz_mutations_of_a_valid_log(buffers: list[tuple[str, bytes]], which: 
     files[which] = (name, mutated)
     r = verify_buffers(files)
     assert r.ok == (mutated == data)
+
+
+def test_parallel_pre_pass_agrees_with_the_sequential_verifier(log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stockade.audit import verify as V
+
+    seq_report = verify(log).to_dict()
+    monkeypatch.setattr(V, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(V, "_CHUNK_BYTES", 700)          # several chunks per day file
+    monkeypatch.setattr(V.os, "cpu_count", lambda: 2)
+    c = cp.make(cp.load_private(log / "keys"), 12, b"\x01" * 32, 1, "periodic", D2)
+    assert V._parallel(sorted((log / "audit").glob("????-??-??.log")),
+                       [p.stat().st_size for p in sorted((log / "audit").glob("????-??-??.log"))],
+                       {}, False, 2) is not None
+    par = verify(log).to_dict()
+    assert par == seq_report
+    cp.append(log / "audit" / cp.LOG_NAME, c)             # a checkpoint the log contradicts
+    f = only(verify(log), "checkpoint_mismatch")
+    assert (f.file, f.seq) == (D2, 12)
+    (log / "audit" / cp.LOG_NAME).unlink()
+    path = log / "audit" / D2
+    data = bytearray(path.read_bytes())
+    data[frames(path)[3][0] + 30] ^= 4
+    path.write_bytes(bytes(data))
+    f = only(verify(log))
+    assert (f.file, f.seq) == (D2, 12)

@@ -15,6 +15,7 @@ proves it. Anything else (floats, tags, big integers) takes the slow path: re-en
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import time
 from typing import Any
@@ -180,7 +181,30 @@ def build(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes
     return body, digest
 
 
+_PLACEHOLDER = _HASH_ENTRY + os.urandom(32)   # unguessable: callers cannot plant it in their args
+
+
 def _splice(rec: dict[str, Any], prev: bytes, plain: bool) -> tuple[bytes, bytes]:
+    """Encode once with a placeholder hash entry, hash the bytes without it, fill it in."""
+    if plain:
+        rec["hash"] = _PLACEHOLDER[7:]
+        order = _order(tuple(rec))
+        try:
+            full = cbor2.dumps({k: rec[k] for k in order})
+        except Exception:
+            full = b""
+        finally:
+            del rec["hash"]
+        i = full.find(_PLACEHOLDER)
+        if i > 0 and full.find(_PLACEHOLDER, i + 1) < 0:
+            n = len(rec)
+            hl = _head(n + 1)
+            digest = hashlib.sha256(prev + _map_head(n) + full[hl:i] + full[i + 39:]).digest()
+            return full[:i + 7] + digest + full[i + 39:], digest
+    return _splice_slow(rec, prev, plain)
+
+
+def _splice_slow(rec: dict[str, Any], prev: bytes, plain: bool) -> tuple[bytes, bytes]:
     pre_keys, post_keys = _split(tuple(rec))
     pre = {k: rec[k] for k in pre_keys}
     post = {k: rec[k] for k in post_keys}
@@ -190,7 +214,7 @@ def _splice(rec: dict[str, Any], prev: bytes, plain: bool) -> tuple[bytes, bytes
         if not plain:
             raise
         # e.g. a lone surrogate in a string: normalize replaces what cbor2 cannot encode.
-        return _splice(normalize(rec), prev, False)
+        return _splice_slow(normalize(rec), prev, False)
     n = len(rec)
     digest = hashlib.sha256(prev + _map_head(n) + a + b).digest()
     return _map_head(n + 1) + a + _HASH_ENTRY + digest + b, digest
@@ -214,33 +238,62 @@ def _head(n: int) -> int:
     return 1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5 if n < 0x100000000 else 9
 
 
+_KEYS_OK: dict[tuple[Any, ...], int] = {}
+
+
+def _keys_length(keys: tuple[Any, ...]) -> int:
+    """Encoded size of a map's keys if they are ASCII text in canonical order, else -1."""
+    total, ll, lk = 0, -1, ""
+    for k in keys:
+        if type(k) is not str or not k.isascii():
+            return -1
+        kl = len(k)
+        if kl < ll or (kl == ll and k <= lk):
+            return -1
+        ll, lk = kl, k
+        total += kl + _head(kl)
+    return total
+
+
 def canonical_length(o: Any) -> int:
     """Length of the canonical encoding of `o`, or -1 if `o` needs the slow path.
 
     -1 for: floats (several same-length encodings of NaN), integers beyond 64 bits (tags),
     non-ASCII or non-text map keys, keys not in canonical order, and any other type. Written
-    for speed (leaves inline, no tuples): it runs once per record in `verify`.
+    for speed (key sets are checked once and cached, leaves inline): it runs once per record in
+    `verify`.
     """
     t = type(o)
     if t is dict:
-        total = _head(len(o))
-        ll = -1
-        lk = ""
-        for k, v in o.items():
-            if type(k) is not str or not k.isascii():
+        keys = tuple(o)
+        total = _KEYS_OK.get(keys)
+        if total is None:
+            total = _keys_length(keys)
+            if total < 0:
                 return -1
-            kl = len(k)
-            if kl < ll or (kl == ll and k <= lk):
-                return -1
-            ll = kl
-            lk = k
-            total += kl + (1 if kl < 24 else _head(kl))
+            if len(_KEYS_OK) < 4096:
+                _KEYS_OK[keys] = total
+        n = len(o)
+        total += 1 if n < 24 else _head(n)
+        for v in o.values():
             tv = type(v)
-            if tv is str and v.isascii():
-                n = len(v)
-                total += n + (1 if n < 24 else _head(n))
-            elif tv is int and 0 <= v < 24:
-                total += 1
+            if tv is str:
+                if v.isascii():
+                    n = len(v)
+                    total += n + (1 if n < 24 else _head(n))
+                else:
+                    n = len(v.encode("utf-8", "surrogatepass"))
+                    total += n + _head(n)
+            elif tv is int:
+                if 0 <= v < 24:
+                    total += 1
+                else:
+                    m = v if v >= 0 else -1 - v
+                    if m >= 0x10000000000000000:
+                        return -1
+                    total += _head(m)
+            elif tv is bytes:
+                total += len(v) + _head(len(v))
             else:
                 vl = canonical_length(v)
                 if vl < 0:

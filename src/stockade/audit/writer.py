@@ -373,7 +373,8 @@ class AuditWriter:
         self._accepting()
         item = self._enqueue(rec, wait=not self.disk_full)
         if item.fut is not None:
-            await asyncio.shield(item.fut)
+            # A cancelled caller cancels only its future: the record stays queued and is written.
+            await item.fut
         return item.seq
 
     def _enqueue(self, rec: dict[str, Any], *, wait: bool) -> _Item:
