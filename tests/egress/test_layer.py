@@ -19,7 +19,7 @@ from tests.conftest import run_cli
 from tests.egress.topo import A_IP, B_IP, META_IP, P_IP, R_IP, TestHost, capability, raw_connect
 
 from stockade.egress import nft, ruleset
-from stockade.egress.manager import Egress, child_view, load_settings, profile_source
+from stockade.egress.manager import Egress, child_view, load_settings, profile_source, veth_name
 from stockade.gateway import agents
 from stockade.home import Home
 from stockade.sandbox import netns
@@ -147,7 +147,7 @@ def test_no_egress_means_no_network(net, manager) -> None:  # type: ignore[no-un
     assert "alice" not in eg.agents
     path = netns.ensure_agent_netns(eg.home, "alice")   # what the sandbox joins: lo only
     assert not raw_connect(path, A_IP, 8080, timeout=2)["connected"]
-    assert not os.path.exists(f"/sys/class/net/{eg.agents.get('alice') and 'x' or 'stkv-none'}")
+    assert not os.path.exists(f"/sys/class/net/{veth_name(eg.tag, 'alice')}")
 
 
 # -- the capability handlers, inside the agent's namespace ----------------------------------------------
@@ -210,6 +210,21 @@ def test_http_request_limits(net, manager) -> None:  # type: ignore[no-untyped-d
         "InvalidInput"
 
 
+def test_cross_origin_redirect_drops_credentials(net, manager) -> None:  # type: ignore[no-untyped-def]
+    eg = manager([f"{A_IP}:8080", f"{B_IP}:8080"])
+    eg.reconcile()
+    st = eg.agents["alice"]
+    view = child_view(eg.home, "alice")
+    hdrs = {"Authorization": "Bearer s3cret", "Cookie": "sid=1", "X-Keep": "yes"}
+    same = capability(st.netns, "alice", view, "http_request",
+                      {"url": f"http://{A_IP}:8080/redirect?to=/echo", "headers": hdrs})["ok"]
+    assert '"Authorization": "Bearer s3cret"' in same["body"]
+    other = capability(st.netns, "alice", view, "http_request",
+                       {"url": f"http://{A_IP}:8080/redirect?to=http://{B_IP}:8080/echo", "headers": hdrs})["ok"]
+    assert other["url"] == f"http://{B_IP}:8080/echo"
+    assert "s3cret" not in other["body"] and "sid=1" not in other["body"] and '"X-Keep": "yes"' in other["body"]
+
+
 def test_port_check_and_dns_lookup_limited(net, manager) -> None:  # type: ignore[no-untyped-def]
     eg = manager([f"{A_IP}:8080", f"{A_IP}:8082"])
     eg.reconcile()
@@ -258,6 +273,35 @@ def test_dns_rebinding_opens_no_forbidden_connection(net, manager, tmp_path) -> 
         assert len(net["p"].connections()) == p_before
     finally:
         resolver.down()
+
+
+DNS_QUERY = """
+import json, sys
+from stockade.egress import dns
+try:
+    a = dns.query(sys.argv[1], sys.argv[2], timeout=2)
+    print(json.dumps({"answer": list(a.addresses)}))
+except (dns.DnsError, OSError) as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+def test_dns_only_to_the_configured_resolver(net, manager, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.egress.topo import in_ns
+
+    name = "api.dns.test"
+    good = TestHost(5, R_IP, tmp_path).up().serve_dns(name, A_IP)
+    other = TestHost(6, "203.0.113.54", tmp_path).up().serve_dns(name, A_IP)
+    try:
+        eg = manager([f"{name}:8080"], resolver=R_IP)
+        eg.reconcile()
+        st = eg.agents["alice"]
+        assert in_ns(st.netns, DNS_QUERY, R_IP, name)["answer"] == [A_IP]
+        assert "error" in in_ns(st.netns, DNS_QUERY, "203.0.113.54", name)
+        assert other.queries() == []
+    finally:
+        good.down()
+        other.down()
 
 
 # -- lifecycle --------------------------------------------------------------------------------------------
