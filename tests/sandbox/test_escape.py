@@ -408,6 +408,7 @@ def test_cpu_hog(sbx) -> None:  # type: ignore[no-untyped-def]
     before = _throttled(sbx)
     sbx.run(spin)
     assert _throttled(sbx) > before   # the 0.5-CPU quota held it back
+    time.sleep(0.5)                   # the last period's accounting lands after the call returns
     before = _throttled(sbx)
     sbx.run(spin, off=("cgroup",))
     assert _throttled(sbx) == before
