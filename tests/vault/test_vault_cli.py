@@ -107,6 +107,10 @@ def allow_secrets_list(home: Path) -> None:
     doc = yaml.safe_load(org.read_text())
     doc.setdefault("rules", []).append({"id": "secrets-list", "capability": "secrets.list", "tier": "autonomous"})
     org.write_text(yaml.safe_dump(doc))
+    cfg = home / "stockade.yaml"
+    conf = yaml.safe_load(cfg.read_text())
+    conf.setdefault("approvals", {})["hold_seconds"] = 0     # ApprovalPending at once
+    cfg.write_text(yaml.safe_dump(conf))
 
 
 def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
@@ -138,6 +142,10 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         names = [s["name"] for s in lst["result"]["secrets"]]
         assert names == ["envtok", "other"] and VALUE not in json.dumps(lst)
 
+        # an agent can ask for a secret: it becomes an approval item for the owner
+        req = srv.invoke(key, "secrets.request", {"name": "github token", "reason": "push the release"})
+        assert req["error"]["data"]["type"] == "ApprovalPending", req
+
         sealed = cli_json("vault", "seal", home=home)
         assert sealed["was_unsealed"] is True
         p = run_cli("vault", "set", "x", "--scope", "process.run", "--json", home=home, input="v", check=False)
@@ -146,3 +154,8 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         srv.stop()
     log = "".join(f.read_text(errors="replace") for f in home.parent.glob("serve-*.log"))
     assert VALUE not in log and PW not in log
+    exported = run_cli("audit", "export", "--format", "jsonl", home=home).stdout
+    kinds = [json.loads(line).get("kind") for line in exported.splitlines() if line.strip()]
+    for k in ("vault.unseal_failed", "vault.unsealed", "vault.secret_set", "vault.sealed"):
+        assert k in kinds, (k, kinds)
+    assert VALUE not in exported and PW not in exported and "other-value" not in exported
