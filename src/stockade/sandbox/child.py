@@ -55,8 +55,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # -- P: the sandboxed process -----------------------------------------------------------------
-def sandboxed(req: dict[str, Any], w: int, netns_fd: int, prep: Prepared, cg: AgentCgroup | None,
-              impls: dict[str, Any]) -> None:
+def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Prepared,
+              cg: AgentCgroup | None, impls: dict[str, Any]) -> None:
     """Body of P (just forked by the zygote). Never returns."""
     step = "start"
     trace: list[tuple[str, int]] = [("z_fork", FORK_NS), ("p_start", time.monotonic_ns())]
@@ -66,6 +66,10 @@ def sandboxed(req: dict[str, Any], w: int, netns_fd: int, prep: Prepared, cg: Ag
         profile = Profile.from_dict(req["profile"])
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         gc.enable()
+        step = "arguments"
+        os.lseek(args_fd, 0, os.SEEK_SET)
+        with os.fdopen(args_fd, "rb") as f:
+            req = {**req, "args": json.loads(f.read())}
         step = "netns"
         if netns_fd >= 0 and "netns" not in off:
             libc.setns(netns_fd, libc.CLONE_NEWNET)
@@ -130,7 +134,7 @@ def sandboxed(req: dict[str, Any], w: int, netns_fd: int, prep: Prepared, cg: Ag
                 libc.load_seccomp_bpf(prog)
     except BaseException as e:  # noqa: BLE001
         try:
-            _write_all(w if step in ("start", "netns", "cgroup", "mounts", "hostname", "identity", "caps",
+            _write_all(w if step in ("start", "arguments", "netns", "cgroup", "mounts", "hostname", "identity", "caps",
                                      "no_new_privs") else 3,
                        json.dumps({"setup_error": f"{step}: {type(e).__name__}: {e}"[:500]}).encode())
         finally:

@@ -243,16 +243,20 @@ class SandboxExecutor:
         if self.lock is None:
             self.lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
+        # Two memfds: the envelope the zygote reads, and the arguments only the child reads (they
+        # may hold resolved secrets; the zygote's heap is inherited by every later child).
+        env = {k: v for k, v in req.items() if k != "args"}
         memfd = os.memfd_create("stockade-call", os.MFD_CLOEXEC)
+        argfd = os.memfd_create("stockade-args", os.MFD_CLOEXEC)
         r, w = os.pipe2(os.O_CLOEXEC)        # the child's JSON result
         sr, sw = os.pipe2(os.O_CLOEXEC)      # the zygote's report once the child is reaped
         try:
-            data = json.dumps(req).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(memfd, view):]
+            for fd, obj in ((memfd, env), (argfd, req.get("args", {}))):
+                view = memoryview(json.dumps(obj).encode())
+                while view:
+                    view = view[os.write(fd, view):]
             async with self.lock:
-                fds = [memfd, w, sw] + ([netns_fd] if netns_fd >= 0 else [])
+                fds = [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else [])
                 self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                b"".join(f.to_bytes(4, sys.byteorder) for f in fds))])
                 reply = json.loads(await loop.sock_recv(self.sock, 65536) or b'{"error": "zygote gone"}')
@@ -262,6 +266,7 @@ class SandboxExecutor:
             raise err("SandboxUnavailable", f"the sandbox zygote did not answer ({e})", _UNAVAILABLE) from None
         finally:
             os.close(memfd)
+            os.close(argfd)
             os.close(w)
             os.close(sw)
         if "pid" not in reply:

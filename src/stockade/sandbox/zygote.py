@@ -1,15 +1,21 @@
 """The zygote: a fresh, small, single-threaded interpreter that forks one child per call.
 
 Started by the gateway in `prefork` (before any thread and before the vault is unsealed) as a
-new interpreter (`python -m stockade.sandbox.zygote`), so its memory never held the gateway's
+new interpreter (`python -m stockade.sandbox.zygote FD`), so its memory never held the gateway's
 configuration, database handles or keys. It imports every capability implementation, builds the
-seccomp programs and probes the kernel once, then serves requests on a SOCK_SEQPACKET socket
-(its fd given as argv[1]): each message carries three or four fds (a memfd holding the JSON
-request, the write end of the result pipe the child writes its JSON to, the write end of the
-status pipe the zygote reports the child's exit on, and the agent's netns); the reply is
-`{"pid": child pid}` or `{"error": ...}`. The zygote watches every running child (pidfd), kills
-it at its deadline, reaps it and writes `{"status", "code"|"signal", "timeout", "oom_kill",
-"pids_max"}` to the status pipe.
+seccomp programs, the read-only root template and probes the kernel once, then serves requests
+on a SOCK_SEQPACKET socket (fd FD). Each message carries four or five fds:
+
+* a memfd with the JSON envelope (agent, capability, profile, binds, ...), read here;
+* a memfd with the arguments, read only by the child: they may hold resolved secrets, and the
+  zygote's heap is inherited by every later child;
+* the write end of the result pipe (the child writes its JSON there);
+* the write end of the status pipe (the zygote reports the child's exit there);
+* the agent's network namespace.
+
+The reply is `{"pid": child pid}` or `{"error": ...}`. The zygote watches every running child
+(pidfd), kills it at its deadline, reaps it and writes `{"status", "code"|"signal", "timeout",
+"oom_kill", "pids_max"}` to the status pipe.
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
 
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     fds: list[int] = []
-    msg, anc, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+    msg, anc, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(8 * 4))
     for level, typ, data in anc:
         if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
             n = len(data) - len(data) % 4
@@ -232,13 +238,13 @@ def serve(sock: socket.socket) -> None:
                 msg, fds = _recv(sock)
                 if not msg:
                     return
-                if len(fds) not in (3, 4):
+                if len(fds) not in (4, 5):
                     for x in fds:
                         os.close(x)
                     sock.send(b'{"error": "bad request"}')
                     continue
-                req_fd, out_w, status_w = fds[:3]
-                netns_fd = fds[3] if len(fds) == 4 else -1
+                req_fd, args_fd, out_w, status_w = fds[:4]
+                netns_fd = fds[4] if len(fds) == 5 else -1
                 try:
                     req = json.loads(_read_fd(req_fd))
                     prof = Profile.from_dict(req["profile"])
@@ -272,7 +278,7 @@ def serve(sock: socket.socket) -> None:
                             try:
                                 sock.close()
                                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                                child.sandboxed(req, out_w, netns_fd, prep, cg, impls)
+                                child.sandboxed(req, args_fd, out_w, netns_fd, prep, cg, impls)
                             finally:
                                 os._exit(71)
                     finally:
@@ -280,12 +286,13 @@ def serve(sock: socket.socket) -> None:
                             libc.setns(own_pidns, libc.CLONE_NEWPID)  # our next child is ours again
                     pidfd = os.pidfd_open(pid)
                 except OSError as e:
-                    for x in (out_w, status_w, netns_fd):
+                    for x in (args_fd, out_w, status_w, netns_fd):
                         if x >= 0:
                             os.close(x)
                     sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
                     continue
                 os.close(out_w)
+                os.close(args_fd)
                 if netns_fd >= 0:
                     os.close(netns_fd)
                 calls[pidfd] = _Call(pid, pidfd, status_w, time.monotonic() + prof.timeout, cg, before)
