@@ -235,7 +235,7 @@ class _Item:
     ts: int
     day: str
     frame: bytes
-    row: tuple[Any, ...]
+    rec: dict[str, Any]       # the caller's fields; the index thread derives its row from them
     fut: asyncio.Future[int] | None = None
     buffered: bool = False
 
@@ -388,7 +388,7 @@ class AuditWriter:
         day = day_of(ts)
         if self.head.file and day < self.head.file[:10]:
             day = self.head.file[:10]     # the clock went back over midnight: never write to an older file
-        item = _Item(seq, digest, ts, day, frame(body), (seq, ts, *row_fields(rec)))
+        item = _Item(seq, digest, ts, day, frame(body), rec)
         self.head = Head(seq, digest, f"{day}.log", 0)
         if wait:
             item.fut = asyncio.get_running_loop().create_future()
@@ -460,7 +460,7 @@ class AuditWriter:
                     if it.fut is not None and not it.fut.done():
                         it.fut.set_result(it.seq)
                 fname = f"{first.day}.log"
-                rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, *it.row[2:])
+                rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, it.rec)
                         for it, off in zip(seg, offsets, strict=True)]
                 loop.run_in_executor(self._ix, self._index_rows, rows)
                 if self.disk_full:
@@ -482,8 +482,8 @@ class AuditWriter:
                 self.index.catch_up()
                 self._index_behind = False
             else:
-                self.index.add(rows)
-        except sqlite3.Error:
+                self.index.add([(*r[:5], *row_fields(r[5])) for r in rows])
+        except Exception:
             self._index_behind = True    # derived data: catch up later, never block the log
 
     def _catch_up_index(self) -> None:
