@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import cli_json, need, need_root, run_cli, start_server
-from tests.egress.topo import A_IP, B_IP, META_IP, raw_connect
+from tests.egress.topo import A_IP, B_IP, META_IP, R_IP, TestHost, raw_connect
 
 from stockade.egress import nft, ruleset
 from stockade.home import Home
@@ -107,3 +107,31 @@ def test_crash_then_restart_converges(net, ghome: Path) -> None:  # type: ignore
     finally:
         srv.stop()
     assert not os.path.exists(path)
+
+
+def test_hostname_entry_through_the_gateway(net, ghome: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The allowlist view (resolved at policy load) reaches the handler in the sandbox child."""
+    name = "api.gw.test"
+    resolver = TestHost(7, R_IP, tmp_path).up().serve_dns(name, A_IP)
+    try:
+        cfg = (ghome / "stockade.yaml").read_text().replace("resolver: null", f"resolver: {R_IP}")
+        (ghome / "stockade.yaml").write_text(cfg)
+        key = cli_json("agent", "create", "alice", home=ghome)["key"]
+        write_policy(ghome, [f"{name}:8080"])
+        srv = start_server(ghome)
+        try:
+            path = netns.netns_path(Home.at(ghome), "alice")
+            assert wait(lambda: loaded(path, ruleset.NS_TABLE))
+            r = srv.invoke(key, "network.http_request", {"url": f"http://{name}:8080/hello"})
+            assert r["result"]["body"] == f"hello from {A_IP}:8080", r
+            n = len(resolver.queries())
+            r = srv.invoke(key, "network.dns_lookup", {"name": name})
+            assert r["result"]["reachable"] == [A_IP] and len(resolver.queries()) == n + 1
+            r = srv.invoke(key, "network.http_request", {"url": f"http://{name}:8080/hello", "_egress": {}})
+            assert r["error"]["data"]["type"] == "InvalidInput"      # the private argument cannot be forged
+            r = srv.invoke(key, "network.http_request", {"url": f"http://{name}:8081/hello"})
+            assert r["error"]["data"]["type"] == "EgressDenied"
+        finally:
+            srv.stop()
+    finally:
+        resolver.down()

@@ -25,10 +25,40 @@ from stockade.supervision.admin import admin_command
 DEEP_EVERY = 30.0
 
 
+NETWORK_CAPABILITIES = frozenset({"network.http_request", "network.dns_lookup", "network.port_check"})
+VIEW_ARG = "_egress"
+
+
+class ViewInjector:
+    """Wraps the sandbox executor hook: a network.* call carries the agent's checked allowlist view
+    (entries, addresses resolved and filtered at policy load, forbidden ranges, resolver) into
+    the sandbox child as the private argument `_egress`.
+
+    Safe because the pipeline validates and audits the agent's arguments *before* the executor
+    runs: an agent cannot supply `_egress` itself (additionalProperties: false) and the view never
+    lands in the audit log. The handler pops it before doing anything else.
+    """
+
+    def __init__(self, inner: Any, home: Home):
+        self.inner = inner
+        self.home = home
+
+    async def run(self, caller: Any, definition: Any, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+        if definition.name in NETWORK_CAPABILITIES and definition.pack is None:
+            view = child_view(self.home, caller.agent)
+            if view is not None:
+                args = {**args, VIEW_ARG: view}
+        return await self.inner.run(caller, definition, args, call_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 async def start(gw: Any) -> None:
     settings = load_settings(gw.home)
     eg = Egress(gw.home, settings, profile_source(gw, gw.home))
     gw.state["egress"] = eg
+    gw.pipeline.sandbox = ViewInjector(gw.pipeline.sandbox, gw.home)
     await _run(gw, eg, deep=True)
     gw.tasks.append(asyncio.create_task(_loop(gw, eg), name="egress-reconcile"))
 
@@ -60,6 +90,8 @@ async def _loop(gw: Any, eg: Egress) -> None:
 
 async def stop(gw: Any) -> None:
     eg: Egress | None = gw.state.pop("egress", None)
+    if isinstance(gw.pipeline.sandbox, ViewInjector):
+        gw.pipeline.sandbox = gw.pipeline.sandbox.inner
     for t in list(gw.tasks):
         if t.get_name() == "egress-reconcile":
             t.cancel()

@@ -1,10 +1,11 @@
 """network.*: run inside the per-call sandbox child, in the agent's network namespace.
 
-The allowlist comes from `ctx.extra["egress"]` (the view the egress manager wrote when the
-policy loaded: entries, the addresses each allowlisted name resolved to after filtering, the
-forbidden ranges, the resolver). Without a view only ip/cidr entries of `ctx.profile.egress`
-work. Handlers never resolve a hostname before connecting: they connect to an address taken
-from that checked view (no second lookup a rebinding resolver could answer differently), and
+The allowlist comes from `ctx.extra["egress"]` or the private `_egress` argument added by the
+egress part's executor wrapper: the view the egress manager wrote when the policy loaded
+(entries, the addresses each allowlisted name resolved to after filtering, the forbidden
+ranges, the resolver). Without a view only ip/cidr entries of `ctx.profile.egress` work.
+Handlers never resolve a hostname before connecting: they connect to an address taken from
+that checked view (no second lookup a rebinding resolver could answer differently), and
 nftables in the namespace enforces the same set independently.
 """
 
@@ -50,10 +51,14 @@ def _get(ctx: Any, name: str, default: Any = None) -> Any:
     return getattr(ctx, name, default)
 
 
-def allowlist_for(ctx: Any) -> tuple[Allowlist, dict[str, Any]]:
-    """The agent's checked allowlist (see module docstring)."""
+def allowlist_for(ctx: Any, args: dict[str, Any] | None = None) -> tuple[Allowlist, dict[str, Any]]:
+    """The agent's checked allowlist (see module docstring). Pops the private `_egress` argument
+    the egress part's executor wrapper adds (stockade.egress.setup.ViewInjector)."""
     extra = _get(ctx, "extra") or {}
     view = extra.get("egress") if isinstance(extra, dict) else None
+    carried = args.pop("_egress", None) if args is not None else None
+    if view is None:
+        view = carried
     if isinstance(view, dict) and view.get("entries") is not None:
         return Allowlist.from_view(view), view
     profile = _get(ctx, "profile")
@@ -142,7 +147,7 @@ def _is_text(ctype: str) -> bool:
 
 @implements("network.http_request")
 def http_request(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    allow, _view = allowlist_for(ctx)
+    allow, _view = allowlist_for(ctx, args)
     t0 = time.monotonic()
     timeout = float(args.get("timeout", 15))
     ctx_deadline = _get(ctx, "deadline") or 0.0
@@ -264,7 +269,7 @@ def _exchange(url: Url, sock: socket.socket, method: str, headers: dict[str, str
 
 @implements("network.dns_lookup")
 def dns_lookup(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    allow, view = allowlist_for(ctx)
+    allow, view = allowlist_for(ctx, args)
     name = check_hostname(args["name"])
     if not any(e.host == name for e in allow.entries):
         raise denied(f"{name!r} is not an allowlisted hostname", host=name)
@@ -286,7 +291,7 @@ def dns_lookup(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 @implements("network.port_check")
 def port_check(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    allow, _ = allowlist_for(ctx)
+    allow, _ = allowlist_for(ctx, args)
     host = args["host"]
     url = parse_url(f"http://{host}:{int(args['port'])}/")   # same strict host rules as URLs
     timeout = float(args.get("timeout", 5))
