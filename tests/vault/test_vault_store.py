@@ -11,8 +11,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stockade.errors import StockadeError
 from stockade.vault import keys
@@ -329,3 +332,43 @@ def test_rekey_kill9_at_random_instants_exactly_one_passphrase(tmp_path: Path) -
         assert (a or b) == expected
         if a is None:
             current, other = other, current
+
+
+_FUZZ_SRC: dict[str, Any] = {}
+
+
+def _fuzz_source(tmp: Path) -> tuple[bytes, dict[str, bytes]]:
+    if not _FUZZ_SRC:
+        p = tmp / "src-vault.db"
+        make_vault(p, 4)
+        _FUZZ_SRC["raw"] = p.read_bytes()
+        _FUZZ_SRC["values"] = opens_with(p, OLD)
+    return _FUZZ_SRC["raw"], _FUZZ_SRC["values"]
+
+
+@given(st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=3))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_tampered_file_never_yields_a_wrong_value(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
+    """Random byte flips anywhere in vault.db: a structured error or the true values, never others."""
+    raw, values = _fuzz_source(tmp_path)
+    data = bytearray(raw)
+    for off, x in flips:
+        data[off % len(data)] ^= x
+    p = tmp_path / f"t{os.getpid()}-{time.monotonic_ns()}.db"
+    p.write_bytes(bytes(data))
+    v = Vault(p)
+    try:
+        v.unseal(bytearray(OLD))
+        for r in v.file.rows():
+            try:
+                pt = v.file.decrypt(v.key(), r)
+            except StockadeError as e:
+                assert e.type == "VaultCorrupt"
+                continue
+            assert values.get(r.name) == bytes(pt), r.name
+    except StockadeError as e:
+        assert e.type in ("VaultCorrupt", "WrongPassphrase", "VaultNotInitialized"), e
+    finally:
+        v.seal()
+        v.file.close()
+        p.unlink()

@@ -117,13 +117,19 @@ class VaultFile:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         c = self.conn()
-        c.execute("BEGIN IMMEDIATE")
         try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise err("Conflict", "vault.db is busy (another writer); try again") from None
+            raise _corrupt(f"write failed ({e})") from None
 
     # -- meta ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -216,8 +222,11 @@ class VaultFile:
         return [_row(r) for r in rs]
 
     def row(self, name: str) -> Row | None:
-        r = self.conn().execute("SELECT name, scope, hosts, nonce, ciphertext, created, updated, last_used "
-                                "FROM secrets WHERE name=?", (name,)).fetchone()
+        try:
+            r = self.conn().execute("SELECT name, scope, hosts, nonce, ciphertext, created, updated, last_used "
+                                    "FROM secrets WHERE name=?", (name,)).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise _corrupt(f"cannot read secrets ({e})") from None
         return _row(r) if r else None
 
     def put(self, key: keys.KeyBuffer, name: str, value: bytes | bytearray, scope: list[str] | None,
