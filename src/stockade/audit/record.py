@@ -278,22 +278,19 @@ def canonical_length(o: Any) -> int:
         for v in o.values():
             tv = type(v)
             if tv is str:
-                if v.isascii():
-                    n = len(v)
-                    total += n + (1 if n < 24 else _head(n))
-                else:
-                    n = len(v.encode("utf-8", "surrogatepass"))
-                    total += n + _head(n)
+                n = len(v) if v.isascii() else len(v.encode("utf-8", "surrogatepass"))
+                total += n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
             elif tv is int:
-                if 0 <= v < 24:
+                m = v if v >= 0 else -1 - v
+                if m < 24:
                     total += 1
+                elif m < 0x10000000000000000:
+                    total += 2 if m < 0x100 else 3 if m < 0x10000 else 5 if m < 0x100000000 else 9
                 else:
-                    m = v if v >= 0 else -1 - v
-                    if m >= 0x10000000000000000:
-                        return -1
-                    total += _head(m)
+                    return -1
             elif tv is bytes:
-                total += len(v) + _head(len(v))
+                n = len(v)
+                total += n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
             else:
                 vl = canonical_length(v)
                 if vl < 0:
@@ -319,6 +316,9 @@ def canonical_length(o: Any) -> int:
     if t is bool or o is None:
         return 1
     return -1
+
+
+_SMALL_MAP_HEADS = [bytes([0xA0 + i]) for i in range(24)]
 
 
 def _map_head(n: int) -> bytes:
@@ -351,9 +351,16 @@ def check_fast(body: bytes) -> dict[str, Any] | None:
     i = body.find(entry)
     if i < 0 or body.find(entry, i + 1) >= 0:
         return None
-    hl = _head(len(rec))
-    without = _map_head(len(rec) - 1) + body[hl:i] + body[i + 39:]
-    if hashlib.sha256(prev + without).digest() != digest:
+    n = len(rec)
+    h = hashlib.sha256(prev)
+    if n < 24:
+        h.update(_SMALL_MAP_HEADS[n - 1])
+        h.update(body[1:i])
+    else:
+        h.update(_map_head(n - 1))
+        h.update(body[_head(n):i])
+    h.update(body[i + 39:])
+    if h.digest() != digest:
         return None
     return rec
 

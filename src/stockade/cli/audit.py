@@ -235,8 +235,10 @@ def _follow(h: Home, pos: tuple[str, int] | None, as_json: bool) -> tuple[str, i
 @click.option("--until", help="Date or ISO time (UTC), exclusive.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 @home_option
-def export(fmt: str, since: str | None, until: str | None, output: str | None, home: str | None) -> None:
-    """Every record as one JSON object per line (bytes as hex)."""
+@json_option
+def export(fmt: str, since: str | None, until: str | None, output: str | None, home: str | None,
+           as_json: bool) -> None:
+    """Every record as one JSON object per line (bytes as hex); the output is JSON with or without --json."""
     h = need_home(home)
     lo, hi = _parse_time(since, "--since"), _parse_time(until, "--until")
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115
