@@ -181,9 +181,6 @@ def _process_memory(pid: int) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox zygote json-parses each call's arguments (with resolved secret "
-                   "values) in its own heap, which every later child inherits; the zygote must hand the "
-                   "arguments to the child unread (reported to the sandbox part)")
 def test_zygote_memory_never_holds_secret_values(lab: TestHost, tmp_path: Path) -> None:
     home = _home(tmp_path)
     key = cli_json("agent", "create", "alice", home=home)["key"]
