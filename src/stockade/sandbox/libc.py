@@ -15,10 +15,10 @@ _syscall.restype = ctypes.c_long
 
 ARCH = platform.machine()
 _NR = {
-    "x86_64": {"pivot_root": 155, "close_range": 436, "landlock_create_ruleset": 444,
+    "x86_64": {"clone": 56, "pivot_root": 155, "close_range": 436, "landlock_create_ruleset": 444,
                "landlock_add_rule": 445, "landlock_restrict_self": 446, "seccomp": 317,
                "capset": 126, "setns": 308, "unshare": 272},
-    "aarch64": {"pivot_root": 41, "close_range": 436, "landlock_create_ruleset": 444,
+    "aarch64": {"clone": 220, "pivot_root": 41, "close_range": 436, "landlock_create_ruleset": 444,
                 "landlock_add_rule": 445, "landlock_restrict_self": 446, "seccomp": 277,
                 "capset": 91, "setns": 268, "unshare": 97},
 }[ARCH]
@@ -61,6 +61,17 @@ def _check(r: int) -> int:
 def syscall(name: str, *args: int | bytes | ctypes.c_void_p | None) -> int:
     conv = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
     return _check(_syscall(ctypes.c_long(_NR[name]), *conv))
+
+
+def clone_fork(flags: int) -> int:
+    """fork() through the raw clone syscall, with namespace flags (e.g. CLONE_NEWPID).
+
+    Unlike os.fork it runs no at-fork hooks (about half a millisecond in a loaded interpreter).
+    Only for a single-threaded caller whose child does not rely on Python's after-fork state
+    (threading bookkeeping, `random` reseeding) or on glibc's cached thread id (raise()).
+    """
+    return _check(_syscall(ctypes.c_long(_NR["clone"]), ctypes.c_long(flags | 17), ctypes.c_long(0),
+                           ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0)))
 
 
 def unshare(flags: int) -> None:

@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import json
 import os
+import random
 import select
 import signal
 import socket
@@ -87,17 +88,51 @@ def probe_userns() -> bool:
     return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
 
 
+def _import_implementations(problems: list[str]) -> dict[str, Any]:
+    """Import every implementation module with a featherweight `registry` in place.
+
+    Implementations only need `@implements`; the real registry module pulls in pydantic,
+    jsonschema and YAML (about 20 MB), which would make every per-call fork and exit slower.
+    The gateway validates definitions against implementations with the real registry.
+    """
+    import pkgutil
+    import types
+
+    impls: dict[str, Any] = {}
+    stub = types.ModuleType("stockade.capabilities.registry")
+
+    def implements(name: str) -> Any:
+        def deco(fn: Any) -> Any:
+            impls[name] = fn
+            fn.capability = name
+            return fn
+        return deco
+
+    def unavailable(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("not available inside the sandbox zygote")
+
+    stub.implements = implements  # type: ignore[attr-defined]
+    stub.parse_definitions = unavailable  # type: ignore[attr-defined]
+    stub.load_registry = unavailable  # type: ignore[attr-defined]
+    stub._IMPLS = impls  # type: ignore[attr-defined]
+    sys.modules["stockade.capabilities.registry"] = stub
+    from stockade.capabilities import impl
+
+    for m in pkgutil.iter_modules(impl.__path__):
+        try:
+            importlib.import_module(f"{impl.__name__}.{m.name}")
+        except Exception as e:  # the gateway reports the same problem with the real registry
+            problems.append(f"implementation {m.name}: {type(e).__name__}: {e}"[:300])
+    return impls
+
+
 def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Imports, probes and builds everything once. Returns (Prepared, impls, status)."""
-    from stockade.capabilities import registry
     from stockade.sandbox import cgroups, child, landlock, libc, seccomp
 
     status: dict[str, Any] = {"pid": os.getpid()}
     problems: list[str] = []
-    try:
-        registry.load_registry()
-    except Exception as e:  # the gateway reports the same ConfigError itself
-        problems.append(f"registry: {e}"[:300])
+    impls = _import_implementations(problems)
     testing = os.environ.get(TEST_ENV) == "1"
     if testing:
         for path in filter(None, os.environ.get(TEST_MODULES_ENV, "").split(os.pathsep)):
@@ -113,7 +148,6 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     for m in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(m)
-    impls = dict(registry._IMPLS)
 
     abi = landlock.abi_version()
     status["landlock_abi"] = abi
@@ -170,6 +204,22 @@ def _read_fd(fd: int) -> bytes:
         if not b:
             return b"".join(chunks)
         chunks.append(b)
+
+
+# One raw clone(CLONE_NEWPID) per call instead of unshare + os.fork + setns: no at-fork hooks.
+RAW_CLONE = os.environ.get("STOCKADE_SANDBOX_OSFORK") != "1"
+
+
+def _py_fork(flags: int, own_pidns: int) -> int:
+    from stockade.sandbox import libc
+
+    if flags:
+        libc.unshare(flags)
+    try:
+        return os.fork()
+    finally:
+        if flags and os.getpid() != 1:
+            libc.setns(own_pidns, libc.CLONE_NEWPID)  # our next child is ours again
 
 
 @dataclass
@@ -268,22 +318,18 @@ def serve(sock: socket.socket) -> None:
                             groups[req["agent"]] = (key, g)
                         cg = groups[req["agent"]][1]
                     before = cg.counters() if cg is not None else {}
-                    newpid = "pidns" not in off
-                    if newpid:
-                        libc.unshare(libc.CLONE_NEWPID)
-                    try:
-                        child.FORK_NS = time.monotonic_ns()
-                        pid = os.fork()
-                        if pid == 0:
-                            try:
-                                sock.close()
-                                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                                child.sandboxed(req, args_fd, out_w, netns_fd, prep, cg, impls)
-                            finally:
-                                os._exit(71)
-                    finally:
-                        if newpid:
-                            libc.setns(own_pidns, libc.CLONE_NEWPID)  # our next child is ours again
+                    flags = 0 if "pidns" in off else libc.CLONE_NEWPID
+                    child.FORK_NS = time.monotonic_ns()
+                    pid = libc.clone_fork(flags) if RAW_CLONE else _py_fork(flags, own_pidns)
+                    if pid == 0:
+                        try:
+                            if RAW_CLONE:
+                                random.seed()        # no at-fork hooks ran: never share the zygote's state
+                            sock.close()
+                            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                            child.sandboxed(req, args_fd, out_w, netns_fd, prep, cg, impls)
+                        finally:
+                            os._exit(71)
                     pidfd = os.pidfd_open(pid)
                 except OSError as e:
                     for x in (args_fd, out_w, status_w, netns_fd):
