@@ -163,6 +163,9 @@ def build(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes
     One encoding pass: the map is encoded as the entries sorting before "hash" and those after,
     hashed without the hash entry, then the hash entry is spliced in between.
     """
+    fast = _build_fast(fields, seq, ts, prev)
+    if fast is not None:
+        return fast
     body_fields = {k: v for k, v in fields.items() if k not in RESERVED}
     try:
         rec = _prep(body_fields)
@@ -182,6 +185,45 @@ def build(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes
 
 
 _PLACEHOLDER = _HASH_ENTRY + os.urandom(32)   # unguessable: callers cannot plant it in their args
+_CHAIN_KEYS = frozenset(RESERVED)
+_TOP_ORDERS: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
+
+
+def _build_fast(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes, bytes] | None:
+    """`build` for the common case (ASCII keys, JSON-like values) in one pass; None otherwise."""
+    keys = tuple(fields)
+    order = _TOP_ORDERS.get(keys, ())
+    if order == ():
+        order = None
+        if all(type(k) is str and k.isascii() for k in keys):
+            order = _order(tuple(k for k in keys if k not in _CHAIN_KEYS) + RESERVED)
+        if len(_TOP_ORDERS) < 4096:
+            _TOP_ORDERS[keys] = order
+    if order is None or type(seq) is not int or type(ts) is not int or type(prev) is not bytes:
+        return None
+    out: dict[str, Any] = {}
+    try:
+        for k in order:
+            if k in _CHAIN_KEYS:
+                out[k] = seq if k == "seq" else ts if k == "ts" else prev if k == "prev" else _PLACEHOLDER[7:]
+                continue
+            x = fields[k]
+            tx = type(x)
+            out[k] = x if tx in _LEAF or (tx is int and -0x10000000000000000 <= x < 0x10000000000000000) \
+                else _prep(x)
+        full = cbor2.dumps(out)
+    except Exception:
+        return None
+    i = full.find(_PLACEHOLDER)
+    if i <= 0 or full.find(_PLACEHOLDER, i + 1) >= 0 or len(full) > MAX_ARGS:
+        return None
+    n = len(out) - 1
+    h = hashlib.sha256(prev)
+    h.update(_map_head(n))
+    h.update(full[_head(n + 1):i])
+    h.update(full[i + 39:])
+    digest = h.digest()
+    return full[:i + 7] + digest + full[i + 39:], digest
 
 
 def _splice(rec: dict[str, Any], prev: bytes, plain: bool) -> tuple[bytes, bytes]:
