@@ -270,9 +270,19 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+_DAY_CACHE: tuple[int, str] = (-1, "")
+
+
 def day_of(ts_us: int) -> str:
-    """The UTC day (YYYY-MM-DD) a timestamp belongs to."""
-    return time.strftime("%Y-%m-%d", time.gmtime(ts_us // 1_000_000))
+    """The UTC day (YYYY-MM-DD) a timestamp belongs to (cached per second: called per record)."""
+    global _DAY_CACHE
+    sec = ts_us // 1_000_000
+    cached = _DAY_CACHE       # one tuple, swapped atomically: safe from the writer's threads too
+    if cached[0] == sec:
+        return cached[1]
+    day = time.strftime("%Y-%m-%d", time.gmtime(sec))
+    _DAY_CACHE = (sec, day)
+    return day
 
 
 # -- canonical length (the fast canonical check) ------------------------------------------------
