@@ -210,6 +210,9 @@ class SandboxExecutor:
     async def run(self, caller: Any, definition: Any, args: dict[str, Any], call_id: str) -> dict[str, Any]:
         problems = self.problems()
         if problems:
+            pipeline = getattr(self, "pipeline", None)
+            if pipeline is not None:   # keep system.health truthful (e.g. the zygote died)
+                pipeline.health["sandbox"] = {**pipeline.health.get("sandbox", {}), **self.health()}
             raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
                       _UNAVAILABLE)
         agent = caller.agent

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 from dataclasses import dataclass
 
 from stockade.sandbox import libc
@@ -116,7 +117,7 @@ def restrict(spec: Spec, abi: int) -> None:
                 continue
             try:
                 allowed = rights & fs
-                if not os.path.isdir(path):
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
                     allowed &= FILE_RIGHTS
                 rule = _PathBeneath(allowed, fd)
                 libc.syscall("landlock_add_rule", rfd, RULE_PATH_BENEATH, ctypes.addressof(rule), 0)

@@ -96,9 +96,12 @@ def pivot_root(new_root: str, put_old: str) -> None:
     syscall("pivot_root", new_root.encode(), put_old.encode())
 
 
+_prctl = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                          ctypes.c_ulong, use_errno=True)(("prctl", _libc))
+
+
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
-    return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(a2), ctypes.c_ulong(a3),
-                              ctypes.c_ulong(a4), ctypes.c_ulong(a5)))
+    return _check(_prctl(option, a2, a3, a4, a5))
 
 
 def sethostname(name: str) -> None:
@@ -130,11 +133,9 @@ def last_cap() -> int:
 def drop_all_caps(last: int) -> None:
     """Bounding set, ambient set, then effective/permitted/inheritable: all empty."""
     for cap in range(last + 1):
-        try:
-            prctl(PR_CAPBSET_DROP, cap)
-        except OSError as e:
-            if e.errno != 22:  # EINVAL: cap unknown to this kernel
-                raise
+        if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != 22:  # EINVAL: unknown cap
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     hdr = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (_CapData * 2)()
