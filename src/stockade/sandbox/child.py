@@ -67,10 +67,12 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         gc.enable()
         step = "arguments"
+        tr((step, time.monotonic_ns()))
         os.lseek(args_fd, 0, os.SEEK_SET)
         with os.fdopen(args_fd, "rb") as f:
             req = {**req, "args": json.loads(f.read())}
         step = "netns"
+        tr((step, time.monotonic_ns()))
         if netns_fd >= 0 and "netns" not in off:
             libc.setns(netns_fd, libc.CLONE_NEWNET)
         elif "netns" not in off:
@@ -78,12 +80,14 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
         if netns_fd >= 0:
             os.close(netns_fd)
         step = "cgroup"
+        tr((step, time.monotonic_ns()))
         if cg is not None and "cgroup" not in off:
             cg.attach(0)
-        tr((step, time.monotonic_ns()))
         step = "mounts"
+        tr(("unshare", time.monotonic_ns()))
         libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+        tr((step, time.monotonic_ns()))
         if "mounts" not in off:
             _enter_root(req, prep, profile)
         step = "hostname"
