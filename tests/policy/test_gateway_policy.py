@@ -80,12 +80,12 @@ def test_each_tier_through_the_gateway(policy_home: Path) -> None:
         # approval_required: held for the owner, then ApprovalPending
         e = error(s.invoke(key, "agent.whoami"))
         assert e["code"] == -32002 and e["data"]["type"] == "ApprovalPending", e
-        # blocked whatever the arguments: hidden from the listing, unknown to the agent
+        # blocked whatever the arguments: hidden from the listing; naming it gets PolicyDenied
         names = {c["name"] for c in s.rpc(key, "capabilities.list").json()["result"]["capabilities"]}
         assert "system.health" not in names and {"system.time", "system.info", "agent.whoami"} <= names
-        assert error(s.invoke(key, "system.health"))["data"]["type"] == "CapabilityNotFound"
+        assert error(s.invoke(key, "system.health"))["data"]["type"] == "PolicyDenied"
         e = error(s.rpc(key, "capabilities.describe", {"name": "system.health"}).json())
-        assert e["data"]["type"] == "CapabilityNotFound"
+        assert e["data"]["type"] == "PolicyDenied"
         # blocked for these arguments (org rule): PolicyDenied naming the rule; decided before the sandbox
         e = error(s.invoke(key, "filesystem.write", {"path": "keys/a.secret", "content": "x"}))
         assert e["code"] == -32001 and e["data"]["type"] == "PolicyDenied", e
@@ -151,14 +151,14 @@ def test_hot_reload_applies_good_files_and_refuses_bad_ones(policy_home: Path) -
         write_org(policy_home, base.replace("{id: t-auto, capability: system.time, tier: autonomous}",
                                             "{id: t-auto, capability: system.time, tier: blocked}"))
         _wait(lambda: "error" in s.invoke(key, "system.time"))
-        assert error(s.invoke(key, "system.time"))["data"]["type"] == "CapabilityNotFound"   # hidden now
+        assert error(s.invoke(key, "system.time"))["data"]["type"] == "PolicyDenied"   # hidden now
         # an invalid file is refused with file:line: the last good policy stays in force
         bad = base.replace("{id: t-auto, capability: system.time, tier: autonomous}",
                            "{id: t-auto, capability: system.time, tier: sometimes}")
         write_org(policy_home, bad)
         health = _wait(lambda: _degraded(s, key))
         assert any("org.yaml:4:" in e and "tier" in e for e in health["errors"]), health
-        assert error(s.invoke(key, "system.time"))["data"]["type"] == "CapabilityNotFound"   # still blocked
+        assert error(s.invoke(key, "system.time"))["data"]["type"] == "PolicyDenied"   # still blocked
         assert "result" in s.invoke(key, "system.info")
         # fixed again: in force, healthy
         write_org(policy_home, base)

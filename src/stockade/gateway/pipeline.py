@@ -65,7 +65,10 @@ class Decision:
     layers: dict[str, Any] = field(default_factory=dict)
 
     def audit(self) -> dict[str, Any]:
-        return {"tier": self.tier, "rule": self.rule, "layer": self.layer}
+        out = {"tier": self.tier, "rule": self.rule, "layer": self.layer}
+        if self.layers.get("version"):
+            out["policy"] = self.layers["version"]   # which compiled policy decided: replayable offline
+        return out
 
 
 @dataclass
@@ -182,8 +185,11 @@ class Pipeline:
 
     def describe(self, caller: Caller, name: str) -> Definition:
         self._recheck(caller)
-        if name not in self.registry or not self.policy.visible(caller.agent, name):
+        if name not in self.registry:
             raise err("CapabilityNotFound", f"no capability named {name!r}")
+        if not self.policy.visible(caller.agent, name):
+            # Hidden from listings, but a caller who names it learns why it cannot have it.
+            raise err("PolicyDenied", f"{name} is blocked by policy for this agent")
         return self.registry.get(name)
 
     # -- invoke --------------------------------------------------------------------------------
@@ -196,8 +202,7 @@ class Pipeline:
                                 "call": call_id}
         if not isinstance(args, dict):
             raise err("InvalidInput", "arguments must be a JSON object")
-        if capability not in self.registry or not self.policy.visible(caller.agent, capability):
-            # Unknown and hidden look the same to the agent; the owner still sees the attempt.
+        if capability not in self.registry:
             e = err("CapabilityNotFound", f"no capability named {capability!r}")
             await self._record(base, redact(args), None, e, t0, "complete")
             raise e
