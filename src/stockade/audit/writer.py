@@ -327,15 +327,13 @@ class AuditWriter:
         if self.closed and self._lock_fd is None:
             return
         loop = asyncio.get_running_loop()
-        if not self.failed and self._queue:
-            if self.disk_full:
+        self.closed = True                   # no new records from here on
+        for _ in range(250):                 # drain what is queued (one more try if the disk is full)
+            if (not self._queue or self.failed) and not self._flushing:
+                break
+            if not self._flushing:
                 self._wake.set()
-            for _ in range(100):
-                if not self._queue or self.failed:
-                    break
-                self._wake.set()
-                await asyncio.sleep(0.02)
-        self.closed = True
+            await asyncio.sleep(0.02)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
