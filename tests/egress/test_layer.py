@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,15 @@ def host_service():  # type: ignore[no-untyped-def]
     threading.Thread(target=loop, daemon=True).start()
     yield s.getsockname()[1], hits
     s.close()
+
+
+def eventually(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def make_home(tmp: Path, egress: list[str], resolver: str | None = None, agent: str = "alice") -> Home:
@@ -112,7 +122,7 @@ def test_raw_sockets_only_reach_the_allowlist(net, manager, host_service) -> Non
     before = {k: len(h.connections()) for k, h in net.items()}
     a8081 = len(net["a"].connections(8081))
     assert raw_connect(st.netns, A_IP, 8080)["connected"]
-    assert net["a"].connections(8080)
+    assert eventually(lambda: net["a"].connections(8080))   # the server logs after accept()
     for _name, ip, port in FORBIDDEN_TARGETS:
         r = raw_connect(st.netns, ip, port, timeout=2)
         assert not r["connected"], (ip, port)
@@ -130,11 +140,17 @@ def test_control_without_the_layer_the_same_connections_succeed(net, manager, ho
     eg.reconcile()
     st = eg.agents["alice"]
     remove_tables(eg)
+    before = {k: len(h.connections()) for k, h in net.items()}
     for _name, ip, port in FORBIDDEN_TARGETS:
         assert raw_connect(st.netns, ip, port)["connected"], (ip, port)
+    # every one reached its server (and is logged before the next test counts)
+    assert eventually(lambda: len(net["a"].connections()) == before["a"] + 1
+                      and len(net["b"].connections()) == before["b"] + 1
+                      and len(net["p"].connections()) == before["p"] + 1
+                      and len(net["m"].connections()) == before["m"] + 2)
     port, hits = host_service
     assert raw_connect(st.netns, st.host_ip, port)["connected"]
-    assert hits
+    assert eventually(lambda: hits)
     # the deep check puts the layer back
     eg.reconcile(deep=True)
     assert table_loaded(st.netns, ruleset.NS_TABLE) and table_loaded(None, ruleset.host_table(eg.tag))
