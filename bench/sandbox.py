@@ -123,7 +123,7 @@ async def _run(n: int) -> dict[str, Any]:
     finally:
         ex.stop()
         db.close()
-        agentns.remove(name)
+        agentns.remove(name, home)
         info = cgroups.detect()
         cgroups.AgentCgroup(info, parent, name).remove()
         for m in info.v1.values():

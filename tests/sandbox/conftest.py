@@ -154,7 +154,7 @@ sandbox:
             proc.wait()
         log.close()
         for n in names.values():
-            agentns.remove(n)
+            agentns.remove(n, home)
         from stockade.sandbox.cgroups import AgentCgroup, detect
 
         info = detect()

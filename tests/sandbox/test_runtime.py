@@ -153,7 +153,7 @@ def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     finally:
         for ex in made:
             ex.stop()
-        agentns.remove(name)
+        agentns.remove(name, home)
         info = cgroups.detect()
         cgroups.AgentCgroup(info, f"stockade-rt-{os.getpid()}", name).remove()
         for m in info.v1.values():

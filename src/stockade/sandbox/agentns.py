@@ -29,7 +29,16 @@ def ensure(agent: str) -> str:
     return path
 
 
-def remove(agent: str) -> None:
+def remove(agent: str, home: object | None = None) -> None:
+    """Tear the agent's namespace down (the egress part's, or our fallback's)."""
+    try:
+        from stockade.sandbox import netns
+
+        fn = getattr(netns, "remove_agent_netns", None)
+    except ImportError:
+        fn = None
+    if fn is not None and home is not None:
+        fn(agent, home)
     if os.path.exists(path_for(agent)):
         subprocess.run(["ip", "netns", "del", name_for(agent)], capture_output=True, timeout=10)
 

@@ -172,7 +172,9 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         problems.append(f"cgroup v{info.version or '?'}: missing controllers {', '.join(missing)}")
     status["problems"] = problems
     status["testing"] = testing
-    root_dir = tempfile.mkdtemp(prefix="stockade-sandbox-root-", dir=init.get("root_parent") or "/run")
+    root_parent = init.get("root_parent") or "/run"
+    _remove_stale_roots(root_parent)
+    root_dir = tempfile.mkdtemp(prefix=f"stockade-sandbox-root-{os.getpid()}-", dir=root_parent)
     etc_files, etc_links = _etc()
     sys_links = {d: os.readlink(f"/{d}") for d in child.SYSTEM_DIRS if os.path.islink(f"/{d}")}
     try:
@@ -184,6 +186,29 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     status["root_dir"] = root_dir
     status["cgroup_info"] = info
     return prep, impls, status
+
+
+def _remove_stale_roots(parent: str) -> None:
+    """Empty mount-point dirs of zygotes that died without cleaning up (named after their pid).
+
+    Never one of a live zygote: removing a directory that is a mount point in another mount
+    namespace would detach that zygote's root template.
+    """
+    import re
+
+    for name in os.listdir(parent):
+        m = re.fullmatch(r"stockade-sandbox-root-(\d+)-\w+", name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue          # that pid is alive (a zygote or a reused pid): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(parent, name))
 
 
 def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
