@@ -271,7 +271,10 @@ def test_dns_rebinding_opens_no_forbidden_connection(net, manager, tmp_path) -> 
         assert r["ok"]["body"] == f"hello from {A_IP}:8080" and r["ok"]["address"] == f"{A_IP}:8080"
         assert len(resolver.queries()) == 1             # the handler did not ask DNS again
 
-        eg.reconcile(force_resolve=True)                # refresh: the resolver now says P (private)
+        eg.reconcile()                                  # not expired yet: no query
+        assert len(resolver.queries()) == 1
+        eg.names[name].expires = 0                      # TTL ran out: the periodic pass refreshes
+        eg.reconcile()                                  # ... and the resolver now says P (private)
         assert len(resolver.queries()) == 2
         view2 = child_view(eg.home, "alice")
         assert view2["resolved"] == {name: []} and view2["refused"] == {name: [P_IP]}

@@ -205,6 +205,8 @@ class _Flock:
 def forwarding_needed(on: bool) -> bool:
     """Switch ip_forward for stockade's veths; returns whether the guard rule is needed
     (forwarding was off before stockade turned it on)."""
+    if not on and not FORWARD_ORIG.exists():
+        return False   # stockade never switched it on: nothing to undo (and no root needed)
     with _Flock("forward.lock"):
         cur = _read_sysctl("net.ipv4.ip_forward")
         if on:
@@ -392,9 +394,9 @@ class Egress:
             for agent, veth in self._my_veths(links).items():
                 self._teardown_links(agent, veth)
             self.agents.clear()
-            with contextlib.suppress(nft.NftError):
+            with contextlib.suppress(nft.NftError, OSError):
                 t = {"table": {"family": "inet", "name": ruleset.host_table(self.tag)}}
-                nft.run_in_netns(None, [[{"add": t}, {"delete": t}]])
+                nft.run_in_netns(None, [[{"delete": t}]])
             for agent in netns.list_agent_netns(self.home):
                 netns.remove_agent_netns(agent, self.home)
                 self._drop_view(agent)
@@ -497,9 +499,9 @@ class Egress:
         if agents:
             nft.run_in_netns(None, [ruleset.host_ruleset(self.tag, agents, self.settings.resolver, self.guard)])
         else:
-            with contextlib.suppress(nft.NftError):
+            with contextlib.suppress(nft.NftError, OSError):
                 t = {"table": {"family": "inet", "name": ruleset.host_table(self.tag)}}
-                nft.run_in_netns(None, [[{"add": t}, {"delete": t}]])
+                nft.run_in_netns(None, [[{"delete": t}]])
 
     def _host_table_ok(self) -> bool:
         if not self._host_agents():
