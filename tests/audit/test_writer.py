@@ -10,6 +10,8 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.audit.helpers import StepClock, call_rec, day_us, frames, make_keys, write_log
 
 from stockade.audit import checkpoint as cp
@@ -267,3 +269,32 @@ def test_admin_shape_records_roundtrip_as_json(tmp_path: Path) -> None:
     assert append_locked(tmp_path / "audit", None, json.loads(json.dumps(rec))) == 1
     got = records(tmp_path)[0]
     assert {k: got[k] for k in rec} == rec
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    root = tmp_path_factory.mktemp("small")
+    write_log(root / "audit", None, days=("2026-01-01",), per_day=3)
+    return (root / "audit" / "2026-01-01.log").read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tail=st.binary(max_size=300), cut=st.integers(0, 400))
+def test_recovery_never_crashes_and_never_hides_tampering(small_log: bytes, tail: bytes, cut: int,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Any bytes after (or instead of part of) the last record: either a torn write recovered to a
+    valid chain, or AuditDamaged; never an exception, never a silently accepted change."""
+    audit = tmp_path_factory.mktemp("rec") / "audit"
+    audit.mkdir()
+    data = small_log[:max(len(small_log) - cut, 0)] + tail
+    (audit / "2026-01-01.log").write_bytes(data)
+    try:
+        head, torn = wmod.Store(audit).recover()
+    except wmod.AuditDamaged:
+        return
+    kept = (audit / "2026-01-01.log").read_bytes()
+    assert data.startswith(kept)
+    if torn:
+        assert (audit / torn["moved_to"]).read_bytes() == data[len(kept):]
+    assert verify_dir(audit, None).ok
+    assert head.size == len(kept)

@@ -81,7 +81,7 @@ def doctor(home: Home) -> dict[str, Any]:
     try:
         from stockade.supervision import admin
 
-        if admin.running(home):
+        if home.admin_sock.exists():
             head = admin.call(home, "audit.head", timeout=5)
             limit = (head["file"], int(head["size"])) if head.get("file") else None
     except Exception:   # doctor reports; it does not fail on a busy or stopping server

@@ -72,7 +72,7 @@ def _line(rec: dict[str, Any]) -> str:
 def _live_limit(h: Home) -> tuple[str, int] | None:
     from stockade.supervision import admin
 
-    if not admin.running(h):
+    if not h.admin_sock.exists():
         return None
     try:
         head = admin.call(h, "audit.head")
@@ -306,9 +306,13 @@ def _fresh(h: Home) -> None:
     from stockade.audit import writer as w
     from stockade.supervision import admin
 
-    if admin.running(h):
-        admin.call(h, "audit.checkpoint")
-        return
+    if h.admin_sock.exists():
+        try:
+            admin.call(h, "audit.checkpoint")
+            return
+        except StockadeError as e:
+            if e.type != "Unreachable":
+                raise
     fd = w.lock(h.audit_dir, 30.0)
     try:
         w.append_locked(h.audit_dir, h.keys, None, force_checkpoint=True)
