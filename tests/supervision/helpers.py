@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import yaml
-
 from tests.conftest import Server, cli_json, run_cli, start_server
 
 ORG = """\

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.conftest import STOCKADE, cli_json, need_root, run_cli
 
 from .helpers import Call, audit_records, make_home, serve, wait_pending

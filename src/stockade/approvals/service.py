@@ -67,6 +67,7 @@ class ApprovalService:
         self._decide_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[Any] | None = None
+        self._releasing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,7 +82,15 @@ class ApprovalService:
         await self.sweep(now)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="approvals-sweep")
 
+    def release_all(self) -> None:
+        """The gateway is stopping: held calls return ApprovalPending now (the approval stays
+        pending and can be decided after a restart) instead of being cut off."""
+        self._releasing = True
+        for ev in list(self._waiters.values()):
+            ev.set()
+
     async def stop(self) -> None:
+        self.release_all()
         if self._sweeper:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -183,6 +192,8 @@ class ApprovalService:
 
     async def _hold(self, a: store.Approval, call_id: str) -> None:
         ev = asyncio.Event()
+        if self._releasing:
+            ev.set()
         self._waiters[a.id] = ev
         loop = asyncio.get_running_loop()
         start = loop.time()     # durations on the monotonic clock; expiry on the wall clock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from stockade.approvals import rpc  # noqa: F401  (registers approvals.status)
@@ -16,10 +17,18 @@ async def start(gw: Any) -> None:
     gw.pipeline.approvals = svc
     gw.state["approvals"] = svc
     await svc.start()
+    if gw.stopping is not None:
+        async def release() -> None:
+            await gw.stopping.wait()
+            svc.release_all()
+        gw.state["approvals_release"] = asyncio.create_task(release(), name="approvals-release")
     gw.pipeline.health["approvals"] = {"status": "ok", "hold_seconds": cfg.hold_seconds, "ttl": cfg.ttl}
 
 
 async def stop(gw: Any) -> None:
+    t = gw.state.pop("approvals_release", None)
+    if t is not None:
+        t.cancel()
     svc = gw.state.get("approvals")
     if svc:
         await svc.stop()

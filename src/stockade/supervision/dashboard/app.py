@@ -43,7 +43,7 @@ SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",   # (no-referrer makes Chromium send `Origin: null` on forms)
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
 }
@@ -538,7 +538,14 @@ def build_app(gw: Any) -> Any:
         Route("/api/events", api(api_events), methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found})
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Never a traceback to the browser; the gateway log has it.
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": {"type": "Internal", "message": "internal error", "recovery": []}},
+                                status_code=500)
+        return html(views.error_page(500, "internal error (see the gateway log)"), 500)
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, Exception: server_error})
     extra_hosts = [h for h in (gw.config.dashboard.host,) if h not in ("127.0.0.1", "::1", "localhost")]
     return GuardMiddleware(SecurityHeaders(app), gw.config.gateway.allowed_origins, extra_hosts)
 

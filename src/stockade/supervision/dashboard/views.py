@@ -164,6 +164,12 @@ def agents(rows: list[dict[str, Any]], csrf: str) -> str:
                   csrf=csrf, active="/agents")
 
 
+def _sub(r: dict[str, Any], key: str, sub: str) -> Any:
+    """`decision.tier` of a call record; events carry plain values there (e.g. decision: approved)."""
+    v = r.get(key)
+    return v.get(sub) if isinstance(v, dict) else v
+
+
 def audit(d: dict[str, Any], csrf: str) -> str:
     if not d.get("available"):
         return layout("Audit", "<p class='empty'>audit not available: the audit part is not running on this "
@@ -171,8 +177,8 @@ def audit(d: dict[str, Any], csrf: str) -> str:
     f = d.get("filters", {})
     rows = "".join(f"<tr><td>{esc(r.get('seq'))}</td><td>{esc(ts((r.get('ts') or 0) / 1e6))}</td>"
                    f"<td>{esc(r.get('kind') or 'call')}</td><td>{esc(r.get('agent'))}</td>"
-                   f"<td>{esc(r.get('capability'))}</td><td>{esc((r.get('decision') or {}).get('tier'))}</td>"
-                   f"<td>{esc((r.get('outcome') or {}).get('status'))}</td>"
+                   f"<td>{esc(r.get('capability'))}</td><td>{esc(_sub(r, 'decision', 'tier'))}</td>"
+                   f"<td>{esc(_sub(r, 'outcome', 'status'))}</td>"
                    f"<td><details><summary>record</summary><pre class='args'>{pretty(r)}</pre></details></td></tr>"
                    for r in d.get("records", []))
     verify = d.get("verify")
