@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from stockade.sandbox import SANDBOX_GID, SANDBOX_UID, Profile, SandboxContext, landlock, libc
-from stockade.sandbox.cgroups import AgentCgroup
 
 SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
@@ -56,7 +55,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # -- P: the sandboxed process -----------------------------------------------------------------
 def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Prepared,
-              cg: AgentCgroup | None, impls: dict[str, Any]) -> None:
+              gate: int, impls: dict[str, Any]) -> None:
     """Body of P (just forked by the zygote). Never returns."""
     step = "start"
     trace: list[tuple[str, int]] = [("z_fork", FORK_NS), ("p_start", time.monotonic_ns())]
@@ -81,8 +80,9 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
             os.close(netns_fd)
         step = "cgroup"
         tr((step, time.monotonic_ns()))
-        if cg is not None and "cgroup" not in off:
-            cg.attach(0)
+        if os.read(gate, 1) != b"1":   # the zygote has moved us into the agent's cgroup
+            raise OSError(5, "the zygote could not place the call in the agent's cgroup")
+        os.close(gate)
         step = "mounts"
         tr(("unshare", time.monotonic_ns()))
         libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP)

@@ -344,6 +344,10 @@ def serve(sock: socket.socket) -> None:
                         cg = groups[req["agent"]][1]
                     before = cg.counters() if cg is not None else {}
                     flags = 0 if "pidns" in off else libc.CLONE_NEWPID
+                    # The zygote moves the child into the agent's cgroup while the child reads its
+                    # arguments and joins the netns (two cores: in parallel); the child waits on
+                    # `gate` before anything that must run inside the cgroup.
+                    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
                     child.FORK_NS = time.monotonic_ns()
                     pid = libc.clone_fork(flags) if RAW_CLONE else _py_fork(flags, own_pidns)
                     if pid == 0:
@@ -351,11 +355,23 @@ def serve(sock: socket.socket) -> None:
                             if RAW_CLONE:
                                 random.seed()        # no at-fork hooks ran: never share the zygote's state
                             sock.close()
+                            os.close(gate_w)
                             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                            child.sandboxed(req, args_fd, out_w, netns_fd, prep, cg, impls)
+                            child.sandboxed(req, args_fd, out_w, netns_fd, prep, gate_r, impls)
                         finally:
                             os._exit(71)
-                    pidfd = os.pidfd_open(pid)
+                    os.close(gate_r)
+                    try:
+                        pidfd = os.pidfd_open(pid)
+                        if cg is not None:
+                            try:
+                                cg.attach(pid)
+                            except OSError:
+                                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                                raise
+                        os.write(gate_w, b"1")
+                    finally:
+                        os.close(gate_w)
                 except OSError as e:
                     for x in (args_fd, out_w, status_w, netns_fd):
                         if x >= 0:
