@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from tests.conftest import cli_json, run_cli
 
 

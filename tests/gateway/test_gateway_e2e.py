@@ -11,12 +11,23 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from tests.conftest import Server, run_cli, start_server
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import Server, run_cli
-
 pytestmark = pytest.mark.xdist_group("gateway")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One gateway for the module (tests use distinct agent names); starting one costs seconds."""
+    home = tmp_path_factory.mktemp("gw") / "home"
+    run_cli("init", home=home)
+    s = start_server(home)
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 def _mcp(server: Server, key: str | None, mode: str, headers: dict[str, str] | None = None) -> Client:
@@ -136,9 +147,10 @@ def test_websocket_first_message_token(server: Server) -> None:
 
 @pytest.mark.parametrize("how", ["missing", "wrong", "revoked", "query"])
 def test_websocket_refuses_bad_auth(server: Server, how: str) -> None:
-    key = server.agent("carol")
+    name = f"carol-{how}"
+    key = server.agent(name)
     if how == "revoked":
-        run_cli("agent", "revoke", "carol", home=server.home)
+        run_cli("agent", "revoke", name, home=server.home)
     url = server.url.replace("http", "ws") + "/mcp/ws" + (f"?token={key}" if how == "query" else "")
     token = {"missing": None, "wrong": "stk_" + "A" * 43, "revoked": key, "query": key}[how]
     if how == "query":  # a token in the URL is refused at the handshake, before any message
@@ -186,9 +198,10 @@ def test_rebinding_host_header_refused(server: Server) -> None:
 
 @pytest.mark.parametrize("how", ["missing", "wrong", "malformed", "revoked"])
 def test_unauthenticated_refused_on_http_transports(server: Server, how: str) -> None:
-    key = server.agent("dave")
+    name = f"dave-{how}"
+    key = server.agent(name)
     if how == "revoked":
-        run_cli("agent", "revoke", "dave", home=server.home)
+        run_cli("agent", "revoke", name, home=server.home)
     token = {"missing": None, "wrong": "stk_" + "B" * 43, "malformed": "hello", "revoked": key}[how]
     h = {"Authorization": f"Bearer {token}"} if token else {}
     r = httpx.post(f"{server.url}/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "capabilities.invoke",

@@ -52,11 +52,54 @@ def _caller_of(ctx: Any) -> Caller:
     return caller
 
 
+class _Server(Server[Any]):
+    """Advertises `tools.listChanged`: packs can add and remove tools while clients are connected."""
+
+    def create_initialization_options(self, notification_options: NotificationOptions | None = None,
+                                      *args: Any, **kwargs: Any) -> Any:
+        return super().create_initialization_options(notification_options or NotificationOptions(tools_changed=True),
+                                                     *args, **kwargs)
+
+
+class _Sessions:
+    """Open MCP sessions we can notify (`notifications/tools/list_changed`), newest 1,000."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Any] = {}
+
+    def note(self, ctx: Any) -> None:
+        req = getattr(ctx, "request", None)
+        headers = getattr(req, "headers", None) or {}
+        caller = (getattr(req, "scope", None) or {}).get(CALLER_KEY)
+        sid = headers.get("mcp-session-id") or (caller.session if caller and caller.transport == "mcp-ws" else None)
+        if not sid:
+            return   # stateless 2026-07-28 requests have no channel to notify
+        self._by_id.pop(sid, None)
+        self._by_id[sid] = ctx.session
+        while len(self._by_id) > 1000:
+            self._by_id.pop(next(iter(self._by_id)))
+
+    async def tools_changed(self) -> int:
+        sent = 0
+        for sid, session in list(self._by_id.items()):
+            try:
+                await session.send_tool_list_changed()
+                sent += 1
+            except Exception:
+                self._by_id.pop(sid, None)   # gone; forget it
+        return sent
+
+
+SESSIONS: dict[int, _Sessions] = {}
+
+
 def build_server(pipeline: Pipeline) -> Server[Any]:
     """An SDK low-level server whose handlers are thin adapters onto the pipeline."""
+    sessions_ = SESSIONS.setdefault(id(pipeline), _Sessions())
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         caller = _caller_of(ctx)
+        sessions_.note(ctx)
         tools = [
             types.Tool(
                 name=d.tool_name,
@@ -72,6 +115,7 @@ def build_server(pipeline: Pipeline) -> Server[Any]:
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         caller = _caller_of(ctx)
+        sessions_.note(ctx)
         token = progress_reporter.set(ctx.session.report_progress)
         try:
             result = await pipeline.invoke(caller, tool_to_capability(params.name), dict(params.arguments or {}))
@@ -86,8 +130,8 @@ def build_server(pipeline: Pipeline) -> Server[Any]:
             structured_content=result,
         )
 
-    return Server("stockade", version=__version__, instructions=INSTRUCTIONS,
-                  on_list_tools=list_tools, on_call_tool=call_tool)
+    return _Server("stockade", version=__version__, instructions=INSTRUCTIONS,
+                   on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 def _unauthorized(message: str) -> bytes:
@@ -194,8 +238,7 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
             tg.start_soon(writer)
-            await server.run(read_stream, write_stream, server.create_initialization_options(
-                NotificationOptions(tools_changed=True)))
+            await server.run(read_stream, write_stream, server.create_initialization_options())
             tg.cancel_scope.cancel()
     finally:
         with contextlib.suppress(Exception):
@@ -236,5 +279,6 @@ def lifespan(pipeline: Pipeline) -> Any:
                 yield
         finally:
             _STATE.pop(id(pipeline), None)
+            SESSIONS.pop(id(pipeline), None)
 
     return _lifespan

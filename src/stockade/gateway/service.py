@@ -145,6 +145,9 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
         cfg = gw.config.gateway
         gw.listeners.insert(0, Listener("gateway", gateway_server.build_app(
             gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins), cfg.host, cfg.port))
+        from stockade.gateway import mcp_transport
+
+        gw.state["tools_changed"] = mcp_transport.SESSIONS[id(gw.pipeline)].tools_changed
         for li in gw.listeners:
             li.sock = _bind(li.host, li.port)
             gw.ports[li.name] = li.sock.getsockname()[1]
