@@ -188,13 +188,18 @@ def read_record(audit_dir: Path, file: str, offset: int, length: int) -> dict[st
 
 
 def iter_records(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(offset, length, record) of the decodable records of a day file, stopping at the first bad frame."""
+    """(offset, length, record) of the decodable records of a day file, stopping at the first bad frame.
+
+    Reads from `start` only (so `tail -f` polling a big day file stays cheap).
+    """
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read() if end is None else f.read(max(end - start, 0))
     except FileNotFoundError:
         return
-    n = len(data) if end is None else min(end, len(data))
-    o = start
+    n = len(data)
+    o = 0
     while o + 4 <= n:
         ln = FRAME.unpack_from(data, o)[0]
         if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
@@ -205,5 +210,5 @@ def iter_records(path: Path, start: int = 0, end: int | None = None) -> Iterator
             return
         if not isinstance(rec, dict):
             return
-        yield o, ln, rec
+        yield start + o, ln, rec
         o += 4 + ln
