@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from tests.conftest import ROOT, Server, cli_json, need
 
 from .helpers import Call, make_home, serve, wait_pending

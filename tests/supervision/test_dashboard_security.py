@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import Server, cli_json
 
 from .helpers import Call, Dash, make_home, serve, wait_pending
