@@ -467,3 +467,12 @@ def test_structured_error_roundtrip(sbx) -> None:  # type: ignore[no-untyped-def
     assert e["type"] == "FileNotFound" and e["path"] == "/workspace/x" and e["message"] == "no such file"
     e = _err(sbx.run("raise ValueError('boom')"))
     assert e["type"] == "Internal" and "boom" not in e["message"]
+
+
+def test_system_health_reports_every_layer(sbx) -> None:  # type: ignore[no-untyped-def]
+    out = sbx.invoke("system.health", {})
+    layer = out["result"]["layers"]["sandbox"]
+    assert layer["status"] in ("ok", "degraded") and layer["problems"] == []
+    assert layer["landlock_abi"] >= 1 and layer["seccomp"]["ok"] is True
+    assert layer["user_namespaces"] is True and layer["cgroup"]["version"] in (1, 2)
+    assert "nftables" in layer and isinstance(layer["zygote_pid"], int)
