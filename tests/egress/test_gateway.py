@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.xdist_group("egress-netns")]
 
 def loaded(path: str | None, table: str) -> bool:
     try:
-        nft.run_in_netns(path, [f"list table inet {table}"])
+        nft.run_in_netns(path, [nft.list_table(table)])
         return True
     except (nft.NftError, OSError):
         return False

@@ -97,7 +97,7 @@ def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def table_loaded(path: str | None, table: str) -> bool:
     try:
-        nft.run_in_netns(path, [f"list table inet {table}"])
+        nft.run_in_netns(path, [nft.list_table(table)])
         return True
     except nft.NftError:
         return False

@@ -507,7 +507,7 @@ class Egress:
         if not self._host_agents():
             return True
         try:
-            nft.run_in_netns(None, [f"list table inet {ruleset.host_table(self.tag)}"])
+            nft.run_in_netns(None, [nft.list_table(ruleset.host_table(self.tag))])
             return True
         except nft.NftError:
             return False

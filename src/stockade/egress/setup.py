@@ -171,7 +171,7 @@ def doctor(home: Home) -> dict[str, Any]:
 
 def _table_loaded(path: str | None, table: str) -> bool:
     try:
-        nft.run_in_netns(path, [f"list table inet {table}"])
+        nft.run_in_netns(path, [nft.list_table(table)])
         return True
     except (nft.NftError, OSError):
         return False
