@@ -312,6 +312,36 @@ result['internet'] = attempt(lambda: conn(('1.1.1.1', 443)))
         srv.close()
 
 
+def test_abstract_unix_socket_scoping(sbx) -> None:  # type: ignore[no-untyped-def]
+    """A host service on an abstract unix socket: hidden by the netns, and behind it by Landlock
+    ABI 6 scoping (a sandbox may only reach abstract sockets created inside its own domain)."""
+    from stockade.sandbox import landlock
+
+    need(landlock.abi_version() >= 6, "Landlock scoping needs ABI 6")
+    name = f"stockade-escape-{os.getpid()}"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind("\0" + name)
+    srv.listen(4)
+    code = f"""
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect('\\0{name}')
+    finally:
+        s.close()
+result['abstract'] = attempt(conn)
+"""
+    try:
+        r = sbx.run(code)
+        assert not r["abstract"]["ok"] and r["abstract"]["errno"] == errno.ECONNREFUSED  # other netns
+        no_netns = sbx.run(code, off=("netns",))
+        assert not no_netns["abstract"]["ok"] and no_netns["abstract"]["errno"] == EPERM  # Landlock scope
+        off = sbx.run(code, off=("netns", "landlock"))
+        assert off["abstract"]["ok"]
+    finally:
+        srv.close()
+
+
 def test_binding_a_port(sbx) -> None:  # type: ignore[no-untyped-def]
     code = """
 def b():
