@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +173,70 @@ def test_halt_mode_refuses_at_once_and_never_skips_a_seq(small_fs: Path, tmp_pat
     assert [r["refused"] for r in recs if r.get("kind") == "audit.disk_full"] == [5]
     with contextlib.suppress(FileNotFoundError):
         assert verify_dir(small_fs, None).ok
+
+
+def test_server_reports_disk_full_and_loses_nothing(tmp_path: Path) -> None:
+    """The real `stockade serve` with its audit directory on a small tmpfs."""
+    need_root()
+    import yaml
+    from tests.conftest import cli_json, run_cli, start_server
+
+    home = tmp_path / "home"
+    run_cli("init", home=home)
+    cfg = yaml.safe_load((home / "stockade.yaml").read_text())
+    cfg["audit"] = {"retry_seconds": 0.3, "buffer_records": 30}
+    (home / "stockade.yaml").write_text(yaml.safe_dump(cfg))
+    audit = home / "audit"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(audit)], check=True)
+    server = None
+    try:
+        key = cli_json("agent", "create", "dfa", home=home)["key"]
+        server = start_server(home)
+        acked = 0
+        for _ in range(5):
+            assert "result" in server.invoke(key, "system.time")
+            acked += 1
+        filler = fill(audit)
+        for _ in range(400):                     # calls go on; the health layer turns critical
+            h = server.invoke(key, "system.health")["result"]
+            acked += 1
+            if h["layers"]["audit"]["status"] == "critical":
+                assert "disk full" in h["layers"]["audit"]["error"] and h["status"] == "critical"
+                break
+        else:
+            raise AssertionError("no critical audit health")
+        refused = 0
+        for _ in range(100):                     # until the buffer is full: then calls are refused
+            r = server.invoke(key, "system.time")
+            if "result" in r:
+                acked += 1
+            else:
+                assert r["error"]["data"]["type"] == "Internal" and r["error"]["data"]["audit"] == "buffer_full"
+                assert "buffer" in r["error"]["message"]
+                refused += 1
+                break
+        assert refused == 1
+        filler.unlink()
+        for _ in range(100):
+            time.sleep(0.1)
+            h = server.invoke(key, "system.health")
+            if "result" in h and h["result"]["layers"]["audit"]["status"] == "ok":
+                acked += 1
+                break
+        else:
+            raise AssertionError("audit did not recover")
+        assert server.stop() == 0
+        server = None
+        v = cli_json("audit", "verify", home=home)
+        assert v["ok"], v
+        q = cli_json("audit", "query", "--agent", "dfa", "--kind", "call", "--outcome", "ok", "--limit", "100000",
+                     home=home)["records"]
+        assert len(q) >= acked
+        seqs = [r["seq"] for r in q]
+        assert seqs == sorted(seqs)
+        events = cli_json("audit", "query", "--kind", "audit.disk_full", home=home)["records"]
+        assert len(events) == 1 and events[0]["refused"] >= 1
+    finally:
+        if server is not None:
+            server.stop()
+        subprocess.run(["umount", "-l", str(audit)], check=False)
