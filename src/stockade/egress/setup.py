@@ -17,6 +17,7 @@ from typing import Any
 
 from stockade.egress import nft, ruleset
 from stockade.egress.manager import Egress, child_view, load_settings, profile_source, read_egress_from_files
+from stockade.egress.rules import parse_entries
 from stockade.errors import ConfigError, StockadeError
 from stockade.home import Home
 from stockade.sandbox import netns
@@ -153,8 +154,10 @@ def doctor(home: Home) -> dict[str, Any]:
         path = netns.netns_path(home, a)
         live = netns.is_netns(path)
         view = child_view(home, a) or {}
+        _, bad = parse_entries(items)
         info: dict[str, Any] = {
             "egress": items,
+            **({"invalid": bad} if bad else {}),
             "netns": path if live else None,
             "rules_loaded": _table_loaded(path, ruleset.NS_TABLE) if live else False,
             "resolved": view.get("resolved", {}),
