@@ -315,7 +315,7 @@ def test_rekey_kill9_at_random_instants_exactly_one_passphrase(tmp_path: Path) -
     import random
 
     p = tmp_path / "vault.db"
-    make_vault(p, 300)
+    make_vault(p, 150)
     expected = opens_with(p, OLD)
     current, other = OLD, NEW
     rng = random.Random(os.getpid())
@@ -347,7 +347,7 @@ def _fuzz_source(tmp: Path) -> tuple[bytes, dict[str, bytes]]:
 
 
 @given(st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=3))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_tampered_file_never_yields_a_wrong_value(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
     """Random byte flips anywhere in vault.db: a structured error or the true values, never others."""
     raw, values = _fuzz_source(tmp_path)

@@ -106,6 +106,9 @@ class Vault:
     def key(self) -> keys.KeyBuffer:
         k = self._key
         if k is None or not k.loaded:
+            if not self.file.exists():
+                raise err("VaultSealed", "there is no vault yet (the owner runs `stockade vault init`)",
+                          _SEALED_RECOVERY)
             raise err("VaultSealed", "the vault is sealed", _SEALED_RECOVERY)
         return k
 
