@@ -1,11 +1,11 @@
 """seccomp allowlists built once with libseccomp (pyseccomp) and exported as BPF.
 
-Two programs are loaded per child, in order: the allowlist (default EPERM; argument rules for
-clone, socket, socketpair, personality; clone3 -> ENOSYS) and a small denylist for the ioctls
-TIOCSTI/TIOCLINUX compared on the low 32 bits (CVE-2017-5226, CVE-2019-10063, CVE-2023-28100);
-libseccomp cannot hold an unconditional ALLOW and a conditional ERRNO for the same syscall, and
-the kernel applies the most restrictive verdict of stacked filters. Only the native
-architecture is in the filters (x32 and i386 numbers hit the bad-arch action: kill).
+One program per profile: an allowlist (default EPERM) with argument rules for clone, socket,
+socketpair, personality and ioctl (every command but TIOCSTI/TIOCLINUX, compared on the low 32
+bits: CVE-2017-5226, CVE-2019-10063, CVE-2023-28100), clone3 -> ENOSYS. libseccomp cannot hold
+an unconditional ALLOW next to a conditional ERRNO for one syscall, so the ioctl complement is
+spelled out as ALLOW rules (`ioctl_allow_rules`). Only the native architecture is in the filter
+(x32 and i386 numbers hit the bad-arch action: kill).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 # request_key unshare setns io_uring_* open_by_handle_at name_to_handle_at chroot fsopen ...
 _ALLOW_TEXT = """
 getcwd fchmodat2 futex_waitv read write open close stat fstat lstat poll lseek mmap mprotect
-munmap brk rt_sigaction rt_sigprocmask rt_sigreturn ioctl pread64 pwrite64 readv writev access
+munmap brk rt_sigaction rt_sigprocmask rt_sigreturn pread64 pwrite64 readv writev access
 pipe select sched_yield mremap msync mincore madvise dup dup2 pause nanosleep getitimer alarm
 setitimer getpid sendfile connect accept sendto recvfrom sendmsg recvmsg shutdown bind listen
 getsockname getpeername setsockopt getsockopt exit wait4 kill uname fcntl flock fsync fdatasync
@@ -99,13 +99,33 @@ def build(profile: str = "default") -> list[bytes]:
     f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, AF_UNIX))
     for p in PERSONALITIES:
         f.add_rule(sc.ALLOW, "personality", sc.Arg(0, sc.EQ, p))
-    allow = _export(f)
+    for mask, value in ioctl_allow_rules((TIOCSTI, TIOCLINUX)):
+        f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.MASKED_EQ, mask, value))
+    return [_export(f)]
 
-    g = sc.SyscallFilter(sc.ALLOW)
-    g.set_attr(sc.Attr.CTL_NNP, 0)
-    for cmd in (TIOCSTI, TIOCLINUX):
-        g.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, cmd))
-    return [allow, _export(g)]
+
+def ioctl_allow_rules(denied: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Pure: (mask, value) pairs whose union is every 32-bit ioctl command except `denied`.
+
+    The kernel takes `cmd` as a 32-bit int, so only the low 32 bits are compared (the high-bit
+    TIOCSTI variant, CVE-2019-10063, lands in the denied set too). A command differs from every
+    denied one if it differs in a bit where they all agree; the few commands that agree with
+    them on all those bits are listed one by one.
+    """
+    full = 0xFFFFFFFF
+    common = full
+    for d in denied[1:]:
+        common &= ~(denied[0] ^ d) & full
+    rules = [(1 << i, (~denied[0] & (1 << i))) for i in range(32) if common >> i & 1]
+    free = [i for i in range(32) if not common >> i & 1]
+    for k in range(1 << len(free)):
+        v = denied[0] & common
+        for j, bit in enumerate(free):
+            if k >> j & 1:
+                v |= 1 << bit
+        if v not in denied:
+            rules.append((full, v))
+    return rules
 
 
 def available() -> bool:
