@@ -243,3 +243,54 @@ def test_ns_ruleset_default_deny() -> None:
     chains = [c["add"]["chain"] for c in cmds if "add" in c and "chain" in c["add"]]
     assert {c["name"]: c["policy"] for c in chains} == {"output": "drop", "input": "drop"}
     assert not any("53" in str(c) for c in cmds)
+
+
+# -- handlers: whatever the input, a connection is only ever attempted to an allowed address ----------
+class _Sentinel:
+    """Stands in for socket.socket in the handler module: records connect targets, never connects."""
+
+    seen: list[tuple[str, int]] = []
+
+    def __init__(self, *a: object, **k: object) -> None:
+        pass
+
+    def settimeout(self, t: float) -> None:
+        pass
+
+    def connect(self, addr: tuple[str, int]) -> None:
+        _Sentinel.seen.append(addr)
+        raise ConnectionRefusedError(111, "refused")
+
+    def close(self) -> None:
+        pass
+
+
+url_parts = st.one_of(
+    st.text(max_size=80),
+    st.builds(lambda s, h, p, path: f"{s}://{h}{p}{path}",
+              st.sampled_from(["http", "https", "ftp", "HTTP", "file", "gopher"]),
+              st.sampled_from(["198.51.100.10", "api.ok.test", "api.bad.test", "10.0.0.1", "169.254.169.254",
+                               "127.0.0.1", "2130706433", "0x7f.1", "[::1]", "u:p@198.51.100.10", "localhost",
+                               "198.51.100.010", "api.ok.test.", "API.OK.TEST", "xn--bcher-kva.test"]),
+              st.sampled_from(["", ":8080", ":8081", ":80", ":443", ":0", ":65536", ":08080"]),
+              st.sampled_from(["", "/", "/x?y=1", "#f", "/@evil"])),
+)
+
+
+@FAST
+@given(url_parts)
+def test_http_request_connects_only_to_allowed_addresses(url: str) -> None:
+    from stockade.capabilities.impl import network
+
+    view = {"entries": ["198.51.100.10:8080", "api.ok.test:443"], "resolved": {"api.ok.test": ["203.0.113.7"]}}
+    _Sentinel.seen = []
+    orig = network.socket.socket
+    network.socket.socket = _Sentinel  # type: ignore[misc,assignment]
+    try:
+        network.http_request({"agent": "a", "extra": {"egress": view}}, {"url": url, "timeout": 1})
+        raise AssertionError("a refused connect must not produce a result")
+    except StockadeError as e:
+        assert e.type in ("EgressDenied", "InvalidInput", "NetworkError", "Timeout")
+    finally:
+        network.socket.socket = orig  # type: ignore[misc]
+    assert set(_Sentinel.seen) <= {("198.51.100.10", 8080), ("203.0.113.7", 443)}

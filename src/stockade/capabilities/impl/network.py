@@ -24,7 +24,16 @@ from typing import Any
 
 from stockade.capabilities.registry import implements
 from stockade.egress import dns
-from stockade.egress.rules import Allowlist, Url, check_hostname, denied, join_url, parse_entries, parse_url
+from stockade.egress.rules import (
+    Allowlist,
+    Url,
+    check_hostname,
+    denied,
+    join_url,
+    parse_entries,
+    parse_ipv4,
+    parse_url,
+)
 from stockade.errors import StockadeError, err
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -292,8 +301,10 @@ def dns_lookup(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 @implements("network.port_check")
 def port_check(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     allow, _ = allowlist_for(ctx, args)
-    host = args["host"]
-    url = parse_url(f"http://{host}:{int(args['port'])}/")   # same strict host rules as URLs
+    raw = args["host"]
+    ip = parse_ipv4(raw)
+    host = str(ip) if ip is not None else check_hostname(raw)   # same strict host rules as URLs
+    url = Url("http", host, int(args["port"]), "/")
     timeout = float(args.get("timeout", 5))
     t0 = time.monotonic()
     try:
