@@ -146,16 +146,31 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         req = srv.invoke(key, "secrets.request", {"name": "github token", "reason": "push the release"})
         assert req["error"]["data"]["type"] == "ApprovalPending", req
 
+        # rekey through the running gateway: it stays unsealed with the new key
+        newf = tmp_path / "newpw"
+        newf.write_text("second passphrase\n")
+        rk = cli_json("vault", "rekey", "--passphrase-file", str(pf), "--new-passphrase-file", str(newf),
+                      home=home, env=env_wo)
+        assert rk == {"rekeyed": True, "secrets": 2, "sealed": False}
+        cli_json("vault", "rotate", "other", home=home, env=env_wo, input="other-value-2")
+        from tests.vault.test_vault_format import independent_decrypt
+        assert independent_decrypt(home / "vault.db", "other", "second passphrase") == b"other-value-2"
+
         sealed = cli_json("vault", "seal", home=home)
         assert sealed["was_unsealed"] is True
         p = run_cli("vault", "set", "x", "--scope", "process.run", "--json", home=home, input="v", check=False)
         assert p.returncode == 3 and json.loads(p.stdout)["error"]["type"] == "VaultSealed"
+        old = run_cli("vault", "unseal", "--passphrase-file", str(pf), "--json", home=home, env=env_wo, check=False)
+        assert old.returncode == 2 and json.loads(old.stdout)["error"]["type"] == "WrongPassphrase"
+        cli_json("vault", "unseal", "--passphrase-file", str(newf), home=home, env=env_wo)
     finally:
         srv.stop()
     log = "".join(f.read_text(errors="replace") for f in home.parent.glob("serve-*.log"))
     assert VALUE not in log and PW not in log
     exported = run_cli("audit", "export", "--format", "jsonl", home=home).stdout
     kinds = [json.loads(line).get("kind") for line in exported.splitlines() if line.strip()]
-    for k in ("vault.unseal_failed", "vault.unsealed", "vault.secret_set", "vault.sealed"):
+    for k in ("vault.unseal_failed", "vault.unsealed", "vault.secret_set", "vault.sealed", "vault.rekeyed",
+              "vault.secret_rotated"):
         assert k in kinds, (k, kinds)
     assert VALUE not in exported and PW not in exported and "other-value" not in exported
+    assert "second passphrase" not in exported and "second passphrase" not in log
