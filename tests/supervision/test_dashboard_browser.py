@@ -117,12 +117,15 @@ def test_dashboard_login_live_events_click_approve(tmp_path: Path, browser_page:
         _shot(page, "agents")
 
         page.goto(base + "/audit")
-        _shot(page, "audit-before-verify")
         page.click("#verify")
         page.wait_for_url(base + "/audit")
         body = page.locator("body").inner_text()
         assert "intact" in body and "approval.decided" in body
         _shot(page, "audit")
+        for name in ("secrets", "packs"):
+            page.goto(base + f"/{name}")
+            assert page.locator("h1").inner_text() == name.capitalize()
+            _shot(page, name)
 
         assert dialogs == [], f"script ran from agent-supplied text: {dialogs}"
         foreign = [u for u in requests if not _local(u)]

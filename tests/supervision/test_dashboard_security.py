@@ -48,10 +48,11 @@ def test_tls_and_security_headers(srv: Server) -> None:
 
 def test_no_session_means_redirect_or_401(srv: Server) -> None:
     d = Dash(srv)
-    for path in ("/", "/approvals", "/activity", "/agents", "/audit"):
+    for path in ("/", "/approvals", "/activity", "/agents", "/audit", "/secrets", "/packs", "/approvals/apr_x"):
         r = d.c.get(path)
         assert r.status_code == 303 and r.headers["location"] == "/login", path
-    for path in ("/api/overview", "/api/approvals", "/api/agents", "/api/audit", "/api/events"):
+    for path in ("/api/overview", "/api/approvals", "/api/agents", "/api/audit", "/api/events", "/api/secrets",
+                 "/api/packs", "/api/grants"):
         assert d.c.get(path).status_code == 401, path
     assert d.c.get("/api/overview", headers={"authorization": "Bearer sta_wrong"}).status_code == 401
     assert d.c.post("/approvals/apr_x/approve", data={"csrf": "x"}).status_code == 401
@@ -102,7 +103,7 @@ def test_csrf_forged_missing_replayed_and_cross_origin(srv: Server) -> None:
     # DNS rebinding: a page served under another name.
     assert d.c.get("/", headers={"host": "evil.example"}).status_code == 421
     # Bearer API from another origin is refused too.
-    r = d.c.post(f"/api/approvals/{aid}/reject", json={}, cookies={},
+    r = Dash(srv).c.post(f"/api/approvals/{aid}/reject", json={},
                  headers={"authorization": f"Bearer {tok}", "origin": "https://evil.example"})
     assert r.status_code == 403
     assert cli_json("approvals", "show", aid, home=srv.home)["status"] == "pending"   # nothing changed

@@ -238,6 +238,25 @@ class Dashboard:
         self.last_verify = {**await audit_view.verify(self.gw), "at": time.time()}
         return self.last_verify
 
+    def secrets_data(self) -> dict[str, Any]:
+        v = self.gw.state.get("vault")
+        f = getattr(v, "file", None)
+        if v is None or f is None:
+            return {"available": False, "secrets": []}
+        rows = [r.public() for r in f.rows()] if f.exists() else []
+        return {"available": True, "sealed": bool(getattr(v, "sealed", True)), "secrets": rows}
+
+    def packs_data(self) -> dict[str, Any]:
+        try:
+            from stockade.packs import store as packs_store
+
+            rows = packs_store.installed(self.db)
+        except Exception:   # the packs part is absent or has not created its tables
+            return {"available": False, "packs": []}
+        return {"available": True, "packs": [{"name": p.name, "version": p.version, "publisher": p.publisher,
+                                              "key_id": p.key_id, "manifest_sha256": p.manifest_sha256,
+                                              "installed_at": p.installed_at} for p in rows]}
+
     async def revoke_agent(self, name: str) -> dict[str, Any]:
         a = agents_mod.revoke(self.db, name)
         await self.gw.pipeline.record_event("agent.revoked", agent=name, by="dashboard")
@@ -383,6 +402,14 @@ def build_app(gw: Any) -> Any:
         data = await d.audit_query(_filters(request.query_params))
         return html(views.audit(data, s.csrf))
 
+    @page
+    async def secrets_page(request: Request, s: Session) -> Response:
+        return html(views.secrets(d.secrets_data(), s.csrf))
+
+    @page
+    async def packs_page(request: Request, s: Session) -> Response:
+        return html(views.packs(d.packs_data(), s.csrf))
+
     def _minutes(form: dict[str, Any]) -> float | None:
         v = form.get("grant_minutes")
         if v in (None, ""):
@@ -490,6 +517,12 @@ def build_app(gw: Any) -> Any:
     async def api_verify(request: Request, body: dict[str, Any]) -> Any:
         return await d.audit_verify()
 
+    async def api_secrets(request: Request, body: dict[str, Any]) -> Any:
+        return d.secrets_data()
+
+    async def api_packs(request: Request, body: dict[str, Any]) -> Any:
+        return d.packs_data()
+
     async def api_events(request: Request, body: dict[str, Any]) -> Any:
         return StreamingResponse(event_stream(gw, request), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
@@ -523,6 +556,10 @@ def build_app(gw: Any) -> Any:
         Route("/agents/{name}/revoke", revoke_agent, methods=["POST"]),
         Route("/audit", audit_page, methods=["GET"]),
         Route("/audit/verify", verify, methods=["POST"]),
+        Route("/secrets", secrets_page, methods=["GET"]),
+        Route("/packs", packs_page, methods=["GET"]),
+        Route("/api/secrets", api(api_secrets), methods=["GET"]),
+        Route("/api/packs", api(api_packs), methods=["GET"]),
         Route("/api/overview", api(api_overview), methods=["GET"]),
         Route("/api/approvals", api(api_approvals), methods=["GET"]),
         Route("/api/approvals/{id}", api(api_approval), methods=["GET"]),

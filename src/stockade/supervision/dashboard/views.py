@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 NAV = (("/", "Overview"), ("/approvals", "Approvals"), ("/activity", "Live activity"), ("/agents", "Agents"),
-       ("/audit", "Audit"))
+       ("/audit", "Audit"), ("/secrets", "Secrets"), ("/packs", "Packs"))
 
 
 def esc(v: Any) -> str:
@@ -195,6 +195,33 @@ def audit(d: dict[str, Any], csrf: str) -> str:
 <table><thead><tr><th>seq</th><th>time</th><th>kind</th><th>agent</th><th>capability</th><th>tier</th><th>outcome</th>
 <th></th></tr></thead><tbody>{rows or '<tr><td colspan=8>no records</td></tr>'}</tbody></table>""",
                   csrf=csrf, active="/audit")
+
+
+def secrets(d: dict[str, Any], csrf: str) -> str:
+    if not d.get("available"):
+        return layout("Secrets", "<p class='empty'>vault not available on this gateway.</p>", csrf=csrf,
+                      active="/secrets")
+    rows = "".join(f"<tr><td><code>{esc(r['name'])}</code></td>"
+                   f"<td>{esc(', '.join(r.get('scope') or []) or 'any')}</td>"
+                   f"<td>{esc(', '.join(r.get('hosts') or []) or 'any')}</td><td>{esc(ts(r.get('updated')))}</td>"
+                   f"<td>{esc(ts(r.get('last_used')) or 'never')}</td></tr>" for r in d["secrets"])
+    return layout("Secrets", f"""<p class="hint">Names and scopes only: values never leave the vault
+(vault {badge('sealed' if d.get('sealed') else 'unsealed')}). Manage with <code>stockade vault</code>.</p>
+<table><thead><tr><th>name</th><th>capabilities</th><th>hosts</th><th>updated</th><th>last used</th></tr></thead>
+<tbody>{rows or '<tr><td colspan=5>no secrets</td></tr>'}</tbody></table>""", csrf=csrf, active="/secrets")
+
+
+def packs(d: dict[str, Any], csrf: str) -> str:
+    if not d.get("available"):
+        return layout("Packs", "<p class='empty'>packs not available on this gateway.</p>", csrf=csrf,
+                      active="/packs")
+    rows = "".join(f"<tr><td>{esc(p['name'])}</td><td>{esc(p['version'])}</td><td>{esc(p['publisher'])}</td>"
+                   f"<td><code>{esc(str(p.get('manifest_sha256'))[:16])}…</code></td>"
+                   f"<td>{esc(ts(p.get('installed_at')))}</td></tr>" for p in d["packs"])
+    return layout("Packs", f"""<p class="hint">Signed packs installed on this gateway (verified before each run).
+Manage with <code>stockade pack</code>.</p>
+<table><thead><tr><th>name</th><th>version</th><th>publisher</th><th>manifest sha256</th><th>installed</th></tr>
+</thead><tbody>{rows or '<tr><td colspan=5>no packs installed</td></tr>'}</tbody></table>""", csrf=csrf, active="/packs")
 
 
 def error_page(status: int, message: str, csrf: str | None = None) -> str:
