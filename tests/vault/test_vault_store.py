@@ -173,7 +173,7 @@ def test_put_rejects_bad_input_and_changes_nothing(tmp_path: Path) -> None:
     f.unlock(bytearray(OLD), kb)
     before = [r.public() for r in f.rows()]
     for name, scope, hosts in [("a}", ["process.run"], []), ("ok", [], []), ("ok", ["not a cap"], []),
-                               ("ok", ["network.http_request"], ["*"])]:
+                               ("ok", ["network.http_request"], ["*"]), ("ok", ["network.http_request"], [])]:
         with pytest.raises(StockadeError) as e:
             f.put(kb, name, b"v", scope, hosts)
         assert e.value.type == "InvalidInput"

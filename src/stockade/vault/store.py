@@ -246,6 +246,9 @@ class VaultFile:
                 sc, ho = json.loads(old[0]), json.loads(old[1])
             else:
                 sc, ho = F.normalize_scope(scope), F.normalize_hosts(hosts)
+                if "network.http_request" in sc and not ho:
+                    raise err("InvalidInput", "a secret scoped to network.http_request needs hosts "
+                              "(where it may be sent)")
             nonce, ct = keys.seal(key, value, F.aad(name, sc, ho))
             created = old[2] if old else now
             c.execute("INSERT OR REPLACE INTO secrets(name, scope, hosts, nonce, ciphertext, created, updated, "
