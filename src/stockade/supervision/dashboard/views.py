@@ -221,7 +221,8 @@ def packs(d: dict[str, Any], csrf: str) -> str:
     return layout("Packs", f"""<p class="hint">Signed packs installed on this gateway (verified before each run).
 Manage with <code>stockade pack</code>.</p>
 <table><thead><tr><th>name</th><th>version</th><th>publisher</th><th>manifest sha256</th><th>installed</th></tr>
-</thead><tbody>{rows or '<tr><td colspan=5>no packs installed</td></tr>'}</tbody></table>""", csrf=csrf, active="/packs")
+</thead><tbody>{rows or '<tr><td colspan=5>no packs installed</td></tr>'}</tbody></table>""",
+                  csrf=csrf, active="/packs")
 
 
 def error_page(status: int, message: str, csrf: str | None = None) -> str:
