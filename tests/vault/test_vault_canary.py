@@ -10,6 +10,7 @@ child inherits).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -31,6 +32,7 @@ IP, PORT = "198.51.100.88", 8080          # TEST-NET-2, on a host we create (ind
 PW = "canary test passphrase"
 HTTP_SECRET = "HTTPCANARY-a8f3c2e1b7d94f60-zz"
 ENV_SECRET = "ENVCANARY-5e1d7c3b9a2f4e68/+="
+ODD_NAME, ODD_VALUE = 'odd name \u2713 "q"', "sp ace\\ 'q' $HOME \u00e9\U0001f511\t\x01 end\n"
 
 
 def forms(value: str) -> list[bytes]:
@@ -86,6 +88,7 @@ def _home(tmp_path: Path) -> Path:
     cli_json("vault", "set", "httpkey", "--scope", "network.http_request", "--host", f"http://{IP}:{PORT}",
              home=h, env=env, input=HTTP_SECRET)
     cli_json("vault", "set", "envtok", "--scope", "process.run", home=h, env=env, input=ENV_SECRET)
+    cli_json("vault", "set", ODD_NAME, "--scope", "process.run", "--raw", home=h, env=env, input=ODD_VALUE)
     return h
 
 
@@ -135,6 +138,10 @@ def test_canary_through_real_gateway(lab: TestHost, tmp_path: Path) -> None:
             out = _result(res)
             assert out.get("exit_code") == 3 and "[REDACTED]" in out["stdout"], res
             transcripts.append(json.dumps(res).encode())
+        # odd bytes reach the program exactly (checked by digest: the value itself is scrubbed)
+        res = srv.invoke(key, "process.run", {"argv": ["sh", "-c", 'printf %s "$ODD" | sha256sum'],
+                                              "env": {"ODD": "${secret:" + ODD_NAME + "}"}})
+        assert _result(res)["stdout"].split()[0] == hashlib.sha256(ODD_VALUE.encode()).hexdigest(), res
         # a secret out of its scope: refused, audited, not leaked
         res = srv.invoke(key, "process.run", {"argv": ["env"], "env": {"T": "${secret:httpkey}"}})
         assert res["error"]["data"]["type"] == "SecretNotInScope", res

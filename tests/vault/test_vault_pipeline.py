@@ -68,8 +68,12 @@ capabilities:
 """
 
 
+RECEIVED: list[dict[str, Any]] = []
+
+
 def _echo(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     """Return everything, also encoded, like a server echoing a header and a program printing env."""
+    RECEIVED.append(args)
     text = json.dumps(args, sort_keys=True)
     vals = [v for v in (args.get("headers") or {}).values()] + [v for v in (args.get("env") or {}).values()]
     enc = {"b64": [base64.b64encode(v.encode()).decode() for v in vals],
@@ -232,4 +236,20 @@ def test_canary_1000_calls_never_leak(tmp_path: Path) -> None:
     for value in (CANARY, "ENVTOKEN-0123456789abcdef"):
         for f in _forms(value):
             assert f not in blob, f"leaked form {f!r}"
+    v.seal()
+
+
+def test_odd_names_and_values_are_used_faithfully(tmp_path: Path) -> None:
+    p, v, caller = build(tmp_path)
+    name, value = 'odd name \u2713 "q" $x {', "va l\\ue \"'$HOME ${secret:api} \u00e9\U0001f511\x01\t"
+    v.unseal(bytearray(PASS))
+    v.put(name, value.encode(), ["process.run"], None)
+    RECEIVED.clear()
+    r = run(call(p, caller, "process.run", {"argv": ["x"], "env": {"A": "<${secret:" + name + "}>"}}))
+    assert isinstance(r, dict), r
+    assert RECEIVED[-1]["env"]["A"] == f"<{value}>"          # exact, and no second substitution pass
+    assert value not in json.dumps(r)
+    v.put("binary", b"\xff\xfe\x00", ["process.run"], None)
+    r = run(call(p, caller, "process.run", {"argv": ["x"], "env": {"A": "${secret:binary}"}}))
+    assert isinstance(r, StockadeError) and r.type == "InvalidInput" and "UTF-8" in r.message
     v.seal()
