@@ -174,3 +174,21 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         assert k in kinds, (k, kinds)
     assert VALUE not in exported and PW not in exported and "other-value" not in exported
     assert "second passphrase" not in exported and "second passphrase" not in log
+
+
+def test_doctor_flags_mode_and_damage(home: Path) -> None:
+    h = Home.at(home)
+    assert doctor(h)["vault"]["initialized"] is False
+    vinit(home)
+    os.chmod(home / "vault.db", 0o644)
+    d = doctor(h)["vault"]
+    assert d["status"] == "critical" and "0600" in d["detail"]
+    os.chmod(home / "vault.db", 0o600)
+    c = sqlite3.connect(home / "vault.db")
+    c.execute("UPDATE vault_meta SET value='00' WHERE key='checksum'")
+    c.commit()
+    c.close()
+    d = doctor(h)["vault"]
+    assert d["status"] == "critical" and "checksum" in d["detail"]
+    full = cli_json("doctor", home=home, check=False)
+    assert full["checks"]["vault"]["status"] == "critical"
