@@ -70,6 +70,10 @@ async def _run(gw: Any, eg: Egress, **kw: Any) -> dict[str, Any] | None:
         gw.pipeline.health["egress"] = {"status": "ok", "agents": len(eg.agents), "resolver": eg.settings.resolver}
         if changes and any(changes.values()):
             gw.bus.publish("egress.changed", changes)
+            # the owner can see in the audit log when an agent's network reach changed
+            await gw.pipeline.record_event("egress.changed", **changes,
+                                           reach={a: eg.status().get(a, {}).get("elements", [])
+                                                  for a in changes["added"] + changes["updated"]})
         return changes
     except (StockadeError, nft.NftError, OSError, ConfigError) as e:
         msg = getattr(e, "message", None) or str(e)
