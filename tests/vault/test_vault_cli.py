@@ -59,6 +59,11 @@ def test_offline_lifecycle(home: Path, tmp_path: Path) -> None:
 
     d = doctor(Home.at(home))["vault"]
     assert d["status"] == "ok" and d["secrets"] == 1 and d["kdf"]["m_kib"] == 65536
+    exported = run_cli("audit", "export", "--format", "jsonl", home=home).stdout
+    kinds = [json.loads(line).get("kind") for line in exported.splitlines() if line.strip()]
+    for k in ("vault.initialized", "vault.secret_set", "vault.secret_rotated", "vault.secret_removed"):
+        assert k in kinds, (k, kinds)
+    assert VALUE not in exported and "new-value" not in exported
 
 
 def test_bad_input_changes_nothing(home: Path) -> None:
