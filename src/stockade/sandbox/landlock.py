@@ -100,10 +100,13 @@ class Spec:
     connect_ports: tuple[int, ...] = ()
 
 
-def restrict(spec: Spec, abi: int) -> None:
-    """Create a ruleset for `spec` (masked to `abi`), add the rules and restrict this process.
+def create(spec: Spec, abi: int, prefix: str = "") -> int:
+    """A ruleset fd for `spec` (masked to `abi`), paths resolved under `prefix`.
 
-    Needs no_new_privs. A path that does not exist is skipped (e.g. /lib64 on aarch64).
+    Rules hold inodes. Landlock walks up through mounts but skips the (hidden) mount-point
+    dentry itself, so a rule on the template's /tmp directory does not cover the tmpfs a call
+    mounts there: rules for per-call mounts must be made on the mounted roots, i.e. in the child
+    after pivot_root. A missing path is skipped.
     """
     fs = handled_fs(abi)
     attr = _RulesetAttr(fs, handled_net(abi), scopes(abi))
@@ -112,7 +115,7 @@ def restrict(spec: Spec, abi: int) -> None:
     try:
         for path, rights in spec.paths:
             try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                fd = os.open(prefix + path if prefix else path, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
@@ -125,8 +128,23 @@ def restrict(spec: Spec, abi: int) -> None:
                 os.close(fd)
         if abi >= 4:
             for port in spec.connect_ports:
-                rule = _NetPort(NET_CONNECT_TCP, port)
-                libc.syscall("landlock_add_rule", rfd, RULE_NET_PORT, ctypes.addressof(rule), 0)
-        libc.syscall("landlock_restrict_self", rfd, 0)
+                net = _NetPort(NET_CONNECT_TCP, port)
+                libc.syscall("landlock_add_rule", rfd, RULE_NET_PORT, ctypes.addressof(net), 0)
+    except BaseException:
+        os.close(rfd)
+        raise
+    return rfd
+
+
+def restrict_fd(rfd: int) -> None:
+    """Restrict this process with a prepared ruleset (needs no_new_privs)."""
+    libc.syscall("landlock_restrict_self", rfd, 0)
+
+
+def restrict(spec: Spec, abi: int) -> None:
+    """Build a ruleset for `spec` and restrict this process with it."""
+    rfd = create(spec, abi)
+    try:
+        restrict_fd(rfd)
     finally:
         os.close(rfd)
