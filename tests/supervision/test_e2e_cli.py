@@ -263,3 +263,41 @@ def test_admin_socket_refuses_other_uids(tmp_path: Path) -> None:
             server.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_mcp_client_gets_progress_while_held_then_the_real_result(tmp_path: Path) -> None:
+    """The official MCP SDK client: the held tools/call sends progress notifications (so the
+    client knows it waits for the owner), and returns the real result once approved."""
+    import asyncio
+
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    home = make_home(tmp_path, hold=60)
+    server = serve(home)
+    try:
+        key = server.agent("alice")
+        progress: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append((done, total, message))
+
+        async def go() -> None:
+            http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http), mode="legacy") as c:
+                call = asyncio.create_task(c.call_tool("system__time", {}, progress_callback=on_progress))
+                loop = asyncio.get_running_loop()
+                end = loop.time() + 30
+                while not progress and loop.time() < end:
+                    await asyncio.sleep(0.1)
+                assert progress, "no progress notification while held"
+                assert "approve" in (progress[0][2] or "") and progress[0][1] == 60
+                a = await asyncio.to_thread(wait_pending, home)
+                await asyncio.to_thread(cli_json, "approvals", "approve", a["approval"], home=home)
+                r = await asyncio.wait_for(call, 30)
+                assert not r.is_error and isinstance(r.structured_content["unix"], int)
+
+        asyncio.run(go())
+    finally:
+        server.stop()

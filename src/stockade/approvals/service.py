@@ -23,7 +23,7 @@ import contextvars
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from stockade.approvals import store
@@ -41,13 +41,12 @@ from stockade.approvals.core import (
 )
 from stockade.audit.redact import redact
 from stockade.errors import StockadeError, err
+from stockade.gateway.pipeline import report_progress
 
 # Set by the background executor so that `request()` recognises the approved call it re-enters.
 _RESUME: contextvars.ContextVar[str | None] = contextvars.ContextVar("stockade_approval_resume", default=None)
-# A transport may set this to receive progress while a call is held: fn(elapsed_s, total_s, message).
-# (MCP progress notifications: the MCP transport sets it when the client sent a progressToken.)
-PROGRESS: contextvars.ContextVar[Callable[[float, float, str], Awaitable[None]] | None] = \
-    contextvars.ContextVar("stockade_approval_progress", default=None)
+# While a call is held, the client hears about it every PROGRESS_EVERY seconds (MCP progress
+# notifications through `pipeline.report_progress`, a no-op on transports without them).
 PROGRESS_EVERY = 10.0
 FINAL = (EXECUTED, FAILED, REJECTED, EXPIRED)
 
@@ -198,9 +197,10 @@ class ApprovalService:
         loop = asyncio.get_running_loop()
         start = loop.time()     # durations on the monotonic clock; expiry on the wall clock
         total = max(0.0, min(self.hold_seconds, a.expires_at - self.clock()))
-        progress = PROGRESS.get()
         cancelled = False
+        message = f"waiting for the owner to approve {a.capability} (approval {a.id})"
         try:
+            await report_progress(0.0, total, message)
             while True:
                 remaining = total - (loop.time() - start)
                 if remaining <= 0:
@@ -209,10 +209,7 @@ class ApprovalService:
                     await asyncio.wait_for(ev.wait(), timeout=min(remaining, PROGRESS_EVERY))
                     break
                 except TimeoutError:
-                    if progress is not None:
-                        with contextlib.suppress(Exception):
-                            await progress(loop.time() - start, total,
-                                           f"waiting for the owner to approve {a.capability} ({a.id})")
+                    await report_progress(round(loop.time() - start, 1), total, message)
         except asyncio.CancelledError:
             cancelled = True
             raise

@@ -89,8 +89,10 @@ async def _grant(gw: Any, args: dict[str, Any]) -> Any:
     reason = args.get("reason")
     if args.get("id"):
         a = svc.show(_str(args, "id"))
-        g = await svc.grant(a["agent"], a["capability"], minutes, by=_by(args), reason=reason, approval=a["approval"])
+        if not isinstance(minutes, int | float) or isinstance(minutes, bool) or minutes <= 0:
+            raise err("InvalidInput", "minutes must be a positive number")
         decided = await svc.decide(a["approval"], "approve", by=_by(args)) if a["status"] == "pending" else a
+        g = await svc.grant(a["agent"], a["capability"], minutes, by=_by(args), reason=reason, approval=a["approval"])
         return {"grant": g, "approval": decided}
     return {"grant": await svc.grant(_str(args, "agent"), _str(args, "capability"), minutes, by=_by(args),
                                      reason=reason)}

@@ -423,10 +423,9 @@ def build_app(gw: Any) -> Any:
     async def approve(request: Request, s: Session, form: dict[str, Any]) -> Response:
         aid = request.path_params["id"]
         minutes = _minutes(form)
-        if minutes is not None:
-            a = d.svc().show(aid)
-            await d.svc().grant(a["agent"], a["capability"], minutes, by="dashboard", approval=aid)
-        await d.svc().decide(aid, "approve", by="dashboard")
+        out = await d.svc().decide(aid, "approve", by="dashboard")   # an expired one raises: no grant either
+        if minutes is not None and out["changed"]:
+            await d.svc().grant(out["agent"], out["capability"], minutes, by="dashboard", approval=aid)
         return RedirectResponse("/approvals", status_code=303)
 
     @action
@@ -484,12 +483,10 @@ def build_app(gw: Any) -> Any:
 
     async def api_approve(request: Request, body: dict[str, Any]) -> Any:
         aid = request.path_params["id"]
-        out: dict[str, Any] = {}
-        if body.get("grant_minutes") is not None:
-            a = d.svc().show(aid)
-            out["grant"] = await d.svc().grant(a["agent"], a["capability"], body["grant_minutes"], by="api",
+        out: dict[str, Any] = await d.svc().decide(aid, "approve", by="api")
+        if body.get("grant_minutes") is not None and out["changed"]:
+            out["grant"] = await d.svc().grant(out["agent"], out["capability"], body["grant_minutes"], by="api",
                                                approval=aid)
-        out.update(await d.svc().decide(aid, "approve", by="api"))
         return out
 
     async def api_reject(request: Request, body: dict[str, Any]) -> Any:
