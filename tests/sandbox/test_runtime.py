@@ -199,15 +199,21 @@ def test_missing_layer_fails_closed(direct) -> None:  # type: ignore[no-untyped-
         assert call(ex, "result = {'ok': 1}") == {"ok": 1}
 
 
-def test_zygote_gone_fails_closed(direct) -> None:  # type: ignore[no-untyped-def]
+def test_zygote_gone_is_replaced_or_fails_closed(direct) -> None:  # type: ignore[no-untyped-def]
     make, call, _ = direct
     ex = make()
     assert call(ex, "result = {'x': 1}") == {"x": 1}
+    first = ex.status["pid"]
     ex.proc.kill()
     ex.proc.wait()
+    assert call(ex, "result = {'x': 2}") == {"x": 2}    # a fresh zygote took over
+    assert ex.status["pid"] != first and ex.health()["zygote_restarts"] == 1
+    ex.proc.kill()                                      # dies again within 10 s: no restart loop
+    ex.proc.wait()
     with pytest.raises(StockadeError) as ei:
-        call(ex, "result = {'x': 1}")
+        call(ex, "result = {'x': 3}")
     assert ei.value.type == "SandboxUnavailable"
+    assert ex.health()["status"] == "critical"
 
 
 def test_aggregate_pids_limit_across_concurrent_calls(direct) -> None:  # type: ignore[no-untyped-def]

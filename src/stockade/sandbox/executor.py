@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 from stockade.errors import StockadeError, err
@@ -101,6 +102,8 @@ class SandboxExecutor:
         self.db: Any = None
         self.test_disable: set[str] = set()      # honoured only by a zygote started for tests
         self._agents: dict[str, dict[str, Any]] = {}
+        self._last_restart = 0.0
+        self._restarts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start_zygote(self) -> dict[str, Any]:
@@ -162,6 +165,7 @@ class SandboxExecutor:
             "user_namespaces": s.get("userns"),
             "cgroup": s.get("cgroup"),
             "zygote_pid": s.get("pid"),
+            "zygote_restarts": self._restarts,
             **({"test_disabled_layers": sorted(self.test_disable)} if self.test_disable else {}),
         }
 
@@ -207,7 +211,32 @@ class SandboxExecutor:
             raise err("SandboxUnavailable", f"the agent's sandbox profile is invalid ({e})", _UNAVAILABLE) from None
 
     # -- the hook --------------------------------------------------------------------------------
+    async def _restart_if_dead(self) -> None:
+        """A dead zygote is replaced (at most every 10 s). Safe at any time: the new zygote is a
+        fresh exec'd interpreter, so it inherits none of the gateway's memory (keys, secrets)."""
+        if self.proc is None or self.proc.poll() is None or self.status.get("problems"):
+            return
+        now = time.monotonic()
+        if now - self._last_restart < 10:
+            return
+        self._last_restart = now
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            if self.proc is not None and self.proc.poll() is not None:
+                old = self.sock
+                self.sock = None
+                if old is not None:
+                    old.close()
+                self.proc = None
+                self._restarts += 1
+                try:
+                    await asyncio.to_thread(self.start_zygote)
+                except Exception as e:
+                    self.status = {"problems": [f"zygote: restart failed: {type(e).__name__}: {e}"[:300]]}
+
     async def run(self, caller: Any, definition: Any, args: dict[str, Any], call_id: str) -> dict[str, Any]:
+        await self._restart_if_dead()
         problems = self.problems()
         if problems:
             pipeline = getattr(self, "pipeline", None)
