@@ -150,3 +150,40 @@ def test_xss_payload_in_arguments_is_rendered_as_text(srv: Server) -> None:
         assert "<img src=x" not in page and "<script>alert" not in page
         assert "&lt;img src=x onerror=alert(1)&gt;" in page
     call.result()
+
+
+def test_rest_grant_approve_revoke_and_events(srv: Server) -> None:
+    """Scripting the dashboard with the bearer token: approve + grant, revoke an agent, read events."""
+    d = Dash(srv)
+    tok = d.token(srv.home)
+    h = {"authorization": f"Bearer {tok}"}
+    key = srv.agent("scripted")
+    aid = srv.invoke(key, "system.time")["error"]["data"]["approval"]
+    r = d.c.post(f"/api/approvals/{aid}/approve", json={"grant_minutes": 5}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["changed"] is True and body["grant"]["capability"] == "system.time"
+    assert "result" in srv.invoke(key, "system.time")          # covered by the grant now
+    st = srv.rpc(key, "approvals.status", {"approval": aid, "wait": 20}).json()["result"]
+    assert st["status"] == "executed"
+    grants = d.c.get("/api/grants", headers=h).json()["grants"]
+    assert any(g["agent"] == "scripted" for g in grants)
+
+    victim = srv.agent("victim")
+    assert "result" in srv.invoke(victim, "agent.whoami")
+    assert d.c.post("/api/agents/victim/revoke", json={}, headers=h).json()["status"] == "revoked"
+    assert srv.invoke(victim, "agent.whoami")["error"]["data"]["type"] == "Unauthenticated"
+
+    # SSE: history first; Last-Event-ID resumes after a given id.
+    with d.c.stream("GET", "/api/events", headers=h) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        ids = []
+        for line in resp.iter_lines():
+            if line.startswith("id: "):
+                ids.append(int(line[4:]))
+            if line.startswith("data: ") and '"agent.revoked"' in line:
+                break
+    assert ids == sorted(ids) and len(ids) >= 2
+    with d.c.stream("GET", "/api/events", headers={**h, "last-event-id": str(ids[-2])}) as resp:
+        first = next(int(line[4:]) for line in resp.iter_lines() if line.startswith("id: "))
+    assert first == ids[-1]
