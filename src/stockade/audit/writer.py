@@ -284,6 +284,9 @@ class AuditWriter:
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         # The index is derived data: it is updated by its own thread, off the commit path.
         self._ix = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-index")
+        self._ix_rows: list[tuple[Any, ...]] = []     # rows waiting for the index (loop thread only)
+        self._ix_busy = False
+        self._ix_last = 0.0
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._key: Any = None
@@ -318,6 +321,7 @@ class AuditWriter:
         self._set_health("ok")
         self._tasks.append(asyncio.create_task(self._flusher(), name="audit-flusher"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="audit-retention"))
+        self._tasks.append(asyncio.create_task(self._index_timer(), name="audit-index"))
         if torn:
             self._publish("audit.torn_recovered", torn, "warning")
             await self.record({"kind": "audit.torn_recovered", **torn})
@@ -349,6 +353,13 @@ class AuditWriter:
         if not self.failed and self.durable.seq > self._last_cp:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(self._ex, self._checkpoint_sync, "shutdown")
+        for _ in range(500):
+            if not self._ix_busy:
+                break
+            await asyncio.sleep(0.01)
+        if self._ix_rows:
+            rows, self._ix_rows = self._ix_rows, []
+            await loop.run_in_executor(self._ix, self._index_rows, rows)
         await loop.run_in_executor(self._ix, self._close_index)
         self._ix.shutdown(wait=True)
         await loop.run_in_executor(self._ex, self._close_sync)
@@ -460,13 +471,41 @@ class AuditWriter:
                 fname = f"{first.day}.log"
                 rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, it.rec)
                         for it, off in zip(seg, offsets, strict=True)]
-                loop.run_in_executor(self._ix, self._index_rows, rows)
+                self._ix_rows.extend(rows)
+                self._maybe_index()
                 if self.disk_full:
                     await self._on_space_back()
                 every = self.settings.checkpoint_every
                 if last.seq // every > self._last_cp // every:
                     with contextlib.suppress(Exception):
                         await loop.run_in_executor(self._ex, self._checkpoint_sync, "periodic")
+
+    def _maybe_index(self, force: bool = False) -> None:
+        """Hand accumulated rows to the index thread: in large transactions, one at a time.
+
+        Why: a SQLite transaction per commit group costs the event loop (GIL) as much as the
+        group itself; the index may lag by a fraction of a second (queries catch up anyway).
+        """
+        if self._ix_busy or not self._ix_rows:
+            return
+        now = time.monotonic()
+        if not force and len(self._ix_rows) < 2048 and now - self._ix_last < 0.25:
+            return
+        rows, self._ix_rows = self._ix_rows, []
+        self._ix_busy, self._ix_last = True, now
+        fut = asyncio.get_running_loop().run_in_executor(self._ix, self._index_rows, rows)
+
+        def done(_f: Any) -> None:
+            self._ix_busy = False
+            if not self.closed:          # close() hands over what is left itself
+                self._maybe_index()
+
+        fut.add_done_callback(done)
+
+    async def _index_timer(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            self._maybe_index(force=True)
 
     def _index_rows(self, rows: list[tuple[Any, ...]]) -> None:
         if self.index is None:
