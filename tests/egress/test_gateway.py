@@ -139,3 +139,35 @@ def test_hostname_entry_through_the_gateway(net, ghome: Path, tmp_path: Path) ->
             srv.stop()
     finally:
         resolver.down()
+
+
+def test_process_run_raw_sockets_hold_at_nftables(net, ghome: Path) -> None:  # type: ignore[no-untyped-def]
+    """A command the agent runs (process.run, all five sandbox layers) opens its own sockets: only the
+    allowlisted host:port answers. B, P and M on port 8080 pass Landlock (8080 is an egress port),
+    so what refuses them is nftables."""
+    from tests.egress.topo import P_IP, RAW_CONNECT
+
+    key = cli_json("agent", "create", "alice", home=ghome)["key"]
+    write_policy(ghome, [f"{A_IP}:8080"])
+    srv = start_server(ghome)
+    try:
+        path = netns.netns_path(Home.at(ghome), "alice")
+        assert wait(lambda: loaded(path, ruleset.NS_TABLE))
+
+        def run(ip: str, port: int) -> dict:
+            r = srv.invoke(key, "process.run", {"argv": ["python3", "-c", RAW_CONNECT, ip, str(port), "2"],
+                                                "timeout": 20})
+            if r.get("error", {}).get("data", {}).get("type") == "SandboxUnavailable":
+                need(False, f"sandbox runtime unavailable here: {r['error']}")
+            assert "result" in r and r["result"]["exit_code"] == 0, r
+            import json
+
+            return json.loads(r["result"]["stdout"].strip().splitlines()[-1])
+
+        before = {k: len(h.connections()) for k, h in net.items()}
+        assert run(A_IP, 8080)["connected"]
+        for ip, port in ((B_IP, 8080), (P_IP, 8080), (META_IP, 8080), (META_IP, 80), (A_IP, 8081)):
+            assert not run(ip, port)["connected"], (ip, port)
+        assert {k: len(net[k].connections()) - before[k] for k in "bpm"} == {"b": 0, "p": 0, "m": 0}
+    finally:
+        srv.stop()
