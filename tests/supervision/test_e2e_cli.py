@@ -301,3 +301,23 @@ def test_mcp_client_gets_progress_while_held_then_the_real_result(tmp_path: Path
         asyncio.run(go())
     finally:
         server.stop()
+
+
+def test_pending_approval_survives_a_restart(tmp_path: Path) -> None:
+    """Approvals live in stockade.db: a call left pending when the gateway stopped can be approved
+    after the restart; it runs once and the agent fetches the result."""
+    home = make_home(tmp_path, hold=0.5)
+    server = serve(home)
+    try:
+        key = server.agent("alice")
+        aid = server.invoke(key, "system.time")["error"]["data"]["approval"]
+    finally:
+        assert server.stop() == 0
+    server = serve(home)
+    try:
+        assert cli_json("approvals", "list", home=home)["approvals"][0]["approval"] == aid
+        cli_json("approvals", "approve", aid, home=home)
+        st = server.rpc(key, "approvals.status", {"approval": aid, "wait": 30}).json()["result"]
+        assert st["status"] == "executed" and "unix" in st["result"]
+    finally:
+        server.stop()

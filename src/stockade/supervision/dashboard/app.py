@@ -119,8 +119,7 @@ def _bearer(request: Request) -> str | None:
 def _same_origin(request: Request) -> bool:
     """For state changes: the browser's Origin (if sent) must be exactly this dashboard."""
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"https://{request.headers.get('host', '')}" \
-            and origin != f"http://{request.headers.get('host', '')}":
+    if origin is not None and origin != f"https://{request.headers.get('host', '')}":
         return False
     site = request.headers.get("sec-fetch-site")
     return site in (None, "same-origin", "none")
