@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import STOCKADE, cli_json, need_root, run_cli
+from tests.conftest import STOCKADE, cli_json, need, need_root, run_cli
 
 from .helpers import Call, audit_records, make_home, serve, wait_pending
 
@@ -31,8 +31,7 @@ def test_process_run_held_then_approved_from_cli(tmp_path: Path) -> None:
     home = make_home(tmp_path)
     server = serve(home)
     try:
-        if not _sandbox_ok(server):
-            pytest.fail("the sandbox layer is not healthy on this machine")
+        need(_sandbox_ok(server), "the sandbox layer is not healthy on this machine (stockade doctor)")
         key = server.agent("alice")
         argv = ["sh", "-c", "echo approved > out.txt; echo ran"]
         call = Call(server, key, "process.run", {"argv": argv})
