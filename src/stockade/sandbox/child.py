@@ -106,9 +106,11 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
         step = "fds"
         tr((step, time.monotonic_ns()))
-        os.dup2(w, 3, inheritable=False)
         if w != 3:
+            os.dup2(w, 3, inheritable=False)
             os.close(w)
+        else:
+            os.set_inheritable(3, False)
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
