@@ -10,7 +10,8 @@ Cases:
 * handler in the agent's namespace (veth + both nft tables + forward + NAT) vs the same handler
   from the host namespace: the network cost of the egress layer;
 * through the gateway (`stockade serve`: auth, policy, audit, per-call sandbox, egress) vs a
-  plain `http.client` GET from the host: what an agent pays end to end;
+  plain `http.client` GET from the host: what an agent pays end to end; and vs `filesystem.write`
+  through the same gateway (also side-effecting: same audit records and sandbox, no network);
 * reloading an agent's ruleset through libnftables JSON vs `nft -f` via `ip netns exec`.
 """
 
@@ -251,7 +252,8 @@ def run(quick: bool) -> dict[str, Any]:
             gw = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
             stat_body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "capabilities.invoke",
-                                    "params": {"name": "filesystem.stat", "arguments": {"path": "."}}})
+                                    "params": {"name": "filesystem.write",
+                                               "arguments": {"path": "bench.txt", "content": "hello"}}})
 
             def via_gateway() -> None:
                 gw.request("POST", "/rpc", body, {"Authorization": f"Bearer {key}",
@@ -288,7 +290,8 @@ def run(quick: bool) -> dict[str, Any]:
             rows.append(row("network.http_request via gateway (auth, policy, audit, sandbox, egress)", g,
                             anchor="direct GET from the host (http.client)", anchor_ns=d))
             rows.append(row("network.http_request via gateway", g,
-                            anchor="filesystem.stat via gateway (same pipeline and sandbox, no network)",
+                            anchor="filesystem.write via gateway (side effects too: same pipeline, audit "
+                                   "records and sandbox, no network)",
                             anchor_ns=fs))
             gw.close()
         finally:
