@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class Env:
                     out[rel] = ("link", os.readlink(p))
                 elif os.path.isdir(p):
                     out[rel] = ("dir", oct(s.st_mode))
+                elif not stat.S_ISREG(s.st_mode):
+                    out[rel] = ("special", oct(s.st_mode))
                 else:
                     out[rel] = ("file", hashlib.sha256(Path(p).read_bytes()).hexdigest() + oct(s.st_mode))
         return out

@@ -418,6 +418,9 @@ class Resolver:
                 created = False
                 continue
             except OSError as e:
+                if e.errno == errno.ENOTDIR:   # the parents were just checked: this one is a file
+                    raise err("InvalidInput", f"{sub.display} exists and is not a directory",
+                              path=sub.display, reason="not_directory") from None
                 if e.errno != errno.ENOENT:
                     raise os_error(e, sub.display) from None
             pfd = self.open(sub.parent(), os.O_PATH | os.O_DIRECTORY)
