@@ -286,3 +286,12 @@ def test_parallel_pre_pass_agrees_with_the_sequential_verifier(log: Path, monkey
     path.write_bytes(bytes(data))
     f = only(verify(log))
     assert (f.file, f.seq) == (D2, 12)
+
+
+def test_replayed_record_is_a_duplicate(log: Path) -> None:
+    path = log / "audit" / D2
+    data = path.read_bytes()
+    off, ln = frames(path)[2]                  # seq 11, written twice
+    path.write_bytes(data[:off + ln] + data[off:off + ln] + data[off + ln:])
+    f = only(verify(log), "duplicate")
+    assert (f.file, f.seq) == (D2, 12)

@@ -119,30 +119,41 @@ class ChainVerifier:
         n = len(data)
         o = 0
         first = True
+        unpack = FRAME.unpack_from
+        cps = self.cps
         while o < n:
-            ln = FRAME.unpack_from(data, o)[0] if n - o >= 4 else 0
+            ln = unpack(data, o)[0] if n - o >= 4 else 0
             if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
                 self._bad_tail(name, data, o, last)
-                return
+                break
             body = data[o + 4:o + 4 + ln]
-            if not isinstance(body, bytes):
+            if type(body) is not bytes:
                 body = bytes(body)
             rec = check_fast(body)
+            if rec is not None and not first:
+                # The common case, inlined: the next seq, linked to the previous hash.
+                seq = rec["seq"]
+                if seq == self.exp_seq and rec["prev"] == self.last_hash and seq not in cps:
+                    self.last_hash = rec["hash"]
+                    self.exp_seq = seq + 1
+                    self.r.records += 1
+                    o += 4 + ln
+                    continue
             if rec is None:
                 try:
                     rec = check(body)
                 except BadRecord as e:
                     self._add(name, self.exp_seq, e.cause, self._claim(body, e.detail), o)
                     self.resync = True
-                    return
+                    break
             if not self._link(name, rec, data, o, first):
                 self.resync = True
-                return
+                break
             first = False
             o += 4 + ln
-            if last:
-                self.r.end_offset = o
-                self.r.last_file = name
+        if self.exp_seq is not None:
+            self.r.last_seq = self.exp_seq - 1
+            self.r.head = self.last_hash
         if last:
             self.r.end_offset = o
             self.r.last_file = name
@@ -289,9 +300,9 @@ def _seqs_after(data: Any, o: int) -> set[int]:
 
 def _seqs_before_cached(v: ChainVerifier) -> set[int]:
     # Seqs are dense from first_seq to last_seq when we get here (every record so far linked).
-    if v.r.first_seq is None or v.r.last_seq is None:
+    if v.r.first_seq is None or v.exp_seq is None:
         return set()
-    return set(range(v.r.first_seq, v.r.last_seq + 1))
+    return set(range(v.r.first_seq, v.exp_seq))
 
 
 def verify_buffers(files: Iterable[tuple[str, bytes]], checkpoints: dict[int, bytes] | None = None, *,
