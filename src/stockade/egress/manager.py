@@ -130,16 +130,19 @@ def read_egress_from_files(home: Home, agent: str) -> list[str]:
 
 
 def profile_source(gw: Any | None, home: Home) -> Callable[[str], list[str]]:
-    """A function agent -> egress list, from the live policy hook when it offers one."""
-    pol = getattr(getattr(gw, "pipeline", None), "policy", None) if gw is not None else None
-    for attr in ("profile", "sandbox_profile"):
-        fn = getattr(pol, attr, None)
-        if callable(fn):
-            return lambda agent, fn=fn: list((fn(agent) or {}).get("egress") or [])
-    inner = getattr(pol, "policy", None)
-    if inner is not None and callable(getattr(inner, "sandbox_profile", None)):
-        return lambda agent: list((pol.policy.sandbox_profile(agent) or {}).get("egress") or [])
-    return lambda agent: read_egress_from_files(home, agent)
+    """A function agent -> egress list, from the live policy hook when it offers one (looked up on
+    every call, so a replaced or swapped policy engine is always the one asked)."""
+
+    def source(agent: str) -> list[str]:
+        pol = getattr(getattr(gw, "pipeline", None), "policy", None) if gw is not None else None
+        for obj in (pol, getattr(pol, "policy", None)):
+            for attr in ("profile", "sandbox_profile"):
+                fn = getattr(obj, attr, None)
+                if callable(fn):
+                    return [str(x) for x in ((fn(agent) or {}).get("egress") or [])]
+        return read_egress_from_files(home, agent)
+
+    return source
 
 
 def active_agents(home: Home) -> list[str]:
