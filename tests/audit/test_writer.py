@@ -298,3 +298,23 @@ def test_recovery_never_crashes_and_never_hides_tampering(small_log: bytes, tail
         assert (audit / torn["moved_to"]).read_bytes() == data[len(kept):]
     assert verify_dir(audit, None).ok
     assert head.size == len(kept)
+
+
+def test_a_damaged_index_never_blocks_the_log(tmp_path: Path) -> None:
+    (tmp_path / "audit").mkdir()
+    append_locked(tmp_path / "audit", None, {"kind": "x"})
+    (tmp_path / "audit" / "index.db").write_bytes(b"this is not a database" * 100)
+    for side in ("index.db-wal", "index.db-shm"):
+        (tmp_path / "audit" / side).unlink(missing_ok=True)
+
+    async def go() -> None:
+        w = AuditWriter(tmp_path / "audit", None, Settings())
+        await w.open()
+        await w.record(call_rec(1))
+        await w.close()
+
+    asyncio.run(go())
+    idx = Index(tmp_path / "audit")
+    assert [r[0] for r in idx.conn.execute("SELECT seq FROM records ORDER BY seq")] == [1, 2]
+    idx.close()
+    assert any(p.name.startswith("index.db.damaged-") for p in (tmp_path / "audit").iterdir())

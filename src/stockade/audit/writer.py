@@ -198,6 +198,25 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return out
 
 
+def _open_index(audit_dir: Path) -> Index | None:
+    """The index, rebuilt from scratch if its file is damaged (derived data never blocks the log)."""
+    from stockade.audit.index import INDEX_NAME
+
+    try:
+        return Index(audit_dir)
+    except sqlite3.Error as e:
+        print(f"stockade: audit index unusable ({e}); rebuilding it", file=sys.stderr)
+    for suffix in ("", "-wal", "-shm"):
+        p = audit_dir / (INDEX_NAME + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            p.rename(p.with_name(f"{p.name}.damaged-{int(time.time())}"))
+    try:
+        return Index(audit_dir)
+    except sqlite3.Error as e:
+        print(f"stockade: audit index unavailable ({e}); queries need `stockade audit reindex`", file=sys.stderr)
+        return None
+
+
 # -- locking --------------------------------------------------------------------------------------
 def try_lock(audit_dir: Path) -> int | None:
     fd = os.open(audit_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -311,8 +330,9 @@ class AuditWriter:
                 self._key = cp.load_private(self.keys_dir)
             last = cp.latest(self.audit_dir / cp.LOG_NAME)
             self._last_cp = last["seq"] if last else 0
-            self.index = await loop.run_in_executor(self._ix, Index, self.audit_dir)
-            await loop.run_in_executor(self._ix, self._catch_up_index)
+            self.index = await loop.run_in_executor(self._ix, _open_index, self.audit_dir)
+            if self.index is not None:
+                await loop.run_in_executor(self._ix, self._catch_up_index)
         except BaseException:
             unlock(self._lock_fd)
             self._lock_fd = None

@@ -69,6 +69,15 @@ def _line(rec: dict[str, Any]) -> str:
                     f"[{rec.get('phase')}] {decision.get('tier')} -> {status} {rec.get('duration_us')}us")
 
 
+def _index(h: Home) -> Index:
+    from stockade.audit.writer import _open_index
+
+    idx = _open_index(h.audit_dir)
+    if idx is None:
+        fail(f"cannot open or recreate {h.audit_dir / 'index.db'}", EXIT_CHECK_FAILED)
+    return idx
+
+
 def _live_limit(h: Home) -> tuple[str, int] | None:
     from stockade.supervision import admin
 
@@ -170,7 +179,7 @@ def query(agent: str | None, capability: str | None, outcome: str | None, kind: 
           until: str | None, limit: int, home: str | None, as_json: bool) -> None:
     """Search the log through the index (by time, agent, capability, outcome)."""
     h = need_home(home)
-    idx = Index(h.audit_dir)
+    idx = _index(h)
     try:
         idx.catch_up()
         hits = idx.query(agent=agent, capability=capability, outcome=outcome, kind=kind,
@@ -266,7 +275,7 @@ def _day(ts_us: int) -> str:
 def reindex(home: str | None, as_json: bool) -> None:
     """Rebuild audit/index.db from the day files."""
     h = need_home(home)
-    idx = Index(h.audit_dir)
+    idx = _index(h)
     try:
         n = idx.rebuild()
     finally:
