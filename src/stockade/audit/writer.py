@@ -426,6 +426,8 @@ class AuditWriter:
             if self.disk_full:
                 self.disk_full.buffered += 1
         self._queue.append(item)
+        if self.disk_full and self.health is not None and "audit" in self.health:
+            self.health["audit"]["buffered"] = len(self._queue)
         if not self.disk_full:
             self._wake.set()
         return item
