@@ -238,6 +238,17 @@ def test_key_page_not_inherited_by_fork(tmp_path: Path) -> None:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV, status
+    # ...and a forked child that seals (or finalizes the buffer) does not crash on the missing page
+    pid = os.fork()
+    if pid == 0:
+        try:
+            v.seal()
+            os._exit(0)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert not v.sealed   # the parent's key is untouched by the child
     v.seal()
 
 

@@ -57,20 +57,25 @@ class KeyBuffer:
                 except OSError:
                     pass
         self.loaded = False
+        self._pid = os.getpid()
 
     def view(self) -> memoryview:
         """The key bytes, as a view on the page (no copy)."""
         return memoryview(self._arr).cast("B")[:KEY_LEN]
 
     def wipe(self) -> None:
-        ctypes.memset(self.addr, 0, mmap.PAGESIZE)
         self.loaded = False
+        if os.getpid() != self._pid:
+            return  # a forked child: MADV_DONTFORK left the page unmapped here, nothing to wipe
+        ctypes.memset(self.addr, 0, mmap.PAGESIZE)
 
     def close(self) -> None:
         """Wipe, unlock, unmap."""
         if self._map.closed:
             return
         self.wipe()
+        if os.getpid() != self._pid:
+            return
         if self.locked:
             _libc.munlock(ctypes.c_void_p(self.addr), ctypes.c_size_t(mmap.PAGESIZE))
         del self._arr
