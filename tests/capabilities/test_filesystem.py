@@ -488,3 +488,16 @@ def test_tampered_trash_metadata_cannot_write_outside(env: Env, registry: Any, m
     assert sorted(os.listdir(env.outside)) == ["secret"]
     _plant_entry(env, f"{int(now)}-ffffffffffff", {"original_path": 5, "deleted_at": "soon"})
     fails(env, "filesystem.restore", {"trash_id": f"{int(now)}-ffffffffffff"}, ("FileNotFound",), registry)
+
+
+def test_walks_stop_before_the_sandbox_deadline(env: Env, registry: Any) -> None:
+    """Near ctx.deadline, list/search/search_content return what they have (truncated)."""
+    for i in range(50):
+        (env.ws / f"f{i}").write_text("needle\n")
+    ctx = env.ctx(timeout=5.0)
+    ctx.deadline = time.monotonic() + 0.5          # inside the 1 s margin: time is up already
+    assert fs.fs_list(ctx, {"recursive": True})["truncated"] is True
+    assert fs.fs_search_content(ctx, {"query": "needle"})["truncated"] is True
+    ctx.deadline = time.monotonic() + 60
+    out = fs.fs_search_content(ctx, {"query": "needle"})
+    assert out["count"] == 50 and not out["truncated"]

@@ -28,7 +28,7 @@ from typing import Any
 from stockade.capabilities import paths
 from stockade.capabilities.paths import Resolver, Root, Target, os_error
 from stockade.capabilities.registry import implements
-from stockade.errors import err
+from stockade.errors import StockadeError, err
 
 TRASH_RETENTION_S = 7 * 24 * 3600
 READ_DEFAULT_BYTES = 1024 * 1024
@@ -53,6 +53,16 @@ def _profile(ctx: Any, name: str, default: Any) -> Any:
     if isinstance(prof, dict):
         return prof.get(name, default)
     return getattr(prof, name, default) if prof is not None else default
+
+
+def _time_is_up(ctx: Any) -> bool:
+    """True shortly before the sandbox's deadline: long walks stop and report `truncated`
+    instead of being killed with nothing to show."""
+    deadline = getattr(ctx, "deadline", 0.0) or 0.0
+    if not deadline:
+        return False
+    margin = min(1.0, 0.2 * float(_profile(ctx, "timeout", 30.0)))
+    return time.monotonic() > deadline - margin
 
 
 def _output_budget(ctx: Any) -> int:
@@ -448,7 +458,7 @@ def fs_list(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
                                   include_hidden=bool(args.get("include_hidden", True))):
                 e = _entry(t, parts, s)
                 cost = len(json.dumps(e)) + 2
-                if len(out) >= max_results or used + cost > budget:
+                if len(out) >= max_results or used + cost > budget or _time_is_up(ctx):
                     truncated = True
                     break
                 used += cost
@@ -465,8 +475,8 @@ def fs_stat(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         t = res.parse(args.get("path"))
         try:
             fd = res.open(t, os.O_PATH, follow=follow)
-        except Exception as e:
-            if getattr(e, "type", None) == "FileNotFound":
+        except StockadeError as e:
+            if e.type == "FileNotFound":
                 return {"path": t.display, "exists": False}
             raise
         try:
@@ -628,6 +638,9 @@ def fs_search(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             for parts, s in _walk(fd, t.parts, recursive=True,
                                   include_hidden=bool(args.get("include_hidden", False))):
                 scanned += 1
+                if scanned % 256 == 0 and _time_is_up(ctx):
+                    truncated = True
+                    break
                 if not match("/".join(parts[len(t.parts):]), parts[-1]):
                     continue
                 e = _entry(t, parts, s)
@@ -674,6 +687,9 @@ def fs_search_content(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             else:
                 raise err("InvalidInput", f"{t.display} is not a file or directory", path=t.display)
             for dfd, name, parts, _s in candidates:
+                if _time_is_up(ctx):
+                    truncated = True
+                    break
                 try:
                     fd = os.dup(dfd) if not name else \
                         os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
