@@ -285,6 +285,9 @@ def test_mkdir(env: Env, registry: Any, mode: str) -> None:
     fails(env, "filesystem.mkdir", {"path": "x/y", "parents": False}, ("FileNotFound",), registry)
     fails(env, "filesystem.mkdir", {"path": "out/evil"}, ("PathDenied",), registry)
     assert call(env, "filesystem.mkdir", {"path": "q", "parents": False}, registry)["created"] is True
+    assert call(env, "filesystem.mkdir", {"path": "q", "parents": False}, registry)["created"] is False
+    e = fails(env, "filesystem.mkdir", {"path": "dir/file.txt", "parents": False}, ("InvalidInput",), registry)
+    assert e.data["reason"] == "exists"
 
 
 # -- move / copy -----------------------------------------------------------------------------------------
@@ -501,3 +504,31 @@ def test_walks_stop_before_the_sandbox_deadline(env: Env, registry: Any) -> None
     ctx.deadline = time.monotonic() + 60
     out = fs.fs_search_content(ctx, {"query": "needle"})
     assert out["count"] == 50 and not out["truncated"]
+
+
+def test_no_fd_leaks(env: Env, mode: str) -> None:
+    """Successful and failing calls alike close every fd they opened."""
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def once() -> None:
+        call(env, "filesystem.write", {"path": "l/a", "content": "x"})
+        call(env, "filesystem.read", {"path": "l/a"})
+        call(env, "filesystem.list", {"recursive": True})
+        call(env, "filesystem.search_content", {"query": "x"})
+        call(env, "filesystem.copy", {"source": "l", "destination": "l2", "recursive": True})
+        call(env, "filesystem.move", {"source": "l2", "destination": "l3"})
+        out = call(env, "filesystem.delete", {"path": "l3", "recursive": True})
+        call(env, "filesystem.restore", {"trash_id": out["trash_id"], "destination": "l4"})
+        call(env, "filesystem.delete", {"path": "l4", "recursive": True})
+        for name, args in [("filesystem.read", {"path": "out/secret"}), ("filesystem.write", {"path": "dir",
+                           "content": "x"}), ("filesystem.copy", {"source": "l", "destination": "l"}),
+                           ("filesystem.delete", {"path": "ghost"}), ("filesystem.restore", {"path": "ghost"})]:
+            with pytest.raises(StockadeError):
+                call(env, name, args)
+
+    once()
+    before = count()
+    for _ in range(3):
+        once()
+    assert count() == before

@@ -514,7 +514,6 @@ def fs_mkdir(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
                 raise os_error(e, t.display, "mkdir") from None
             finally:
                 os.close(dirfd)
-            os.close(res.open(t, os.O_PATH | os.O_DIRECTORY))
         if not created:
             fd = res.open(t, os.O_PATH)
             try:
@@ -850,7 +849,11 @@ def fs_delete(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         if t.is_root:
             raise err("InvalidInput", f"{t.display} itself cannot be deleted", path=t.display)
         dirfd, name = res.open_parent(t)
-        tfd = _trash_fd(ctx)
+        try:
+            tfd = _trash_fd(ctx)
+        except BaseException:
+            os.close(dirfd)
+            raise
         try:
             s = _lstat_at(dirfd, name)
             if s is None:
