@@ -75,15 +75,6 @@ def normalize(value: Any, _depth: int = 0) -> Any:
     return str(value)
 
 
-def encode(value: Any) -> bytes:
-    """Deterministic CBOR of an already-normalized value."""
-    if canonical_length(value) >= 0:
-        # Keys are pre-sorted and there is nothing whose form cbor2 would choose differently:
-        # the plain encoder (3x faster) yields the canonical bytes.
-        return cbor2.dumps(value)
-    return cbor2.dumps(value, canonical=True)
-
-
 class _Exotic(Exception):
     pass
 
