@@ -131,6 +131,11 @@ def test_delete_restore_through_the_trash_mount(gw: Server) -> None:
     assert json.loads((trash / "meta.json").read_text())["original_path"] == "/workspace/d"
     ok(gw, key, "filesystem.restore", {"path": "d"})
     assert (ws / "d" / "f.txt").read_text() == "keep me" and not trash.exists()
+    out = ok(gw, key, "filesystem.delete", {"path": "d/f.txt"})
+    ok(gw, key, "filesystem.restore", {"path": "d/f.txt", "trash_id": out["trash_id"], "destination": "e/g.txt"})
+    assert (ws / "e" / "g.txt").read_text() == "keep me"
+    e = bad(gw, key, "filesystem.restore", {"path": "d/f.txt", "destination": "../../escape"})
+    assert e["type"] in ("PolicyDenied", "PathDenied")
 
 
 def test_process_run_in_the_sandbox(gw: Server) -> None:

@@ -339,7 +339,7 @@ def test_delete_into_a_trash_on_another_filesystem(env: Env, registry: Any) -> N
         out = call(env, "filesystem.delete", {"path": "dir", "recursive": True}, registry)
         assert not (env.ws / "dir").exists()
         assert (Path(shm) / out["trash_id"] / "item" / "file.txt").read_text() == "hello\nworld\n"
-        call(env, "filesystem.restore", {"trash_id": out["trash_id"]}, registry)
+        call(env, "filesystem.restore", {"trash_id": out["trash_id"], "path": "dir"}, registry)
         assert (env.ws / "dir/file.txt").read_text() == "hello\nworld\n"
         assert os.readlink(env.ws / "dir/sneaky") == "../out/secret"
         assert os.listdir(shm) == []
@@ -427,17 +427,21 @@ def test_delete_and_restore(env: Env, registry: Any, mode: str) -> None:
     out = call(env, "filesystem.delete", {"path": "dir", "recursive": True}, registry)
     assert not (env.ws / "dir").exists()
     (env.ws / "dir").mkdir()
-    fails(env, "filesystem.restore", {"trash_id": out["trash_id"]}, ("InvalidInput",), registry)   # exists
-    call(env, "filesystem.restore", {"trash_id": out["trash_id"], "destination": "restored"}, registry)
+    fails(env, "filesystem.restore", {"trash_id": out["trash_id"], "path": "dir"}, ("InvalidInput",),
+          registry)   # exists
+    call(env, "filesystem.restore", {"trash_id": out["trash_id"], "path": "dir", "destination": "restored"},
+         registry)
     assert (env.ws / "restored/file.txt").exists() and os.readlink(env.ws / "restored/sneaky") == "../out/secret"
 
     out = call(env, "filesystem.delete", {"path": "out"}, registry)                   # the link, not the target
     assert (env.outside / "secret").read_bytes() == SECRET and not os.path.lexists(env.ws / "out")
-    e = fails(env, "filesystem.restore", {}, ("InvalidInput",), registry)
+    fails(env, "filesystem.restore", {}, ("InvalidInput",), registry)             # path is required
+    e = fails(env, "filesystem.restore", {}, ("InvalidInput",))                # the handler lists entries
     assert [a["original_path"] for a in e.data["available"]] == ["/workspace/out"]
     fails(env, "filesystem.delete", {"path": "."}, ("InvalidInput",), registry)
     fails(env, "filesystem.delete", {"path": "ghost"}, ("FileNotFound",), registry)
-    fails(env, "filesystem.restore", {"trash_id": "1234567890-0123456789ab"}, ("FileNotFound",), registry)
+    fails(env, "filesystem.restore", {"trash_id": "1234567890-0123456789ab", "path": "out"}, ("FileNotFound",),
+          registry)
 
 
 def test_restore_of_the_latest_deletion(env: Env, registry: Any) -> None:
@@ -486,11 +490,13 @@ def test_tampered_trash_metadata_cannot_write_outside(env: Env, registry: Any, m
     for i, orig in enumerate(["/etc/cron.d/evil", "/workspace/../outside/evil", "/workspace/out/evil",
                               "/workspace/a\x00b", "x" * 5000]):
         _plant_entry(env, f"{int(now)}-{i:012x}", {"original_path": orig, "deleted_at": now})
-        fails(env, "filesystem.restore", {"trash_id": f"{int(now)}-{i:012x}"},
-              ("PathDenied", "InvalidInput"), registry)
+        tid = f"{int(now)}-{i:012x}"
+        fails(env, "filesystem.restore", {"trash_id": tid, "path": orig}, ("PathDenied", "InvalidInput"))
+        fails(env, "filesystem.restore", {"trash_id": tid, "path": "evil"}, ("FileNotFound",), registry)
     assert sorted(os.listdir(env.outside)) == ["secret"]
     _plant_entry(env, f"{int(now)}-ffffffffffff", {"original_path": 5, "deleted_at": "soon"})
-    fails(env, "filesystem.restore", {"trash_id": f"{int(now)}-ffffffffffff"}, ("FileNotFound",), registry)
+    fails(env, "filesystem.restore", {"trash_id": f"{int(now)}-ffffffffffff", "path": "x"}, ("FileNotFound",),
+          registry)
 
 
 def test_walks_stop_before_the_sandbox_deadline(env: Env, registry: Any) -> None:
@@ -519,7 +525,7 @@ def test_no_fd_leaks(env: Env, mode: str) -> None:
         call(env, "filesystem.copy", {"source": "l", "destination": "l2", "recursive": True})
         call(env, "filesystem.move", {"source": "l2", "destination": "l3"})
         out = call(env, "filesystem.delete", {"path": "l3", "recursive": True})
-        call(env, "filesystem.restore", {"trash_id": out["trash_id"], "destination": "l4"})
+        call(env, "filesystem.restore", {"trash_id": out["trash_id"], "path": "l3", "destination": "l4"})
         call(env, "filesystem.delete", {"path": "l4", "recursive": True})
         for name, args in [("filesystem.read", {"path": "out/secret"}), ("filesystem.write", {"path": "dir",
                            "content": "x"}), ("filesystem.copy", {"source": "l", "destination": "l"}),

@@ -909,8 +909,8 @@ def fs_restore(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         tfd = _trash_fd(ctx)
         try:
             live = _trash_entries(tfd, now)
-            if tid is None and want is None:
-                raise err("InvalidInput", "give trash_id or path (the original path of a deleted entry)",
+            if want is None:
+                raise err("InvalidInput", "give path (the original path of a deleted entry), optionally trash_id",
                           available=[_summary(i, m) for i, m in sorted(live, key=lambda x: x[1]["deleted_at"],
                                                                         reverse=True)[:50]])
             cand = [(i, m) for i, m in live if (tid is None or i == tid)
