@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
 from stockade.capabilities.impl import filesystem as fs
 from stockade.capabilities.registry import load_registry
@@ -538,3 +540,35 @@ def test_no_fd_leaks(env: Env, mode: str) -> None:
     for _ in range(3):
         once()
     assert count() == before
+
+
+_COMPS = ["dir", "file.txt", "alias", "sneaky", "out", "abs_secret", "root", "magic", "loop1", "..", ".", "new",
+          "secret", "outside", "etc", ""]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=hs.lists(hs.tuples(
+    hs.sampled_from(["filesystem.write", "filesystem.append", "filesystem.mkdir", "filesystem.delete",
+                     "filesystem.move", "filesystem.copy", "filesystem.read", "filesystem.list"]),
+    hs.lists(hs.sampled_from(_COMPS), min_size=1, max_size=5).map("/".join),
+    hs.lists(hs.sampled_from(_COMPS), min_size=1, max_size=5).map("/".join),
+    hs.booleans()), min_size=1, max_size=6))
+def test_random_operations_never_touch_outside(env: Env, mode: str, ops: list[tuple[str, str, str, bool]]) -> None:
+    """Whatever sequence of calls an agent makes, nothing outside the workspace and trash changes."""
+    outside_before = {k: v for k, v in env.snapshot().items() if not k.startswith(("ws", "trash"))}
+    for name, p1, p2, flag in ops:
+        args: dict[str, Any] = {
+            "filesystem.write": {"path": p1, "content": "x"}, "filesystem.append": {"path": p1, "content": "x"},
+            "filesystem.mkdir": {"path": p1}, "filesystem.delete": {"path": p1, "recursive": flag},
+            "filesystem.move": {"source": p1, "destination": p2, "overwrite": flag},
+            "filesystem.copy": {"source": p1, "destination": p2, "recursive": flag},
+            "filesystem.read": {"path": p1}, "filesystem.list": {"path": p1, "recursive": flag},
+        }[name]
+        try:
+            out = call(env, name, args)
+        except StockadeError as e:
+            assert e.type in ("InvalidInput", "PathDenied", "FileNotFound"), (name, args, e)
+        else:
+            assert "TOP-SECRET" not in json.dumps(out)
+    after = {k: v for k, v in env.snapshot().items() if not k.startswith(("ws", "trash"))}
+    assert after == outside_before

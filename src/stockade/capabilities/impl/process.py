@@ -197,7 +197,9 @@ def process_run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         raise err("FileNotFound", f"command not found: {prog[:200]}", command=prog[:200],
                   reason="command_not_found") from None
     except PermissionError:
-        raise err("PathDenied", f"not allowed to execute {prog[:200]}", command=prog[:200]) from None
+        # Not executable, a noexec mount, or a sandbox profile (seccomp strict) without exec/fork.
+        raise err("PathDenied", f"not allowed to execute {prog[:200]} (not executable, or this agent's "
+                  "sandbox profile does not allow running commands)", command=prog[:200]) from None
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.ENOMEM):
             res_name = "pids" if e.errno == errno.EAGAIN else "memory"
