@@ -9,36 +9,36 @@ swapped signature or an older signed version is refused with the file it concern
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockade import yamlfile
 from stockade.capabilities.registry import NAME_PATTERN
-from stockade.errors import ConfigError, StockadeError
+from stockade.errors import ConfigError
+from stockade.packs.sigcheck import (  # noqa: F401 - re-exported: the pack format's public names
+    DOMAIN,
+    MAX_FILES,
+    MAX_PACK_BYTES,
+    SIGNATURE_FORMAT,
+    PackError,
+    _compare,
+    build_manifest,
+    canonical,
+    check_path,
+    check_signature,
+    key_id,
+    pack_error,
+    parse_signature,
+    sign,
+)
 
-SIGNATURE_FORMAT = "stockade-pack-signature/1"
-DOMAIN = b"stockade-pack-manifest-v1\n"   # domain separation: these bytes sign nothing else
 PACK_NAME = r"^[a-z][a-z0-9-]{0,47}$"
 VERSION = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"
-MAX_FILES = 2000
-MAX_PACK_BYTES = 64 * 1024 * 1024
-
-
-class PackError(StockadeError):
-    """PackSignatureInvalid (or InvalidInput for malformed packs), always naming the file."""
-
-
-def pack_error(message: str, file: str | None = None, type_: str = "PackSignatureInvalid") -> PackError:
-    return PackError(type_, f"{file}: {message}" if file else message, None, {"file": file} if file else {})
 
 
 # -- pack.yaml -----------------------------------------------------------------------------------
@@ -100,26 +100,6 @@ def version_tuple(v: str) -> tuple[int, int, int]:
     return a, b, c
 
 
-# -- file set rules ---------------------------------------------------------------------------------
-_ALLOWED = re.compile(r"^(pack\.yaml|requirements\.lock|README(\.md)?|LICENSE(\.txt)?|src/([A-Za-z0-9_]+/)*[A-Za-z0-9_]+\.py|"
-                      r"data/([A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+)$")
-
-
-def check_path(path: str) -> None:
-    """Pure: a path allowed inside a pack (POSIX, relative, no `..`, no bytecode, known places)."""
-    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        raise pack_error("not a relative POSIX path", path, "InvalidInput")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise pack_error("path has empty, '.' or '..' components", path, "InvalidInput")
-    if "__pycache__" in parts or path.endswith((".pyc", ".pyo", ".so", ".pth")):
-        raise pack_error("compiled code, native modules and .pth files are not allowed in a pack", path,
-                         "InvalidInput")
-    if not _ALLOWED.match(path):
-        raise pack_error("unexpected file (allowed: pack.yaml, requirements.lock, README, LICENSE, src/**.py, "
-                         "data/**)", path, "InvalidInput")
-
-
 def check_lockfile(text: str, fname: str = "requirements.lock") -> list[str]:
     """Pure: every requirement pinned `name==version` with at least one --hash=sha256:. Returns names."""
     names = []
@@ -153,35 +133,6 @@ def check_lockfile(text: str, fname: str = "requirements.lock") -> list[str]:
     return names
 
 
-# -- manifest -----------------------------------------------------------------------------------------
-def build_manifest(name: str, version: str, files: dict[str, bytes], expires: str | None = None) -> dict[str, Any]:
-    """Pure. `files` maps relative path -> content (SIGNATURE excluded)."""
-    entries = [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in sorted(files.items())]
-    m: dict[str, Any] = {"pack": name, "version": version, "files": entries}
-    if expires:
-        m["expires"] = expires
-    return m
-
-
-def canonical(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def sign(manifest: dict[str, Any], private: Ed25519PrivateKey) -> bytes:
-    """The SIGNATURE file's bytes."""
-    sig = private.sign(DOMAIN + canonical(manifest))
-    doc = {"format": SIGNATURE_FORMAT, "key_id": key_id(private.public_key()), "manifest": manifest,
-           "signature": base64.b64encode(sig).decode()}
-    return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
-
-
 @dataclass(frozen=True)
 class Verified:
     spec: PackSpec
@@ -199,22 +150,11 @@ def verify(files: dict[str, bytes], signature: bytes, trusted: dict[str, tuple[s
     manifest, then the recomputed manifest must equal it (so no unsigned byte is ever trusted)."""
     for p in files:
         check_path(p)
-    try:
-        doc = json.loads(signature)
-        if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
-            raise ValueError("unknown format")
-        kid, signed, sig = doc["key_id"], doc["manifest"], base64.b64decode(doc["signature"], validate=True)
-        if not isinstance(signed, dict) or not isinstance(kid, str):
-            raise ValueError("bad types")
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise pack_error("malformed signature file", "SIGNATURE") from None
+    kid, signed, sig = parse_signature(signature)
     if kid not in trusted:
         raise pack_error(f"signed by key {kid}, which is not trusted (stockade pack trust)", "SIGNATURE")
     publisher, raw = trusted[kid]
-    try:
-        Ed25519PublicKey.from_public_bytes(raw).verify(sig, DOMAIN + canonical(signed))
-    except (InvalidSignature, ValueError):
-        raise pack_error("signature does not verify", "SIGNATURE") from None
+    check_signature(signed, sig, raw)
     if "pack.yaml" not in files:
         raise pack_error("missing", "pack.yaml", "InvalidInput")
     try:
@@ -240,18 +180,3 @@ def verify(files: dict[str, bytes], signature: bytes, trusted: dict[str, tuple[s
     return Verified(spec, signed, kid, publisher, hashlib.sha256(canonical(signed)).hexdigest())
 
 
-def _compare(signed: dict[str, Any], actual: dict[str, Any]) -> None:
-    if signed.get("pack") != actual["pack"] or signed.get("version") != actual["version"]:
-        raise pack_error(f"signature is for {signed.get('pack')} {signed.get('version')}, "
-                         f"pack.yaml says {actual['pack']} {actual['version']}", "SIGNATURE")
-    want = {f["path"]: f for f in signed.get("files", []) if isinstance(f, dict)}
-    have = {f["path"]: f for f in actual["files"]}
-    for p in sorted(set(want) | set(have)):
-        if p not in have:
-            raise pack_error("listed in the signed manifest but missing", p)
-        if p not in want:
-            raise pack_error("not in the signed manifest (added after signing)", p)
-        if want[p] != have[p]:
-            raise pack_error("content differs from the signed manifest", p)
-    if canonical(signed) != canonical({**actual, **({"expires": signed["expires"]} if "expires" in signed else {})}):
-        raise pack_error("signed manifest has unexpected fields", "SIGNATURE")

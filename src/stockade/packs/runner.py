@@ -15,7 +15,7 @@ import types
 from typing import Any
 
 from stockade.packs import tree
-from stockade.packs.manifest import pack_error, verify
+from stockade.packs.sigcheck import PackError, canonical, pack_error, verify_files
 
 
 class MemoryImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -73,35 +73,52 @@ def load_entry(pack: str, files: dict[str, bytes], entry: str) -> Any:
     return fn
 
 
-def verify_in_place(info: dict[str, Any]) -> tuple[Any, dict[str, bytes]]:
-    """Read the mounted pack once and verify it against the trusted key the gateway passed."""
+def verify_in_place(info: dict[str, Any]) -> dict[str, bytes]:
+    """At execution every refusal is PackSignatureInvalid: the store no longer holds what was
+    verified at install, whatever the detail (the message still names the file)."""
+    try:
+        return _verify_in_place(info)
+    except PackError as e:
+        if e.type == "PackSignatureInvalid":
+            raise
+        raise PackError("PackSignatureInvalid", e.message, None, e.data) from None
+
+
+def _verify_in_place(info: dict[str, Any]) -> dict[str, bytes]:
+    """Read the mounted pack once and verify it against the trusted key the gateway passed.
+
+    Light on purpose (no YAML, no pydantic): the signature and every file hash are checked here;
+    pack.yaml's meaning (the entry points) was parsed by the gateway from the same signed bytes."""
     files, sig = tree.read_dir(info["dir"], skip=(tree.DEPS_DIR,))
     if sig is None:
         raise pack_error("missing", "SIGNATURE")
-    v = verify(files, sig, {info["key_id"]: (info["publisher"], base64.b64decode(info["pubkey"]))})
-    if v.spec.name != info["name"] or v.spec.version != info["version"] or v.manifest_sha256 != info["manifest_sha256"]:
+    signed = verify_files(files, sig, info["key_id"], base64.b64decode(info["pubkey"]), info["name"],
+                          info["version"])
+    import hashlib
+
+    if hashlib.sha256(canonical(signed)).hexdigest() != info["manifest_sha256"]:
         raise pack_error("the pack on disk is not the one that was installed", "SIGNATURE")
     if info.get("deps_sha256"):
         from pathlib import Path
 
-        from stockade.packs.store import deps_digest
+        from stockade.packs.tree import deps_digest
 
         deps = Path(info["dir"]) / tree.DEPS_DIR
         if deps_digest(deps) != info["deps_sha256"]:
             raise pack_error("installed dependencies changed since install", tree.DEPS_DIR)
         sys.path.insert(0, str(deps))
-    return v, files
+    return files
 
 
 def run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     """The implementation behind every pack capability (the sandbox calls it per call)."""
     info = ctx.extra["pack"]
-    v, files = verify_in_place(info)
-    cap = next((c for c in v.spec.capabilities if c.name == ctx.capability), None)
-    if cap is None:
+    files = verify_in_place(info)
+    entry = info["entries"].get(ctx.capability)
+    if entry is None:
         raise pack_error(f"{ctx.capability} is not in the verified pack.yaml", "pack.yaml")
-    fn = load_entry(v.spec.name, files, cap.entry)
+    fn = load_entry(info["name"], files, entry)
     out = fn(args)
     if not isinstance(out, dict):
-        raise pack_error(f"{cap.entry} returned {type(out).__name__}, not an object", "pack.yaml", "Internal")
+        raise pack_error(f"{entry} returned {type(out).__name__}, not an object", "pack.yaml", "Internal")
     return out

@@ -11,7 +11,8 @@ from stockade.capabilities.registry import Definition
 from stockade.errors import StockadeError
 from stockade.home import Home
 from stockade.packs import runner, store
-from stockade.packs.manifest import PackSpec, parse_pack_yaml
+from stockade.packs.manifest import PackSpec, pack_error, parse_pack_yaml
+from stockade.sandbox.profile import parse_size
 from stockade.supervision.admin import admin_command
 
 
@@ -40,7 +41,33 @@ def _register(gw: Any, pk: store.Installed) -> list[str]:
     return [d.name for d in defs]
 
 
+def _pack_info(gw: Any):  # type: ignore[no-untyped-def]
+    """For the sandbox executor: where a pack capability's code is, what the runner must check,
+    and the profile the pack asks for. The trust store is read per call, so untrusting a publisher
+    stops its packs at the next call."""
+
+    def info(definition: Definition) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        pk = gw.state.get("packs", {}).get(definition.pack)
+        if pk is None:
+            raise pack_error(f"{definition.pack} is not installed", "pack.yaml")
+        runner_info = store.runner_info(gw.home, gw.pipeline.db, pk)
+        spec = gw.state.setdefault("pack_specs", {}).get(pk.name)
+        if spec is None or spec[0] != pk.version:
+            spec = (pk.version, parse_pack_yaml((pk.path(gw.home) / "pack.yaml").read_text()))
+            gw.state["pack_specs"][pk.name] = spec
+        sb = spec[1].sandbox
+        asked: dict[str, Any] = {"seccomp": sb.seccomp, "egress": list(sb.egress), "timeout": sb.timeout}
+        if sb.memory is not None:
+            asked["memory"] = parse_size(sb.memory)
+        return runner_info.pop("host_path"), {"pack": runner_info}, asked
+
+    return info
+
+
 async def start(gw: Any) -> None:
+    ex = gw.state.get("sandbox")
+    if ex is not None:
+        ex.pack_info = _pack_info(gw)
     for pk in store.installed(gw.pipeline.db):
         try:
             _register(gw, pk)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import os
 import shutil
 import sqlite3
@@ -26,6 +25,7 @@ from stockade.errors import err
 from stockade.home import Home
 from stockade.packs import tree
 from stockade.packs.manifest import Verified, pack_error, verify, version_tuple
+from stockade.packs.tree import deps_digest
 
 db.SCHEMA.extend([
     """CREATE TABLE IF NOT EXISTS pack_publishers (
@@ -82,20 +82,6 @@ def installed(conn: sqlite3.Connection) -> list[Installed]:
     rows = conn.execute("SELECT name, version, publisher, key_id, manifest_sha256, deps_sha256, installed_at "
                         "FROM packs WHERE removed_at IS NULL ORDER BY name").fetchall()
     return [Installed(*r) for r in rows]
-
-
-def deps_digest(deps: Path) -> str | None:
-    """SHA-256 over every installed dependency file (sorted path, size, content hash)."""
-    if not deps.exists():
-        return None
-    h = hashlib.sha256()
-    for p in sorted(deps.rglob("*")):
-        if p.is_symlink():
-            raise pack_error("symlink in installed dependencies", str(p.relative_to(deps)))
-        if p.is_file():
-            data = p.read_bytes()
-            h.update(f"{p.relative_to(deps)}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-    return h.hexdigest()
 
 
 def verify_source(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> Verified:
@@ -248,6 +234,10 @@ def runner_info(home: Home, conn: sqlite3.Connection, pk: Installed) -> dict[str
     r = conn.execute("SELECT pubkey, revoked_at FROM pack_publishers WHERE key_id=?", (pk.key_id,)).fetchone()
     if r is None or r[1] is not None:
         raise pack_error(f"publisher key {pk.key_id} of {pk.name} is no longer trusted", "SIGNATURE")
+    from stockade.packs.manifest import parse_pack_yaml
+
+    spec = parse_pack_yaml((pk.path(home) / "pack.yaml").read_text())
     return {"name": pk.name, "version": pk.version, "publisher": pk.publisher, "key_id": pk.key_id,
+            "entries": {c.name: c.entry for c in spec.capabilities},
             "pubkey": base64.b64encode(bytes(r[0])).decode(), "manifest_sha256": pk.manifest_sha256,
             "deps_sha256": pk.deps_sha256, "host_path": str(pk.path(home)), "dir": "/pack"}

@@ -7,13 +7,14 @@ can be pulled in and nothing unverified can be executed later.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
 import tarfile
 from pathlib import Path
 
-from stockade.packs.manifest import MAX_FILES, MAX_PACK_BYTES, check_path, pack_error
+from stockade.packs.sigcheck import MAX_FILES, MAX_PACK_BYTES, check_path, pack_error
 
 SIGNATURE = "SIGNATURE"
 DEPS_DIR = "deps"           # installed dependencies live beside the pack in the store, not in the manifest
@@ -151,3 +152,17 @@ def tarball_bytes(files: dict[str, bytes], signature: bytes | None, top: str) ->
             info.mode = 0o444
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def deps_digest(deps: Path) -> str | None:
+    """SHA-256 over every installed dependency file (sorted path, size, content hash)."""
+    if not deps.exists():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(deps.rglob("*")):
+        if p.is_symlink():
+            raise pack_error("symlink in installed dependencies", str(p.relative_to(deps)))
+        if p.is_file():
+            data = p.read_bytes()
+            h.update(f"{p.relative_to(deps)}\0{len(data)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return h.hexdigest()

@@ -156,7 +156,7 @@ def landlock_spec(profile: Profile, host_view: bool = False,
     paths += [("/", landlock.READ_DIR), ("/etc", landlock.RO), ("/shared", landlock.RO), ("/definitions", landlock.RO),
               ("/proc", landlock.RO),
               ("/dev", landlock.READ_FILE | landlock.WRITE_FILE | landlock.READ_DIR),
-              ("/workspace", landlock.RW), ("/tmp", landlock.RW), ("/trash", landlock.RW)]
+              ("/workspace", landlock.RW), ("/tmp", landlock.RW), ("/trash", landlock.RW), ("/pack", landlock.RO)]
     if host_view:   # test-only: no minimal root, keep the rules meaningful on the host tree
         paths = [p for p in paths if p[0] not in ("/workspace", "/trash")]
     return landlock.Spec(tuple(paths), tuple(profile.egress_ports()))
@@ -171,8 +171,11 @@ def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any],
         os.chdir("/workspace") if os.path.isdir("/workspace") else None
         ctx = SandboxContext(agent=req["agent"], call_id=req["call_id"], capability=req["capability"],
                              profile=profile, deadline=time.monotonic() + profile.timeout - 0.05 *
-                             profile.timeout)
-        fn = impls[req["capability"]]
+                             profile.timeout, extra=req.get("extra") or {})
+        if req.get("handler") == "pack":   # a signed pack: the runner verifies /pack, then runs it
+            from stockade.packs.runner import run as fn
+        else:
+            fn = impls[req["capability"]]
         result = fn(ctx, req["args"])
         body: dict[str, Any] = {"ok": result}
         if trace is not None:
@@ -225,7 +228,7 @@ def build_template(root: str, shared: str | None, definitions: str | None, etc_f
         elif os.path.isdir(f"/{d}"):
             os.mkdir(j(root, d))
             _bind(f"/{d}", j(root, d), ro=True)
-    for name in ("workspace", "trash", "shared", "definitions", "tmp", "proc"):
+    for name in ("workspace", "trash", "shared", "definitions", "tmp", "proc", "pack"):
         os.mkdir(j(root, name), 0o755)
     for name, src in (("shared", shared), ("definitions", definitions)):
         if src:
@@ -268,6 +271,8 @@ def _enter_root(req: dict[str, Any], prep: Prepared, profile: Profile) -> None:
         if not src:
             raise OSError(2, f"no {name} for this agent")
         _bind(src, j(root, name), ro=False)
+    if req["binds"].get("pack"):   # the pack's read-only store directory, for pack calls only
+        _bind(req["binds"]["pack"], j(root, "pack"), ro=True)
     libc.mount("tmpfs", j(root, "tmp"), "tmpfs", libc.MS_NOSUID | libc.MS_NODEV,
                f"mode=1777,size={max(1024 * 1024, profile.tmpfs)}")
     os.chdir(root)

@@ -83,6 +83,20 @@ def _raise(e: StockadeError) -> dict[str, Any]:
     raise e
 
 
+def intersect(policy: Profile, asked: dict[str, Any]) -> Profile:
+    """Pure: a pack gets what its manifest asks for, never more than the policy allows."""
+    d = policy.to_dict()
+    if asked.get("seccomp") == "strict":
+        d["seccomp"] = "strict"
+    if asked.get("memory"):
+        d["memory"] = min(d["memory"], int(asked["memory"]))
+    if asked.get("timeout"):
+        d["timeout"] = min(d["timeout"], float(asked["timeout"]))
+    wanted = set(asked.get("egress") or [])
+    d["egress"] = [e for e in d["egress"] if e in wanted]
+    return Profile.from_dict(d)
+
+
 class SandboxExecutor:
     """Owns the zygote process and the socket to it."""
 
@@ -102,6 +116,8 @@ class SandboxExecutor:
         self.db: Any = None
         self.test_disable: set[str] = set()      # honoured only by a zygote started for tests
         self._agents: dict[str, dict[str, Any]] = {}
+        # Set by the packs part: definition -> (store dir, ctx.extra, the pack's requested profile).
+        self.pack_info: Any = None
         self._last_restart = 0.0
         self._restarts = 0
 
@@ -253,13 +269,24 @@ class SandboxExecutor:
             except (OSError, ValueError):
                 self.test_disable = set()
         profile = self.profile(agent)
+        binds = {}
+        extra: dict[str, Any] = {}
+        if getattr(definition, "pack", None):
+            if self.pack_info is None:
+                raise err("SandboxUnavailable", "packs are not available in this gateway", _UNAVAILABLE)
+            host_path, extra, pack_profile = self.pack_info(definition)
+            binds["pack"] = host_path
+            profile = intersect(profile, pack_profile)
         a = self._agent(agent)
         netns = await self._netns(agent, a)
         req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
                "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns,
                "io_devices": a["devices"],
-               "binds": {"workspace": a["workspace"], "trash": a["trash"]},
+               "binds": {"workspace": a["workspace"], "trash": a["trash"], **binds},
                "disable": sorted(self.test_disable)}
+        if extra:
+            req["extra"] = extra
+            req["handler"] = "pack"
         try:
             netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:

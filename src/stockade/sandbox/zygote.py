@@ -148,6 +148,10 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     for m in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(m)
+    try:   # pack calls verify Ed25519 signatures in the child: import once here, not per call
+        importlib.import_module("stockade.packs.runner")
+    except ImportError as e:
+        problems.append(f"packs runner: {e}"[:200])
 
     abi = landlock.abi_version()
     status["landlock_abi"] = abi
