@@ -572,3 +572,14 @@ def test_random_operations_never_touch_outside(env: Env, mode: str, ops: list[tu
             assert "TOP-SECRET" not in json.dumps(out)
     after = {k: v for k, v in env.snapshot().items() if not k.startswith(("ws", "trash"))}
     assert after == outside_before
+
+
+def test_too_deep_trees_fail_cleanly(env: Env, registry: Any) -> None:
+    p = env.ws / "deep"
+    for _ in range(fs.MAX_DEPTH + 3):
+        p = p / "d"
+    p.mkdir(parents=True)
+    e = fails(env, "filesystem.copy", {"source": "deep", "destination": "deep2", "recursive": True},
+              ("ResourceExhausted",), registry)
+    assert e.data["resource"] == "depth"
+    assert not [n for n in os.listdir(env.ws) if n.startswith(".stockade-")]

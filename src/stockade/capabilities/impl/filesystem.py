@@ -157,7 +157,7 @@ def _remove_tree(dirfd: int, name: str, depth: int = 0) -> None:
         os.unlink(name, dir_fd=dirfd)
         return
     if depth > MAX_DEPTH * 4:
-        raise OSError(errno.ELOOP, "directory tree too deep")
+        raise err("ResourceExhausted", "directory tree too deep to copy or remove", resource="depth")
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     try:
         while True:
@@ -208,7 +208,7 @@ def _copy_file_from_fd(srcfd: int, ddir: int, dname: str, mode: int, stats: _Cop
 
 def _copy_dir_from_fd(srcfd: int, ddir: int, dname: str, mode: int, stats: _CopyStats, depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise OSError(errno.ELOOP, "directory tree too deep")
+        raise err("ResourceExhausted", "directory tree too deep to copy or remove", resource="depth")
     os.mkdir(dname, 0o700, dir_fd=ddir)
     dfd = os.open(dname, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=ddir)
     try:
