@@ -15,7 +15,8 @@ def pct(samples_ns: list[int], q: float) -> float:
 
 def row(case: str, samples_ns: list[int], *, anchor: str | None = None,
         anchor_ns: list[int] | None = None, per_s: float | None = None, **extra: Any) -> dict[str, Any]:
-    r: dict[str, Any] = {"case": case, "p50_us": round(pct(samples_ns, 0.5), 2), "p99_us": round(pct(samples_ns, 0.99), 2)}
+    r: dict[str, Any] = {"case": case, "p50_us": round(pct(samples_ns, 0.5), 2),
+                         "p99_us": round(pct(samples_ns, 0.99), 2)}
     if per_s is not None:
         r["per_s"] = round(per_s, 1)
     if anchor and anchor_ns:

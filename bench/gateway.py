@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _util import row
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+
+from _util import row
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _util import row
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from _util import row
 from stockade.packs import tree
 from stockade.packs.manifest import build_manifest, canonical, key_id, sign
 from stockade.packs.runner import load_entry, verify_in_place

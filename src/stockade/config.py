@@ -70,7 +70,8 @@ class SandboxConfig(_Section):
     host_uid: int = Field(100_000, ge=1000)   # first host uid of the range agents map to
     call_timeout: float = 30.0
     max_output_bytes: int = Field(1024 * 1024, ge=1024)
-    cgroup_parent: str = Field("stockade", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")  # under each hierarchy
+    # the group under each hierarchy that holds one group per agent
+    cgroup_parent: str = Field("stockade", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
 
     @field_validator("call_timeout", mode="before")
     @classmethod

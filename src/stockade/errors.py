@@ -36,14 +36,23 @@ _CODES = {
 }
 
 # Default recovery hints per type; callers may pass their own.
+def _hint(action: str, description: str) -> list[dict[str, str]]:
+    return [{"action": action, "description": description}]
+
+
 _RECOVERY: dict[str, list[dict[str, str]]] = {
-    "InvalidInput": [{"action": "fix_arguments", "description": "Check the arguments against the capability's input schema (capabilities.describe)."}],
-    "Unauthenticated": [{"action": "check_key", "description": "Send 'Authorization: Bearer stk_...' with a valid, unrevoked agent key."}],
-    "PolicyDenied": [{"action": "ask_owner", "description": "This call is blocked by policy; ask the owner to change the policy if it is needed."}],
-    "ApprovalPending": [{"action": "poll_approval", "description": "The owner must approve this call; fetch the outcome later with approvals.status."}],
-    "RateLimited": [{"action": "wait", "description": "Retry after 'retry_after' seconds."}],
-    "CapabilityNotFound": [{"action": "list_capabilities", "description": "Call capabilities.list to see what this agent may use."}],
-    "Internal": [{"action": "retry_later", "description": "An internal error occurred; the owner can find details in the gateway log."}],
+    "InvalidInput": _hint("fix_arguments",
+                          "Check the arguments against the capability's input schema (capabilities.describe)."),
+    "Unauthenticated": _hint("check_key",
+                             "Send 'Authorization: Bearer stk_...' with a valid, unrevoked agent key."),
+    "PolicyDenied": _hint("ask_owner",
+                          "This call is blocked by policy; ask the owner to change the policy if it is needed."),
+    "ApprovalPending": _hint("poll_approval",
+                             "The owner must approve this call; fetch the outcome later with approvals.status."),
+    "RateLimited": _hint("wait", "Retry after 'retry_after' seconds."),
+    "CapabilityNotFound": _hint("list_capabilities", "Call capabilities.list to see what this agent may use."),
+    "Internal": _hint("retry_later",
+                      "An internal error occurred; the owner can find details in the gateway log."),
 }
 
 

@@ -65,7 +65,8 @@ def bench(name: str | None, quick: bool, as_json: bool) -> None:
             if r.get("anchor"):
                 extra = f"  anchor {r['anchor']}: p50 {r.get('anchor_p50_us', 0):.1f} us  ratio {r.get('ratio', 0):.2f}"
             per_s = f"  {r['per_s']:.0f}/s" if r.get("per_s") else ""
-            click.echo(f"  {r['case']:<44} p50 {r.get('p50_us', 0):9.1f} us  p99 {r.get('p99_us', 0):9.1f} us{per_s}{extra}")
+            click.echo(f"  {r['case']:<44} p50 {r.get('p50_us', 0):9.1f} us  "
+                       f"p99 {r.get('p99_us', 0):9.1f} us{per_s}{extra}")
 
 
 def register(cli: click.Group) -> None:

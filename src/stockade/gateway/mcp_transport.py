@@ -166,8 +166,8 @@ class McpHttp:
         scope[CALLER_KEY] = caller
         # The SDK binds each session to the credential that opened it (a stolen session id is
         # useless with another agent's key): client_id is the agent plus its key hash.
-        scope["user"] = AuthenticatedUser(AccessToken(token="-", client_id=f"{caller.agent}:{caller.key_hash.hex()}",
-                                                      scopes=[]))
+        principal = f"{caller.agent}:{caller.key_hash.hex()}"
+        scope["user"] = AuthenticatedUser(AccessToken(token="-", client_id=principal, scopes=[]))  # noqa: S106
         await self.manager.handle_request(scope, receive, send)
 
 

@@ -33,7 +33,8 @@ def pack_error(message: str, file: str | None = None, type_: str = "PackSignatur
 
 
 # -- file set rules ---------------------------------------------------------------------------------
-_ALLOWED = re.compile(r"^(pack\.yaml|requirements\.lock|README(\.md)?|LICENSE(\.txt)?|src/([A-Za-z0-9_]+/)*[A-Za-z0-9_]+\.py|"
+_ALLOWED = re.compile(r"^(pack\.yaml|requirements\.lock|README(\.md)?|LICENSE(\.txt)?|"
+                      r"src/([A-Za-z0-9_]+/)*[A-Za-z0-9_]+\.py|"
                       r"data/([A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]+)$")
 
 

@@ -147,7 +147,8 @@ def install(home: Home, conn: sqlite3.Connection, path: str | os.PathLike[str], 
     now = int(time.time())
     with _tx(conn):
         conn.execute("INSERT INTO packs(name, version, publisher, key_id, manifest_sha256, deps_sha256, installed_at,"
-                     " highest_version) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET version=excluded.version,"
+                     " highest_version) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET"
+                     " version=excluded.version,"
                      " publisher=excluded.publisher, key_id=excluded.key_id, manifest_sha256=excluded.manifest_sha256,"
                      " deps_sha256=excluded.deps_sha256, installed_at=excluded.installed_at,"
                      " highest_version=excluded.highest_version, removed_at=NULL",
@@ -205,7 +206,7 @@ def _seal(root: Path) -> None:
     """Read-only store: files 0444, directories 0555 (the sandbox's unprivileged uid may read)."""
     for p in sorted(root.rglob("*"), reverse=True):
         os.chmod(p, 0o555 if p.is_dir() else 0o444, follow_symlinks=False)
-    os.chmod(root, 0o555)
+    os.chmod(root, 0o555)  # noqa: S103 - read-only for everyone; the 0700 packs/ dir fences it
 
 
 def _rmtree(p: Path) -> None:

@@ -93,7 +93,7 @@ def _read_all(fd: int, limit: int) -> bytes:
 def read_tarball(path: str | os.PathLike[str]) -> tuple[dict[str, bytes], bytes | None]:
     """A `.tar`/`.tar.gz` pack; one top-level directory is stripped if every member shares it."""
     try:
-        tf = tarfile.open(path, mode="r:*")
+        tf = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed by the `with tf` below
     except (tarfile.TarError, OSError) as e:
         raise pack_error(f"not a readable tarball ({e})", str(path), "InvalidInput") from None
     members: list[tuple[str, bytes]] = []
