@@ -582,4 +582,7 @@ def test_too_deep_trees_fail_cleanly(env: Env, registry: Any) -> None:
     e = fails(env, "filesystem.copy", {"source": "deep", "destination": "deep2", "recursive": True},
               ("ResourceExhausted",), registry)
     assert e.data["resource"] == "depth"
+    assert call(env, "filesystem.list", {"path": "deep", "recursive": True, "max_results": 10000},
+                registry)["truncated"] is True
+    assert call(env, "filesystem.list", {"path": "dir", "recursive": True}, registry)["truncated"] is False
     assert not [n for n in os.listdir(env.ws) if n.startswith(".stockade-")]

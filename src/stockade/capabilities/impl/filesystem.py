@@ -272,8 +272,12 @@ def _move_entry(sdir: int, sname: str, ddir: int, dname: str, overwrite: bool) -
 
 # -- walking (list, search, search_content) -------------------------------------------------
 def _walk(fd: int, base: tuple[str, ...], *, recursive: bool, include_hidden: bool,
-          max_depth: int = MAX_DEPTH) -> Iterator[tuple[tuple[str, ...], os.stat_result]]:
-    """Pre-order walk of an O_RDONLY dir fd, sorted, without following symlinks."""
+          max_depth: int = MAX_DEPTH, cut: list[bool] | None = None
+          ) -> Iterator[tuple[tuple[str, ...], os.stat_result]]:
+    """Pre-order walk of an O_RDONLY dir fd, sorted, without following symlinks.
+
+    Directories deeper than `max_depth` are not entered; `cut` (if given) is set to [True] then.
+    """
     first = os.dup(fd)
     stack: list[tuple[int, tuple[str, ...], Iterator[os.DirEntry[str]]]] = []
     try:
@@ -293,6 +297,8 @@ def _walk(fd: int, base: tuple[str, ...], *, recursive: bool, include_hidden: bo
                 continue
             p = (*parts, e.name)
             yield p, s
+            if recursive and st.S_ISDIR(s.st_mode) and len(stack) >= max_depth and cut is not None:
+                cut[:] = [True]
             if recursive and st.S_ISDIR(s.st_mode) and len(stack) < max_depth:
                 try:
                     cfd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
@@ -449,13 +455,14 @@ def fs_list(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     budget = _output_budget(ctx) - 512
     out: list[dict[str, Any]] = []
     truncated = False
+    cut: list[bool] = []
     used = 0
     with resolver(ctx) as res:
         t = res.parse(args.get("path", "."))
         fd = _open_dir(res, t)
         try:
             for parts, s in _walk(fd, t.parts, recursive=bool(args.get("recursive", False)),
-                                  include_hidden=bool(args.get("include_hidden", True))):
+                                  include_hidden=bool(args.get("include_hidden", True)), cut=cut):
                 e = _entry(t, parts, s)
                 cost = len(json.dumps(e)) + 2
                 if len(out) >= max_results or used + cost > budget or _time_is_up(ctx):
@@ -465,7 +472,7 @@ def fs_list(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
                 out.append(e)
         finally:
             os.close(fd)
-    return {"path": t.display, "entries": out, "count": len(out), "truncated": truncated}
+    return {"path": t.display, "entries": out, "count": len(out), "truncated": truncated or bool(cut)}
 
 
 @implements("filesystem.stat")
@@ -630,12 +637,13 @@ def fs_search(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     truncated = False
     used = 0
     scanned = 0
+    cut: list[bool] = []
     with resolver(ctx) as res:
         t = res.parse(args.get("path", "."))
         fd = _open_dir(res, t)
         try:
             for parts, s in _walk(fd, t.parts, recursive=True,
-                                  include_hidden=bool(args.get("include_hidden", False))):
+                                  include_hidden=bool(args.get("include_hidden", False)), cut=cut):
                 scanned += 1
                 if scanned % 256 == 0 and _time_is_up(ctx):
                     truncated = True
@@ -652,7 +660,7 @@ def fs_search(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         finally:
             os.close(fd)
     return {"path": t.display, "pattern": args["pattern"], "matches": out, "count": len(out),
-            "scanned": scanned, "truncated": truncated}
+            "scanned": scanned, "truncated": truncated or bool(cut)}
 
 
 @implements("filesystem.search_content")
