@@ -338,6 +338,8 @@ def test_delete_into_a_trash_on_another_filesystem(env: Env, registry: Any) -> N
     shm = tempfile.mkdtemp(prefix=f"stockade-trash-{os.getpid()}-", dir="/dev/shm")
     try:
         env.trash = Path(shm)
+        os.utime(env.ws / "dir" / "file.txt", (1_000_000_000, 1_000_000_000))
+        os.utime(env.ws / "dir", (1_000_000_000, 1_000_000_000))
         out = call(env, "filesystem.delete", {"path": "dir", "recursive": True}, registry)
         assert not (env.ws / "dir").exists()
         assert (Path(shm) / out["trash_id"] / "item" / "file.txt").read_text() == "hello\nworld\n"
@@ -345,6 +347,8 @@ def test_delete_into_a_trash_on_another_filesystem(env: Env, registry: Any) -> N
         assert (env.ws / "dir/file.txt").read_text() == "hello\nworld\n"
         assert os.readlink(env.ws / "dir/sneaky") == "../out/secret"
         assert os.listdir(shm) == []
+        assert (env.ws / "dir/file.txt").stat().st_mtime == 1_000_000_000      # times survive the trip
+        assert (env.ws / "dir").stat().st_mtime == 1_000_000_000
     finally:
         shutil.rmtree(shm, ignore_errors=True)
 

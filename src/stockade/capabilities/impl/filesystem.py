@@ -181,6 +181,7 @@ class _CopyStats:
         self.skipped = 0
         self.entries = 0
         self.created: set[tuple[int, int]] = set()
+        self.keep_times = False     # moves across mounts keep mtimes (delete/restore round trips)
 
 
 def _copy_fd(src: int, dst: int, stats: _CopyStats) -> None:
@@ -201,6 +202,9 @@ def _copy_file_from_fd(srcfd: int, ddir: int, dname: str, mode: int, stats: _Cop
     try:
         _copy_fd(srcfd, out, stats)
         os.fchmod(out, mode & 0o777)
+        if stats.keep_times:
+            src = os.fstat(srcfd)
+            os.utime(out, ns=(src.st_atime_ns, src.st_mtime_ns))
     finally:
         os.close(out)
     stats.files += 1
@@ -218,6 +222,9 @@ def _copy_dir_from_fd(srcfd: int, ddir: int, dname: str, mode: int, stats: _Copy
         for e in paths.iter_dir(srcfd):
             _copy_entry(srcfd, e.name, dfd, e.name, stats, depth + 1)
         os.fchmod(dfd, mode & 0o777)
+        if stats.keep_times:
+            src = os.fstat(srcfd)
+            os.utime(dfd, ns=(src.st_atime_ns, src.st_mtime_ns))
     finally:
         os.close(dfd)
 
@@ -235,6 +242,8 @@ def _copy_entry(sdir: int, sname: str, ddir: int, dname: str, stats: _CopyStats,
     if st.S_ISLNK(s.st_mode):
         os.symlink(os.readlink(sname, dir_fd=sdir), dname, dir_fd=ddir)
         stats.symlinks += 1
+        if stats.keep_times:
+            os.utime(dname, ns=(s.st_atime_ns, s.st_mtime_ns), dir_fd=ddir, follow_symlinks=False)
     elif st.S_ISREG(s.st_mode):
         fd = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sdir)
         try:
@@ -261,6 +270,7 @@ def _move_entry(sdir: int, sname: str, ddir: int, dname: str, overwrite: bool) -
             raise
     tmp = _tmp_name(dname)
     stats = _CopyStats()
+    stats.keep_times = True
     try:
         _copy_entry(sdir, sname, ddir, tmp, stats, 0)
         _rename(ddir, tmp, ddir, dname, overwrite)
