@@ -71,6 +71,9 @@ def test_exit_code_output_and_cwd(env: Env, mode: str) -> None:
     assert not out["stdout_truncated"] and out["duration_ms"] >= 0
     out = run(env, {"argv": ["cat", "file.txt"], "cwd": "/workspace/dir/"})
     assert out["stdout"] == "hello\nworld\n"
+    out = run(env, {"argv": ["sh", "-c", "pwd; echo scratch > s; cat s"], "cwd": "/tmp"})
+    assert out["stdout"] == f"{env.base / 'tmp'}\nscratch\n"
+    assert run(env, {"argv": ["cat", "readme"], "cwd": "/shared"})["stdout"] == "shared\n"
 
 
 def test_cwd_is_resolved_beneath_the_workspace(env: Env, mode: str) -> None:
