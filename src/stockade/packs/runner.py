@@ -110,6 +110,23 @@ def _verify_in_place(info: dict[str, Any]) -> dict[str, bytes]:
     return files
 
 
+# Error types a pack may report by raising an exception with `error_type` (stdlib-only packs
+# cannot import stockade's errors); anything else stays Internal with the exception's class name.
+PACK_ERROR_TYPES = frozenset({"InvalidInput", "EgressDenied", "NetworkError", "Timeout", "ResourceExhausted",
+                              "UpstreamError", "NotFound"})
+
+
+def _pack_raised(e: Exception) -> Exception:
+    """A pack's own error -> StockadeError of an allowed type (the pipeline scrubs secrets from it);
+    a pack can never claim a gateway verdict such as PolicyDenied or PackSignatureInvalid."""
+    from stockade.errors import StockadeError, err
+
+    t = e.type if isinstance(e, StockadeError) else getattr(e, "error_type", None)
+    if not (isinstance(t, str) and t in PACK_ERROR_TYPES):
+        return err("Internal", f"the pack failed ({type(e).__name__})") if isinstance(e, StockadeError) else e
+    return err(t, (e.message if isinstance(e, StockadeError) else str(e))[:500] or t)
+
+
 def run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     """The implementation behind every pack capability (the sandbox calls it per call)."""
     info = ctx.extra["pack"]
@@ -118,7 +135,10 @@ def run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     if entry is None:
         raise pack_error(f"{ctx.capability} is not in the verified pack.yaml", "pack.yaml")
     fn = load_entry(info["name"], files, entry)
-    out = fn(args)
+    try:
+        out = fn(args)
+    except Exception as e:
+        raise _pack_raised(e) from None
     if not isinstance(out, dict):
         raise pack_error(f"{entry} returned {type(out).__name__}, not an object", "pack.yaml", "Internal")
     return out

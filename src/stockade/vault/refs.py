@@ -4,7 +4,8 @@ Pure functions (no vault access, no clock). Positions per capability:
 - `network.http_request`: header values, and a `sign: {secret, algorithm: hmac-sha256, header}`
   block (the signature is computed here, in the gateway: the signing key never leaves it);
 - `process.run`: `env` values;
-- any other capability whose definition sets `secrets: true` (packs): any string value.
+- any other capability whose definition sets `secrets: true` (packs): any string value; a
+  top-level `base_url` (or `url`) argument is the target the secrets' hosts are checked against.
 A reference anywhere else in a secrets-enabled capability's arguments is InvalidInput (nothing
 is resolved). Capabilities without `secrets: true` are never scanned: `${secret:X}` is text there.
 """
@@ -171,6 +172,11 @@ def plan(capability: str, allows_secrets: bool, args: dict[str, Any]) -> Plan:
                       + (" (only in headers and sign)" if capability == HTTP else
                          " (only in env)" if capability == PROC else ""))
     target = http_target(args) if capability == HTTP and names else None
+    if names and capability not in (HTTP, PROC):
+        # A pack: a top-level `base_url` / `url` is where it sends the secrets (host-checked).
+        url = args.get("base_url", args.get("url"))
+        if isinstance(url, str):
+            target = http_target({"url": url})
     text = text_names if sign is not None else names
     return Plan(frozenset(names), frozenset(text), target, sign)
 

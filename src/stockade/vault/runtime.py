@@ -171,6 +171,8 @@ class Vault:
                                 "reference; secrets.request asks the owner for a new one."}])
                 if definition.name not in row.scope:
                     raise _not_in_scope(f"secret {name!r} may not be used by {definition.name}")
+                if row.hosts and p.target is None and definition.name not in (refs.HTTP, refs.PROC):
+                    raise _not_in_scope(f"secret {name!r} is bound to hosts, and this call names no base_url")
                 if p.target is not None and not F.host_allowed(row.hosts, p.target.scheme, p.target.host,
                                                                p.target.port):
                     raise _not_in_scope(f"secret {name!r} may not be sent to {p.target.scheme}://"

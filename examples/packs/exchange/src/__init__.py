@@ -1,0 +1,1 @@
+"""exchange: example stockade pack (signed HTTP API calls with vault secrets)."""
