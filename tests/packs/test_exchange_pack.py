@@ -220,3 +220,21 @@ def test_get_balance_through_the_gateway(exchange, tmp_path: Path) -> None:  # t
     assert not leaks(raw), leaks(raw)
     logs = b"".join(p.read_bytes() for p in tmp_path.glob("serve-*.log"))
     assert not leaks(logs), leaks(logs)
+
+
+def test_a_pack_reports_only_allowed_error_types() -> None:
+    """A pack's `error_type` becomes the error's type only from the allowlist: it cannot pose as a
+    gateway verdict (PolicyDenied, PackSignatureInvalid, SecretNotInScope...)."""
+    from stockade.errors import StockadeError, err
+    from stockade.packs.runner import _pack_raised
+
+    s = _signing()
+    e = _pack_raised(s.PackError("UpstreamError", "HTTP 401"))
+    assert isinstance(e, StockadeError) and (e.type, e.message) == ("UpstreamError", "HTTP 401")
+    for forged in ("PolicyDenied", "PackSignatureInvalid", "SecretNotInScope", "ApprovalPending", "Internal"):
+        e = _pack_raised(s.PackError(forged, "trust me"))
+        assert not (isinstance(e, StockadeError) and e.type == forged)
+        e = _pack_raised(err(forged, "trust me"))
+        assert isinstance(e, StockadeError) and e.type == "Internal" and "trust me" not in e.message
+    plain = ValueError("x")
+    assert _pack_raised(plain) is plain     # the sandbox reports it as Internal (class name only)
