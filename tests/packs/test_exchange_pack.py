@@ -238,3 +238,66 @@ def test_a_pack_reports_only_allowed_error_types() -> None:
         assert isinstance(e, StockadeError) and e.type == "Internal" and "trust me" not in e.message
     plain = ValueError("x")
     assert _pack_raised(plain) is plain     # the sandbox reports it as Internal (class name only)
+
+
+PACK_DEFS = """
+capabilities:
+  - name: exchange.get_balance
+    purpose: echo standing in for the pack
+    when_to_use: tests
+    secrets: true
+    side_effects: false
+    input: {type: object}
+    output: {type: object}
+"""
+
+
+@pytest.mark.parametrize("args,ok", [
+    ({"base_url": f"http://{IP}:{PORT}", "k": "${secret:bound}"}, True),
+    ({"base_url": f"http://{IP}:{OTHER_PORT}", "k": "${secret:bound}"}, False),     # other port
+    ({"base_url": f"https://{IP}:{PORT}", "k": "${secret:bound}"}, False),          # other scheme
+    ({"base_url": "http://203.0.113.99:8443", "k": "${secret:bound}"}, False),       # other host
+    ({"url": f"http://{IP}:{PORT}/x", "k": "${secret:bound}"}, True),
+    ({"k": "${secret:bound}"}, False),                                              # hosts but no URL
+    ({"base_url": 5, "k": "${secret:bound}"}, False),
+    ({"k": "${secret:free}"}, True),                                                # no hosts: scope only
+])
+def test_vault_checks_a_pack_calls_base_url_against_the_secret_hosts(tmp_path: Path, args: dict, ok: bool) -> None:
+    """In-process pipeline with the real vault: the host rule a pack call's secrets obey."""
+    import asyncio
+
+    from stockade.capabilities.registry import Registry, parse_definitions
+    from stockade.errors import StockadeError
+    from stockade.gateway import agents
+    from stockade.gateway.pipeline import MemoryAudit, Pipeline
+    from stockade.home import Home, init_home
+    from stockade.vault import keys
+    from stockade.vault.runtime import Vault
+    from stockade.vault.store import VaultFile
+
+    home = Home.at(tmp_path / "home")
+    init_home(home)
+    got: list[dict] = []
+    reg = Registry(parse_definitions(PACK_DEFS, "defs.yaml"), {CAP: lambda ctx, a: got.append(a) or {"ok": 1}})
+    db = home.db()
+    agent_key = agents.create(db, "alice")
+    f, kb = VaultFile(home.vault_path), keys.KeyBuffer()
+    f.init(bytearray(PW.encode()), kb)
+    f.put(kb, "bound", API_KEY.encode(), [CAP], [f"http://{IP}:{PORT}"])
+    f.put(kb, "free", API_SECRET.encode(), [CAP], [])
+    kb.close()
+    f.close()
+    v = Vault(home.vault_path)
+    v.unseal(bytearray(PW.encode()))
+    p = Pipeline(home, reg, db, secrets=v, audit=MemoryAudit())
+    caller = p.authenticate(agent_key, "s", "test")
+    try:
+        out = asyncio.run(p.invoke(caller, CAP, args))
+    except StockadeError as e:
+        assert not ok and e.type in ("SecretNotInScope", "InvalidInput"), e
+        assert not got
+        return
+    finally:
+        v.seal()
+    assert ok, out
+    assert got[0]["k"] in (API_KEY, API_SECRET)
