@@ -179,3 +179,13 @@ def test_loader_fuzz_text(text: str) -> None:
 def test_regex_checker_never_crashes(rx: str) -> None:
     with contextlib.suppress(ValueError):
         compile_regex(rx)
+
+
+def test_planned_catalog_matches_the_definitions() -> None:
+    """The fallback catalog (used when the registry cannot load) must not drift from the schemas."""
+    from stockade.capabilities.registry import load_registry
+    from stockade.policy.loader import PLANNED
+
+    reg = load_registry()
+    for name, args in PLANNED.items():
+        assert args == frozenset(reg.get(name).input_schema.get("properties", {})), name

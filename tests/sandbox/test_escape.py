@@ -55,7 +55,7 @@ result['cwd'] = os.getcwd()
     assert r["NoNewPrivs"] == "1" and r["Seccomp"] == "2"
     assert r["pid"] == 1 and r["hostname"] == "sandbox" and r["cwd"] == "/workspace"
     assert r["tty"]["ok"] is False
-    assert r["root"] == sorted(["bin", "definitions", "dev", "etc", "lib", "lib64", "proc", "sbin", "shared",
+    assert r["root"] == sorted(["bin", "definitions", "dev", "etc", "lib", "lib64", "pack", "proc", "sbin", "shared",
                                 "tmp", "trash", "usr", "workspace"] if os.path.islink("/bin") else r["root"])
     assert "run" not in r["root"] and "sys" not in r["root"] and "home" not in r["root"]
     assert set(r["dev"]) == {"null", "zero", "full", "random", "urandom", "fd", "stdin", "stdout", "stderr"}

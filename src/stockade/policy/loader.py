@@ -25,25 +25,27 @@ TEMPLATES_DIR = PACKAGE_DIR / "templates"
 TEMPLATES = ("personal", "strict", "open")
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
-# Built-in capabilities and the arguments they take (None = not fully known yet: no warnings on
-# arguments). The registry's schemas take precedence once a capability is implemented.
+# Built-in sandboxed capabilities and their arguments: the fallback when the registry cannot load
+# (so policy errors still show). Kept equal to the definitions' schemas by tests/policy.
 PLANNED: dict[str, frozenset[str] | None] = {
-    "filesystem.read": frozenset({"path", "offset", "length", "encoding"}),
-    "filesystem.write": frozenset({"path", "content", "encoding", "create_dirs"}),
-    "filesystem.append": frozenset({"path", "content", "encoding"}),
-    "filesystem.list": frozenset({"path", "recursive", "limit"}),
-    "filesystem.stat": frozenset({"path"}),
-    "filesystem.mkdir": frozenset({"path", "parents"}),
-    "filesystem.move": frozenset({"source", "destination", "overwrite"}),
-    "filesystem.copy": frozenset({"source", "destination", "overwrite"}),
-    "filesystem.search": None,
-    "filesystem.search_content": None,
+    "filesystem.append": frozenset({"content", "encoding", "parents", "path"}),
+    "filesystem.copy": frozenset({"destination", "overwrite", "recursive", "source"}),
     "filesystem.delete": frozenset({"path", "recursive"}),
-    "filesystem.restore": None,
-    "process.run": frozenset({"argv", "cwd", "env", "stdin", "timeout"}),
-    "network.http_request": frozenset({"method", "url", "headers", "body", "timeout"}),
-    "network.dns_lookup": frozenset({"name", "type"}),
+    "filesystem.list": frozenset({"include_hidden", "max_results", "path", "recursive"}),
+    "filesystem.mkdir": frozenset({"parents", "path"}),
+    "filesystem.move": frozenset({"destination", "overwrite", "source"}),
+    "filesystem.read": frozenset({"encoding", "max_bytes", "offset", "path"}),
+    "filesystem.restore": frozenset({"destination", "overwrite", "path", "trash_id"}),
+    "filesystem.search": frozenset({"include_hidden", "max_results", "path", "pattern"}),
+    "filesystem.search_content": frozenset({"case_sensitive", "include", "include_hidden", "max_results", "path",
+                                            "query", "regex"}),
+    "filesystem.stat": frozenset({"follow_symlinks", "path"}),
+    "filesystem.write": frozenset({"content", "encoding", "overwrite", "parents", "path"}),
+    "network.dns_lookup": frozenset({"name", "timeout"}),
+    "network.http_request": frozenset({"body", "body_base64", "follow_redirects", "headers", "max_bytes",
+                                       "max_redirects", "method", "sign", "timeout", "url"}),
     "network.port_check": frozenset({"host", "port", "timeout"}),
+    "process.run": frozenset({"argv", "cwd", "env", "stdin", "timeout"}),
 }
 STRICT_CATEGORIES = frozenset({"filesystem", "process", "network", "system", "agent"})
 
@@ -74,10 +76,21 @@ def catalog(registry: Any | None = None) -> Catalog:
             registry = load_registry()
         except Exception:  # noqa: BLE001 - another part's broken definition must not hide policy errors
             registry = None
-    if registry is not None:
-        for d in registry.all():
-            props = d.input_schema.get("properties")
-            args[d.name] = frozenset(props) if isinstance(props, dict) else None
+    defs = list(registry.all()) if registry is not None else []
+    if registry is not None and "secrets.list" not in registry:
+        # The vault registers its in-process capabilities when the gateway starts; offline
+        # validation must know them too.
+        try:
+            from stockade.capabilities.registry import parse_definitions
+            from stockade.vault import setup as vault_setup
+
+            vpath = Path(vault_setup.__file__).with_name("capabilities.yaml")
+            defs += parse_definitions(vpath.read_text(), str(vpath))
+        except Exception:  # noqa: BLE001, S110 - without the vault part there is nothing to add
+            pass
+    for d in defs:
+        props = d.input_schema.get("properties")
+        args[d.name] = frozenset(props) if isinstance(props, dict) else None
     return Catalog(args)
 
 

@@ -33,7 +33,7 @@ sched_rr_get_interval prctl arch_prctl setrlimit sync gettid readahead getxattr 
 fgetxattr listxattr llistxattr flistxattr tkill time futex sched_setaffinity sched_getaffinity
 getdents64 set_tid_address restart_syscall fadvise64 timer_create timer_settime timer_gettime
 timer_getoverrun timer_delete clock_gettime clock_getres clock_nanosleep exit_group epoll_wait
-epoll_ctl tgkill utimes waitid inotify_init inotify_add_watch inotify_rm_watch openat mkdirat
+epoll_ctl tgkill utimes waitid inotify_init inotify_add_watch inotify_rm_watch openat openat2 mkdirat
 fchownat futimesat newfstatat unlinkat renameat linkat symlinkat readlinkat fchmodat faccessat
 pselect6 ppoll set_robust_list get_robust_list splice tee sync_file_range vmsplice utimensat
 epoll_pwait signalfd timerfd_create eventfd fallocate timerfd_settime timerfd_gettime accept4
