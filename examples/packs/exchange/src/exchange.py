@@ -22,8 +22,8 @@ _AMOUNT = re.compile(r"^[0-9]{1,30}(\.[0-9]{1,30})?$")
 
 
 def _header_value(name: str, v: str) -> str:
-    if not v or any(c in v for c in "\r\n\0"):
-        raise PackError("InvalidInput", f"{name}: empty or contains CR, LF or NUL")
+    if not v or not v.isascii() or not v.isprintable():
+        raise PackError("InvalidInput", f"{name}: must be printable ASCII (a header value)")
     return v
 
 
