@@ -288,6 +288,18 @@ def _walk(fd: int, base: tuple[str, ...], *, recursive: bool, include_hidden: bo
 
     Directories deeper than `max_depth` are not entered; `cut` (if given) is set to [True] then.
     """
+    for _dfd, _name, parts, s in _walk_fds(fd, base, recursive=recursive, include_hidden=include_hidden,
+                                          max_depth=max_depth, cut=cut):
+        yield parts, s
+
+
+def _walk_fds(fd: int, base: tuple[str, ...], *, recursive: bool, include_hidden: bool,
+              max_depth: int = MAX_DEPTH, cut: list[bool] | None = None
+              ) -> Iterator[tuple[int, str, tuple[str, ...], os.stat_result]]:
+    """The one directory walker: (parent dir fd, name, parts, lstat), the fd open while yielded.
+
+    Every directory is entered with openat(O_NOFOLLOW) from its parent's fd, so a symlink swapped
+    in during the walk is never followed out of the tree."""
     first = os.dup(fd)
     stack: list[tuple[int, tuple[str, ...], Iterator[os.DirEntry[str]]]] = []
     try:
@@ -306,7 +318,7 @@ def _walk(fd: int, base: tuple[str, ...], *, recursive: bool, include_hidden: bo
             except OSError:
                 continue
             p = (*parts, e.name)
-            yield p, s
+            yield dfd, e.name, p, s
             if recursive and st.S_ISDIR(s.st_mode) and len(stack) >= max_depth and cut is not None:
                 cut[:] = [True]
             if recursive and st.S_ISDIR(s.st_mode) and len(stack) < max_depth:
@@ -748,38 +760,12 @@ def fs_search_content(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 def _content_files(top: int, t: Target, include_hidden: bool,
                    inc_match: Any) -> Iterator[tuple[int, str, tuple[str, ...], os.stat_result | None]]:
     """Regular files below `top`: (dir fd, name, parts, stat); dir fds stay open while yielded."""
-    stack: list[tuple[int, tuple[str, ...], Iterator[os.DirEntry[str]]]] = []
-    first = os.dup(top)
-    try:
-        stack.append((first, t.parts, iter(_entries(first))))
-        while stack:
-            dfd, parts, it = stack[-1]
-            e = next(it, None)
-            if e is None:
-                os.close(dfd)
-                stack.pop()
-                continue
-            if not include_hidden and e.name.startswith("."):
-                continue
-            p = (*parts, e.name)
-            try:
-                s = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if st.S_ISDIR(s.st_mode) and len(stack) < MAX_DEPTH:
-                try:
-                    cfd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                except OSError:
-                    continue
-                stack.append((cfd, p, iter(_entries(cfd))))
-            elif st.S_ISREG(s.st_mode):
-                if inc_match is not None and not inc_match("/".join(p[len(t.parts):]), e.name):
-                    continue
-                yield dfd, e.name, p, s
-    finally:
-        for dfd, _, _ in stack:
-            with contextlib.suppress(OSError):
-                os.close(dfd)
+    for dfd, name, p, s in _walk_fds(top, t.parts, recursive=True, include_hidden=include_hidden):
+        if not st.S_ISREG(s.st_mode):
+            continue
+        if inc_match is not None and not inc_match("/".join(p[len(t.parts):]), name):
+            continue
+        yield dfd, name, p, s
 
 
 # -- trash: delete / restore ------------------------------------------------------------------
