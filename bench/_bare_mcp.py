@@ -7,6 +7,7 @@ audit. Run as `python bench/_bare_mcp.py PORTFILE`.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sys
 from typing import Any
@@ -19,12 +20,21 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 
+# The same contract as stockade's system.time (so both sides pay the same schema and
+# serialisation costs in client and SDK), but nothing behind it: no auth, policy or audit.
+INPUT = {"type": "object", "properties": {}, "additionalProperties": False}
+OUTPUT = {"type": "object", "required": ["utc", "unix", "unix_ms"],
+          "properties": {"utc": {"type": "string"}, "unix": {"type": "integer"}, "unix_ms": {"type": "integer"}}}
+RESULT = {"utc": "2026-01-01T00:00:00.000Z", "unix": 1767225600, "unix_ms": 1767225600000}
+
+
 async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=[types.Tool(name="noop", input_schema={"type": "object"})])
+    return types.ListToolsResult(tools=[types.Tool(name="noop", input_schema=INPUT, output_schema=OUTPUT)])
 
 
 async def call_tool(ctx: Any, params: Any) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text="{}")], structured_content={})
+    return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(RESULT))],
+                                structured_content=RESULT)
 
 
 def main() -> None:

@@ -97,9 +97,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
         per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
         return {"bench": "gateway", "results": [
-            row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor="bare mcp SDK server no-op tool",
+            row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor="bare mcp SDK server, no-op tool with the same schemas",
                 anchor_ns=anchor, per_s=per_s(mcp_ours)),
-            row("jsonrpc system.time (full pipeline)", rpc, anchor="bare mcp SDK server no-op tool",
+            row("jsonrpc system.time (full pipeline)", rpc, anchor="bare mcp SDK server, no-op tool with the same schemas",
                 anchor_ns=anchor, per_s=per_s(rpc)),
         ]}
     finally:

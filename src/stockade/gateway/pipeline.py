@@ -270,7 +270,10 @@ class Pipeline:
         phase = "outcome" if definition.side_effects else "complete"
         try:
             result = await self._execute(caller, definition, run_args, call_id)
-            if not definition.output_validator.is_valid(result):
+            # Results from the sandbox (our handlers on hostile data, packs' code) are checked against
+            # the contract; in-process built-ins are plain code covered by tests, and skipping them
+            # keeps ~0.2 ms of jsonschema off the hottest calls.
+            if definition.execution != "inprocess" and not definition.output_validator.is_valid(result):
                 raise err("Internal", f"{capability} returned a result that does not match its output schema")
         except StockadeError as e:
             e = _scrub(e, secret_values)
