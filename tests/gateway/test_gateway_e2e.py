@@ -8,6 +8,8 @@ import sys
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -249,3 +251,29 @@ def test_stdio_bridge_with_sdk_stdio_client(server: Server) -> None:
             assert who["agent"] == "alice"
 
     asyncio.run(go())
+
+
+mcp_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
+mcp_messages = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "1.0", 2]),
+     "method": st.sampled_from(["initialize", "tools/list", "tools/call", "server/discover", "ping", "x/y"]) | st.text(
+         max_size=10)},
+    optional={"id": st.integers() | st.text(max_size=5) | st.none(), "params": mcp_values})
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(mcp_messages.map(json.dumps), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))),
+       version=st.sampled_from([None, "2025-11-25", "2026-07-28", "1999-01-01"]))
+def test_fuzz_mcp_requests_never_break_the_gateway(server: Server, body: str, version: str | None) -> None:
+    """Arbitrary MCP POSTs (both revisions): a 4xx or a JSON-RPC error, never a 5xx or a dead server."""
+    key = server.agent("fuzzer")
+    h = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
+         "Content-Type": "application/json"}
+    if version:
+        h["Mcp-Protocol-Version"] = version
+    r = httpx.post(f"{server.url}/mcp", content=body.encode("utf-8", "surrogatepass"), headers=h, timeout=30)
+    assert r.status_code < 500, (r.status_code, r.text[:300])
+    assert "Traceback" not in r.text
+    assert server.invoke(key, "system.time").get("result"), "the gateway stopped answering"
