@@ -25,7 +25,8 @@ import pytest
 from tests.conftest import cli_json, need_root, run_cli, start_server
 from tests.egress.topo import TestHost
 
-pytestmark = [pytest.mark.slow]
+# One worker runs them all: they share the test host address 198.51.100.88 (one route on the host).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vault-canary")]
 
 HERE = Path(__file__).resolve().parent
 IP, PORT = "198.51.100.88", 8080          # TEST-NET-2, on a host we create (index 9: unused by egress tests)
