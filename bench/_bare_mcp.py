@@ -19,7 +19,6 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-
 # The same contract as stockade's system.time (so both sides pay the same schema and
 # serialisation costs in client and SDK), but nothing behind it: no auth, policy or audit.
 INPUT = {"type": "object", "properties": {}, "additionalProperties": False}

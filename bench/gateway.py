@@ -26,6 +26,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from _util import row
 
 HERE = Path(__file__).resolve().parent
+ANCHOR = "bare mcp SDK server, no-op tool with the same schemas"
 
 
 def _wait_file(p: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
@@ -97,9 +98,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
         per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
         return {"bench": "gateway", "results": [
-            row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor="bare mcp SDK server, no-op tool with the same schemas",
+            row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor=ANCHOR,
                 anchor_ns=anchor, per_s=per_s(mcp_ours)),
-            row("jsonrpc system.time (full pipeline)", rpc, anchor="bare mcp SDK server, no-op tool with the same schemas",
+            row("jsonrpc system.time (full pipeline)", rpc, anchor=ANCHOR,
                 anchor_ns=anchor, per_s=per_s(rpc)),
         ]}
     finally:
