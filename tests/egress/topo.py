@@ -8,6 +8,7 @@ all traffic stays on this machine.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -28,6 +29,10 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: {r.stderr}")
     return r
+
+
+# RFC 5737 TEST-NET-2/3 (not TEST-NET-1: CI machines of this kind have their own uplink in 192.0.2.0/24)
+DOC_NETS = ("198.51.100.0/24", "203.0.113.0/24")
 
 
 class TestHost:
@@ -53,6 +58,12 @@ class TestHost:
         batch = (f"link set lo up\nlink set eth0 up\naddr add {self.link_peer}/30 dev eth0\n"
                  f"addr add {self.ip}/32 dev lo\nroute add default via {self.link_host}\n")
         subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=batch, text=True, check=True, timeout=30)
+        # A blackhole behind the host route: if this test host goes away while something still
+        # sends to its address, the packets die here instead of leaving through the uplink (which
+        # on CI machines answers any address). Only for documentation ranges (never the metadata
+        # address or a private range the machine may really use), and left in place.
+        if any(ipaddress.ip_address(self.ip) in ipaddress.ip_network(n) for n in DOC_NETS):
+            sh("ip", "route", "replace", "blackhole", f"{self.ip}/32", "metric", "4242")
         sh("ip", "route", "replace", f"{self.ip}/32", "via", self.link_peer, "dev", self.veth)
         return self
 
