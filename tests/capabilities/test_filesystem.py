@@ -330,8 +330,10 @@ def test_move_across_mounts_falls_back_to_copy(env: Env, mode: str, monkeypatch:
 
 def test_delete_into_a_trash_on_another_filesystem(env: Env, registry: Any) -> None:
     """A real EXDEV: the trash on tmpfs (/dev/shm), the workspace on disk."""
-    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(env.ws).st_dev:
-        pytest.skip("no second filesystem to move across")
+    from tests.conftest import need
+
+    need(os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(env.ws).st_dev,
+         "no second filesystem (/dev/shm) to move across")
     import shutil
     import tempfile
 

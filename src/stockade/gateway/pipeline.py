@@ -263,7 +263,8 @@ class Pipeline:
             await self._record(base, safe_args, decision, e, t0, "complete")
             self._approval_done(approved, call_id, None, e)
             raise
-        safe_args = redact(args, secret_values)
+        if secret_values:
+            safe_args = redact(args, secret_values)
         if definition.side_effects:
             # The intent is durable before anything happens (a crash mid-call leaves a trace).
             await self._record(base, safe_args, decision, None, t0, "decision")

@@ -50,11 +50,12 @@ def _pack_info(gw: Any):  # type: ignore[no-untyped-def]
         pk = gw.state.get("packs", {}).get(definition.pack)
         if pk is None:
             raise pack_error(f"{definition.pack} is not installed", "pack.yaml")
-        runner_info = store.runner_info(gw.home, gw.pipeline.db, pk)
         spec = gw.state.setdefault("pack_specs", {}).get(pk.name)
-        if spec is None or spec[0] != pk.version:
+        if spec is None or spec[0] != pk.version:   # parsed once per installed version, not per call
             spec = (pk.version, parse_pack_yaml((pk.path(gw.home) / "pack.yaml").read_text()))
             gw.state["pack_specs"][pk.name] = spec
+        runner_info = store.runner_info(gw.home, gw.pipeline.db, pk,
+                                        {c.name: c.entry for c in spec[1].capabilities})
         sb = spec[1].sandbox
         asked: dict[str, Any] = {"seccomp": sb.seccomp, "egress": list(sb.egress), "timeout": sb.timeout}
         if sb.memory is not None:

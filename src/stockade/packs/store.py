@@ -230,15 +230,20 @@ def _tx(conn: sqlite3.Connection):  # type: ignore[no-untyped-def]
     conn.execute("COMMIT")
 
 
-def runner_info(home: Home, conn: sqlite3.Connection, pk: Installed) -> dict[str, Any]:
-    """What the sandboxed runner needs to verify the pack on its own (passed per call)."""
+def runner_info(home: Home, conn: sqlite3.Connection, pk: Installed,
+                entries: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the sandboxed runner needs to verify the pack on its own (passed per call).
+
+    `entries` (capability -> module:function) may come from the caller's parsed pack.yaml."""
     r = conn.execute("SELECT pubkey, revoked_at FROM pack_publishers WHERE key_id=?", (pk.key_id,)).fetchone()
     if r is None or r[1] is not None:
         raise pack_error(f"publisher key {pk.key_id} of {pk.name} is no longer trusted", "SIGNATURE")
-    from stockade.packs.manifest import parse_pack_yaml
+    if entries is None:
+        from stockade.packs.manifest import parse_pack_yaml
 
-    spec = parse_pack_yaml((pk.path(home) / "pack.yaml").read_text())
+        spec = parse_pack_yaml((pk.path(home) / "pack.yaml").read_text())
+        entries = {c.name: c.entry for c in spec.capabilities}
     return {"name": pk.name, "version": pk.version, "publisher": pk.publisher, "key_id": pk.key_id,
-            "entries": {c.name: c.entry for c in spec.capabilities},
+            "entries": entries,
             "pubkey": base64.b64encode(bytes(r[0])).decode(), "manifest_sha256": pk.manifest_sha256,
             "deps_sha256": pk.deps_sha256, "host_path": str(pk.path(home)), "dir": "/pack"}

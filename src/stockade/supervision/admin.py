@@ -140,8 +140,9 @@ def running(home: Home) -> bool:
         s.close()
 
 
-def call(home: Home, cmd: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-    """One request/response; raises StockadeError (type `Unreachable` if no server)."""
+def _send_request(home: Home, cmd: str, args: dict[str, Any] | None,
+                  timeout: float | None) -> tuple[socket.socket, Any]:
+    """Connect and send one request line; (socket, its file) or `Unreachable`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -149,35 +150,38 @@ def call(home: Home, cmd: str, args: dict[str, Any] | None = None, timeout: floa
     except OSError:
         s.close()
         raise err("Unreachable", f"no running gateway for {home.root} (stockade serve --home {home.root})") from None
-    with s, s.makefile("rwb") as f:
-        f.write(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        f.flush()
+    f = s.makefile("rwb")
+    f.write(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
+    f.flush()
+    return s, f
+
+
+def _remote_error(e: dict[str, Any] | None) -> StockadeError:
+    e = e or {}
+    return StockadeError(e.get("type", "Internal"), e.get("message", "admin command failed"), e.get("recovery"),
+                         {k: v for k, v in e.items() if k not in ("type", "message", "recovery")})
+
+
+def call(home: Home, cmd: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    """One request/response; raises StockadeError (type `Unreachable` if no server)."""
+    s, f = _send_request(home, cmd, args, timeout)
+    with s, f:
         line = f.readline(MAX_LINE)
     if not line:
         raise err("Unreachable", "the gateway closed the admin connection")
     resp = json.loads(line)
     if not resp.get("ok"):
-        e = resp.get("error") or {}
-        raise StockadeError(e.get("type", "Internal"), e.get("message", "admin command failed"),
-                            e.get("recovery"), {k: v for k, v in e.items() if k not in ("type", "message", "recovery")})
+        raise _remote_error(resp.get("error"))
     return resp.get("result")
 
 
 def stream(home: Home, cmd: str, args: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
     """Yield events of a streaming command until the server closes."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(home.admin_sock))
-    except OSError:
-        s.close()
-        raise err("Unreachable", f"no running gateway for {home.root}") from None
-    with s, s.makefile("rwb") as f:
-        f.write(json.dumps({"cmd": cmd, "args": args or {}}).encode() + b"\n")
-        f.flush()
+    s, f = _send_request(home, cmd, args, None)
+    with s, f:
         for line in f:
             msg = json.loads(line)
             if "event" in msg:
                 yield msg["event"]
             elif not msg.get("ok", True):
-                e = msg.get("error") or {}
-                raise StockadeError(e.get("type", "Internal"), e.get("message", ""))
+                raise _remote_error(msg.get("error"))
