@@ -189,7 +189,7 @@ def run(quick: bool) -> dict[str, Any]:
     from stockade.egress import nft, ruleset
     from stockade.egress.manager import Egress, child_view, load_settings, profile_source
     from stockade.gateway import agents
-    from stockade.home import Home
+    from stockade.core.home import Home
 
     n = 40 if quick else 300
     n_gw = 20 if quick else 150

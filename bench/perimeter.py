@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from _util import row
-from stockade import db
+from stockade.core import db
 from stockade.perimeter import fwknop, native
 from stockade.perimeter.config import PerimeterConfig
 from stockade.perimeter.daemon import Perimeter
@@ -61,7 +61,7 @@ def _verify_rows(quick: bool) -> list[dict[str, Any]]:
     nk = native.NativeKey.from_secret(n)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        conn = db.connect(Path(tmp) / "stockade.db")
+        conn = db.connect(Path(tmp) / "stockade.core.db")
         now = time.time()
         p = Perimeter(cfg, ReplayCache(conn, 120, now), None)
         fw_pk = [fwknop.encode(k, h, SRC, ["tcp/22"], timestamp=int(now)) for _ in range(n_valid)]
@@ -98,7 +98,7 @@ def _setns(path: str) -> None:
 def _latency_row(quick: bool) -> dict[str, Any]:
     if os.geteuid() != 0 or not shutil.which("ip"):
         return {"case": "grant latency packet -> nft element", "skipped": "needs root (network namespace)"}
-    from stockade.home import Home, write_private
+    from stockade.core.home import Home, write_private
     from stockade.perimeter.nft import Firewall
 
     samples_n = 40 if quick else 300

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from _util import row
-from stockade import db as dbmod
+from stockade.core import db as dbmod
 from stockade.policy import loader
 from stockade.policy.engine import compile_policy
 from stockade.policy.model import parse_policy

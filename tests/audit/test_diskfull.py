@@ -24,8 +24,8 @@ from tests.conftest import need_root
 from stockade.audit import checkpoint as cp
 from stockade.audit.verify import verify_dir
 from stockade.audit.writer import AuditWriter, Settings
-from stockade.errors import StockadeError
-from stockade.supervision.bus import EventBus
+from stockade.core.errors import StockadeError
+from stockade.core.events import EventBus
 
 pytestmark = pytest.mark.root
 

@@ -19,8 +19,8 @@ from stockade.audit import writer as wmod
 from stockade.audit.index import Index, read_record
 from stockade.audit.verify import verify_dir
 from stockade.audit.writer import AuditWriter, Settings, append_locked
-from stockade.errors import StockadeError
-from stockade.supervision.bus import EventBus
+from stockade.core.errors import StockadeError
+from stockade.core.events import EventBus
 
 
 def verify(root: Path):  # type: ignore[no-untyped-def]

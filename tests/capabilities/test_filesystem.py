@@ -20,7 +20,7 @@ from hypothesis import strategies as hs
 
 from stockade.capabilities.impl import filesystem as fs
 from stockade.capabilities.registry import load_registry
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 
 from .conftest import SECRET, Env
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as hs
 
 from stockade.capabilities import paths
 from stockade.capabilities.paths import Resolver, Root, Target, parse
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 
 from .conftest import SECRET, Env
 

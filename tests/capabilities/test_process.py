@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from stockade.capabilities.impl import process as pr
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 
 from .conftest import Env
 

@@ -22,7 +22,7 @@ from stockade.egress.rules import (
     parse_url,
     split_answers,
 )
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

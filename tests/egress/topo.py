@@ -137,7 +137,7 @@ except OSError as e:
 CAPABILITY = """
 import json, sys
 from stockade.capabilities.impl import network
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 req = json.loads(sys.argv[1])
 ctx = {"agent": req["agent"], "extra": {"egress": req["view"]}, "profile": {"egress": req["view"]["entries"]}}
 try:

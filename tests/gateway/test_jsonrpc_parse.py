@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
+from stockade.core.errors import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 from stockade.gateway import jsonrpc
 from stockade.gateway.jsonrpc import Invalid, Request, parse
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stockade.capabilities.registry import Registry, load_registry, parse_definitions
-from stockade.config import load_config
-from stockade.errors import ConfigError
+from stockade.core.config import load_config
+from stockade.core.errors import ConfigError
 
 GOOD = """\
 capabilities:

@@ -225,7 +225,7 @@ def test_get_balance_through_the_gateway(exchange, tmp_path: Path) -> None:  # t
 def test_a_pack_reports_only_allowed_error_types() -> None:
     """A pack's `error_type` becomes the error's type only from the allowlist: it cannot pose as a
     gateway verdict (PolicyDenied, PackSignatureInvalid, SecretNotInScope...)."""
-    from stockade.errors import StockadeError, err
+    from stockade.core.errors import StockadeError, err
     from stockade.packs.runner import _pack_raised
 
     s = _signing()
@@ -267,10 +267,10 @@ def test_vault_checks_a_pack_calls_base_url_against_the_secret_hosts(tmp_path: P
     import asyncio
 
     from stockade.capabilities.registry import Registry, parse_definitions
-    from stockade.errors import StockadeError
+    from stockade.core.errors import StockadeError
     from stockade.gateway import agents
     from stockade.gateway.pipeline import MemoryAudit, Pipeline
-    from stockade.home import Home, init_home
+    from stockade.core.home import Home, init_home
     from stockade.vault import keys
     from stockade.vault.runtime import Vault
     from stockade.vault.store import VaultFile

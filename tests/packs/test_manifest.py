@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import ConfigError, StockadeError
+from stockade.core.errors import ConfigError, StockadeError
 from stockade.packs import tree
 from stockade.packs.manifest import build_manifest, check_lockfile, check_path, key_id, parse_pack_yaml, sign, verify
 from stockade.packs.runner import load_entry

@@ -35,10 +35,10 @@ def keys() -> dict[str, str]:
 
 
 def write_home(root: Path, perimeter: dict[str, Any]) -> Path:
-    """A minimal real home: stockade.yaml (0600) with a perimeter section, and stockade.db."""
+    """A minimal real home: stockade.yaml (0600) with a perimeter section, and stockade.core.db."""
     import yaml
 
-    from stockade.home import Home, write_private
+    from stockade.core.home import Home, write_private
     from stockade.perimeter import replay  # noqa: F401 - schema
 
     h = Home.at(root)

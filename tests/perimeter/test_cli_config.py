@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import cli_json, need, run_cli
 
-from stockade.errors import ConfigError
+from stockade.core.errors import ConfigError
 from stockade.perimeter import config as pconfig
 from stockade.perimeter import fwknop, sshd
 

@@ -165,7 +165,7 @@ BLOCKED_CALLS = [
     ("filesystem.copy", {"source": "/workspace/x", "destination": "/usr/lib/x"}),
     ("filesystem.read", {"path": "/srv/stockade-home/vault.db"}),
     ("filesystem.list", {"path": "/srv/stockade-home"}),
-    ("filesystem.read", {"path": "/var/lib/stockade/stockade.db"}),
+    ("filesystem.read", {"path": "/var/lib/stockade/stockade.core.db"}),
     ("filesystem.copy", {"source": "/srv/stockade-home/keys/x", "destination": "/workspace/k"}),
     ("filesystem.stat", {"path": "/workspace/../srv/stockade-home/audit"}),
     ("process.run", {"argv": ["cat", "/srv/stockade-home/vault.db"]}),

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import ConfigError
+from stockade.core.errors import ConfigError
 from stockade.policy import loader
 from stockade.policy.conditions import compile_regex
 from stockade.policy.model import parse_policy

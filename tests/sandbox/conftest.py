@@ -98,7 +98,7 @@ def sbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sbx]:
     switch = base / "layer-switch.json"
     switch.write_text("[]")
     from stockade.gateway import agents
-    from stockade.home import Home, init_home
+    from stockade.core.home import Home, init_home
     from stockade.sandbox import agentns
 
     home = Home.at(base / "home")

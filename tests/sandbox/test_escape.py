@@ -492,7 +492,7 @@ result['fds'] = fds
 
 # -- contract -------------------------------------------------------------------------------
 def test_structured_error_roundtrip(sbx) -> None:  # type: ignore[no-untyped-def]
-    r = sbx.run("from stockade.errors import err\nraise err('FileNotFound', 'no such file', path='/workspace/x')")
+    r = sbx.run("from stockade.core.errors import err\nraise err('FileNotFound', 'no such file', path='/workspace/x')")
     e = _err(r)
     assert e["type"] == "FileNotFound" and e["path"] == "/workspace/x" and e["message"] == "no such file"
     e = _err(sbx.run("raise ValueError('boom')"))

@@ -18,7 +18,7 @@ from tests.conftest import need, need_root
 from tests.sandbox import attack_caps
 from tests.sandbox.conftest import ATTACK_FILE, PRELUDE
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.gateway.pipeline import Caller
 from stockade.sandbox import Profile, cgroups
 
@@ -120,7 +120,7 @@ def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("STOCKADE_SANDBOX_TESTING", "1")
     monkeypatch.setenv("STOCKADE_SANDBOX_TEST_MODULES", ATTACK_FILE)
     from stockade.gateway import agents
-    from stockade.home import Home, init_home
+    from stockade.core.home import Home, init_home
     from stockade.sandbox import agentns
     from stockade.sandbox.executor import SandboxExecutor
 
@@ -252,7 +252,7 @@ result['n'] = n
 
 def test_doctor_reports_every_layer(tmp_path: Path) -> None:
     need_root()
-    from stockade.home import Home
+    from stockade.core.home import Home
     from stockade.sandbox import setup
 
     out = setup.doctor(Home.at(tmp_path))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.sandbox import Profile, cgroups, landlock
 from stockade.sandbox.child import landlock_spec
 from stockade.sandbox.executor import map_outcome

@@ -11,7 +11,7 @@ from stockade.approvals.service import ApprovalService
 from stockade.capabilities.registry import _IMPLS, DEFINITIONS_DIR, Registry, parse_definitions
 from stockade.gateway import agents
 from stockade.gateway.pipeline import Caller, Decision, MemoryAudit, Pipeline
-from stockade.home import Home, init_home
+from stockade.core.home import Home, init_home
 
 ECHO_YAML = """
 capabilities:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 
 from .conftest import Env, until
 

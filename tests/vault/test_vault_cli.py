@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import cli_json, run_cli, start_server
 
-from stockade.home import Home
+from stockade.core.home import Home
 from stockade.vault.setup import doctor
 
 PW = "cli test passphrase"

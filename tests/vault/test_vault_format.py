@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.vault import format as F
 from stockade.vault import keys
 from stockade.vault.store import VaultFile

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.vault import refs
 
 HTTP, PROC = "network.http_request", "process.run"

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.vault import keys
 from stockade.vault.runtime import Vault
 from stockade.vault.store import VaultFile

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stockade.errors import err
+from stockade.core.errors import err
 from stockade.gateway.jsonrpc import method
 
 

@@ -40,8 +40,8 @@ from stockade.approvals.core import (
     transition,
 )
 from stockade.audit.redact import redact
-from stockade.errors import StockadeError, err
-from stockade.gateway.pipeline import report_progress
+from stockade.core.errors import StockadeError, err
+from stockade.core.types import report_progress
 
 # Set by the background executor so that `request()` recognises the approved call it re-enters.
 _RESUME: contextvars.ContextVar[str | None] = contextvars.ContextVar("stockade_approval_resume", default=None)
@@ -267,7 +267,7 @@ class ApprovalService:
 
     async def _execute_later(self, aid: str) -> None:
         """Run an approved call nobody is holding any more, through the whole pipeline, once."""
-        from stockade.gateway.pipeline import Caller
+        from stockade.core.types import Caller
 
         if not store.set_status(self.db, aid, RUNNING, only_from=APPROVED):
             return

@@ -7,7 +7,7 @@ from typing import Any
 
 from stockade.approvals import rpc  # noqa: F401  (registers approvals.status)
 from stockade.approvals.service import ApprovalService
-from stockade.errors import err
+from stockade.core.errors import err
 from stockade.supervision.admin import admin_command
 
 

@@ -1,4 +1,4 @@
-"""SQLite persistence of approvals and time-limited grants (tables in `stockade.db`).
+"""SQLite persistence of approvals and time-limited grants (tables in `stockade.core.db`).
 
 Raw arguments are kept only while the call may still run (they are needed to execute it after
 the agent stopped waiting) and cleared once the approval is final; what the owner and the agent
@@ -14,8 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from stockade import db as _db
 from stockade.approvals.core import PENDING
+from stockade.core import db as _db
 
 MAX_RESULT_BYTES = 1 << 20
 

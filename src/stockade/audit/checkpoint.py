@@ -141,7 +141,7 @@ def fsync_dir(d: Path) -> None:
 # -- keys ---------------------------------------------------------------------------------------
 def create_keys(keys_dir: Path) -> list[str]:
     """Create the audit key pair if absent (private 0600, PKCS8 PEM; public PEM)."""
-    from stockade.home import write_private
+    from stockade.core.home import write_private
 
     priv_path, pub_path = keys_dir / KEY_NAME, keys_dir / PUB_NAME
     if priv_path.exists():

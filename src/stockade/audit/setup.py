@@ -8,8 +8,8 @@ from typing import Any
 from stockade.audit import checkpoint as cp
 from stockade.audit.verify import day_files, verify_dir
 from stockade.audit.writer import AuditWriter, Settings
-from stockade.errors import err
-from stockade.home import Home, on_init
+from stockade.core.errors import err
+from stockade.core.home import Home, on_init
 from stockade.supervision.admin import admin_command
 
 

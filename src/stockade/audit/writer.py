@@ -37,7 +37,7 @@ from stockade.audit import checkpoint as cp
 from stockade.audit.index import Index, row_fields
 from stockade.audit.record import FRAME, MAX_FRAME, ZERO_HASH, BadRecord, build, check, day_of, frame, now_us
 from stockade.audit.verify import _looks_torn, day_files
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 
 LOCK_NAME = ".lock"
 TORN_DIR = "torn"

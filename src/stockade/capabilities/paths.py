@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255

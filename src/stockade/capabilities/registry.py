@@ -18,8 +18,8 @@ from typing import Any, Literal
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stockade import yamlfile
-from stockade.errors import ConfigError, err
+from stockade.core import yamlfile
+from stockade.core.errors import ConfigError, err
 
 TIERS = ("autonomous", "notify", "approval_required", "blocked")
 NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"

@@ -1,6 +1,6 @@
 """`stockade agent create|list|revoke|rotate` (DESIGN.md §4).
 
-Works on a stopped home (writes stockade.db directly) and on a running one (the server reads
+Works on a stopped home (writes stockade.core.db directly) and on a running one (the server reads
 the same database on every call, so a revoke takes effect at the next request).
 """
 
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import click
 
 from stockade.cli.common import emit, fail_error, home_option, json_option, need_home
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.gateway import agents
 
 

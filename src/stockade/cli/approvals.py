@@ -22,7 +22,7 @@ from stockade.cli.common import (
     need_home,
     sanitize,
 )
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.supervision import admin as admin_client
 
 

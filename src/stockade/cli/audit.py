@@ -32,8 +32,8 @@ from stockade.cli.common import (
     need_home,
     sanitize,
 )
-from stockade.errors import StockadeError
-from stockade.home import Home
+from stockade.core.errors import StockadeError
+from stockade.core.home import Home
 
 
 def _parse_time(v: str | None, what: str) -> int | None:

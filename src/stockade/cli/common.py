@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 
 import click
 
-from stockade.errors import ConfigError, StockadeError
-from stockade.home import Home
+from stockade.core.errors import ConfigError, StockadeError
+from stockade.core.home import Home
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 

@@ -10,7 +10,7 @@ import anyio
 import click
 
 from stockade.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, fail
-from stockade.home import Home
+from stockade.core.home import Home
 
 
 def _default_url(home: str | None) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from stockade.cli.common import emit, fail, fail_error, home_option, json_option, need_home
-from stockade.errors import ConfigError, StockadeError
+from stockade.core.errors import ConfigError, StockadeError
 
 
 def _passphrase(path: str | None, confirm: bool = False) -> bytes | None:

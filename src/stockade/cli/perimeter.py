@@ -26,7 +26,7 @@ from stockade.cli.common import (
     json_option,
     need_home,
 )
-from stockade.errors import ConfigError, StockadeError
+from stockade.core.errors import ConfigError, StockadeError
 
 
 @click.group("perimeter")

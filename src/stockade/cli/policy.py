@@ -20,8 +20,8 @@ from stockade.cli.common import (
     json_option,
     sanitize,
 )
-from stockade.errors import ConfigError
-from stockade.home import Home
+from stockade.core.errors import ConfigError
+from stockade.core.home import Home
 
 
 @click.group()

@@ -20,8 +20,8 @@ from stockade.cli.common import (
     json_option,
     need_home,
 )
-from stockade.errors import ConfigError, StockadeError
-from stockade.home import init_home
+from stockade.core.errors import ConfigError, StockadeError
+from stockade.core.home import init_home
 
 TEMPLATES = ("personal", "strict", "open")
 

@@ -29,8 +29,8 @@ from stockade.cli.common import (
     need_home,
     sanitize,
 )
-from stockade.errors import StockadeError
-from stockade.home import Home
+from stockade.core.errors import StockadeError
+from stockade.core.home import Home
 from stockade.supervision import admin
 from stockade.vault import keys
 from stockade.vault.store import VaultFile

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stockade import yamlfile
+from stockade.core import yamlfile
+from stockade.core.errors import ConfigError, err
+from stockade.core.home import Home, write_private
 from stockade.egress import dns, nft, ruleset
 from stockade.egress.rules import Allowlist, Entry, Forbidden, parse_entries, split_answers
-from stockade.errors import ConfigError, err
-from stockade.home import Home, write_private
 from stockade.sandbox import netns
 
 NS_IF = "egress0"
@@ -95,7 +95,7 @@ def load_settings(home: Home) -> Settings:
             errors.append(f"{home.config_path}: egress.subnet: needs at least a /29")
     except ValueError:
         errors.append(f"{home.config_path}: egress.subnet: expected an IPv4 CIDR")
-    from stockade.config import parse_duration
+    from stockade.core.config import parse_duration
 
     vals: dict[str, float] = {}
     for k in ("refresh", "poll"):

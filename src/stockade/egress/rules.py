@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 
 IPv4 = ipaddress.IPv4Address
 Net4 = ipaddress.IPv4Network

@@ -15,11 +15,11 @@ import os
 import time
 from typing import Any
 
+from stockade.core.errors import ConfigError, StockadeError
+from stockade.core.home import Home
 from stockade.egress import nft, ruleset
 from stockade.egress.manager import Egress, child_view, load_settings, profile_source, read_egress_from_files
 from stockade.egress.rules import parse_entries
-from stockade.errors import ConfigError, StockadeError
-from stockade.home import Home
 from stockade.sandbox import netns
 from stockade.supervision.admin import admin_command
 

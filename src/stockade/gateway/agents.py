@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 RESERVED = frozenset({"system", "admin", "default", "owner"})

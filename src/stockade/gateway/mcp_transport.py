@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade import __version__
 from stockade.capabilities.registry import tool_to_capability
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 from stockade.gateway.pipeline import Caller, Pipeline, progress_reporter
 
 CALLER_KEY = "stockade.caller"

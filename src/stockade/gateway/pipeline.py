@@ -11,64 +11,26 @@ default is the conservative behaviour of a part that is not configured.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stockade.audit.redact import redact
 from stockade.capabilities.registry import Definition, Registry
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
+from stockade.core.events import EventBus
+from stockade.core.home import Home
+from stockade.core.types import (  # noqa: F401  (re-exported for the transports)
+    TIER_ORDER,
+    Caller,
+    Decision,
+    ProgressFn,
+    progress_reporter,
+    report_progress,
+)
 from stockade.gateway import agents
-from stockade.home import Home
-from stockade.supervision.bus import EventBus
-
-TIER_ORDER = {"autonomous": 0, "notify": 1, "approval_required": 2, "blocked": 3}
-
-# Set by a transport that can tell the client a call is still alive (MCP progress notifications);
-# long waits (an approval being held) call `await report_progress(done, total, message)`.
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
-progress_reporter: ContextVar[ProgressFn | None] = ContextVar("stockade_progress", default=None)
-
-
-async def report_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
-    """Best effort: never let a client that went away break the call."""
-    fn = progress_reporter.get()
-    if fn is not None:
-        with contextlib.suppress(Exception):
-            await fn(progress, total, message)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling, as established by the transport (re-checked on every call)."""
-
-    agent: str
-    key_hash: bytes
-    session: str
-    transport: str
-
-
-@dataclass
-class Decision:
-    tier: str
-    rule: str | None = None          # rule id (or file:line when it has no id)
-    layer: str | None = None         # system | org | agent | default
-    reason: str | None = None
-    file: str | None = None
-    line: int | None = None
-    retry_after: float | None = None  # set when a rate limit escalated the tier
-    layers: dict[str, Any] = field(default_factory=dict)
-
-    def audit(self) -> dict[str, Any]:
-        out = {"tier": self.tier, "rule": self.rule, "layer": self.layer}
-        if self.layers.get("version"):
-            out["policy"] = self.layers["version"]   # which compiled policy decided: replayable offline
-        return out
 
 
 @dataclass

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from stockade.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
+from stockade.core.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
 from stockade.gateway import jsonrpc, sessions
 from stockade.gateway.pipeline import Caller, Pipeline
 from stockade.gateway.security import GuardMiddleware

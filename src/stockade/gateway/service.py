@@ -28,11 +28,11 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from stockade.capabilities.registry import load_registry
-from stockade.config import Config
+from stockade.core.config import Config
+from stockade.core.events import EventBus
+from stockade.core.home import Home, write_private
 from stockade.gateway import server as gateway_server
 from stockade.gateway.pipeline import Pipeline
-from stockade.home import Home, write_private
-from stockade.supervision.bus import EventBus
 
 PARTS = ("sandbox", "audit", "policy", "egress", "vault", "approvals", "supervision", "packs",
          "perimeter")  # perimeter: doctor checks only (its daemon is `stockade perimeter serve`)

@@ -6,7 +6,7 @@ import secrets
 import sqlite3
 import time
 
-from stockade.errors import err
+from stockade.core.errors import err
 
 
 def create(db: sqlite3.Connection, agent: str, transport: str) -> str:

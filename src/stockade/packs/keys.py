@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stockade.errors import err
+from stockade.core.errors import err
 from stockade.packs.manifest import key_id
 
 PUB_TAG = "stockade-pack-ed25519"

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stockade import yamlfile
 from stockade.capabilities.registry import NAME_PATTERN
-from stockade.errors import ConfigError
+from stockade.core import yamlfile
+from stockade.core.errors import ConfigError
 from stockade.packs.sigcheck import (  # noqa: F401 - re-exported: the pack format's public names
     DOMAIN,
     MAX_FILES,

@@ -119,7 +119,7 @@ PACK_ERROR_TYPES = frozenset({"InvalidInput", "EgressDenied", "NetworkError", "T
 def _pack_raised(e: Exception) -> Exception:
     """A pack's own error -> StockadeError of an allowed type (the pipeline scrubs secrets from it);
     a pack can never claim a gateway verdict such as PolicyDenied or PackSignatureInvalid."""
-    from stockade.errors import StockadeError, err
+    from stockade.core.errors import StockadeError, err
 
     t = e.type if isinstance(e, StockadeError) else getattr(e, "error_type", None)
     if not (isinstance(t, str) and t in PACK_ERROR_TYPES):

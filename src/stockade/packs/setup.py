@@ -8,8 +8,8 @@ from typing import Any
 import jsonschema
 
 from stockade.capabilities.registry import Definition
-from stockade.errors import StockadeError
-from stockade.home import Home
+from stockade.core.errors import StockadeError
+from stockade.core.home import Home
 from stockade.packs import runner, store
 from stockade.packs.manifest import PackSpec, pack_error, parse_pack_yaml
 from stockade.sandbox.profile import parse_size

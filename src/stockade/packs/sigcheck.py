@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stockade.errors import StockadeError
+from stockade.core.errors import StockadeError
 
 SIGNATURE_FORMAT = "stockade-pack-signature/1"
 DOMAIN = b"stockade-pack-manifest-v1\n"   # domain separation: these bytes sign nothing else

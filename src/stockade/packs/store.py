@@ -1,4 +1,4 @@
-"""Trusted publishers and installed packs (stockade.db), and the read-only store.
+"""Trusted publishers and installed packs (stockade.core.db), and the read-only store.
 
 Installing is all-or-nothing: the pack is verified, its dependencies installed and every file
 written into a temporary directory beside the store, which is then renamed into
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stockade import __version__, db
-from stockade.errors import err
-from stockade.home import Home
+from stockade import __version__
+from stockade.core import db
+from stockade.core.errors import err
+from stockade.core.home import Home
 from stockade.packs import tree
 from stockade.packs.manifest import Verified, pack_error, verify, version_tuple
 from stockade.packs.tree import deps_digest

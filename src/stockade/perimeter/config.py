@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stockade import yamlfile
-from stockade.errors import ConfigError
+from stockade.core import yamlfile
+from stockade.core.errors import ConfigError
 from stockade.perimeter.codec import Port, parse_port
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from stockade.home import Home, write_private
+from stockade.core.home import Home, write_private
 from stockade.perimeter import verify
 from stockade.perimeter.codec import Reject
 from stockade.perimeter.config import PerimeterConfig
@@ -163,7 +163,7 @@ def reload_config(perim: Perimeter, home: Home, log: TextIO) -> bool:
     """SIGHUP: re-read the stanzas (new keys from keygen); on any error keep the old config.
 
     The listen address, port and table rules stay as started (restart to change those)."""
-    from stockade.errors import ConfigError
+    from stockade.core.errors import ConfigError
     from stockade.perimeter.config import load
 
     try:

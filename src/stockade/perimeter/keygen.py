@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from stockade import yamlfile
-from stockade.config import Config
-from stockade.errors import ConfigError, err
-from stockade.home import write_private
+from stockade.core import yamlfile
+from stockade.core.config import Config
+from stockade.core.errors import ConfigError, err
+from stockade.core.home import write_private
 from stockade.perimeter.config import Stanza, validate
 
 _TOP_KEY = re.compile(r"^[^\s#]")

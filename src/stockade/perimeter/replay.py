@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 
-from stockade import db
+from stockade.core import db
 
 db.SCHEMA.append("""CREATE TABLE IF NOT EXISTS perimeter_replay (
     digest BLOB PRIMARY KEY,

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from stockade.errors import ConfigError
+from stockade.core.errors import ConfigError
 from stockade.perimeter import (
     replay,  # noqa: F401 - registers the replay table in db.SCHEMA
     sshd,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stockade.errors import ConfigError
-from stockade.home import Home
+from stockade.core.errors import ConfigError
+from stockade.core.home import Home
 from stockade.policy.engine import Policy, compile_policy
 from stockade.policy.model import PolicyFile, parse_policy
 
@@ -95,7 +95,7 @@ def catalog(registry: Any | None = None) -> Catalog:
 
 
 def context(home: Home | None) -> dict[str, str]:
-    from stockade.home import default_home
+    from stockade.core.home import default_home
 
     root = home.root if home is not None else default_home().absolute()
     return {"home": str(root)}

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stockade import yamlfile
-from stockade.config import parse_duration
-from stockade.errors import ConfigError
+from stockade.core import yamlfile
+from stockade.core.config import parse_duration
+from stockade.core.errors import ConfigError
 from stockade.policy.conditions import Cond, compile_when
 
 TIERS = ("autonomous", "notify", "approval_required", "blocked")

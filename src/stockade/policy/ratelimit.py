@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
-from stockade import db as _db
+from stockade.core import db as _db
 from stockade.policy.model import MAX_WINDOW, Rule
 
 SCHEMA = [

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stockade.gateway.pipeline import Decision
+from stockade.core.types import Decision
 from stockade.policy.engine import Policy, RateState, Verdict, always_blocked, escalate, evaluate, window_state
 from stockade.policy.model import BLOCKED, TIERS
 from stockade.policy.ratelimit import RateLimiter

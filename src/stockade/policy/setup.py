@@ -15,8 +15,8 @@ import logging
 import sys
 from typing import Any
 
-from stockade.errors import ConfigError
-from stockade.home import Home, on_init, write_private
+from stockade.core.errors import ConfigError
+from stockade.core.home import Home, on_init, write_private
 from stockade.policy import loader
 from stockade.policy.ratelimit import RateLimiter
 from stockade.policy.runtime import PolicyEngine

@@ -5,7 +5,7 @@ Handler interface (the contract for `execution: sandbox` capabilities)
 An implementation is a plain function registered like any other capability::
 
     from stockade.capabilities.registry import implements
-    from stockade.errors import err
+    from stockade.core.errors import err
     from stockade.sandbox import SandboxContext
 
     @implements("filesystem.stat")
@@ -24,7 +24,7 @@ An implementation is a plain function registered like any other capability::
 * `args` is the validated argument object (secrets already resolved by the pipeline). Return a
   JSON-serialisable dict matching the definition's output schema. The encoded result must fit
   `ctx.profile.max_output_bytes` or the call fails with ResourceExhausted(resource=output).
-* Raise `stockade.errors.StockadeError` (`err(type, message, **data)`) for expected failures:
+* Raise `stockade.core.errors.StockadeError` (`err(type, message, **data)`) for expected failures:
   the gateway re-raises the same type, message, recovery and data. Any other exception becomes
   `Internal` (no traceback leaves the sandbox).
 * The default seccomp profile allows fork/vfork/clone (without namespace flags) and execve, so a

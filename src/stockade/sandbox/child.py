@@ -164,7 +164,7 @@ def landlock_spec(profile: Profile, host_view: bool = False,
 
 def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any],
                  trace: list[tuple[str, int]] | None = None) -> None:
-    from stockade.errors import StockadeError
+    from stockade.core.errors import StockadeError
 
     code = 0
     try:

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
-from stockade.errors import StockadeError, err
-from stockade.home import Home
+from stockade.core.errors import StockadeError, err
+from stockade.core.home import Home
 from stockade.sandbox import Profile, agentns
 from stockade.sandbox.cgroups import block_devices
 from stockade.sandbox.profile import resolve

@@ -24,7 +24,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from stockade.errors import err
+from stockade.core.errors import err
 
 NETNS_DIR = Path("/run/netns")
 LOCK_DIR = Path("/run/stockade")

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from stockade.home import Home
+from stockade.core.home import Home
 from stockade.sandbox.executor import SandboxExecutor
 
 

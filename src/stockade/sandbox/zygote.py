@@ -44,7 +44,7 @@ PRELOAD = ("json", "ctypes", "errno", "shutil", "subprocess", "fnmatch", "glob",
            "time", "signal", "socket", "codecs", "encodings.ascii", "encodings.latin_1",
            "encodings.idna", "unicodedata", "difflib", "itertools", "functools", "collections",
            "string", "textwrap", "mimetypes", "uuid", "zlib", "binascii", "locale", "pwd", "grp",
-           "resource", "errno", "stockade.errors")
+           "resource", "errno", "stockade.core.errors")
 
 TEST_ENV = "STOCKADE_SANDBOX_TESTING"          # "1": honour per-request layer switches (tests only)
 TEST_MODULES_ENV = "STOCKADE_SANDBOX_TEST_MODULES"  # os.pathsep-separated .py files (tests only)

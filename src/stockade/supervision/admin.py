@@ -23,8 +23,8 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from stockade.errors import StockadeError, err
-from stockade.home import Home
+from stockade.core.errors import StockadeError, err
+from stockade.core.home import Home
 
 MAX_LINE = 1 << 20
 AdminFn = Callable[..., Awaitable[Any]]

@@ -11,7 +11,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from stockade.errors import err
+from stockade.core.errors import err
 
 
 def available(gw: Any) -> bool:

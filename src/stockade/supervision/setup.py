@@ -10,7 +10,7 @@ import contextlib
 import time
 from typing import Any
 
-from stockade.home import Home, on_init
+from stockade.core.home import Home, on_init
 from stockade.supervision import tls, tokens
 from stockade.supervision.admin import AdminServer, admin_command
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from stockade.home import Home, write_private
+from stockade.core.home import Home, write_private
 
 VALID_DAYS = 825
 

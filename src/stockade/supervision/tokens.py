@@ -13,7 +13,7 @@ import secrets
 import sqlite3
 import time
 
-from stockade import db as _db
+from stockade.core import db as _db
 
 PREFIX = "sta_"
 

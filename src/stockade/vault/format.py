@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from stockade.errors import err
+from stockade.core.errors import err
 
 KDF_ALG = "argon2id"
 M_KIB, T_COST, PARALLELISM, KEY_LEN, SALT_LEN, NONCE_LEN, TAG_LEN = 65536, 3, 4, 32, 16, 12, 16

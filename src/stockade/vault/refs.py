@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
-from stockade.errors import err
+from stockade.core.errors import err
 from stockade.vault.format import validate_name
 
 REF = re.compile(r"\$\{secret:([^}]*)\}")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 from stockade.vault import format as F
 from stockade.vault import keys, refs
 from stockade.vault.store import Row, VaultFile, derive_new

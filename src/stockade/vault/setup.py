@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade.capabilities.registry import parse_definitions
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 from stockade.supervision.admin import admin_command
 from stockade.vault import keys
 from stockade.vault.runtime import Vault, in_thread

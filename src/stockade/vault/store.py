@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 from stockade.vault import format as F
 from stockade.vault import keys
 

@@ -28,7 +28,7 @@ from typing import Any
 from stockade.capabilities import paths
 from stockade.capabilities.paths import Resolver, Root, Target, os_error
 from stockade.capabilities.registry import implements
-from stockade.errors import StockadeError, err
+from stockade.core.errors import StockadeError, err
 
 TRASH_RETENTION_S = 7 * 24 * 3600
 READ_DEFAULT_BYTES = 1024 * 1024

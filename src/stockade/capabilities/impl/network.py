@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from stockade.capabilities.registry import implements
+from stockade.core.errors import StockadeError, err
 from stockade.egress import dns
 from stockade.egress.rules import (
     Allowlist,
@@ -34,7 +35,6 @@ from stockade.egress.rules import (
     parse_ipv4,
     parse_url,
 )
-from stockade.errors import StockadeError, err
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -25,7 +25,7 @@ from typing import Any
 
 from stockade.capabilities.paths import Resolver, Root
 from stockade.capabilities.registry import implements
-from stockade.errors import err
+from stockade.core.errors import err
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT_S = 30.0

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from stockade.errors import ConfigError
+from stockade.core.errors import ConfigError
 
 Lines = dict[tuple[Any, ...], int]
 

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from stockade.config import DEFAULT_YAML, Config, load_config
+from stockade.core.config import DEFAULT_YAML, Config, load_config
 
 SUBDIRS = ("policies", "policies/agents", "audit", "keys", "workspaces", "shared", "packs", "trash", "run")
 
@@ -42,7 +42,7 @@ class Home:
 
     @property
     def db_path(self) -> Path:
-        return self.root / "stockade.db"
+        return self.root / "stockade.core.db"
 
     @property
     def vault_path(self) -> Path:
@@ -98,7 +98,7 @@ class Home:
         return load_config(self.config_path)
 
     def db(self) -> sqlite3.Connection:
-        from stockade import db
+        from stockade.core import db
 
         return db.connect(self.db_path)
 
@@ -135,7 +135,7 @@ def write_private(path: Path, data: bytes | str, *, exist_ok: bool = True) -> No
 
 def init_home(home: Home, policy: str = "personal") -> list[str]:
     """Create a home (idempotent). Returns what was created, for the CLI to show."""
-    from stockade import db
+    from stockade.core import db
 
     created: list[str] = []
     old = os.umask(0o077)
