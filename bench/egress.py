@@ -186,10 +186,10 @@ def run(quick: bool) -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"bench": "egress", "results": [], "skipped": "needs root (network namespaces, nftables)"}
     from stockade.capabilities.impl import network
+    from stockade.core import agents
+    from stockade.core.home import Home
     from stockade.egress import nft, ruleset
     from stockade.egress.manager import Egress, child_view, load_settings, profile_source
-    from stockade.gateway import agents
-    from stockade.core.home import Home
 
     n = 40 if quick else 300
     n_gw = 20 if quick else 150

@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import run_cli
 from tests.egress.topo import A_IP, B_IP, META_IP, P_IP, R_IP, TestHost, capability, raw_connect
 
+from stockade.core import agents
+from stockade.core.home import Home
 from stockade.egress import nft, ruleset
 from stockade.egress.manager import Egress, child_view, load_settings, profile_source, veth_name
-from stockade.gateway import agents
-from stockade.core.home import Home
 from stockade.sandbox import netns
 
 pytestmark = [pytest.mark.xdist_group("egress-netns")]

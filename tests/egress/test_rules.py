@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from stockade.core.errors import StockadeError
 from stockade.egress import dns, ruleset
 from stockade.egress.rules import (
     Allowlist,
@@ -22,7 +23,6 @@ from stockade.egress.rules import (
     parse_url,
     split_answers,
 )
-from stockade.core.errors import StockadeError
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from stockade.egress.manager import Settings, load_settings, read_egress_from_files, system_resolver
 from stockade.core.errors import ConfigError
 from stockade.core.home import Home
+from stockade.egress.manager import Settings, load_settings, read_egress_from_files, system_resolver
 
 
 def home_with(tmp_path: Path, egress_yaml: str) -> Home:

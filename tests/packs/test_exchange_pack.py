@@ -267,10 +267,10 @@ def test_vault_checks_a_pack_calls_base_url_against_the_secret_hosts(tmp_path: P
     import asyncio
 
     from stockade.capabilities.registry import Registry, parse_definitions
+    from stockade.core import agents
     from stockade.core.errors import StockadeError
-    from stockade.gateway import agents
-    from stockade.gateway.pipeline import MemoryAudit, Pipeline
     from stockade.core.home import Home, init_home
+    from stockade.gateway.pipeline import MemoryAudit, Pipeline
     from stockade.vault import keys
     from stockade.vault.runtime import Vault
     from stockade.vault.store import VaultFile

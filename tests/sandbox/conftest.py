@@ -97,7 +97,7 @@ def sbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sbx]:
     canary.write_text("host file the zygote keeps open\n")
     switch = base / "layer-switch.json"
     switch.write_text("[]")
-    from stockade.gateway import agents
+    from stockade.core import agents
     from stockade.core.home import Home, init_home
     from stockade.sandbox import agentns
 

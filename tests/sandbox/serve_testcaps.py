@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.sandbox import attack_caps  # noqa: E402
 
-from stockade.gateway import service  # noqa: E402
 from stockade.core.home import Home  # noqa: E402
+from stockade.gateway import service  # noqa: E402
 
 
 def main() -> None:

@@ -119,7 +119,7 @@ def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     need_root()
     monkeypatch.setenv("STOCKADE_SANDBOX_TESTING", "1")
     monkeypatch.setenv("STOCKADE_SANDBOX_TEST_MODULES", ATTACK_FILE)
-    from stockade.gateway import agents
+    from stockade.core import agents
     from stockade.core.home import Home, init_home
     from stockade.sandbox import agentns
     from stockade.sandbox.executor import SandboxExecutor

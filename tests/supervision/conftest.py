@@ -9,9 +9,9 @@ import pytest
 
 from stockade.approvals.service import ApprovalService
 from stockade.capabilities.registry import _IMPLS, DEFINITIONS_DIR, Registry, parse_definitions
-from stockade.gateway import agents
-from stockade.gateway.pipeline import Caller, Decision, MemoryAudit, Pipeline
+from stockade.core import agents
 from stockade.core.home import Home, init_home
+from stockade.gateway.pipeline import Caller, Decision, MemoryAudit, Pipeline
 
 ECHO_YAML = """
 capabilities:

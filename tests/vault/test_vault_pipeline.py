@@ -20,10 +20,10 @@ from urllib.parse import quote
 import pytest
 
 from stockade.capabilities.registry import Registry, parse_definitions
+from stockade.core import agents
 from stockade.core.errors import StockadeError, err
-from stockade.gateway import agents
-from stockade.gateway.pipeline import MemoryAudit, Pipeline
 from stockade.core.home import Home, init_home
+from stockade.gateway.pipeline import MemoryAudit, Pipeline
 from stockade.vault import keys
 from stockade.vault.runtime import Vault
 from stockade.vault.store import VaultFile

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import click
 
 from stockade.cli.common import emit, fail_error, home_option, json_option, need_home
+from stockade.core import agents
 from stockade.core.errors import StockadeError
-from stockade.gateway import agents
 
 
 def _ts(t: int | None) -> str | None:

@@ -207,7 +207,7 @@ def agents_status(home: str | None, as_json: bool) -> None:
     except StockadeError as e:
         if e.type != "Unreachable":
             fail_error(e, as_json)
-        from stockade.gateway import agents
+        from stockade.core import agents
 
         out = {"server": "not running", "agents": [
             {"name": a.name, "status": "active" if a.active else "revoked", "created": a.created_at}

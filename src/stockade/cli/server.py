@@ -107,7 +107,7 @@ def serve(home: str | None, port: int | None, dashboard_port: int | None, public
 @click.option("--dashboard-port", type=int, default=7800, show_default=True)
 def demo(home: str | None, port: int, dashboard_port: int) -> None:
     """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key."""
-    from stockade.gateway import agents
+    from stockade.core import agents
 
     h = get_home(home)
     init_home(h, "personal")

@@ -146,7 +146,7 @@ def profile_source(gw: Any | None, home: Home) -> Callable[[str], list[str]]:
 
 
 def active_agents(home: Home) -> list[str]:
-    from stockade.gateway import agents
+    from stockade.core import agents
 
     conn = home.db()
     try:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from stockade.audit.redact import redact
 from stockade.capabilities.registry import Definition, Registry
+from stockade.core import agents
 from stockade.core.errors import StockadeError, err
 from stockade.core.events import EventBus
 from stockade.core.home import Home
@@ -30,7 +31,6 @@ from stockade.core.types import (  # noqa: F401  (re-exported for the transports
     progress_reporter,
     report_progress,
 )
-from stockade.gateway import agents
 
 
 @dataclass

@@ -12,9 +12,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from stockade.core.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
+from stockade.edge.security import GuardMiddleware
 from stockade.gateway import jsonrpc, sessions
 from stockade.gateway.pipeline import Caller, Pipeline
-from stockade.gateway.security import GuardMiddleware
 
 
 def bearer(headers: Any) -> str | None:

@@ -101,7 +101,7 @@ async def _watch(gw: Any, args: dict[str, Any], emit: Any) -> None:
 
 @admin_command("agents.status")
 async def _agents_status(gw: Any, args: dict[str, Any]) -> Any:
-    from stockade.gateway import agents
+    from stockade.core import agents
 
     db = gw.pipeline.db
     last: dict[str, float] = {}

@@ -27,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from stockade.core import agents as agents_mod
 from stockade.core.errors import StockadeError, err
-from stockade.gateway import agents as agents_mod
-from stockade.gateway.security import GuardMiddleware
+from stockade.edge.security import GuardMiddleware
 from stockade.supervision import audit_view, tokens
 from stockade.supervision.dashboard import views
 
