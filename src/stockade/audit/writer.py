@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade.audit import checkpoint as cp
+from stockade.audit.budget import ByteBudget
 from stockade.audit.index import Index, row_fields
 from stockade.audit.record import FRAME, MAX_FRAME, ZERO_HASH, BadRecord, build, check, day_of, frame, now_us
 from stockade.audit.verify import _looks_torn, day_files
@@ -266,10 +267,17 @@ class Settings:
     fail_mode: str = "buffer"
     buffer_records: int = 10_000
     retry_seconds: float = 30.0
+    agent_budget_bytes: int = 64 << 20
+    agent_budget_seconds: float = 60.0
+    reserve_bytes: int = 4 << 20
 
     @classmethod
     def of(cls, cfg: Any) -> Settings:
-        return cls(cfg.checkpoint_every, cfg.retention_days, cfg.fail_mode, cfg.buffer_records, cfg.retry_seconds)
+        d = cls()
+        return cls(cfg.checkpoint_every, cfg.retention_days, cfg.fail_mode, cfg.buffer_records, cfg.retry_seconds,
+                   getattr(cfg, "agent_budget_bytes", d.agent_budget_bytes),
+                   getattr(cfg, "agent_budget_seconds", d.agent_budget_seconds),
+                   getattr(cfg, "reserve_bytes", d.reserve_bytes))
 
 
 @dataclass
@@ -313,6 +321,7 @@ class AuditWriter:
         self._index_behind = False
         self._flushing = False
         self.stats = {"batches": 0, "records": 0}
+        self._budget = ByteBudget(self.settings.agent_budget_bytes, self.settings.agent_budget_seconds)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self, *, lock_timeout: float = 30.0) -> None:
@@ -401,10 +410,27 @@ class AuditWriter:
         """Append one record; returns its seq once it is durable (or buffered on a full disk)."""
         self._accepting()
         item = self._enqueue(rec, wait=not self.disk_full)
+        agent = rec.get("agent")
+        if type(agent) is str and self._budget.add(agent, len(item.frame), time.monotonic()):
+            self._budget_alert(agent)
         if item.fut is not None:
             # A cancelled caller cancels only its future: the record stays queued and is written.
             await item.fut
         return item.seq
+
+    def agent_over_budget(self, agent: str) -> float | None:
+        """Seconds until `agent` may cause audit records again; None while it is under its byte budget."""
+        return self._budget.over(agent, time.monotonic())
+
+    def _budget_alert(self, agent: str) -> None:
+        """The first breach in a window: one critical owner alert and one record (not counted to the agent)."""
+        s = self.settings
+        data = {"agent": agent, "budget_bytes": s.agent_budget_bytes, "window_seconds": s.agent_budget_seconds,
+                "used_bytes": self._budget.used(agent, time.monotonic())}
+        self._publish("audit.budget_exceeded", data, "critical")
+        with contextlib.suppress(StockadeError):
+            self._accepting()
+            self._enqueue({"kind": "audit.budget_exceeded", **data}, wait=False)
 
     def _enqueue(self, rec: dict[str, Any], *, wait: bool) -> _Item:
         """Give the record its place in the chain (seq, ts, prev, hash) and queue it."""
@@ -753,7 +779,7 @@ def append_locked(audit_dir: Path, keys_dir: Path | None, record: dict[str, Any]
 def append_offline_or_admin(home: Any, record: dict[str, Any], timeout: float = 30.0) -> int:
     """Record an event from a CLI command: through the running server, or directly under the lock."""
     from stockade.audit.record import jsonable
-    from stockade.supervision import admin
+    from stockade.core import admin
 
     audit_dir: Path = home.audit_dir
     audit_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

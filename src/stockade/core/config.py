@@ -54,6 +54,9 @@ class AuditConfig(_Section):
     fail_mode: Literal["buffer", "halt"] = "buffer"
     buffer_records: int = Field(10_000, ge=1)
     retry_seconds: float = Field(30.0, gt=0)
+    agent_budget_bytes: int = Field(64 << 20, ge=4096)    # audit bytes one agent may cause per window
+    agent_budget_seconds: float = Field(60.0, gt=0)
+    reserve_bytes: int = Field(4 << 20, ge=0)             # preallocated: records stay durable on a full disk
 
 
 class ApprovalsConfig(_Section):
