@@ -15,8 +15,8 @@ Rules (one place, so every surface agrees):
   (lone surrogates), Co (private use), Cn (unassigned), Zl/Zp (line/paragraph separators), every
   space but U+0020, the invisible default-ignorable letters and marks (Hangul fillers, variation
   selectors, ...) except a variation selector after a symbol or ideograph and a zero-width
-  joiner between emoji (❤️, 👨‍👩‍👧: they only pick the glyph), combining marks placed on an ASCII character that do not compose with it
-  (overlays such as U+0338 on `/`), and runs of more than four combining marks.
+  joiner between emoji (they only pick the glyph), combining marks placed on an ASCII character
+  that do not compose with it (overlays such as U+0338 on `/`), and runs of more than four marks.
 - Escaped, not flagged: `\\t`, `\\r`, and `\\n` unless the text is shown as several lines. These
   are ordinary in file contents; shown escaped they cannot forge a line or overwrite one.
 - Look-alikes (flagged `confusable`, characters escaped): a word that mixes Latin with a script
@@ -51,6 +51,7 @@ _LOOKALIKE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK", "ARMENIAN", "CHERO
                                 "GEORGIAN", "OLD", "GOTHIC", "RUNIC", "OGHAM", "DESERET", "VAI", "TIFINAGH"})
 _VARIATION_SELECTORS = frozenset(map(chr, [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]))
 _MAX_MARKS = 4
+_MARKS = frozenset({"Mn", "Me", "Mc"})
 _PLAIN_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 _ORDINARY = frozenset("\n\t\r")   # escaped but not worth a warning
 _ESCAPE_TOKEN = re.compile(r"\\\\|\\u[0-9a-f]{4}|\\U[0-9a-f]{8}")
@@ -146,28 +147,28 @@ def _misleading_mark(text: str, i: int, marks_before: int) -> bool:
     return False
 
 
+def _verdict(text: str, i: int, marks_before: int, confusable: set[int], multiline: bool) -> str:
+    ch = text[i]
+    cat = unicodedata.category(ch)
+    if ch == "\n" and multiline:
+        return "keep"
+    if ch in _ORDINARY:
+        return "ordinary"
+    if _emoji_joiner(text, i):
+        return "keep"
+    invisible = ch != " " and (cat in _FLAGGED_CATEGORIES or _invisible(ord(ch)))
+    if invisible or (cat in _MARKS and _misleading_mark(text, i, marks_before)):
+        return "flag"
+    return "confusable" if i in confusable else "keep"
+
+
 def _classify(text: str, multiline: bool) -> Iterator[tuple[str, str]]:
     """Each character with its verdict: 'keep', 'ordinary' (escape quietly), 'flag', 'confusable'."""
     confusable = _confusable_positions(text)
     marks = 0
     for i, ch in enumerate(text):
-        cat = unicodedata.category(ch)
-        is_mark = cat in ("Mn", "Me", "Mc")
-        verdict = "keep"
-        if ch == "\n" and multiline:
-            verdict = "keep"
-        elif ch in _ORDINARY:
-            verdict = "ordinary"
-        elif _emoji_joiner(text, i):
-            verdict = "keep"
-        elif ch != " " and (cat in _FLAGGED_CATEGORIES or _invisible(ord(ch))):
-            verdict = "flag"
-        elif is_mark and _misleading_mark(text, i, marks):
-            verdict = "flag"
-        elif i in confusable:
-            verdict = "confusable"
-        marks = marks + 1 if is_mark else 0
-        yield ch, verdict
+        yield ch, _verdict(text, i, marks, confusable, multiline)
+        marks = marks + 1 if unicodedata.category(ch) in _MARKS else 0
 
 
 def _u(cp: int) -> str:
