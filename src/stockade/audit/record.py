@@ -15,12 +15,16 @@ proves it. Anything else (floats, tags, big integers) takes the slow path: re-en
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import struct
 import time
 from typing import Any
 
 import cbor2
+
+from stockade.core.limits import MAX_RECORD_DEPTH, REFUSED_ARGS_PREFIX_BYTES
 
 ZERO_HASH = bytes(32)
 FRAME = struct.Struct(">I")
@@ -29,7 +33,7 @@ MAX_FRAME = 16 << 20          # the reader treats larger lengths as garbage
 MAX_ARGS = 256 << 10          # bigger argument maps are replaced by a digest
 RESERVED = ("seq", "ts", "prev", "hash")
 _HASH_ENTRY = b"\x64hash\x58\x20"   # text(4) "hash", bytes(32) header
-_MAX_DEPTH = 64
+_INT_RANGE = range(-(1 << 64), 1 << 64)   # CBOR major types 0/1; beyond needs tags (bignums)
 
 
 class BadRecord(Exception):
@@ -47,32 +51,108 @@ def _sort_key(k: str) -> tuple[int, bytes]:
     return (len(b), b)
 
 
-def normalize(value: Any, _depth: int = 0) -> Any:
+class _Unrecordable(Exception):
+    """A value the log will not hold as-is (the reader could not give it back); `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def normalize(value: Any, _depth: int = 2) -> Any:
     """A CBOR-safe copy: text keys in canonical order; unknown types become their text form.
 
     Why: records come from JSON (agent arguments) and from parts (events); the log must accept
     any of it without the encoder failing or choosing a non-deterministic form (tags, sets).
+    Raises _Unrecordable for what no reader could give back faithfully: nesting deeper than
+    `MAX_RECORD_DEPTH` (`_depth` is the level this value's container would sit at; the record map
+    is level 1), non-finite numbers, integers beyond 64 bits, keys that collide once made text.
     """
-    if value is None or isinstance(value, bool | int | float | str):
-        if isinstance(value, str):
-            return value.encode("utf-8", "replace").decode("utf-8") if not value.isascii() else value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return int(value)
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        if value not in _INT_RANGE:
+            raise _Unrecordable("an integer beyond 64 bits")
+        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (math.inf, -math.inf):
+            raise _Unrecordable("a non-finite number (NaN or Infinity)")
+        return float(value)
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    if _depth >= _MAX_DEPTH:
-        return "[nested too deeply]"
+    if _depth > MAX_RECORD_DEPTH:
+        raise _Unrecordable("arguments too deep to record")
     if isinstance(value, dict):
         items: dict[str, Any] = {}
         for k, v in value.items():
-            items[k if isinstance(k, str) else str(k)] = normalize(v, _depth + 1)
-        items = {(k.encode("utf-8", "replace").decode("utf-8")): v for k, v in items.items()}
+            key = (k if isinstance(k, str) else str(k)).encode("utf-8", "replace").decode("utf-8")
+            if key in items:
+                raise _Unrecordable("map keys that collide once made text")
+            items[key] = normalize(v, _depth + 1)
         return dict(sorted(items.items(), key=lambda kv: _sort_key(kv[0])))
     if isinstance(value, list | tuple | set | frozenset):
         seq = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
         return [normalize(v, _depth + 1) for v in seq]
     return str(value)
+
+
+def _leaf_text(x: Any) -> str:
+    if isinstance(x, str):
+        return json.dumps(x)
+    if isinstance(x, bool) or x is None:
+        return json.dumps(x)
+    if isinstance(x, int):
+        return str(x) if x.bit_length() < 4000 else hex(x)
+    if isinstance(x, float):
+        return repr(x)
+    if isinstance(x, bytes | bytearray | memoryview):
+        return "h'" + bytes(x).hex() + "'"
+    return json.dumps(str(x))
+
+
+_STAND_IN_MAX_STEPS = 4_000_000
+
+
+def stand_in(value: Any, note: str) -> dict[str, Any]:
+    """A bounded, decodable record of `value`: a note, a SHA-256 and a prefix of its text form.
+
+    Iterative (values can be far deeper than the interpreter's stack) and bounded in work, so
+    whatever reaches the writer is recorded as something (never dropped, never written as-is).
+    """
+    h = hashlib.sha256()
+    total, prefix, plen, steps = 0, [], 0, 0
+    ops: list[tuple[bool, Any]] = [(False, value)]
+    while ops and steps < _STAND_IN_MAX_STEPS:
+        steps += 1
+        is_text, x = ops.pop()
+        if is_text:
+            piece = x
+        elif isinstance(x, dict | list | tuple | set | frozenset):
+            pairs = list(x.items()) if isinstance(x, dict) else [(None, v) for v in x]
+            ops.append((True, "}" if isinstance(x, dict) else "]"))
+            for i in range(len(pairs) - 1, -1, -1):
+                k, v = pairs[i]
+                ops.append((False, v))
+                if k is not None or isinstance(x, dict):
+                    ops.append((True, _leaf_text(k) + ":"))
+                if i:
+                    ops.append((True, ","))
+            piece = "{" if isinstance(x, dict) else "["
+        else:
+            piece = _leaf_text(x)
+        b = piece.encode("utf-8", "backslashreplace")
+        h.update(b)
+        total += len(b)
+        if plen < REFUSED_ARGS_PREFIX_BYTES:
+            prefix.append(piece)
+            plen += len(piece)
+    out = {"_unrecorded": note, "sha256": h.hexdigest(), "bytes": total,
+           "prefix": "".join(prefix)[:REFUSED_ARGS_PREFIX_BYTES].encode("utf-8", "replace").decode("utf-8")}
+    if ops:
+        out["partial"] = True      # the digest covers the first `bytes` only (a cyclic or enormous value)
+    return dict(sorted(out.items(), key=lambda kv: _sort_key(kv[0])))   # canonical order: any encoder
 
 
 class _Exotic(Exception):
@@ -109,9 +189,15 @@ def _split(keys: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 _LEAF = (str, bool, bytes, type(None))
 
 
-def _prep(v: Any) -> Any:
-    """Fast path of `normalize` for JSON-like data: a key-sorted copy, or _Exotic."""
+def _prep(v: Any, d: int = 2) -> Any:
+    """Fast path of `normalize` for JSON-like data: a key-sorted copy, or _Exotic.
+
+    `d` is the level the container `v` sits at (the record map is 1): deeper than
+    MAX_RECORD_DEPTH is _Exotic, and `normalize` then says why.
+    """
     t = type(v)
+    if d > MAX_RECORD_DEPTH and (t is dict or t is list or t is tuple):
+        raise _Exotic
     if t is dict:
         keys = tuple(v)
         order = _ORDERS.get(keys)
@@ -127,7 +213,7 @@ def _prep(v: Any) -> Any:
             if tx in _LEAF or (tx is int and -0x10000000000000000 <= x < 0x10000000000000000):
                 out[k] = x
             else:
-                out[k] = _prep(x)
+                out[k] = _prep(x, d + 1)
         return out
     if t in _LEAF:
         return v
@@ -136,7 +222,7 @@ def _prep(v: Any) -> Any:
             return v
         raise _Exotic
     if t is list or t is tuple:
-        return [_prep(x) for x in v]
+        return [_prep(x, d + 1) for x in v]
     raise _Exotic
 
 
@@ -157,22 +243,56 @@ def build(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes
     fast = _build_fast(fields, seq, ts, prev)
     if fast is not None:
         return fast
-    body_fields = {k: v for k, v in fields.items() if k not in RESERVED}
-    try:
-        rec = _prep(body_fields)
-        plain = True
-    except _Exotic:
-        rec = normalize(body_fields)
-        plain = False
+    rec, plain = _body(fields, exact=True)
     rec["seq"], rec["ts"], rec["prev"] = int(seq), int(ts), bytes(prev)
-    body, digest = _splice(rec, prev, plain)
+    try:
+        body, digest = _splice(rec, prev, plain)
+    except Exception:
+        # e.g. a lone surrogate in a string: normalize replaces what cbor2 cannot encode.
+        rec, plain = _body(fields, exact=False)
+        rec["seq"], rec["ts"], rec["prev"] = int(seq), int(ts), bytes(prev)
+        body, digest = _splice(rec, prev, plain)
     if len(body) > MAX_ARGS and "args" in rec:
         raw = cbor2.dumps(rec["args"], canonical=True)
         rec["args"] = normalize({"_truncated": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()})
         body, digest = _splice(rec, prev, plain)
-    if len(body) > MAX_RECORD:
-        raise ValueError(f"audit record of {len(body)} bytes exceeds {MAX_RECORD}")
+    while len(body) > MAX_RECORD:
+        # Too large even so: the largest field becomes a stand-in (never refused, never dropped).
+        sizes = {k: len(cbor2.dumps(v, canonical=True)) for k, v in rec.items() if k not in RESERVED}
+        big = max(sizes, key=lambda k: sizes[k], default=None)
+        if big is None or sizes[big] < 4 * REFUSED_ARGS_PREFIX_BYTES:
+            raise ValueError(f"audit record of {len(body)} bytes exceeds {MAX_RECORD}")
+        rec[big] = stand_in(rec[big], "a value too large to record")
+        body, digest = _splice(rec, prev, plain)
     return body, digest
+
+
+def _body(fields: dict[str, Any], *, exact: bool) -> tuple[dict[str, Any], bool]:
+    """The record's own fields made encodable, field by field: (fields, plain).
+
+    `exact`: JSON-like fields are copied as they are (`plain` stays True: cbor2's default
+    encoding is canonical for them); others are normalized, and a field past the limits
+    (`_Unrecordable`) becomes a stand-in, so the rest of the record stays exact.
+    """
+    out: dict[str, Any] = {}
+    plain = exact
+    for k, v in fields.items():
+        if k in RESERVED:
+            continue
+        key = (k if isinstance(k, str) else str(k)).encode("utf-8", "replace").decode("utf-8")
+        if key in RESERVED or key in out:
+            continue
+        try:
+            if not exact:
+                raise _Exotic
+            out[key] = _prep(v)
+        except _Exotic:
+            plain = False
+            try:
+                out[key] = normalize(v)
+            except _Unrecordable as e:
+                out[key] = stand_in(v, e.reason)
+    return out, plain
 
 
 _PLACEHOLDER = _HASH_ENTRY + os.urandom(32)   # unguessable: callers cannot plant it in their args
@@ -241,13 +361,7 @@ def _splice_slow(rec: dict[str, Any], prev: bytes, plain: bool) -> tuple[bytes, 
     pre_keys, post_keys = _split(tuple(rec))
     pre = {k: rec[k] for k in pre_keys}
     post = {k: rec[k] for k in post_keys}
-    try:
-        a, b = _entries(pre, plain), _entries(post, plain)
-    except Exception:
-        if not plain:
-            raise
-        # e.g. a lone surrogate in a string: normalize replaces what cbor2 cannot encode.
-        return _splice_slow(normalize(rec), prev, False)
+    a, b = _entries(pre, plain), _entries(post, plain)
     n = len(rec)
     digest = hashlib.sha256(prev + _map_head(n) + a + b).digest()
     return _map_head(n + 1) + a + _HASH_ENTRY + digest + b, digest
@@ -465,6 +579,8 @@ def jsonable(v: Any) -> Any:
         return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [jsonable(x) for x in v]
-    if isinstance(v, float) and v != v:
-        return "NaN"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else "Infinity" if v > 0 else "-Infinity"
+    if type(v) is int and v.bit_length() > 64:
+        return _leaf_text(v)
     return v
