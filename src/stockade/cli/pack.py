@@ -167,22 +167,30 @@ def untrust(publisher: str, home: str | None, as_json: bool) -> None:
 @pack.command()
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--allow-downgrade", is_flag=True, help="Accept a version lower than one installed before.")
+@click.option("--new-publisher", is_flag=True,
+              help="Hand an installed pack name to a different publisher key (audited).")
 @home_option
 @json_option
-def install(source: str, allow_downgrade: bool, home: str | None, as_json: bool) -> None:
+def install(source: str, allow_downgrade: bool, new_publisher: bool, home: str | None, as_json: bool) -> None:
     """Verify and install a pack (directory or tarball) into the read-only store."""
     from stockade.capabilities.registry import load_registry
     from stockade.packs import store
 
     h = need_home(home)
     log = None if as_json else (lambda m: click.echo(m, err=True))
+    conn = h.db()
     try:
-        pk = store.install(h, h.db(), source, allow_downgrade=allow_downgrade,
-                           builtin_names={d.name for d in load_registry().all()}, log=log)
+        pk = store.install(h, conn, source, allow_downgrade=allow_downgrade,
+                           builtin_names={d.name for d in load_registry().all()}, log=log,
+                           new_publisher=new_publisher)
     except (StockadeError, ConfigError) as e:
         fail_error(e, as_json)
+    old = pk.replaced
+    if old is not None:
+        _audit(h, {"kind": "pack.publisher_changed", "pack": pk.name, "from_publisher": old[1],
+                   "from_key_id": old[0], "to_publisher": pk.publisher, "to_key_id": pk.key_id})
     _audit(h, {"kind": "pack.installed", "pack": pk.name, "version": pk.version, "publisher": pk.publisher,
-               "manifest_sha256": pk.manifest_sha256})
+               "key_id": pk.key_id, "manifest_sha256": pk.manifest_sha256})
     live = False
     try:
         live = _notify_server(h, pk.name)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stockade.capabilities.registry import NAME_PATTERN
 from stockade.core import yamlfile
-from stockade.core.errors import ConfigError
+from stockade.core.errors import ConfigError, err
+from stockade.core.types import CAPABILITY_NAME_PATTERN as NAME_PATTERN
 from stockade.packs.sigcheck import (  # noqa: F401 - re-exported: the pack format's public names
     DOMAIN,
     MAX_FILES,
@@ -29,6 +30,7 @@ from stockade.packs.sigcheck import (  # noqa: F401 - re-exported: the pack form
     _compare,
     build_manifest,
     canonical,
+    check_expiry,
     check_path,
     check_signature,
     key_id,
@@ -39,6 +41,36 @@ from stockade.packs.sigcheck import (  # noqa: F401 - re-exported: the pack form
 
 PACK_NAME = r"^[a-z][a-z0-9-]{0,47}$"
 VERSION = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"
+
+# Capability families the gateway owns, today or announced. A pack's capabilities are named
+# `<family>.<action>`, so a pack named like one of these would inherit every rule, grant and vault
+# scope written for the built-ins (`system.*: autonomous`). The registry's own families are added
+# at install and load (`check_pack_name(builtin_families=...)`), so a family that lands later is
+# covered without editing this list.
+RESERVED_FAMILIES = frozenset({
+    "system", "agent", "agents", "filesystem", "process", "network", "secrets", "state", "vault", "audit",
+    "approvals", "capabilities", "tasks", "packs", "pack", "policy", "egress", "sandbox", "perimeter",
+    "supervision", "gateway", "dashboard", "admin", "owner", "stockade", "core", "mcp", "upstream", "upstreams",
+})
+
+
+def pack_family(name: str) -> str:
+    """The capability prefix a pack name yields (`my-pack` -> `my_pack`)."""
+    return name.replace("-", "_")
+
+
+def check_pack_name(name: str, builtin_families: Iterable[str] = (), upstreams: Iterable[str] = ()) -> None:
+    """Pure: refuse a pack name that is (or spells) a built-in family or an upstream server's name.
+
+    `upstreams` is the hook for proxied MCP servers, whose tools are named `<server>.<tool>`."""
+    fam = pack_family(name)
+    taken = RESERVED_FAMILIES | {pack_family(f) for f in builtin_families}
+    if fam in taken:
+        raise err("InvalidInput", f"pack name {name!r} is reserved: {fam}.* is a built-in capability family",
+                  file="pack.yaml")
+    if fam in {pack_family(u) for u in upstreams}:
+        raise err("InvalidInput", f"pack name {name!r} is reserved: an upstream server is named {fam}",
+                  file="pack.yaml")
 
 
 # -- pack.yaml -----------------------------------------------------------------------------------
@@ -84,6 +116,9 @@ def parse_pack_yaml(text: str, fname: str = "pack.yaml") -> PackSpec:
     except ValidationError as e:
         raise ConfigError(yamlfile.pydantic_errors(e, fname, lines)) from None
     errors = []
+    if pack_family(spec.name) in RESERVED_FAMILIES:
+        errors.append(f"{fname}:{yamlfile.line_of(lines, ('name',))}: name: {spec.name!r} is reserved "
+                      "(a built-in capability family)")
     for i, c in enumerate(spec.capabilities):
         if not c.name.startswith(f"{spec.name.replace('-', '_')}."):
             errors.append(f"{fname}:{yamlfile.line_of(lines, ('capabilities', i, 'name'))}: capability "
@@ -167,14 +202,7 @@ def verify(files: dict[str, bytes], signature: bytes, trusted: dict[str, tuple[s
     if spec.publisher != publisher:
         raise pack_error(f"pack.yaml says publisher {spec.publisher!r} but the key is trusted as {publisher!r}",
                          "SIGNATURE")
-    exp = signed.get("expires")
-    if exp is not None:
-        try:
-            when = datetime.fromisoformat(exp.replace("Z", "+00:00"))
-        except (ValueError, AttributeError):
-            raise pack_error("malformed expiry", "SIGNATURE") from None
-        if (now or datetime.now(UTC)) > when:
-            raise pack_error(f"signature expired at {exp}", "SIGNATURE")
+    check_expiry(signed, (now or datetime.now(UTC)).timestamp())
     if "requirements.lock" in files:
         check_lockfile(files["requirements.lock"].decode("utf-8", "replace"))
     return Verified(spec, signed, kid, publisher, hashlib.sha256(canonical(signed)).hexdigest())

@@ -93,7 +93,7 @@ def _verify_in_place(info: dict[str, Any]) -> dict[str, bytes]:
     if sig is None:
         raise pack_error("missing", "SIGNATURE")
     signed = verify_files(files, sig, info["key_id"], base64.b64decode(info["pubkey"]), info["name"],
-                          info["version"])
+                          info["version"], info.get("now"))
     import hashlib
 
     if hashlib.sha256(canonical(signed)).hexdigest() != info["manifest_sha256"]:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -104,10 +105,10 @@ def check_signature(signed: dict[str, Any], sig: bytes, raw_public: bytes) -> No
 
 
 def verify_files(files: dict[str, bytes], signature: bytes, key_id_: str, raw_public: bytes,
-                 name: str, version: str) -> dict[str, Any]:
-    """Pure. The per-execution check: trusted key, valid signature, exactly these files.
-
-    Returns the signed manifest. Expiry is checked at install and registration (it needs a clock)."""
+                 name: str, version: str, now: float | None) -> dict[str, Any]:
+    """Pure. The per-execution check: trusted key, valid signature, exactly these files, and a
+    signature not expired at `now` (the gateway's clock, passed with the call: the sandbox child
+    has no trustworthy clock of its own to consult, and without one nothing runs)."""
     for p in files:
         check_path(p)
     kid, signed, sig = parse_signature(signature)
@@ -116,7 +117,25 @@ def verify_files(files: dict[str, bytes], signature: bytes, key_id_: str, raw_pu
     check_signature(signed, sig, raw_public)
     actual = build_manifest(name, version, files, signed.get("expires"))
     _compare(signed, actual)
+    check_expiry(signed, now)
     return signed
+
+
+def check_expiry(signed: dict[str, Any], now: float | None) -> None:
+    """Pure: refuse a signed manifest whose `expires` is past at `now` (POSIX seconds)."""
+    exp = signed.get("expires")
+    if exp is None:
+        return
+    if isinstance(now, bool) or not isinstance(now, int | float):
+        raise pack_error("no gateway clock to check the signature's expiry against", "SIGNATURE")
+    try:
+        when = datetime.fromisoformat(exp.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError("naive")
+    except (ValueError, AttributeError, TypeError):
+        raise pack_error("malformed expiry", "SIGNATURE") from None
+    if now > when.timestamp():
+        raise pack_error(f"signature expired at {exp}", "SIGNATURE")
 
 
 def _compare(signed: dict[str, Any], actual: dict[str, Any]) -> None:

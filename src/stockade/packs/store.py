@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import os
 import shutil
 import sqlite3
@@ -25,7 +26,7 @@ from stockade.core import db
 from stockade.core.errors import err
 from stockade.core.home import Home
 from stockade.packs import tree
-from stockade.packs.manifest import Verified, pack_error, verify, version_tuple
+from stockade.packs.manifest import Verified, check_pack_name, pack_error, verify, version_tuple
 from stockade.packs.tree import deps_digest
 
 db.SCHEMA.extend([
@@ -48,6 +49,7 @@ class Installed:
     manifest_sha256: str
     deps_sha256: str | None
     installed_at: int
+    replaced: tuple[str, str] | None = None   # (key id, publisher) this install took the name from
 
     def path(self, home: Home) -> Path:
         return home.packs / self.name / self.version
@@ -92,16 +94,37 @@ def verify_source(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> Ver
     return verify(files, sig, trusted_keys(conn))
 
 
+def binding(conn: sqlite3.Connection, name: str) -> tuple[str, str] | None:
+    """(key id, publisher) a pack name is bound to: the key that first installed it, kept after
+    removal, moved only by an explicit `--new-publisher` install. None if never installed."""
+    r = conn.execute("SELECT key_id, publisher FROM packs WHERE name=?", (name,)).fetchone()
+    return (r[0], r[1]) if r is not None else None
+
+
+def check_binding(name: str, bound: tuple[str, str] | None, v: Verified, new_publisher: bool) -> None:
+    """Pure: a second publisher's pack may not silently take over a name (and with it every rule,
+    grant and vault scope keyed on `<name>.*`)."""
+    if bound is None or bound[0] == v.key_id or new_publisher:
+        return
+    raise pack_error(f"{name} belongs to publisher {bound[1]!r} (key {bound[0]}), which first installed it; "
+                     f"this one is signed by {v.publisher!r} (key {v.key_id}). If you mean to hand the name "
+                     "(and every rule, grant and secret scope on it) to the new publisher, install with "
+                     "--new-publisher", "SIGNATURE")
+
+
 def install(home: Home, conn: sqlite3.Connection, path: str | os.PathLike[str], *,
             allow_downgrade: bool = False, builtin_names: set[str] | None = None,
-            log: Any = None) -> Installed:
+            log: Any = None, new_publisher: bool = False, upstreams: set[str] | None = None) -> Installed:
     files, sig = tree.read_any(path)
     if sig is None:
         raise pack_error("missing (sign the pack with `stockade pack sign`)", "SIGNATURE")
     v = verify(files, sig, trusted_keys(conn))
     spec = v.spec
+    check_pack_name(spec.name, {n.split(".", 1)[0] for n in builtin_names or ()}, upstreams or ())
     if version_tuple(spec.min_stockade) > version_tuple(__version__):
         raise err("InvalidInput", f"{spec.name} needs stockade >= {spec.min_stockade} (this is {__version__})")
+    bound = binding(conn, spec.name)
+    check_binding(spec.name, bound, v, new_publisher)
     row = conn.execute("SELECT version, highest_version, manifest_sha256, removed_at FROM packs WHERE name=?",
                        (spec.name,)).fetchone()
     if row is not None:
@@ -154,7 +177,8 @@ def install(home: Home, conn: sqlite3.Connection, path: str | os.PathLike[str], 
                      " deps_sha256=excluded.deps_sha256, installed_at=excluded.installed_at,"
                      " highest_version=excluded.highest_version, removed_at=NULL",
                      (spec.name, spec.version, v.publisher, v.key_id, v.manifest_sha256, deps_sha, now, highest))
-    return _get(conn, spec.name)
+    got = _get(conn, spec.name)
+    return dataclasses.replace(got, replaced=bound) if bound is not None and bound[0] != v.key_id else got
 
 
 def remove(home: Home, conn: sqlite3.Connection, name: str) -> Installed:
@@ -232,10 +256,11 @@ def _tx(conn: sqlite3.Connection):  # type: ignore[no-untyped-def]
 
 
 def runner_info(home: Home, conn: sqlite3.Connection, pk: Installed,
-                entries: dict[str, str] | None = None) -> dict[str, Any]:
+                entries: dict[str, str] | None = None, now: float | None = None) -> dict[str, Any]:
     """What the sandboxed runner needs to verify the pack on its own (passed per call).
 
-    `entries` (capability -> module:function) may come from the caller's parsed pack.yaml."""
+    `entries` (capability -> module:function) may come from the caller's parsed pack.yaml. `now`
+    is the gateway's clock at this call: the runner refuses a signature expired by then."""
     r = conn.execute("SELECT pubkey, revoked_at FROM pack_publishers WHERE key_id=?", (pk.key_id,)).fetchone()
     if r is None or r[1] is not None:
         raise pack_error(f"publisher key {pk.key_id} of {pk.name} is no longer trusted", "SIGNATURE")
@@ -247,4 +272,5 @@ def runner_info(home: Home, conn: sqlite3.Connection, pk: Installed,
     return {"name": pk.name, "version": pk.version, "publisher": pk.publisher, "key_id": pk.key_id,
             "entries": entries,
             "pubkey": base64.b64encode(bytes(r[0])).decode(), "manifest_sha256": pk.manifest_sha256,
-            "deps_sha256": pk.deps_sha256, "host_path": str(pk.path(home)), "dir": "/pack"}
+            "deps_sha256": pk.deps_sha256, "host_path": str(pk.path(home)), "dir": "/pack",
+            "now": time.time() if now is None else now}
