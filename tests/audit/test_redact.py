@@ -6,17 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stockade.audit import record as R
-from stockade.audit.redact import REDACTED, redact
+from stockade.audit.redact import REDACTED, SecretValue, redact
 
 
-def test_secret_named_arguments_are_redacted() -> None:
+def test_arguments_the_agent_chose_are_never_hidden() -> None:
+    """Issue 13 item 2: a key named like a secret hides nothing (the owner must see what runs);
+    only vault-resolved values are replaced, by their reference."""
     args = {"path": "/w/x", "password": "hunter2", "nested": {"api_key": "k-123", "Authorization": "Bearer z"},
             "list": [{"token": "t"}], "empty_secret": ""}
-    out = redact(args)
-    assert out["password"] == REDACTED and out["nested"]["api_key"] == REDACTED
-    assert out["nested"]["Authorization"] == REDACTED and out["list"][0]["token"] == REDACTED
-    assert out["path"] == "/w/x" and out["empty_secret"] == ""
-    assert args["password"] == "hunter2"          # a copy: the call itself still gets its arguments
+    assert redact(args) == args
+    assert redact({"a": "x VAL-123456 y"}, [SecretValue("VAL-123456", "k")]) == {"a": "x ${secret:k} y"}
 
 
 @settings(max_examples=100, deadline=None)

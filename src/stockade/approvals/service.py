@@ -12,7 +12,14 @@ the stored arguments (through every step again: a policy that has since blocked 
 The outcome is stored (redacted) so the agent can fetch it with `approvals.status` /
 `agent.approval`.
 
-Every decision is an audit record, written before its effect.
+Every decision is an audit record, written before its effect, naming who decided (`by`: the
+admin socket's peer credentials, or the dashboard session).
+
+Joining is atomic: for one (agent, capability, arguments) the look-up of a pending approval,
+its creation and the registration of the held call happen under one lock, so identical calls
+that arrive together make one approval. An approval binds the key that asked for it; after
+every wait, and before the background executor runs it, that key is checked again, and
+revoking the agent expires its approvals and ends its grants in the revoke's own transaction.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from stockade.approvals.core import (
     transition,
 )
 from stockade.audit.redact import redact
+from stockade.core import agents
 from stockade.core.errors import StockadeError, err
-from stockade.core.types import report_progress
+from stockade.core.types import Caller, report_progress
 
 # Set by the background executor so that `request()` recognises the approved call it re-enters.
 _RESUME: contextvars.ContextVar[str | None] = contextvars.ContextVar("stockade_approval_resume", default=None)
@@ -49,6 +57,12 @@ _RESUME: contextvars.ContextVar[str | None] = contextvars.ContextVar("stockade_a
 # notifications through `pipeline.report_progress`, a no-op on transports without them).
 PROGRESS_EVERY = 10.0
 FINAL = (EXECUTED, FAILED, REJECTED, EXPIRED)
+By = str | dict[str, Any]
+
+
+def _revoked_error(aid: str) -> StockadeError:
+    return err("Unauthenticated", "the agent's key was revoked or replaced while this call waited for "
+               "approval; it did not run", approval=aid)
 
 
 class ApprovalService:
@@ -64,6 +78,7 @@ class ApprovalService:
         self._calls: dict[str, str] = {}                # pipeline call id -> approval id it executes
         self._changed = asyncio.Condition()
         self._decide_lock = asyncio.Lock()
+        self._join_locks: dict[tuple[str, str, str], tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[Any] | None = None
         self._releasing = False
@@ -160,17 +175,38 @@ class ApprovalService:
                                                      "args": redact(args)})
             return
 
-        existing = store.find_pending(self.db, caller.agent, definition.name, h, now)
-        if existing is not None:
-            if existing.id in self._waiters:
-                raise err("ApprovalPending", f"an identical call is already waiting for the owner ({existing.id})",
-                          approval=existing.id, expires=existing.expires_at)
-            a = existing   # the agent retried after its hold ended: hold this call on the same approval
-        else:
-            a = await self._create(caller, definition, args, h, decision, call_id, now)
-        await self._hold(a, call_id)
+        a, ev = await self._join(caller, definition, args, h, decision, call_id, now)
+        await self._hold(a, ev, call_id, caller.key_hash)
 
-    async def _create(self, caller: Any, definition: Any, args: dict[str, Any], h: str, decision: Any,
+    async def _join(self, caller: Caller, definition: Any, args: dict[str, Any], h: str, decision: Any,
+                    call_id: str, now: float) -> tuple[store.Approval, asyncio.Event]:
+        """Find or create the approval and register this call as its holder, atomically per call
+        identity: without the lock, identical calls arriving together each saw no approval while
+        the first one's request record was being written, and each made its own."""
+        key = (caller.agent, definition.name, h)
+        lock, users = self._join_locks.get(key, (asyncio.Lock(), 0))
+        self._join_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                existing = store.find_pending(self.db, caller.agent, definition.name, h, now)
+                if existing is not None and existing.id in self._waiters:
+                    raise err("ApprovalPending", f"an identical call is already waiting for the owner "
+                              f"({existing.id})", approval=existing.id, expires=existing.expires_at)
+                # An existing one: the agent retried after its hold ended; hold this call on it.
+                a = existing or await self._create(caller, definition, args, h, decision, call_id, now)
+                ev = asyncio.Event()
+                if self._releasing:
+                    ev.set()
+                self._waiters[a.id] = ev
+                return a, ev
+        finally:
+            lock, users = self._join_locks[key]
+            if users <= 1:
+                del self._join_locks[key]
+            else:
+                self._join_locks[key] = (lock, users - 1)
+
+    async def _create(self, caller: Caller, definition: Any, args: dict[str, Any], h: str, decision: Any,
                       call_id: str, now: float) -> store.Approval:
         safe = redact(args)
         a = store.Approval(
@@ -183,17 +219,13 @@ class ApprovalService:
         await self.pipeline.record_event("approval.requested", approval=a.id, agent=a.agent, session=a.session,
                                          capability=a.capability, args=safe, args_hash=h, rule=decision.rule,
                                          layer=decision.layer, call=call_id, expires=a.expires_at)
-        store.insert(self.db, a)
+        store.insert(self.db, a, caller.key_hash)
         self.bus.publish("approval.requested", {"approval": a.id, "agent": a.agent, "capability": a.capability,
                                                 "args": safe, "rule": decision.rule, "reason": decision.reason,
                                                 "expires": a.expires_at}, "warning")
         return a
 
-    async def _hold(self, a: store.Approval, call_id: str) -> None:
-        ev = asyncio.Event()
-        if self._releasing:
-            ev.set()
-        self._waiters[a.id] = ev
+    async def _hold(self, a: store.Approval, ev: asyncio.Event, call_id: str, key_hash: bytes) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()     # durations on the monotonic clock; expiry on the wall clock
         total = max(0.0, min(self.hold_seconds, a.expires_at - self.clock()))
@@ -223,6 +255,12 @@ class ApprovalService:
                 self._spawn(self._execute_later(a.id))
         if cur is None:
             raise err("Internal", "approval vanished")
+        if not store.key_valid(self.db, a.agent, key_hash):
+            # Revoked (its approvals expired with it) or rotated while it waited: never runs.
+            if cur.status == APPROVED and store.set_status(self.db, a.id, RUNNING, only_from=APPROVED,
+                                                           exec_call_id=call_id):
+                self._finish(a.id, FAILED, error=_revoked_error(a.id))
+            raise _revoked_error(a.id)
         if cur.status == APPROVED and store.set_status(self.db, a.id, RUNNING, only_from=APPROVED,
                                                        exec_call_id=call_id):
             self._calls[call_id] = a.id
@@ -267,15 +305,18 @@ class ApprovalService:
 
     async def _execute_later(self, aid: str) -> None:
         """Run an approved call nobody is holding any more, through the whole pipeline, once."""
-        from stockade.core.types import Caller
-
         if not store.set_status(self.db, aid, RUNNING, only_from=APPROVED):
             return
         a = store.get(self.db, aid)
         assert a is not None
         args = json.loads(a.args_json or "{}")
-        r = self.db.execute("SELECT key_hash FROM agents WHERE name=?", (a.agent,)).fetchone()
-        caller = Caller(a.agent, r[0] if r else b"", a.session, "approval")
+        key = store.key_of(self.db, aid)
+        if not store.key_valid(self.db, a.agent, key):
+            # The same re-check as the held path (the pipeline repeats it on entry): the key that
+            # asked must still be valid. An approval without a recorded key never runs.
+            self._finish(aid, FAILED, error=_revoked_error(aid))
+            return
+        caller = Caller(a.agent, key or b"", a.session, "approval")
         token = _RESUME.set(aid)
         try:
             result = await self.pipeline.invoke(caller, a.capability, args)
@@ -291,7 +332,7 @@ class ApprovalService:
             _RESUME.reset(token)
 
     # -- the owner's decisions ----------------------------------------------------------------
-    async def decide(self, aid: str, action: str, *, by: str, reason: str | None = None) -> dict[str, Any]:
+    async def decide(self, aid: str, action: str, *, by: By, reason: str | None = None) -> dict[str, Any]:
         """approve | reject. Idempotent: returns the record and whether this call changed it."""
         if action not in ("approve", "reject"):
             raise err("InvalidInput", "decision must be approve or reject")
@@ -315,7 +356,7 @@ class ApprovalService:
                     "approval.decided", approval=a.id, agent=a.agent, session=a.session, capability=a.capability,
                     args_hash=a.args_hash, decision="approved" if action == "approve" else "rejected",
                     by=by, reason=reason, call=a.call_id)
-                fields: dict[str, Any] = {"decided_at": now, "decided_by": by, "reason": reason}
+                fields: dict[str, Any] = {"decided_at": now, "decided_by": store.encode_by(by), "reason": reason}
                 if t.new_status == REJECTED:
                     fields.update(args_json=None, finished_at=now)
                 store.set_status(self.db, a.id, t.new_status, only_from=PENDING, **fields)
@@ -331,7 +372,7 @@ class ApprovalService:
             raise err(t.error, f"approval {aid} expired at {when}; nothing was executed", approval=aid)
         return {**cur.public(), "changed": t.new_status not in (None, EXPIRED), "conflict": t.conflict}
 
-    async def grant(self, agent: str, capability: str, minutes: float, *, by: str, reason: str | None = None,
+    async def grant(self, agent: str, capability: str, minutes: float, *, by: By, reason: str | None = None,
                     approval: str | None = None) -> dict[str, Any]:
         """Allow `capability` for `agent` without asking, for `minutes` (audited like any decision)."""
         if not isinstance(minutes, int | float) or isinstance(minutes, bool) or not 0 < minutes <= 7 * 24 * 60:
@@ -342,7 +383,8 @@ class ApprovalService:
         if not isinstance(capability, str) or capability not in self.pipeline.registry:
             raise err("InvalidInput", f"no capability named {capability!r}")
         now = self.clock()
-        g = store.Grant(store.new_id("grt"), agent, capability, now, now + minutes * 60, by, reason, approval, None)
+        g = store.Grant(store.new_id("grt"), agent, capability, now, now + minutes * 60, store.encode_by(by), reason,
+                        approval, None)
         await self.pipeline.record_event("approval.decided", decision="grant", grant=g.id, agent=agent,
                                          capability=capability, expires=g.expires_at, by=by, reason=reason,
                                          approval=approval)
@@ -351,7 +393,7 @@ class ApprovalService:
                                               "capability": capability, "expires": g.expires_at, "by": by})
         return g.public()
 
-    async def revoke_grant(self, gid: str, *, by: str) -> dict[str, Any]:
+    async def revoke_grant(self, gid: str, *, by: By) -> dict[str, Any]:
         g = store.get_grant(self.db, gid) if isinstance(gid, str) else None
         if g is None:
             raise err("ApprovalNotFound", f"no grant with id {gid!r}")
@@ -364,6 +406,29 @@ class ApprovalService:
         g2 = store.get_grant(self.db, gid)
         assert g2 is not None
         return g2.public()
+
+    async def revoke_agent(self, name: str, *, by: By) -> dict[str, Any]:
+        """Revoke an agent: its key, its approvals that have not started and its grants end in one
+        transaction; each is audited, and calls it has held end now with `Unauthenticated`."""
+        if not isinstance(name, str):
+            raise err("InvalidInput", "agent must be a string")
+        agents.get(self.db, name)
+        async with self._decide_lock:
+            ended = agents.revoke_ending(self.db, name)
+            approvals, grants = ended.get("approvals", []), ended.get("grants", [])
+            await self.pipeline.record_event("agent.revoked", agent=name, by=by, expired_approvals=approvals,
+                                             ended_grants=grants)
+            for aid in approvals:
+                await self.pipeline.record_event("approval.expired", approval=aid, agent=name,
+                                                 reason=store.REVOKED_REASON, by=by)
+                self.bus.publish("approval.expired", {"approval": aid, "agent": name, "reason": store.REVOKED_REASON})
+            for gid in grants:
+                await self.pipeline.record_event("approval.decided", decision="grant_revoked", grant=gid, agent=name,
+                                                 reason=store.REVOKED_REASON, by=by)
+        self.bus.publish("agent.revoked", {"agent": name, "by": by}, "warning")
+        for aid in approvals:
+            await self._notify(aid)
+        return {"name": name, "status": "revoked", "expired_approvals": approvals, "ended_grants": grants}
 
     # -- reading -------------------------------------------------------------------------------
     def show(self, aid: str) -> dict[str, Any]:

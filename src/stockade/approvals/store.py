@@ -1,8 +1,13 @@
 """SQLite persistence of approvals and time-limited grants (tables in `stockade.core.db`).
 
-Raw arguments are kept only while the call may still run (they are needed to execute it after
-the agent stopped waiting) and cleared once the approval is final; what the owner and the agent
-see afterwards is the redacted copy. Results are stored redacted so the agent can fetch them.
+`args_redacted` (a historical column name) holds the exact arguments the agent sent, canonical
+JSON: what the owner approves and what runs. Secrets are never in them: the agent can only name
+a vault secret by reference (`${secret:NAME}`), resolved after the approval. `args_json` is the
+copy the background executor runs; it is cleared once the approval is final. Results are stored
+with vault values replaced by their references.
+
+An approval also binds the key that asked for it (`approval_keys`): the call runs only while
+that key is still valid, whether the held call or the background executor runs it.
 """
 
 # ruff: noqa: S608  (SQL is built only from the constant column lists below; values are bound)
@@ -14,7 +19,9 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from stockade.approvals.core import PENDING
+from stockade.approvals.core import APPROVED, EXPIRED, PENDING
+from stockade.audit.redact import credential_warnings
+from stockade.core import agents as _agents
 from stockade.core import db as _db
 
 MAX_RESULT_BYTES = 1 << 20
@@ -53,6 +60,12 @@ _db.SCHEMA.append("""CREATE TABLE IF NOT EXISTS approval_grants (
     approval TEXT,
     revoked_at REAL
 )""")
+
+_db.SCHEMA.append("""CREATE TABLE IF NOT EXISTS approval_keys (
+    approval TEXT PRIMARY KEY,
+    key_hash BLOB NOT NULL
+)""")
+REVOKED_REASON = "agent revoked"
 
 _COLS = ("id", "agent", "session", "capability", "args_hash", "args_json", "args_redacted", "tier", "rule",
          "layer", "policy_reason", "call_id", "created_at", "expires_at", "status", "decided_at", "decided_by",
@@ -95,8 +108,10 @@ class Approval:
         if owner:
             out.update({"session": self.session, "tier": self.tier, "rule": self.rule, "layer": self.layer,
                         "policy_reason": self.policy_reason, "call": self.call_id})
+        if owner:
+            out["warnings"] = credential_warnings(out["args"])
         if self.decided_at is not None:
-            out.update({"decided": self.decided_at, "decided_by": self.decided_by})
+            out.update({"decided": self.decided_at, "decided_by": decode_by(self.decided_by)})
         if self.reason:
             out["reason"] = self.reason
         if self.finished_at is not None:
@@ -122,17 +137,71 @@ class Grant:
 
     def public(self) -> dict[str, Any]:
         return {"grant": self.id, "agent": self.agent, "capability": self.capability, "created": self.created_at,
-                "expires": self.expires_at, "created_by": self.created_by, "reason": self.reason,
+                "expires": self.expires_at, "created_by": decode_by(self.created_by), "reason": self.reason,
                 "approval": self.approval, "revoked": self.revoked_at}
+
+
+def encode_by(by: str | dict[str, Any]) -> str:
+    """Who decided: a dict (peer credentials, dashboard session) is stored as JSON text."""
+    return by if isinstance(by, str) else json.dumps(by, sort_keys=True, separators=(",", ":"))
+
+
+def decode_by(raw: str | None) -> str | dict[str, Any] | None:
+    if raw is not None and raw.startswith("{"):
+        try:
+            v = json.loads(raw)
+        except ValueError:
+            return raw
+        return v if isinstance(v, dict) else raw
+    return raw
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
 
-def insert(conn: sqlite3.Connection, a: Approval) -> None:
-    conn.execute(f"INSERT INTO approvals({','.join(_COLS)}) VALUES ({','.join('?' * len(_COLS))})",
-                 tuple(getattr(a, c) for c in _COLS))
+def insert(conn: sqlite3.Connection, a: Approval, key_hash: bytes) -> None:
+    """The approval and the key that asked for it, together."""
+    conn.execute("SAVEPOINT approval_insert")
+    try:
+        conn.execute(f"INSERT INTO approvals({','.join(_COLS)}) VALUES ({','.join('?' * len(_COLS))})",
+                     tuple(getattr(a, c) for c in _COLS))
+        conn.execute("INSERT OR REPLACE INTO approval_keys(approval, key_hash) VALUES (?, ?)", (a.id, key_hash))
+    except BaseException:
+        conn.execute("ROLLBACK TO approval_insert")
+        conn.execute("RELEASE approval_insert")
+        raise
+    conn.execute("RELEASE approval_insert")
+
+
+def key_of(conn: sqlite3.Connection, aid: str) -> bytes | None:
+    r = conn.execute("SELECT key_hash FROM approval_keys WHERE approval=?", (aid,)).fetchone()
+    return bytes(r[0]) if r else None
+
+
+def key_valid(conn: sqlite3.Connection, agent: str, key_hash: bytes | None) -> bool:
+    """Is this still the agent's key, and the agent not revoked? (the re-check after a wait)"""
+    if not key_hash:
+        return False
+    r = conn.execute("SELECT revoked_at FROM agents WHERE name=? AND key_hash=?", (agent, key_hash)).fetchone()
+    return r is not None and r[0] is None
+
+
+def _end_for_revoked_agent(conn: sqlite3.Connection, agent: str, now: float) -> dict[str, list[str]]:
+    """`core.agents.ON_REVOKE`: in the revoke's transaction, approvals that have not started
+    expire (they can no longer be approved or run) and the agent's live grants end."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM approvals WHERE agent=? AND status IN (?, ?) "
+                                      "ORDER BY created_at", (agent, PENDING, APPROVED)).fetchall()]
+    conn.execute("UPDATE approvals SET status=?, args_json=NULL, finished_at=?, reason=? "
+                 "WHERE agent=? AND status IN (?, ?)", (EXPIRED, now, REVOKED_REASON, agent, PENDING, APPROVED))
+    gids = [r[0] for r in conn.execute("SELECT id FROM approval_grants WHERE agent=? AND revoked_at IS NULL "
+                                       "AND expires_at>? ORDER BY created_at", (agent, now)).fetchall()]
+    conn.execute("UPDATE approval_grants SET revoked_at=? WHERE agent=? AND revoked_at IS NULL AND expires_at>?",
+                 (now, agent, now))
+    return {"approvals": ids, "grants": gids}
+
+
+_agents.ON_REVOKE.append(_end_for_revoked_agent)
 
 
 def get(conn: sqlite3.Connection, aid: str) -> Approval | None:

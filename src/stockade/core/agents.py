@@ -14,6 +14,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stockade.core.errors import StockadeError, err
@@ -21,6 +22,13 @@ from stockade.core.errors import StockadeError, err
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 RESERVED = frozenset({"system", "admin", "default", "owner"})
 KEY_RE = re.compile(r"^stk_[A-Za-z0-9_-]{43}$")
+
+# What else ends when an agent is revoked, in the revoke's own transaction. A part that holds
+# something an agent may still use later (approvals waiting to run, time-limited grants) appends
+# `fn(conn, agent, now) -> {kind: [ids ended]}` at import time, as parts append their tables to
+# `core.db.SCHEMA`; the ids go into the audit record of the revocation.
+RevokeHook = Callable[[sqlite3.Connection, str, float], dict[str, list[str]]]
+ON_REVOKE: list[RevokeHook] = []
 
 
 @dataclass(frozen=True)
@@ -81,14 +89,41 @@ def list_all(conn: sqlite3.Connection) -> list[Agent]:
 
 
 def revoke(conn: sqlite3.Connection, name: str) -> Agent:
-    get(conn, name)
-    conn.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (int(time.time()), name))
+    revoke_ending(conn, name)
     return get(conn, name)
 
 
-def rotate(conn: sqlite3.Connection, name: str) -> str:
-    """Issue a new key (the old one stops working at once); also un-revokes."""
+def revoke_ending(conn: sqlite3.Connection, name: str) -> dict[str, list[str]]:
+    """Revoke the key and, in the same transaction, end everything registered in ON_REVOKE
+    (pending and approved-but-unstarted approvals expire, grants end). Returns what ended."""
     get(conn, name)
+    now = time.time()
+    ended: dict[str, list[str]] = {}
+    conn.execute("SAVEPOINT agent_revoke")
+    try:
+        conn.execute("UPDATE agents SET revoked_at=COALESCE(revoked_at, ?) WHERE name=?", (int(now), name))
+        for hook in ON_REVOKE:
+            for kind, ids in hook(conn, name, now).items():
+                ended.setdefault(kind, []).extend(ids)
+    except BaseException:
+        conn.execute("ROLLBACK TO agent_revoke")
+        conn.execute("RELEASE agent_revoke")
+        raise
+    conn.execute("RELEASE agent_revoke")
+    return ended
+
+
+def rotate(conn: sqlite3.Connection, name: str, *, reactivate: bool = False) -> str:
+    """Issue a new key (the old one stops working at once).
+
+    A revoked agent stays revoked unless the owner asks for `reactivate` explicitly: a routine
+    key rotation must never bring back an agent someone deliberately shut out.
+    """
+    a = get(conn, name)
+    if not a.active and not reactivate:
+        raise err("InvalidInput", f"agent {name!r} is revoked; rotating its key would not reactivate it", [
+            {"action": "reactivate", "description": f"stockade agent reactivate {name} (or agent rotate {name} "
+                                                    "--reactivate) issues a new key and reactivates the agent"}])
     key = new_key()
     conn.execute(
         "UPDATE agents SET key_hash=?, rotated_at=?, revoked_at=NULL WHERE name=?",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stockade.audit.redact import SecretValue
 from stockade.core.errors import StockadeError, err
 from stockade.vault import format as F
 from stockade.vault import keys, refs
@@ -207,9 +208,11 @@ class Vault:
                 self._used[name] = now
         if time.monotonic() - self._last_touch > TOUCH_EVERY:
             self.flush_used()
+        # Each value and its encodings, carrying the secret's name: results, errors and the audit
+        # log show `${secret:NAME}` where the value would have been.
         scrub: list[str] = []
-        for v in [*values.values(), *scrub_only.values()]:
-            scrub.extend(refs.encodings(v))
+        for name, v in [*values.items(), *scrub_only.items()]:
+            scrub.extend(SecretValue(e, name) for e in refs.encodings(v))
         return out, scrub
 
     def _decrypt(self, key: keys.KeyBuffer, row: Row) -> bytearray:
