@@ -21,3 +21,10 @@ AUDIT_DECODE_DEPTH = 400
 REFUSED_ARGS_PREFIX_BYTES = 4096
 
 assert MAX_RECORD_DEPTH < AUDIT_DECODE_DEPTH  # noqa: S101  (a build-time invariant)
+
+# What failed calls cost an agent (`gateway.costs.FailureLimiter`): a bucket of `FAILURE_BURST`
+# failures refilled at `FAILURE_PER_SECOND`; an agent that empties it is refused every call,
+# without any further work, for `FAILURE_COOLDOWN_SECONDS`.
+FAILURE_BURST = 30
+FAILURE_PER_SECOND = 0.5
+FAILURE_COOLDOWN_SECONDS = 30.0

@@ -1,21 +1,29 @@
 """The invoke pipeline: the one path from any transport to a capability.
 
-    authenticate -> look up -> validate -> policy -> approvals -> secrets -> execute
-                 -> shape result -> redact -> audit (durable) -> return
+    authenticate -> cost (failure cooldown, audit budget) -> look up + validate -> policy
+        -> approvals -> re-authenticate (after the wait) -> secrets -> execute
+        -> shape result -> redact -> audit (durable) -> return
 
 Every transport (JSON-RPC, MCP Streamable HTTP, MCP WebSocket, the stdio bridge via HTTP, the
-dashboard) calls `Pipeline.invoke`. Parts plug in through the small hook objects below; each
-default is the conservative behaviour of a part that is not configured.
+dashboard) calls `Pipeline.invoke`. Parts plug in through the hook protocols of
+`stockade.core.hooks`; each default below is the conservative behaviour of a part that is not
+configured.
+
+`invoke` runs the stages in one `try` with a stage variable: every failure, expected or not,
+ends in `_fail`, which writes one audit record whose shape depends on how far the call got.
+A call refused before policy let it through keeps only a digest and a prefix of its arguments
+(`costs.refused_args`), and costs the agent from its failure budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from stockade.audit.redact import redact
 from stockade.capabilities.registry import Definition, Registry
@@ -23,6 +31,7 @@ from stockade.core import agents
 from stockade.core.errors import StockadeError, err
 from stockade.core.events import EventBus
 from stockade.core.home import Home
+from stockade.core.hooks import ApprovalHook, AuditHook, ExecutorHook, PolicyHook, SecretsHook
 from stockade.core.types import (  # noqa: F401  (re-exported for the transports)
     TIER_ORDER,
     Caller,
@@ -31,6 +40,16 @@ from stockade.core.types import (  # noqa: F401  (re-exported for the transports
     progress_reporter,
     report_progress,
 )
+from stockade.gateway.costs import FailureLimiter, encode_args, refused_args
+
+log = logging.getLogger("stockade")
+
+# Stages in the order `invoke` runs them. A failure in one of the first four refuses the call
+# (it counts against the agent's failure budget and its arguments are kept only as a digest and
+# a prefix); from `approval` on, the call was allowed and its record keeps its arguments.
+STAGES = ("authenticate", "cost", "validate", "policy", "approval", "reauthenticate", "secrets", "execute")
+_REFUSAL_STAGES = frozenset(STAGES[:4])
+_COUNTED = frozenset({"InvalidInput", "CapabilityNotFound", "PolicyDenied", "RateLimited", "Unauthenticated"})
 
 
 @dataclass
@@ -43,32 +62,7 @@ class CallContext:
     call_id: str
 
 
-# -- hooks ---------------------------------------------------------------------------------
-class PolicyHook(Protocol):
-    def decide(self, agent: str, capability: str, args: dict[str, Any]) -> Decision: ...  # counts rate limits
-    def peek(self, agent: str, capability: str, args: dict[str, Any]) -> Decision: ...    # counts nothing
-    def visible(self, agent: str, capability: str) -> bool: ...
-
-
-class AuditHook(Protocol):
-    async def record(self, rec: dict[str, Any]) -> None: ...   # returns once durable
-
-
-class ApprovalHook(Protocol):
-    async def request(self, caller: Caller, definition: Definition, args: dict[str, Any],
-                      decision: Decision, call_id: str) -> None: ...  # returns = approved
-
-
-class SecretsHook(Protocol):
-    def resolve(self, caller: Caller, definition: Definition,
-                args: dict[str, Any]) -> tuple[dict[str, Any], list[str]]: ...
-
-
-class ExecutorHook(Protocol):
-    async def run(self, caller: Caller, definition: Definition, args: dict[str, Any],
-                  call_id: str) -> dict[str, Any]: ...
-
-
+# -- defaults for parts that are not configured ----------------------------------------------
 class NoPolicy:
     """Used only where no policy engine is wired (unit tests of the transports)."""
 
@@ -86,6 +80,9 @@ class NoApprovals:
     async def request(self, caller: Caller, definition: Definition, args: dict[str, Any],
                       decision: Decision, call_id: str) -> None:
         raise err("ApprovalPending", f"{definition.name} needs the owner's approval", approval=None)
+
+    def completed(self, call_id: str, result: Any, error: StockadeError | None) -> None:
+        return None
 
 
 class NoSecrets:
@@ -109,13 +106,39 @@ class MemoryAudit:
     async def record(self, rec: dict[str, Any]) -> None:
         self.records.append(rec)
 
+    def agent_over_budget(self, agent: str) -> float | None:
+        return None
+
+
+@dataclass
+class _Call:
+    """One call as it moves through the stages (what `_fail` needs to write its record)."""
+
+    caller: Caller
+    capability: str
+    args: Any
+    call_id: str
+    t0: int
+    definition: Definition | None = None
+    decision: Decision | None = None
+    safe_args: Any = None
+    approved: bool = False              # approved calls report their outcome back to the hook
+    secret_values: list[str] = field(default_factory=list)
+    started: bool = False               # the "decision" record (intent) is written
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return {"agent": self.caller.agent, "session": self.caller.session, "capability": self.capability,
+                "call": self.call_id}
+
 
 # -- the pipeline ----------------------------------------------------------------------------
 class Pipeline:
     def __init__(self, home: Home, registry: Registry, db: sqlite3.Connection, *,
                  policy: PolicyHook | None = None, audit: AuditHook | None = None,
                  approvals: ApprovalHook | None = None, secrets: SecretsHook | None = None,
-                 sandbox: ExecutorHook | None = None, bus: EventBus | None = None):
+                 sandbox: ExecutorHook | None = None, bus: EventBus | None = None,
+                 failures: FailureLimiter | None = None):
         self.home = home
         self.registry = registry
         self.db = db
@@ -125,6 +148,8 @@ class Pipeline:
         self.secrets: SecretsHook = secrets or NoSecrets()
         self.sandbox: ExecutorHook = sandbox or NoSandbox()
         self.bus = bus or EventBus()
+        self.failures = failures or FailureLimiter()
+        self.clock = time.monotonic
         self.started = time.time()
         self.health: dict[str, Any] = {}   # parts report layer status here (system.health, doctor)
 
@@ -156,109 +181,120 @@ class Pipeline:
 
     # -- invoke --------------------------------------------------------------------------------
     async def invoke(self, caller: Caller, capability: str, args: Any) -> dict[str, Any]:
-        """Run one call through every step. Raises StockadeError; returns the shaped result."""
-        t0 = time.perf_counter_ns()
-        call_id = uuid.uuid4().hex
-        self._recheck(caller)
-        base: dict[str, Any] = {"agent": caller.agent, "session": caller.session, "capability": capability,
-                                "call": call_id}
+        """Run one call through every stage. Raises StockadeError; returns the shaped result."""
+        call = _Call(caller, capability, args, uuid.uuid4().hex, time.perf_counter_ns())
+        stage = STAGES[0]
+        try:
+            self._recheck(caller)
+            stage = "cost"
+            await self._charge(caller)
+            stage = "validate"
+            call.definition = self._validate(capability, args)
+            stage = "policy"
+            call.decision = self._decide(call, call.definition)
+            stage = "approval"
+            await self._approve(call, call.definition, call.decision)
+            stage = "reauthenticate"
+            self._recheck(caller)        # the key may have been revoked while the call waited
+            stage = "secrets"
+            run_args = self._resolve(call, call.definition)
+            stage = "execute"
+            result = await self._run(call, call.definition, call.decision, run_args)
+        except StockadeError as e:
+            raise await self._fail(call, stage, _scrub(e, call.secret_values)) from None
+        except Exception as ex:  # a bug in a part: logged for the owner, never a traceback to the agent
+            log.exception("call %s (%s by %s) failed unexpectedly in stage %s",
+                          call.call_id, capability, caller.agent, stage)
+            internal = err("Internal", f"{capability} failed unexpectedly ({type(ex).__name__})")
+            raise await self._fail(call, stage, internal) from None
+        if call.secret_values:
+            result = redact(result, call.secret_values)
+        await self._record(call, None, "outcome" if call.started else "complete")
+        self._approval_done(call, result, None)
+        return result
+
+    # -- the stages ------------------------------------------------------------------------------
+    async def _charge(self, caller: Caller) -> None:
+        """Refuse at once an agent cooling down after too many failures, or over its audit budget."""
+        wait = self.failures.blocked(caller.agent, self.clock())
+        over = self.audit.agent_over_budget(caller.agent)
+        if wait is None and over is None:
+            suppressed = self.failures.take_suppressed(caller.agent)
+            if suppressed:
+                await self.record_event("calls.throttled", agent=caller.agent, count=suppressed)
+            return
+        retry = max(wait or 0.0, over or 0.0)
+        why = "too many refused calls" if wait is not None else "this agent's audit budget is spent"
+        raise err("RateLimited", f"{why}; calls are refused for a while", retry_after=round(retry, 3),
+                  rule="failure-cooldown" if wait is not None else "audit-budget")
+
+    def _validate(self, capability: str, args: Any) -> Definition:
         if not isinstance(args, dict):
             raise err("InvalidInput", "arguments must be a JSON object")
         if capability not in self.registry:
-            e = err("CapabilityNotFound", f"no capability named {capability!r}")
-            await self._record(base, redact(args), None, e, t0, "complete")
-            raise e
+            raise err("CapabilityNotFound", f"no capability named {capability!r}")
         definition = self.registry.get(capability)
         errors = sorted(definition.validator.iter_errors(args), key=lambda e: list(e.absolute_path))
         if errors:
             first = errors[0]
             where = "/".join(str(p) for p in first.absolute_path) or "(arguments)"
-            e = err("InvalidInput", f"{where}: {first.message}"[:500],
-                    errors=[f"{'/'.join(str(p) for p in x.absolute_path) or '(arguments)'}: {x.message}"[:200]
-                            for x in errors[:10]])
-            await self._record(base, redact(args), None, e, t0, "complete")
-            raise e
+            raise err("InvalidInput", f"{where}: {first.message}"[:500],
+                      errors=[f"{'/'.join(str(p) for p in x.absolute_path) or '(arguments)'}: {x.message}"[:200]
+                              for x in errors[:10]])
+        return definition
 
+    def _decide(self, call: _Call, definition: Definition) -> Decision:
         try:
-            decision = self.policy.decide(caller.agent, capability, args)
-        except StockadeError as e:
-            await self._record(base, redact(args), None, e, t0, "complete")
+            decision = self.policy.decide(call.caller.agent, call.capability, call.args)
+        except StockadeError:
             raise
         except Exception:
-            # Evaluation errors fail closed.
+            log.exception("policy evaluation failed for %s by %s", call.capability, call.caller.agent)
             decision = Decision("blocked", rule="evaluation-error", layer="system",
-                                reason="the policy could not be evaluated")
+                                reason="the policy could not be evaluated")   # fail closed
         if definition.pack and TIER_ORDER[definition.default_tier] > TIER_ORDER.get(decision.tier, 3):
             # A pack's declared tier is a floor: the owner's policy may tighten it, never loosen it.
             decision = Decision(definition.default_tier, rule=f"pack:{definition.pack}", layer="pack",
                                 reason=f"{definition.pack} asks for {definition.default_tier}", layers=decision.layers)
-        safe_args = redact(args)
-        event = {"agent": caller.agent, "capability": capability, "args": safe_args,
-                 "tier": decision.tier, "rule": decision.rule, "call": call_id}
-
+        call.decision = decision
+        call.safe_args = redact(call.args)
         if decision.tier == "blocked":
+            event = self._event(call, decision)
             if decision.retry_after is not None:
-                e = err("RateLimited", f"rate limit exceeded for {capability}",
-                        retry_after=round(decision.retry_after, 3), rule=decision.rule)
                 self.bus.publish("call.rate_limited", event, "warning")
-            else:
-                e = err("PolicyDenied", decision.reason or f"{capability} is blocked by policy",
-                        rule=decision.rule, layer=decision.layer)
-                self.bus.publish("call.denied", event, "warning")
-            await self._record(base, safe_args, decision, e, t0, "complete")
-            raise e
-        approved = False   # approved calls report their outcome back (stored for the agent)
-        if decision.tier == "approval_required":
-            try:
-                await self.approvals.request(caller, definition, args, decision, call_id)
-            except StockadeError as e:
-                await self._record(base, safe_args, decision, e, t0, "complete")
-                raise
-            approved = True
-        elif decision.tier == "notify":
-            self.bus.publish("call.notify", event)
+                raise err("RateLimited", f"rate limit exceeded for {call.capability}",
+                          retry_after=round(decision.retry_after, 3), rule=decision.rule)
+            self.bus.publish("call.denied", event, "warning")
+            raise err("PolicyDenied", decision.reason or f"{call.capability} is blocked by policy",
+                      rule=decision.rule, layer=decision.layer)
+        return decision
 
-        secret_values: list[str] = []
-        try:
-            run_args, secret_values = self.secrets.resolve(caller, definition, args)
-        except StockadeError as e:
-            await self._record(base, safe_args, decision, e, t0, "complete")
-            self._approval_done(approved, call_id, None, e)
-            raise
-        if secret_values:
-            safe_args = redact(args, secret_values)
+    async def _approve(self, call: _Call, definition: Definition, decision: Decision) -> None:
+        if decision.tier == "approval_required":
+            await self.approvals.request(call.caller, definition, call.args, decision, call.call_id)
+            call.approved = True
+        elif decision.tier == "notify":
+            self.bus.publish("call.notify", self._event(call, decision))
+
+    def _resolve(self, call: _Call, definition: Definition) -> dict[str, Any]:
+        run_args, call.secret_values = self.secrets.resolve(call.caller, definition, call.args)
+        if call.secret_values:
+            call.safe_args = redact(call.args, call.secret_values)
+        return run_args
+
+    async def _run(self, call: _Call, definition: Definition, decision: Decision,
+                   run_args: dict[str, Any]) -> dict[str, Any]:
         if definition.side_effects:
             # The intent is durable before anything happens (a crash mid-call leaves a trace).
-            await self._record(base, safe_args, decision, None, t0, "decision")
-        phase = "outcome" if definition.side_effects else "complete"
-        try:
-            result = await self._execute(caller, definition, run_args, call_id)
-            # Results from the sandbox (our handlers on hostile data, packs' code) are checked against
-            # the contract; in-process built-ins are plain code covered by tests, and skipping them
-            # keeps ~0.2 ms of jsonschema off the hottest calls.
-            if definition.execution != "inprocess" and not definition.output_validator.is_valid(result):
-                raise err("Internal", f"{capability} returned a result that does not match its output schema")
-        except StockadeError as e:
-            e = _scrub(e, secret_values)
-            await self._record(base, safe_args, decision, e, t0, phase)
-            self._approval_done(approved, call_id, None, e)
-            raise e from None
-        except Exception as ex:  # a bug in an implementation: never a traceback to the agent
-            e = err("Internal", f"{capability} failed unexpectedly ({type(ex).__name__})")
-            await self._record(base, safe_args, decision, e, t0, phase)
-            self._approval_done(approved, call_id, None, e)
-            raise e from None
-        if secret_values:
-            result = redact(result, secret_values)
-        await self._record(base, safe_args, decision, None, t0, phase)
-        self._approval_done(approved, call_id, result, None)
+            await self._record(call, None, "decision")
+            call.started = True
+        result = await self._execute(call.caller, definition, run_args, call.call_id)
+        # Results from the sandbox (our handlers on hostile data, packs' code) are checked against
+        # the contract; in-process built-ins are plain code covered by tests, and skipping them
+        # keeps ~0.2 ms of jsonschema off the hottest calls.
+        if definition.execution != "inprocess" and not definition.output_validator.is_valid(result):
+            raise err("Internal", f"{call.capability} returned a result that does not match its output schema")
         return result
-
-    def _approval_done(self, approved: bool, call_id: str, result: Any, error: StockadeError | None) -> None:
-        """Tell the approvals hook how an approved call ended (it stores the outcome for the agent)."""
-        done = getattr(self.approvals, "completed", None) if approved else None
-        if done is not None:
-            done(call_id, result, error)
 
     async def _execute(self, caller: Caller, d: Definition, args: dict[str, Any], call_id: str) -> dict[str, Any]:
         if d.execution == "sandbox":
@@ -270,8 +306,31 @@ class Pipeline:
             out = await out
         return out
 
-    async def _record(self, base: dict[str, Any], args: Any, decision: Decision | None,
-                      error: StockadeError | None, t0: int, phase: str) -> None:
+    # -- endings ---------------------------------------------------------------------------------
+    async def _fail(self, call: _Call, stage: str, e: StockadeError) -> StockadeError:
+        """Audit a failed call (bounded when it was refused) and charge the agent; returns `e`."""
+        if stage in _REFUSAL_STAGES:
+            if stage == "cost" and not self.failures.suppress(call.caller.agent):
+                return e      # counted into the next `calls.throttled` record, not written alone
+            if e.type in _COUNTED and stage != "cost":
+                self.failures.failed(call.caller.agent, self.clock())
+            call.safe_args = refused_args(encode_args(redact(call.args)))
+        elif call.safe_args is None:
+            call.safe_args = redact(call.args)
+        await self._record(call, e, "outcome" if call.started else "complete")
+        self._approval_done(call, None, e)
+        return e
+
+    def _approval_done(self, call: _Call, result: Any, error: StockadeError | None) -> None:
+        """Tell the approvals hook how an approved call ended (it stores the outcome for the agent)."""
+        if call.approved:
+            self.approvals.completed(call.call_id, result, error)
+
+    def _event(self, call: _Call, decision: Decision) -> dict[str, Any]:
+        return {"agent": call.caller.agent, "capability": call.capability, "args": call.safe_args,
+                "tier": decision.tier, "rule": decision.rule, "call": call.call_id}
+
+    async def _record(self, call: _Call, error: StockadeError | None, phase: str) -> None:
         outcome: dict[str, Any] = {"status": "ok" if error is None else "error"}
         if phase == "decision":
             outcome = {"status": "started"}
@@ -279,9 +338,10 @@ class Pipeline:
             outcome["error"] = error.type
             if error.data.get("approval"):
                 outcome["approval"] = error.data["approval"]
-        rec = {**base, "phase": phase, "args": args,
+        decision = call.decision
+        rec = {**call.base, "phase": phase, "args": call.safe_args,
                "decision": decision.audit() if decision else {"tier": None, "rule": None, "layer": None},
-               "outcome": outcome, "duration_us": (time.perf_counter_ns() - t0) // 1000}
+               "outcome": outcome, "duration_us": (time.perf_counter_ns() - call.t0) // 1000}
         await self.audit.record(rec)
 
     # -- events that are not calls --------------------------------------------------------------
