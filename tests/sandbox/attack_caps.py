@@ -1,7 +1,7 @@
 """Test-only sandboxed capabilities: run attacker-supplied Python inside the sandbox child.
 
-Loaded into the zygote through STOCKADE_SANDBOX_TEST_MODULES (honoured only together with
-STOCKADE_SANDBOX_TESTING=1) and into the gateway's registry by the tests.
+Loaded into the test zygote entry (tests/sandbox/testing_zygote.py, never the shipped zygote)
+and into the gateway's registry by the tests.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A real gateway (`stockade serve`'s build + serve, HTTP JSON-RPC, every part) in a subprocess,
 two agents, and a test-only capability that runs attacker Python inside the sandbox child.
 
-Layers are switched off per call through a test-only switch file, which the executor reads and
-the zygote honours only because both were started with STOCKADE_SANDBOX_TESTING=1.
+Layers are switched off per call through a test-only switch file, which only the test executor
+(tests/sandbox/testing.py) reads and only the test zygote entry (tests/sandbox/testing_zygote.py)
+honours; the shipped zygote ignores any such request (tests/sandbox/test_shipped.py).
 """
 
 from __future__ import annotations
@@ -130,10 +131,8 @@ sandbox:
     uids = {k: 100_000 + db.execute("SELECT rowid FROM agents WHERE name=?", (n,)).fetchone()[0]
             for k, n in names.items()}
     db.close()
-    env = {**os.environ, "STOCKADE_SANDBOX_TESTING": "1", "STOCKADE_SANDBOX_TEST_MODULES": ATTACK_FILE,
-           "STOCKADE_SANDBOX_TEST_CANARY": str(canary), "STOCKADE_SANDBOX_TEST_SWITCH": str(switch)}
     log = open(base / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, SERVE, str(home.root)], env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, SERVE, str(home.root), str(switch), str(canary)], stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
     while not home.ports_file.exists():

@@ -117,8 +117,8 @@ class _Pol:
 def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A SandboxExecutor + zygote of our own (no gateway), for profile and fail-closed cases."""
     need_root()
-    monkeypatch.setenv("STOCKADE_SANDBOX_TESTING", "1")
-    monkeypatch.setenv("STOCKADE_SANDBOX_TEST_MODULES", ATTACK_FILE)
+    from tests.sandbox.testing import TestingExecutor
+
     from stockade.core import agents
     from stockade.core.home import Home, init_home
     from stockade.sandbox import agentns
@@ -132,7 +132,8 @@ def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     made: list[SandboxExecutor] = []
 
     def make(**kw: Any) -> SandboxExecutor:
-        ex = SandboxExecutor(home, call_timeout=5, cgroup_parent=f"stockade-rt-{os.getpid()}", **kw)
+        ex = TestingExecutor(home, call_timeout=5, cgroup_parent=f"stockade-rt-{os.getpid()}",
+                             modules=(ATTACK_FILE,), **kw)
         ex.db = db
         ex.start_zygote()
         made.append(ex)
@@ -261,3 +262,40 @@ def test_doctor_reports_every_layer(tmp_path: Path) -> None:
     assert out["sandbox.landlock"]["abi"] >= 1 and out["sandbox.seccomp"]["status"] == "ok"
     assert out["sandbox.userns"]["available"] is True
     assert out["sandbox.cgroup"]["version"] in (1, 2)
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every process whose parent is `pid`."""
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append((int(p), fields[0]))
+    return out
+
+
+def test_failed_cgroup_attach_leaves_no_child_and_no_fd(direct) -> None:  # type: ignore[no-untyped-def]
+    """The zygote cannot move a child into the agent's cgroup: the call fails as
+    SandboxUnavailable, and the child is killed, reaped and its pidfd closed (issue 15)."""
+    make, call, _ = direct
+    ex = make()
+    assert call(ex, "result = {'x': 1}") == {"x": 1}
+    zpid = ex.proc.pid
+    fds = len(os.listdir(f"/proc/{zpid}/fd"))
+    ex.faults = {"attach"}          # the test zygote's injected failure of AgentCgroup.attach
+    for _ in range(3):
+        with pytest.raises(StockadeError) as ei:
+            call(ex, "result = {'ran': True}")
+        assert ei.value.type == "SandboxUnavailable" and "attach" in ei.value.message
+    ex.faults = set()
+    assert call(ex, "result = {'x': 2}") == {"x": 2}
+    deadline = time.monotonic() + 5
+    while _children(zpid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children(zpid) == []                       # no zombie, nothing left running
+    assert len(os.listdir(f"/proc/{zpid}/fd")) == fds  # no pidfd left open

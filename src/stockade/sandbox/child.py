@@ -43,7 +43,6 @@ class Prepared:
     etc_files: dict[str, bytes]    # minimal /etc content
     etc_links: dict[str, str]
     system_links: dict[str, str]   # e.g. bin -> usr/bin (merged /usr)
-    testing: bool = False          # honour per-request "disable" (test-only switch)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -61,7 +60,6 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
     trace: list[tuple[str, int]] = [("z_fork", FORK_NS), ("p_start", time.monotonic_ns())]
     tr = trace.append if req.get("trace") else (lambda _x: None)
     try:
-        off = set(req.get("disable") or []) if prep.testing else set()
         profile = Profile.from_dict(req["profile"])
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         gc.enable()
@@ -72,12 +70,10 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
             req = {**req, "args": json.loads(f.read())}
         step = "netns"
         tr((step, time.monotonic_ns()))
-        if netns_fd >= 0 and "netns" not in off:
-            libc.setns(netns_fd, libc.CLONE_NEWNET)
-        elif "netns" not in off:
+        if netns_fd < 0:
             raise OSError(2, "no network namespace for this agent")
-        if netns_fd >= 0:
-            os.close(netns_fd)
+        libc.setns(netns_fd, libc.CLONE_NEWNET)
+        os.close(netns_fd)
         step = "cgroup"
         tr((step, time.monotonic_ns()))
         if os.read(gate, 1) != b"1":   # the zygote has moved us into the agent's cgroup
@@ -88,19 +84,16 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
         libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP)
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
         tr((step, time.monotonic_ns()))
-        if "mounts" not in off:
-            _enter_root(req, prep, profile)
+        _enter_root(req, prep, profile)
         step = "hostname"
         tr((step, time.monotonic_ns()))
         libc.sethostname("sandbox")
         step = "identity"
         tr((step, time.monotonic_ns()))
-        if "userns" not in off:
-            _become_sandbox_user(int(req["host_uid"]), int(req["host_gid"]))
+        _become_sandbox_user(int(req["host_uid"]), int(req["host_gid"]))
         step = "caps"
         tr((step, time.monotonic_ns()))
-        if "caps" not in off:
-            libc.drop_all_caps(prep.last_cap)
+        libc.drop_all_caps(prep.last_cap)
         step = "no_new_privs"
         tr((step, time.monotonic_ns()))
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
@@ -116,12 +109,10 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
             os.dup2(null, fd)
         if null > 3:
             os.close(null)
-        if "fds" not in off:
-            libc.close_range(4)
+        libc.close_range(4)
         step = "setsid"
         tr((step, time.monotonic_ns()))
-        if "setsid" not in off:
-            os.setsid()
+        os.setsid()
         step = "rlimits"
         tr((step, time.monotonic_ns()))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -129,15 +120,13 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         step = "landlock"
         tr((step, time.monotonic_ns()))
-        if "landlock" not in off:
-            if prep.abi < 1:
-                raise OSError(95, "Landlock unavailable")
-            landlock.restrict(landlock_spec(profile, "mounts" in off, prep.system_links), prep.abi)
+        if prep.abi < 1:
+            raise OSError(95, "Landlock unavailable")
+        landlock.restrict(landlock_spec(profile, prep.system_links), prep.abi)
         step = "seccomp"
         tr((step, time.monotonic_ns()))
-        if "seccomp" not in off:
-            for prog in prep.bpf[profile.seccomp]:
-                libc.load_seccomp_bpf(prog)
+        for prog in prep.bpf[profile.seccomp]:
+            libc.load_seccomp_bpf(prog)
     except BaseException as e:  # noqa: BLE001
         try:
             _write_all(w if step in ("start", "arguments", "netns", "cgroup", "mounts", "hostname", "identity", "caps",
@@ -149,16 +138,13 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
     _run_handler(req, profile, impls, trace if req.get("trace") else None)
 
 
-def landlock_spec(profile: Profile, host_view: bool = False,
-                  links: dict[str, str] | None = None) -> landlock.Spec:
+def landlock_spec(profile: Profile, links: dict[str, str] | None = None) -> landlock.Spec:
     """Pure: what the sandbox may touch, by path in the new root (symlinked dirs need no rule)."""
     paths: list[tuple[str, int]] = [(f"/{d}", landlock.RX) for d in SYSTEM_DIRS if d not in (links or {})]
     paths += [("/", landlock.READ_DIR), ("/etc", landlock.RO), ("/shared", landlock.RO), ("/definitions", landlock.RO),
               ("/proc", landlock.RO),
               ("/dev", landlock.READ_FILE | landlock.WRITE_FILE | landlock.READ_DIR),
               ("/workspace", landlock.RW), ("/tmp", landlock.RW), ("/trash", landlock.RW), ("/pack", landlock.RO)]
-    if host_view:   # test-only: no minimal root, keep the rules meaningful on the host tree
-        paths = [p for p in paths if p[0] not in ("/workspace", "/trash")]
     return landlock.Spec(tuple(paths), tuple(profile.egress_ports()))
 
 

@@ -24,6 +24,7 @@ from stockade.sandbox.profile import resolve
 
 DEFINITIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "capabilities", "definitions")
 SIGXCPU = 24
+ZYGOTE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _UNAVAILABLE = [{"action": "check_health",
                  "description": "Call system.health (or run `stockade doctor`) to see which sandbox layer is missing."}]
@@ -114,7 +115,6 @@ class SandboxExecutor:
         self.lock: asyncio.Lock | None = None
         self.policy: Any = None
         self.db: Any = None
-        self.test_disable: set[str] = set()      # honoured only by a zygote started for tests
         self._agents: dict[str, dict[str, Any]] = {}
         # Set by the packs part: definition -> (store dir, ctx.extra, the pack's requested profile).
         self.pack_info: Any = None
@@ -122,13 +122,20 @@ class SandboxExecutor:
         self._restarts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def zygote_command(self, fd: int) -> list[str]:
+        """The zygote's command line (a test entry overrides this in test code, never by config)."""
+        return [sys.executable, "-I", "-B", "-m", "stockade.sandbox.zygote", str(fd)]
+
     def start_zygote(self) -> dict[str, Any]:
-        """Synchronous: spawn the zygote and wait for its probe report (prefork time)."""
+        """Synchronous: spawn the zygote and wait for its probe report (prefork time).
+
+        Its environment is a fixed minimal one: nothing of the gateway's (whose PATH names the
+        install) reaches the zygote or the sandboxed children it forks.
+        """
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {k: v for k, v in os.environ.items()
-               if k in ("PATH", "LANG", "LC_ALL") or k.startswith("STOCKADE_SANDBOX_TEST")}
+        env = {"PATH": ZYGOTE_PATH, **{k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL")}}
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-m", "stockade.sandbox.zygote", str(child.fileno())],
+            self.zygote_command(child.fileno()),
             pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True, cwd="/")
         child.close()
         shared = self.home.shared
@@ -172,7 +179,7 @@ class SandboxExecutor:
         problems = self.problems()
         abi = s.get("landlock_abi", 0)
         return {
-            "status": "critical" if problems else ("degraded" if abi < 6 or self.test_disable else "ok"),
+            "status": "critical" if problems else ("degraded" if abi < 6 else "ok"),
             "problems": problems,
             "landlock_abi": abi,
             "landlock_net": abi >= 4,
@@ -182,7 +189,6 @@ class SandboxExecutor:
             "cgroup": s.get("cgroup"),
             "zygote_pid": s.get("pid"),
             "zygote_restarts": self._restarts,
-            **({"test_disabled_layers": sorted(self.test_disable)} if self.test_disable else {}),
         }
 
     # -- per agent -----------------------------------------------------------------------------
@@ -261,13 +267,6 @@ class SandboxExecutor:
             raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
                       _UNAVAILABLE)
         agent = caller.agent
-        switch = os.environ.get("STOCKADE_SANDBOX_TEST_SWITCH")
-        if switch and self.status.get("testing"):
-            try:
-                with open(switch) as f:
-                    self.test_disable = set(json.load(f))
-            except (OSError, ValueError):
-                self.test_disable = set()
         profile = self.profile(agent)
         binds = {}
         extra: dict[str, Any] = {}
@@ -282,8 +281,7 @@ class SandboxExecutor:
         req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
                "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns,
                "io_devices": a["devices"],
-               "binds": {"workspace": a["workspace"], "trash": a["trash"], **binds},
-               "disable": sorted(self.test_disable)}
+               "binds": {"workspace": a["workspace"], "trash": a["trash"], **binds}}
         if extra:
             req["extra"] = extra
             req["handler"] = "pack"
@@ -336,8 +334,7 @@ class SandboxExecutor:
             pidfd = os.pidfd_open(reply["pid"])
         except OSError:
             pidfd = -1
-        testing_off = "output" in self.test_disable and self.status.get("testing")
-        cap = profile.max_output_bytes if not testing_off else 1 << 34
+        cap = profile.max_output_bytes
         overflow = False
 
         def on_overflow() -> None:
@@ -366,8 +363,6 @@ class SandboxExecutor:
         except ValueError:
             header = {"status": "setup_error", "error": "no report from the zygote"}
         header["overflow"] = overflow
-        if testing_off:
-            profile = Profile.from_dict({**profile.to_dict(), "max_output_bytes": 1 << 34})
         return map_outcome(header, payload if not overflow else b"", profile)
 
 

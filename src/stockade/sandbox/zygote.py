@@ -21,10 +21,8 @@ The reply is `{"pid": child pid}` or `{"error": ...}`. The zygote watches every 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import importlib
-import importlib.util
 import json
 import os
 import random
@@ -45,11 +43,6 @@ PRELOAD = ("json", "ctypes", "errno", "shutil", "subprocess", "fnmatch", "glob",
            "encodings.idna", "unicodedata", "difflib", "itertools", "functools", "collections",
            "string", "textwrap", "mimetypes", "uuid", "zlib", "binascii", "locale", "pwd", "grp",
            "resource", "errno", "stockade.core.errors")
-
-TEST_ENV = "STOCKADE_SANDBOX_TESTING"          # "1": honour per-request layer switches (tests only)
-TEST_MODULES_ENV = "STOCKADE_SANDBOX_TEST_MODULES"  # os.pathsep-separated .py files (tests only)
-TEST_CANARY_ENV = "STOCKADE_SANDBOX_TEST_CANARY"    # a file the zygote keeps open, inheritable (tests only)
-
 
 def _etc(home_uid: int = 1100) -> tuple[dict[str, bytes], dict[str, str]]:
     files = {
@@ -133,18 +126,6 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     status: dict[str, Any] = {"pid": os.getpid()}
     problems: list[str] = []
     impls = _import_implementations(problems)
-    testing = os.environ.get(TEST_ENV) == "1"
-    if testing:
-        for path in filter(None, os.environ.get(TEST_MODULES_ENV, "").split(os.pathsep)):
-            spec = importlib.util.spec_from_file_location(f"stockade_sandbox_test_{abs(hash(path))}", path)
-            assert spec and spec.loader
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-        canary = os.environ.get(TEST_CANARY_ENV)
-        if canary:
-            fd = os.open(canary, os.O_RDONLY)
-            status["canary_fd"] = fcntl.fcntl(fd, fcntl.F_DUPFD, 50)  # the leak the fd layer must catch
-            os.close(fd)
     for m in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(m)
@@ -175,7 +156,6 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     if missing:
         problems.append(f"cgroup v{info.version or '?'}: missing controllers {', '.join(missing)}")
     status["problems"] = problems
-    status["testing"] = testing
     root_parent = init.get("root_parent") or "/run"
     _remove_stale_roots(root_parent)
     root_dir = tempfile.mkdtemp(prefix=f"stockade-sandbox-root-{os.getpid()}-", dir=root_parent)
@@ -186,7 +166,7 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
                              sys_links)
     except OSError as e:
         problems.append(f"mounts: cannot build the sandbox root template ({e})")
-    prep = child.Prepared(root_dir, bpf, abi, libc.last_cap(), etc_files, etc_links, sys_links, testing)
+    prep = child.Prepared(root_dir, bpf, abi, libc.last_cap(), etc_files, etc_links, sys_links)
     status["root_dir"] = root_dir
     status["cgroup_info"] = info
     return prep, impls, status
@@ -280,123 +260,226 @@ def _finish(c: _Call) -> None:
     os.close(c.pidfd)
 
 
-def serve(sock: socket.socket) -> None:
-    """The event loop: requests on `sock`, one pidfd per running call, deadlines."""
-    from stockade.sandbox import Profile, child, libc
-    from stockade.sandbox.cgroups import AgentCgroup
+class _BadRequest(Exception):
+    """A request the zygote cannot parse: refused, nothing forked."""
 
+
+@dataclass
+class _Request:
+    """One parsed call request and the fds that came with it (owned until handed on)."""
+
+    req: dict[str, Any]
+    profile: Any
+    args_fd: int
+    out_w: int
+    status_w: int
+    netns_fd: int
+
+    def close(self) -> None:
+        for x in (self.args_fd, self.out_w, self.status_w, self.netns_fd):
+            if x >= 0:
+                os.close(x)
+
+
+def _parse_request(fds: list[int]) -> _Request:
+    """Stage 1: the envelope memfd -> a request. Closes every fd on failure."""
+    from stockade.sandbox import Profile
+
+    if len(fds) not in (4, 5):
+        for x in fds:
+            os.close(x)
+        raise _BadRequest
+    req_fd, args_fd, out_w, status_w = fds[:4]
+    try:
+        req = json.loads(_read_fd(req_fd))
+        prof = Profile.from_dict(req["profile"])
+    except Exception:
+        for x in fds:
+            os.close(x)
+        raise _BadRequest from None
+    os.close(req_fd)
+    return _Request(req, prof, args_fd, out_w, status_w, fds[4] if len(fds) == 5 else -1)
+
+
+class Zygote:
+    """The serving state: the socket, what `prepare` built, the agents' cgroups, running calls."""
+
+    def __init__(self, sock: socket.socket, prep: Any, impls: dict[str, Any], info: Any, parent: str):
+        self.sock = sock
+        self.prep = prep
+        self.impls = impls
+        self.info = info
+        self.parent = parent
+        self.groups: dict[str, tuple[str, Any]] = {}
+        self.calls: dict[int, _Call] = {}
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        try:
+            while True:
+                for fd, _ev in self.poller.poll(self._kill_overdue()):
+                    if fd in self.calls:
+                        self.poller.unregister(fd)
+                        _finish(self.calls.pop(fd))
+                    elif not self._accept():
+                        return
+        finally:
+            self.shutdown()
+
+    def _kill_overdue(self) -> int:
+        """SIGKILL calls past their deadline; return the poll timeout (ms) to the next one."""
+        now = time.monotonic()
+        for c in self.calls.values():
+            if not c.timeout and now >= c.deadline:
+                c.timeout = True
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+        wait = min((c.deadline - now for c in self.calls.values() if not c.timeout), default=5.0)
+        return max(0, int(wait * 1000) + 1)
+
+    def _accept(self) -> bool:
+        """One request: parse, place in the agent's cgroup, fork, reply. False when the gateway left."""
+        msg, fds = _recv(self.sock)
+        if not msg:
+            return False
+        try:
+            r = _parse_request(fds)
+        except _BadRequest:
+            self.sock.send(b'{"error": "bad request"}')
+            return True
+        try:
+            cg = self._cgroup(r)
+            before = cg.counters() if cg is not None else {}
+            pid, pidfd = self._fork(r, cg)
+        except OSError as e:
+            r.close()
+            self.sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
+            return True
+        os.close(r.out_w)
+        os.close(r.args_fd)
+        if r.netns_fd >= 0:
+            os.close(r.netns_fd)
+        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, cg, before)
+        self.poller.register(pidfd, select.POLLIN)
+        self.sock.send(json.dumps({"pid": pid}).encode())
+        return True
+
+    # -- stages --------------------------------------------------------------------------------
+    def _cgroup(self, r: _Request) -> Any:
+        """Stage 2: the agent's group with this profile's limits (written when they change)."""
+        from stockade.sandbox.cgroups import AgentCgroup
+
+        prof, agent = r.profile, r.req["agent"]
+        key = json.dumps([prof.cpu, prof.memory, prof.pids, prof.io_read, prof.io_write, r.req.get("io_devices")])
+        cached = self.groups.get(agent)
+        if cached is None or cached[0] != key:
+            g = AgentCgroup(self.info, self.parent, agent)
+            g.ensure(prof, r.req.get("io_devices") or [])
+            self.groups[agent] = (key, g)
+        return self.groups[agent][1]
+
+    def _fork(self, r: _Request, cg: Any) -> tuple[int, int]:
+        """Stage 3: clone P into a new pid namespace, move it into `cg`, open its gate.
+
+        The zygote moves the child into the agent's cgroup while the child reads its arguments
+        and joins the netns (two cores: in parallel); the child waits on the gate before
+        anything that must run inside the cgroup. If anything fails here, P is killed and
+        reaped and its pidfd closed before the error goes back: nothing of the call is left.
+        """
+        from stockade.sandbox import child, libc
+
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+        child.FORK_NS = time.monotonic_ns()
+        try:
+            pid = libc.clone_fork(libc.CLONE_NEWPID) if RAW_CLONE else _py_fork(libc.CLONE_NEWPID,
+                                                                                 self.own_pidns)
+        except OSError:
+            os.close(gate_r)
+            os.close(gate_w)
+            raise
+        if pid == 0:
+            self._in_child(r, gate_r, gate_w)
+        os.close(gate_r)
+        pidfd = -1
+        try:
+            pidfd = os.pidfd_open(pid)
+            if cg is not None:
+                self._attach(cg, r, pid)
+            os.write(gate_w, b"1")
+        except OSError:
+            _kill_and_reap(pid, pidfd)
+            raise
+        finally:
+            os.close(gate_w)
+        return pid, pidfd
+
+    def _attach(self, cg: Any, r: _Request, pid: int) -> None:
+        """Move P into the agent's group; a group removed behind our back is re-created once."""
+        try:
+            cg.attach(pid)
+        except FileNotFoundError:
+            cg.ensure(r.profile, r.req.get("io_devices") or [])
+            cg.attach(pid)
+
+    def _in_child(self, r: _Request, gate_r: int, gate_w: int) -> None:
+        """Body of the freshly cloned P: hand over to `child.sandboxed`. Never returns."""
+        from stockade.sandbox import child
+
+        try:
+            if RAW_CLONE:
+                random.seed()        # no at-fork hooks ran: never share the zygote's state
+            self.sock.close()
+            os.close(gate_w)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            child.sandboxed(r.req, r.args_fd, r.out_w, r.netns_fd, self.prep, gate_r, self.impls)
+        finally:
+            os._exit(71)
+
+    def shutdown(self) -> None:
+        from stockade.sandbox import libc
+
+        for c in self.calls.values():
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            libc.umount2(self.prep.root_dir, libc.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.prep.root_dir)
+
+
+def _kill_and_reap(pid: int, pidfd: int) -> None:
+    """A child that will never run its call: kill it (pid 1 of its namespace: all of it) and reap."""
+    with contextlib.suppress(OSError):
+        if pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    if pidfd >= 0:
+        os.close(pidfd)
+
+
+def start(sock: socket.socket) -> Zygote:
+    """The handshake: read the gateway's init message, prepare everything, report the probes."""
     msg, _ = _recv(sock)
     init = json.loads(msg or b"{}")
     prep, impls, status = prepare(init)
     info = status.pop("cgroup_info")
-    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    z = Zygote(sock, prep, impls, info, init.get("cgroup_parent", "stockade"))
     sock.send(json.dumps(status).encode())
     gc.collect()
     gc.freeze()    # forked children then share the heap without GC-induced copy-on-write
     gc.disable()
-    groups: dict[str, tuple[str, AgentCgroup]] = {}
-    parent = init.get("cgroup_parent", "stockade")
-    calls: dict[int, _Call] = {}
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    try:
-        while True:
-            now = time.monotonic()
-            for c in list(calls.values()):
-                if not c.timeout and now >= c.deadline:
-                    c.timeout = True
-                    with contextlib.suppress(OSError):
-                        signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
-            wait = min((c.deadline - now for c in calls.values() if not c.timeout), default=5.0)
-            for fd, _ev in poller.poll(max(0, int(wait * 1000) + 1)):
-                if fd in calls:
-                    c = calls.pop(fd)
-                    poller.unregister(fd)
-                    _finish(c)
-                    continue
-                msg, fds = _recv(sock)
-                if not msg:
-                    return
-                if len(fds) not in (4, 5):
-                    for x in fds:
-                        os.close(x)
-                    sock.send(b'{"error": "bad request"}')
-                    continue
-                req_fd, args_fd, out_w, status_w = fds[:4]
-                netns_fd = fds[4] if len(fds) == 5 else -1
-                try:
-                    req = json.loads(_read_fd(req_fd))
-                    prof = Profile.from_dict(req["profile"])
-                except Exception:
-                    for x in fds:
-                        os.close(x)
-                    sock.send(b'{"error": "bad request"}')
-                    continue
-                os.close(req_fd)
-                off = set(req.get("disable") or []) if prep.testing else set()
-                cg = None
-                pid = -1
-                try:
-                    if "cgroup" not in off:
-                        key = json.dumps([prof.cpu, prof.memory, prof.pids, prof.io_read, prof.io_write,
-                                          req.get("io_devices")])
-                        cached = groups.get(req["agent"])
-                        if cached is None or cached[0] != key:
-                            g = AgentCgroup(info, parent, req["agent"])
-                            g.ensure(prof, req.get("io_devices") or [])
-                            groups[req["agent"]] = (key, g)
-                        cg = groups[req["agent"]][1]
-                    before = cg.counters() if cg is not None else {}
-                    flags = 0 if "pidns" in off else libc.CLONE_NEWPID
-                    # The zygote moves the child into the agent's cgroup while the child reads its
-                    # arguments and joins the netns (two cores: in parallel); the child waits on
-                    # `gate` before anything that must run inside the cgroup.
-                    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
-                    child.FORK_NS = time.monotonic_ns()
-                    pid = libc.clone_fork(flags) if RAW_CLONE else _py_fork(flags, own_pidns)
-                    if pid == 0:
-                        try:
-                            if RAW_CLONE:
-                                random.seed()        # no at-fork hooks ran: never share the zygote's state
-                            sock.close()
-                            os.close(gate_w)
-                            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                            child.sandboxed(req, args_fd, out_w, netns_fd, prep, gate_r, impls)
-                        finally:
-                            os._exit(71)
-                    os.close(gate_r)
-                    try:
-                        pidfd = os.pidfd_open(pid)
-                        if cg is not None:
-                            try:
-                                cg.attach(pid)
-                            except OSError:
-                                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                                raise
-                        os.write(gate_w, b"1")
-                    finally:
-                        os.close(gate_w)
-                except OSError as e:
-                    for x in (args_fd, out_w, status_w, netns_fd):
-                        if x >= 0:
-                            os.close(x)
-                    sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
-                    continue
-                os.close(out_w)
-                os.close(args_fd)
-                if netns_fd >= 0:
-                    os.close(netns_fd)
-                calls[pidfd] = _Call(pid, pidfd, status_w, time.monotonic() + prof.timeout, cg, before)
-                poller.register(pidfd, select.POLLIN)
-                sock.send(json.dumps({"pid": pid}).encode())
-    finally:
-        for c in calls.values():
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            libc.umount2(prep.root_dir, libc.MNT_DETACH)
-        with contextlib.suppress(OSError):
-            os.rmdir(prep.root_dir)
+    return z
+
+
+def serve(sock: socket.socket) -> None:
+    """The event loop: requests on `sock`, one pidfd per running call, deadlines."""
+    start(sock).serve_forever()
 
 
 def main() -> None:
