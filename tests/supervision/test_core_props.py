@@ -74,13 +74,18 @@ def test_transition_properties(status: str, action: str, now: float, expires: fl
 HOSTILE = st.text(alphabet=st.sampled_from(list("<>&\"'`=/ scriptimgonerrorx()") + ["\x1b", "\u202e"]), max_size=40)
 
 
+MARKERS = {("span", "esc"), ("p", "warn")}   # the page's own highlighting of escapes and warning
+
+
 def _structure(page: str) -> list[tuple[str, tuple[str, ...]]]:
-    """Tags and attribute names of a page: what an injection would have to change."""
+    """Tags and attribute names of a page: what an injection would have to change (leaving out
+    the markers the page adds around escaped characters)."""
     out: list[tuple[str, tuple[str, ...]]] = []
 
     class P(HTMLParser):
         def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            out.append((tag, tuple(sorted(k for k, _ in attrs))))
+            if (tag, dict(attrs).get("class")) not in MARKERS:
+                out.append((tag, tuple(sorted(k for k, _ in attrs))))
 
     P().feed(page)
     return out
@@ -101,7 +106,7 @@ def test_agent_strings_cannot_change_page_structure(agent: str, cap: str, value:
     assert _structure(_card(agent, cap, value)) == _structure(_card("a", "b", "c" if value else ""))
 
 
-def test_event_line_strips_terminal_controls() -> None:
+def test_event_line_escapes_terminal_controls() -> None:
     ev = {"ts": 0, "severity": "info", "kind": "call.notify\x1b[2J",
           "data": {"agent": "a\x1b]0;x\x07", "capability": "c", "args": {"p": "\x1b[31mred\x9b"}}}
     line = _event_line(ev)

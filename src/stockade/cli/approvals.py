@@ -21,6 +21,8 @@ from stockade.cli.common import (
     json_option,
     need_home,
     sanitize,
+    show_value,
+    warning_line,
 )
 from stockade.core.errors import StockadeError
 from stockade.supervision import admin as admin_client
@@ -39,8 +41,9 @@ def _ts(t: Any) -> str:
 
 
 def _args_text(a: Any, width: int = 60) -> str:
-    s = json.dumps(a, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return sanitize(s if len(s) <= width else s[: width - 1] + "…")
+    shown = show_value(a, indent=None)
+    s = shown.text if len(shown.text) <= width else shown.text[: width - 1] + "…"
+    return f"WARNING hidden characters: {s}" if shown.suspicious else s
 
 
 def _show(a: dict[str, Any]) -> None:
@@ -55,13 +58,17 @@ def _show(a: dict[str, Any]) -> None:
     if a.get("reason"):
         click.echo(f"reason     {sanitize(a['reason'])}")
     click.echo(f"args sha256 {a['args_hash']}")
+    args = show_value(a.get("args"))
+    warn = warning_line(show_value([a.get("args"), a.get("agent"), a.get("capability")]).suspicious)
+    if warn:
+        click.echo(warn)
     click.echo("arguments:")
-    click.echo(sanitize(json.dumps(a.get("args"), indent=2, ensure_ascii=False, sort_keys=True)))
+    click.echo(args.text)
     if "result" in a:
         click.echo("result:")
-        click.echo(sanitize(json.dumps(a["result"], indent=2, ensure_ascii=False)))
+        click.echo(show_value(a["result"]).text)
     if "error" in a:
-        click.echo(f"error: {sanitize(json.dumps(a['error'], ensure_ascii=False))}")
+        click.echo(f"error: {show_value(a['error'], indent=None).text}")
 
 
 @click.group()

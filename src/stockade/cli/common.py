@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
 
+from stockade.core.display import WARNING, Shown, show_json, show_text
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.home import Home
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
-# CSI/OSC/other escape sequences and C0/C1 controls except \n and \t.
-_CONTROL = re.compile(r"\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]|\x1b.|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
 
 def sanitize(text: str) -> str:
-    """Strip terminal control sequences from agent- or server-supplied text before printing."""
-    return _CONTROL.sub("", text)
+    """Agent- or server-supplied text made safe and visible for a terminal (stockade.core.display):
+    control characters (so every ANSI/OSC sequence), bidi controls, zero-width and look-alike
+    characters are printed as escapes (`\\u2067`); newlines stay. Backslashes are left alone: the
+    free text in these lines is JSON-encoded already, and JSON escapes its own backslashes."""
+    return show_text(text, multiline=True, reversible=False).text
+
+
+def show_value(value: Any, indent: int | None = 2) -> Shown:
+    """A JSON value (exact arguments, a result) for the terminal, escaped the same way."""
+    return show_json(value, indent=indent)
+
+
+def warning_line(suspicious: bool) -> str | None:
+    return f"WARNING: {WARNING}" if suspicious else None
 
 
 def home_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,6 +1,8 @@
 """Best-effort delivery of bus events to the owner's `webhook:` URL (stockade.yaml).
 
-A subscriber task POSTs each event as JSON. It never blocks a producer: the bus drops this
+A subscriber task POSTs each event as JSON: the event exactly (`data` keeps the raw values, for
+machines) plus `text`, a line for people with every invisible or direction-changing character
+escaped, and `suspicious` when it had to (stockade.core.display). It never blocks a producer: the bus drops this
 subscriber's oldest events when it falls behind, and a failed delivery is counted, not retried
 (the audit log, not the webhook, is the record).
 """
@@ -13,7 +15,14 @@ from typing import Any
 
 import httpx
 
+from stockade.supervision.shown import event_text
+
 TIMEOUT = 5.0
+
+
+def payload(ev: Any) -> dict[str, Any]:
+    text, suspicious = event_text(ev.kind, ev.severity, ev.data)
+    return {"source": "stockade", **ev.to_dict(), "text": text, "suspicious": suspicious}
 
 
 class WebhookSender:
@@ -42,7 +51,7 @@ class WebhookSender:
                 if ev is None:
                     continue
                 try:
-                    r = await client.post(self.url, json={"source": "stockade", **ev.to_dict()},
+                    r = await client.post(self.url, json=payload(ev),
                                           headers={"user-agent": "stockade-webhook"})
                     if r.status_code < 300:
                         self.sent += 1

@@ -32,6 +32,7 @@ from stockade.core.errors import StockadeError, err
 from stockade.edge.security import GuardMiddleware
 from stockade.supervision import audit_view, tokens
 from stockade.supervision.dashboard import views
+from stockade.supervision.shown import event_display
 
 COOKIE = "__Host-stockade"
 LOGIN_COOKIE = "__Host-stockade-login"
@@ -584,7 +585,7 @@ def build_app(gw: Any) -> Any:
 
 
 def _sse(ev: Any, live: bool) -> str:
-    data = {**ev.to_dict(), "live": live}
+    data = {**ev.to_dict(), "live": live, "display": event_display(ev.kind, ev.data)}
     return f"id: {ev.id}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 

@@ -1,5 +1,8 @@
 """HTML for the dashboard pages. Pure functions from data to markup; every value goes through
-`esc` (agent-supplied strings must render as inert text)."""
+`esc` (agent-supplied strings must render as inert text) and, before that, through
+`stockade.core.display`, so a direction-control, invisible or look-alike character shows as a
+highlighted escape (`\\u2067`) instead of rearranging what the owner reads. Attribute values
+the page itself submits back (filters) use `attr`, which only HTML-escapes."""
 
 from __future__ import annotations
 
@@ -8,12 +11,31 @@ import json
 import time
 from typing import Any
 
+from stockade.core.display import WARNING, Shown, escape_parts, show_json, show_text
+
 NAV = (("/", "Overview"), ("/approvals", "Approvals"), ("/activity", "Live activity"), ("/agents", "Agents"),
        ("/audit", "Audit"), ("/secrets", "Secrets"), ("/packs", "Packs"))
 
 
-def esc(v: Any) -> str:
+def attr(v: Any) -> str:
+    """HTML-escaped only: for values sent back as they are (form fields, ids in URLs)."""
     return html.escape("" if v is None else str(v), quote=True)
+
+
+def _marked(shown: Shown) -> str:
+    """HTML of shown text, each escape in a highlighted span."""
+    return "".join(f'<span class="esc">{attr(p)}</span>' if is_esc else attr(p)
+                   for p, is_esc in escape_parts(shown.text))
+
+
+def esc(v: Any) -> str:
+    """Any value as inert, visible text: HTML-escaped, invisible characters shown as escapes
+    (no markup added, so it is safe inside attribute values too)."""
+    return attr(show_text("" if v is None else str(v)).text)
+
+
+def warning(suspicious: bool) -> str:
+    return f'<p class="warn" role="alert">⚠ {attr(WARNING)}</p>' if suspicious else ""
 
 
 def ts(t: Any) -> str:
@@ -23,19 +45,18 @@ def ts(t: Any) -> str:
 
 
 def pretty(v: Any) -> str:
-    return esc(json.dumps(v, indent=2, ensure_ascii=False, default=str, sort_keys=True))
+    return _marked(show_json(v, indent=2))
 
 
 def badge(status: Any) -> str:
-    s = esc(status)
-    return f'<span class="badge b-{s}">{s}</span>'
+    return f'<span class="badge b-{attr(status)}">{esc(status)}</span>'
 
 
 def layout(title: str, body: str, *, csrf: str | None, active: str = "") -> str:
     nav = "".join(f'<a href="{p}"{" class=on" if p == active else ""}>{esc(n)}</a>' for p, n in NAV)
     logout = (f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" '
-              f'value="{esc(csrf)}"><button class="link">Log out</button></form>') if csrf else ""
-    meta = f'<meta name="csrf" content="{esc(csrf)}">' if csrf else ""
+              f'value="{attr(csrf)}"><button class="link">Log out</button></form>') if csrf else ""
+    meta = f'<meta name="csrf" content="{attr(csrf)}">' if csrf else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 {meta}<title>{esc(title)} · stockade</title><link rel="stylesheet" href="/static/style.css">
@@ -49,7 +70,7 @@ def login(login_csrf: str, error: str | None = None) -> str:
     body = f"""{err}<form method="post" action="/login" class="card narrow">
 <label for="token">Admin token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required>
-<input type="hidden" name="login_csrf" value="{esc(login_csrf)}">
+<input type="hidden" name="login_csrf" value="{attr(login_csrf)}">
 <button type="submit">Log in</button>
 <p class="hint">Print a fresh token with <code>stockade admin token</code> (the previous one stops working).</p>
 </form>"""
@@ -106,8 +127,13 @@ def approvals(items: list[dict[str, Any]], grants: list[dict[str, Any]], csrf: s
 <tbody>{rows or '<tr><td colspan=6>none yet</td></tr>'}</tbody></table>""", csrf=csrf, active="/approvals")
 
 
+def suspicious(a: dict[str, Any]) -> bool:
+    """Whether anything the agent supplied to this approval hides characters (warned about)."""
+    return show_json([a.get("args"), a.get("agent"), a.get("capability")]).suspicious
+
+
 def approval_card(a: dict[str, Any], csrf: str) -> str:
-    aid = esc(a["approval"])
+    aid = attr(a["approval"])
     buttons = ""
     if a["status"] == "pending":
         buttons = f"""<div class="actions">
@@ -132,7 +158,7 @@ def approval_card(a: dict[str, Any], csrf: str) -> str:
 <div class="meta">requested {esc(ts(a['created']))} · expires {esc(ts(a['expires']))} · rule {esc(a.get('rule'))}
 {(' · ' + esc(a.get('policy_reason'))) if a.get('policy_reason') else ''}
 · args sha256 <code>{esc(a['args_hash'][:16])}…</code></div>
-<h3>Exact arguments</h3>{_args(a)}{buttons}{extra}</article>"""
+<h3>Exact arguments</h3>{warning(suspicious(a))}{_args(a)}{buttons}{extra}</article>"""
 
 
 def approval_page(a: dict[str, Any], csrf: str) -> str:
@@ -185,9 +211,9 @@ def audit(d: dict[str, Any], csrf: str) -> str:
     vres = f"<pre class='args'>{pretty(verify)}</pre>" if verify else ""
     return layout("Audit", f"""
 <form method="get" action="/audit" class="filters">
-<input name="agent" placeholder="agent" value="{esc(f.get('agent'))}">
-<input name="capability" placeholder="capability" value="{esc(f.get('capability'))}">
-<input name="kind" placeholder="kind" value="{esc(f.get('kind'))}">
+<input name="agent" placeholder="agent" value="{attr(f.get('agent'))}">
+<input name="capability" placeholder="capability" value="{attr(f.get('capability'))}">
+<input name="kind" placeholder="kind" value="{attr(f.get('kind'))}">
 <input name="limit" type="number" min="1" max="1000" value="{esc(f.get('limit', 100))}">
 <button>Filter</button></form>
 <form method="post" action="/audit/verify"><input type="hidden" name="csrf" value="{esc(csrf)}">

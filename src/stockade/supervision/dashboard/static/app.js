@@ -11,14 +11,6 @@
     if (cls) td.className = cls;
     tr.appendChild(td);
   }
-  function detail(d) {
-    var out = {};
-    Object.keys(d || {}).forEach(function (k) {
-      if (k !== "agent" && k !== "capability") out[k] = d[k];
-    });
-    var s = JSON.stringify(out);
-    return s.length > 400 ? s.slice(0, 400) + "…" : s;
-  }
   function live() {
     var table = document.getElementById("events");
     var onApprovals = document.getElementById("pending");
@@ -38,13 +30,14 @@
       var tr = document.createElement("tr");
       tr.className = "ev sev-" + String(ev.severity).replace(/[^a-z]/g, "");
       tr.setAttribute("data-kind", String(ev.kind));
-      var d = ev.data || {};
+      // The gateway sends `display`: agent-supplied text with invisible characters escaped.
+      var d = ev.display || {};
       cell(tr, fmt(ev.ts));
       cell(tr, ev.severity);
-      cell(tr, ev.kind, "kind");
+      cell(tr, d.kind, "kind");
       cell(tr, d.agent);
       cell(tr, d.capability);
-      cell(tr, detail(d), "detail");
+      cell(tr, (d.suspicious ? "⚠ hidden characters shown escaped: " : "") + (d.detail || ""), "detail");
       tbody.insertBefore(tr, tbody.firstChild);
       while (tbody.rows.length > 500) tbody.deleteRow(tbody.rows.length - 1);
     };
