@@ -216,9 +216,10 @@ def build_template(root: str, shared: str | None, definitions: str | None, etc_f
             _bind(f"/{d}", j(root, d), ro=True)
     for name in ("workspace", "trash", "shared", "definitions", "tmp", "proc", "pack"):
         os.mkdir(j(root, name), 0o755)
-    for name, src in (("shared", shared), ("definitions", definitions)):
-        if src:
-            _bind(src, j(root, name), ro=True)
+    if shared:
+        _bind(shared, j(root, "shared"), ro=True)
+    if definitions:   # copied, not bound: a bind would name the install path in mountinfo
+        _copy_tree(definitions, j(root, "definitions"))
     # /etc: a small tmpfs with what libc and tools need, read-only
     etc = j(root, "etc")
     os.mkdir(etc, 0o755)
@@ -246,6 +247,23 @@ def build_template(root: str, shared: str | None, definitions: str | None, etc_f
         os.symlink(t, j(dev, n))
     libc.mount(None, dev, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NOEXEC)
     libc.mount(None, root, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copy the regular files and directories of `src` into the (template tmpfs) dir `dst`."""
+    for entry in os.scandir(src):
+        target = os.path.join(dst, entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            os.mkdir(target, 0o755)
+            _copy_tree(entry.path, target)
+        elif entry.is_file(follow_symlinks=False):
+            with open(entry.path, "rb") as f:
+                data = f.read()
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
 
 
 def _enter_root(req: dict[str, Any], prep: Prepared, profile: Profile) -> None:

@@ -104,6 +104,27 @@ def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> in
     return _check(_prctl(option, a2, a3, a4, a5))
 
 
+def _mm_areas() -> tuple[int, int, int, int]:
+    """(arg_start, arg_end, env_start, env_end) of this process, from /proc/self/stat."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); arg_start..env_end are fields 48..51
+    return int(fields[45]), int(fields[46]), int(fields[47]), int(fields[48])
+
+
+def retitle(title: bytes) -> None:
+    """Overwrite this process's argv and environ areas in place: /proc/PID/cmdline then reads
+    `title` and /proc/PID/environ reads nothing, whatever the interpreter was started with (its
+    path names the install). Forked children inherit the rewritten memory. Python keeps its own
+    copies (sys.argv, os.environ), so nothing in the process depends on these bytes."""
+    arg_start, arg_end, env_start, env_end = _mm_areas()
+    for start, end, data in ((arg_start, arg_end, title[: max(0, arg_end - arg_start - 1)]),
+                             (env_start, env_end, b"")):
+        if end > start:
+            ctypes.memset(start, 0, end - start)
+            ctypes.memmove(start, data, len(data))
+
+
 def sethostname(name: str) -> None:
     b = name.encode()
     _check(_libc.sethostname(b, ctypes.c_size_t(len(b))))

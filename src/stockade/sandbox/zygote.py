@@ -215,6 +215,8 @@ def _read_fd(fd: int) -> bytes:
         chunks.append(b)
 
 
+TITLE = b"stockade-sandbox"
+
 # One raw clone(CLONE_NEWPID) per call instead of unshare + os.fork + setns: no at-fork hooks.
 RAW_CLONE = os.environ.get("STOCKADE_SANDBOX_OSFORK") != "1"
 
@@ -486,6 +488,7 @@ def main() -> None:
     from stockade.sandbox import libc
 
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)  # the gateway died: so do we
+    libc.retitle(TITLE)   # every child's /proc/1/cmdline: no interpreter or install path
     fd = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
