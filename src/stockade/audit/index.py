@@ -12,6 +12,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,10 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS records_capability ON records(capability, ts)",
     "CREATE INDEX IF NOT EXISTS records_status ON records(status, ts)",
     "CREATE INDEX IF NOT EXISTS records_file ON records(file)",
+    """CREATE TABLE IF NOT EXISTS undecodable (
+        file TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL, after_seq INTEGER, reason TEXT,
+        PRIMARY KEY (file, offset)
+    )""",
 )
 Row = tuple[Any, ...]
 
@@ -59,6 +64,7 @@ def row_fields(rec: dict[str, Any]) -> tuple[Any, ...]:
 class Index:
     def __init__(self, audit_dir: Path):
         self.audit_dir = audit_dir
+        self.bad: list[BadFrame] = []
         path = audit_dir / INDEX_NAME
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
@@ -100,6 +106,7 @@ class Index:
     def prune_file(self, name: str) -> None:
         with self._tx():
             self.conn.execute("DELETE FROM records WHERE file=?", (name,))
+            self.conn.execute("DELETE FROM undecodable WHERE file=?", (name,))
 
     # -- (re)building -----------------------------------------------------------------------
     def catch_up(self) -> int:
@@ -125,23 +132,38 @@ class Index:
 
         with self._tx():
             self.conn.execute("DELETE FROM records")
+            self.conn.execute("DELETE FROM undecodable")
         return self._scan(day_files(self.audit_dir), None, 0)
 
     def _scan(self, files: list[Path], start: tuple[str, int] | None, after_seq: int) -> int:
+        """Index the records of `files`; undecodable frames go to the `undecodable` table (and
+        `self.bad`) so every later query reports them. Returns the number of good records."""
         count = 0
         batch: list[Row] = []
         for p in files:
             off = start[1] if start and p.name == start[0] else 0
-            for offset, length, rec in iter_records(p, off):
+            bad: list[BadFrame] = []
+            for offset, length, rec in iter_records(p, off, bad=bad):
                 if rec.get("seq", 0) <= after_seq:
                     continue
                 batch.append(make_row(rec, p.name, offset, length))
+                count += 1
                 if len(batch) >= 5000:
                     self.add(batch)
-                    count += len(batch)
                     batch = []
+            if bad:
+                with self._tx():
+                    self.conn.executemany("INSERT OR REPLACE INTO undecodable VALUES (?,?,?,?,?)",
+                                          [(b.file, b.offset, b.length, b.after_seq, b.reason) for b in bad])
+            self.bad += bad
         self.add(batch)
-        return count + len(batch)
+        return count
+
+    def undecodable(self) -> list[BadFrame]:
+        """Frames of the log no reader could decode, as found when indexing."""
+        rows = self.conn.execute("SELECT file, offset, length, reason, after_seq FROM undecodable "
+                                 "ORDER BY file, offset").fetchall()
+        return [BadFrame(f, o, ln, r, a) for f, o, ln, r, a in rows]
 
     # -- queries ----------------------------------------------------------------------------
     def query(self, *, agent: str | None = None, capability: str | None = None, outcome: str | None = None,
@@ -187,9 +209,29 @@ def read_record(audit_dir: Path, file: str, offset: int, length: int) -> dict[st
     return rec if isinstance(rec, dict) else None
 
 
-def iter_records(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(offset, length, record) of the decodable records of a day file, stopping at the first bad frame.
+@dataclass(frozen=True)
+class BadFrame:
+    """A frame a reader could not decode (or where the framing itself breaks)."""
 
+    file: str
+    offset: int
+    length: int
+    reason: str
+    after_seq: int | None
+
+    def message(self) -> str:
+        return (f"{self.file} offset {self.offset} (after seq {self.after_seq if self.after_seq is not None else '?'}):"
+                f" a record could not be decoded ({self.reason}); run `stockade audit verify`")
+
+
+def iter_records(path: Path, start: int = 0, end: int | None = None,
+                 bad: list[BadFrame] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(offset, length, record) of the decodable records of a day file.
+
+    A frame that does not decode is appended to `bad` and skipped: the records after it still
+    come (the length prefix still frames them). Bytes that cannot be framed (a zero or huge
+    length) end the file and are appended to `bad` too; an incomplete last frame is not
+    reported (a write in progress, or a torn tail that `verify` and the next start deal with).
     Reads from `start` only (so `tail -f` polling a big day file stays cheap).
     """
     try:
@@ -200,15 +242,26 @@ def iter_records(path: Path, start: int = 0, end: int | None = None) -> Iterator
         return
     n = len(data)
     o = 0
+    seq: int | None = None
     while o + 4 <= n:
         ln = FRAME.unpack_from(data, o)[0]
-        if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
+        if ln == 0 or ln > MAX_FRAME:
+            if bad is not None:
+                bad.append(BadFrame(path.name, start + o, n - o, "the framing is broken: the rest of the file "
+                                    "cannot be read as records", seq))
+            return
+        if o + 4 + ln > n:
             return
         try:
             rec = cbor2.loads(data[o + 4:o + 4 + ln])
-        except Exception:
-            return
-        if not isinstance(rec, dict):
-            return
-        yield start + o, ln, rec
+            why = "" if isinstance(rec, dict) else "not a CBOR map"
+        except Exception as e:       # RecursionError included: nesting past the decoder's limit
+            rec, why = None, str(e)[:120] or type(e).__name__
+        if why:
+            if bad is not None:
+                bad.append(BadFrame(path.name, start + o, ln, why, seq))
+        else:
+            s = rec.get("seq")
+            seq = s if type(s) is int else seq
+            yield start + o, ln, rec
         o += 4 + ln

@@ -143,9 +143,13 @@ class ChainVerifier:
                 try:
                     rec = check(body)
                 except BadRecord as e:
+                    # The framing still holds: report this record and check the rest of the file,
+                    # the next record restarting the chain (a reader never stops silently).
                     self._add(name, self.exp_seq, e.cause, self._claim(body, e.detail), o)
                     self.resync = True
-                    break
+                    first = True
+                    o += 4 + ln
+                    continue
             if not self._link(name, rec, data, o, first):
                 self.resync = True
                 break

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from stockade.audit import checkpoint as cp
-from stockade.audit.index import Index, iter_records, read_record
+from stockade.audit.index import BadFrame, Index, iter_records, read_record
 from stockade.audit.record import jsonable
 from stockade.audit.verify import day_files, verify_dir
 from stockade.cli.common import (
@@ -79,7 +79,7 @@ def _index(h: Home) -> Index:
 
 
 def _live_limit(h: Home) -> tuple[str, int] | None:
-    from stockade.supervision import admin
+    from stockade.core import admin
 
     if not h.admin_sock.exists():
         return None
@@ -184,10 +184,29 @@ def query(agent: str | None, capability: str | None, outcome: str | None, kind: 
         idx.catch_up()
         hits = idx.query(agent=agent, capability=capability, outcome=outcome, kind=kind,
                          since_us=_parse_time(since, "--since"), until_us=_parse_time(until, "--until"), limit=limit)
+        bad = idx.undecodable()
     finally:
         idx.close()
-    recs = [r for r in (read_record(h.audit_dir, *hit) for hit in hits) if r is not None]
+    recs = []
+    for hit in hits:
+        r = read_record(h.audit_dir, *hit)
+        if r is None:
+            bad.append(BadFrame(hit[0], hit[1], hit[2], "the index points at it but it does not decode", None))
+        else:
+            recs.append(r)
     emit({"records": [jsonable(r) for r in recs]}, as_json, lambda d: [click.echo(_line(r)) for r in recs])
+    _exit_if_bad(bad)
+
+
+def _exit_if_bad(bad: list[BadFrame]) -> None:
+    """Readers never stop silently: name every frame that did not decode and exit non-zero."""
+    if not bad:
+        return
+    for b in bad:
+        click.echo(sanitize(f"stockade: audit: {b.message()}"), err=True)
+    click.echo(f"stockade: audit: {len(bad)} record(s) could not be decoded; every other record was read",
+               err=True)
+    sys.exit(EXIT_CHECK_FAILED)
 
 
 @audit.command()
@@ -201,8 +220,9 @@ def tail(count: int, follow: bool, home: str | None, as_json: bool) -> None:
     files = day_files(h.audit_dir)
     recs: list[dict[str, Any]] = []
     pos: tuple[str, int] | None = None
+    bad: list[BadFrame] = []
     for p in reversed(files):
-        got = list(iter_records(p))
+        got = list(iter_records(p, bad=bad))
         if pos is None:
             pos = (p.name, got[-1][0] + 4 + got[-1][1]) if got else (p.name, 0)
         recs = [r for _o, _l, r in got] + recs
@@ -211,7 +231,10 @@ def tail(count: int, follow: bool, home: str | None, as_json: bool) -> None:
     for r in recs[-count:] if count else []:
         _print(r, as_json)
     if not follow:
+        _exit_if_bad(bad)
         return
+    for b in bad:
+        click.echo(sanitize(f"stockade: audit: {b.message()}"), err=True)
     try:
         while True:
             time.sleep(0.3)
@@ -231,9 +254,13 @@ def _follow(h: Home, pos: tuple[str, int] | None, as_json: bool) -> tuple[str, i
             continue
         start = pos[1] if pos is not None and p.name == pos[0] else 0
         end = start
-        for o, ln, rec in iter_records(p, start):
+        bad: list[BadFrame] = []
+        for o, ln, rec in iter_records(p, start, bad=bad):
             _print(rec, as_json)
             end = o + 4 + ln
+        for b in bad:
+            click.echo(sanitize(f"stockade: audit: {b.message()}"), err=True)
+            end = max(end, b.offset + 4 + b.length) if b.length and "framing" not in b.reason else end
         pos = (p.name, end)
     return pos
 
@@ -251,11 +278,12 @@ def export(fmt: str, since: str | None, until: str | None, output: str | None, h
     h = need_home(home)
     lo, hi = _parse_time(since, "--since"), _parse_time(until, "--until")
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115
+    bad: list[BadFrame] = []
     try:
         for p in day_files(h.audit_dir):
             if lo is not None and p.name[:10] < _day(lo - 86_400_000_000):
                 continue
-            for _o, _l, rec in iter_records(p):
+            for _o, _l, rec in iter_records(p, bad=bad):
                 ts = rec.get("ts")
                 if not isinstance(ts, int) or (lo is not None and ts < lo) or (hi is not None and ts >= hi):
                     continue
@@ -263,6 +291,7 @@ def export(fmt: str, since: str | None, until: str | None, output: str | None, h
     finally:
         if output:
             out.close()
+    _exit_if_bad(bad)
 
 
 def _day(ts_us: int) -> str:
@@ -280,7 +309,9 @@ def reindex(home: str | None, as_json: bool) -> None:
         n = idx.rebuild()
     finally:
         idx.close()
-    emit({"indexed": n}, as_json, lambda d: click.echo(f"indexed {d['indexed']} records"))
+    emit({"indexed": n, "undecodable": len(idx.bad)}, as_json,
+         lambda d: click.echo(f"indexed {d['indexed']} records"))
+    _exit_if_bad(idx.bad)
 
 
 @audit.group()
@@ -313,7 +344,7 @@ def checkpoint_export(fresh: bool, home: str | None, as_json: bool) -> None:
 
 def _fresh(h: Home) -> None:
     from stockade.audit import writer as w
-    from stockade.supervision import admin
+    from stockade.core import admin
 
     if h.admin_sock.exists():
         try:
