@@ -12,8 +12,7 @@ from tests.conftest import cli_json, need, need_root, run_cli, start_server
 from tests.egress.topo import A_IP, B_IP, META_IP, R_IP, TestHost, raw_connect
 
 from stockade.core.home import Home
-from stockade.egress import nft, ruleset
-from stockade.sandbox import netns
+from stockade.egress import netns, nft, ruleset
 
 pytestmark = [pytest.mark.xdist_group("egress-netns")]
 

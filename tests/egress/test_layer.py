@@ -21,9 +21,8 @@ from tests.egress.topo import A_IP, B_IP, META_IP, P_IP, R_IP, TestHost, capabil
 
 from stockade.core import agents
 from stockade.core.home import Home
-from stockade.egress import nft, ruleset
+from stockade.egress import netns, nft, ruleset
 from stockade.egress.manager import Egress, child_view, load_settings, profile_source, veth_name
-from stockade.sandbox import netns
 
 pytestmark = [pytest.mark.xdist_group("egress-netns")]
 

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 
 from stockade.core.errors import ConfigError
 from stockade.policy import loader
+from stockade.policy import setup as policy_setup
 from stockade.policy.conditions import compile_regex
 from stockade.policy.model import parse_policy
 
-CAT = loader.catalog()
+CAT = policy_setup.catalog()
 
 
 def load(text: str):  # type: ignore[no-untyped-def]

@@ -1,24 +1,26 @@
-"""`approvals.status` on JSON-RPC: an agent fetches the outcome of its own approval."""
+"""`approvals.status` on JSON-RPC: an agent fetches the outcome of its own approval.
+
+The method is listed in `RPC_METHODS`; the gateway wiring adds it to the JSON-RPC dispatcher
+(approvals sit below the gateway and never import it).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stockade.core.errors import err
-from stockade.gateway.jsonrpc import method
+from stockade.core.hooks import approval_outcomes
 
 
-def service_of(pipeline: Any) -> Any:
-    svc = pipeline.approvals
-    if not hasattr(svc, "status"):
-        raise err("Internal", "approvals are not running on this gateway")
-    return svc
-
-
-@method("approvals.status")
 async def _status(ctx: Any, params: dict[str, Any]) -> Any:
+    """`ctx` is the gateway's JSON-RPC context (the caller and the pipeline)."""
     extra = set(params) - {"approval", "wait"}
     if extra:
         raise err("InvalidInput", f"unknown params {sorted(extra)}")
     ctx.pipeline._recheck(ctx.caller)
-    return await service_of(ctx.pipeline).status(ctx.caller.agent, params.get("approval"), params.get("wait", 0))
+    return await approval_outcomes(ctx.pipeline.approvals).status(ctx.caller.agent, params.get("approval"),
+                                                                   params.get("wait", 0))
+
+
+RPC_METHODS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Any]]] = {"approvals.status": _status}

@@ -1,41 +1,47 @@
-"""Wire approvals into `stockade serve`: the pipeline hook, JSON-RPC method, admin commands."""
+"""Wire approvals into `stockade serve`: the pipeline hook, JSON-RPC method, admin commands.
+
+`RPC_METHODS` (from `approvals.rpc`) and `ADMIN_COMMANDS` are registered by the gateway wiring.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from stockade.approvals import rpc  # noqa: F401  (registers approvals.status)
+from stockade.approvals.rpc import RPC_METHODS
 from stockade.approvals.service import ApprovalService
+from stockade.core.admin import AdminCommand
 from stockade.core.errors import err
-from stockade.supervision.admin import admin_command
+from stockade.core.wiring import Gateway
+
+__all__ = ["ADMIN_COMMANDS", "RPC_METHODS", "service", "start", "stop"]
 
 
-async def start(gw: Any) -> None:
+async def start(gw: Gateway) -> None:
     cfg = gw.config.approvals
     svc = ApprovalService(gw.pipeline, ttl=cfg.ttl, hold_seconds=cfg.hold_seconds)
     gw.pipeline.approvals = svc
-    gw.state["approvals"] = svc
+    gw.approvals = svc
     await svc.start()
-    if gw.stopping is not None:
+    stopping = gw.stopping
+    if stopping is not None:
         async def release() -> None:
-            await gw.stopping.wait()
+            await stopping.wait()
             svc.release_all()
-        gw.state["approvals_release"] = asyncio.create_task(release(), name="approvals-release")
+        gw.approvals_release = asyncio.create_task(release(), name="approvals-release")
     gw.pipeline.health["approvals"] = {"status": "ok", "hold_seconds": cfg.hold_seconds, "ttl": cfg.ttl}
 
 
-async def stop(gw: Any) -> None:
-    t = gw.state.pop("approvals_release", None)
+async def stop(gw: Gateway) -> None:
+    t, gw.approvals_release = gw.approvals_release, None
     if t is not None:
         t.cancel()
-    svc = gw.state.get("approvals")
-    if svc:
-        await svc.stop()
+    if gw.approvals is not None:
+        await gw.approvals.stop()
 
 
-def service(gw: Any) -> ApprovalService:
-    svc = gw.state.get("approvals")
+def service(gw: Gateway) -> ApprovalService:
+    svc = gw.approvals
     if svc is None:
         raise err("Internal", "approvals are not running")
     return svc
@@ -52,8 +58,7 @@ def _str(args: dict[str, Any], name: str) -> str:
     return v
 
 
-@admin_command("approvals.list")
-async def _list(gw: Any, args: dict[str, Any]) -> Any:
+async def _list(gw: Gateway, args: dict[str, Any]) -> Any:
     status = args.get("status")
     if status in (None, "all"):
         status = None
@@ -65,24 +70,20 @@ async def _list(gw: Any, args: dict[str, Any]) -> Any:
     return {"approvals": service(gw).list(status, limit), "grants": service(gw).grants()}
 
 
-@admin_command("approvals.show")
-async def _show(gw: Any, args: dict[str, Any]) -> Any:
+async def _show(gw: Gateway, args: dict[str, Any]) -> Any:
     return service(gw).show(_str(args, "id"))
 
 
-@admin_command("approvals.approve")
-async def _approve(gw: Any, args: dict[str, Any]) -> Any:
+async def _approve(gw: Gateway, args: dict[str, Any]) -> Any:
     return await service(gw).decide(_str(args, "id"), "approve", by=_by(args))
 
 
-@admin_command("approvals.reject")
-async def _reject(gw: Any, args: dict[str, Any]) -> Any:
+async def _reject(gw: Gateway, args: dict[str, Any]) -> Any:
     reason = args.get("reason")
     return await service(gw).decide(_str(args, "id"), "reject", by=_by(args), reason=reason)
 
 
-@admin_command("approvals.grant")
-async def _grant(gw: Any, args: dict[str, Any]) -> Any:
+async def _grant(gw: Gateway, args: dict[str, Any]) -> Any:
     """Either {id, minutes}: approve that call and grant its capability; or {agent, capability, minutes}."""
     svc = service(gw)
     minutes = args.get("minutes")
@@ -98,6 +99,15 @@ async def _grant(gw: Any, args: dict[str, Any]) -> Any:
                                      reason=reason)}
 
 
-@admin_command("approvals.revoke_grant")
-async def _revoke_grant(gw: Any, args: dict[str, Any]) -> Any:
+async def _revoke_grant(gw: Gateway, args: dict[str, Any]) -> Any:
     return await service(gw).revoke_grant(_str(args, "id"), by=_by(args))
+
+
+ADMIN_COMMANDS = {
+    "approvals.list": AdminCommand(_list),
+    "approvals.show": AdminCommand(_show),
+    "approvals.approve": AdminCommand(_approve),
+    "approvals.reject": AdminCommand(_reject),
+    "approvals.grant": AdminCommand(_grant),
+    "approvals.revoke_grant": AdminCommand(_revoke_grant),
+}

@@ -8,9 +8,11 @@ from typing import Any
 from stockade.audit import checkpoint as cp
 from stockade.audit.verify import day_files, verify_dir
 from stockade.audit.writer import AuditWriter, Settings
+from stockade.core import admin
+from stockade.core.admin import AdminCommand
 from stockade.core.errors import err
 from stockade.core.home import Home, on_init
-from stockade.supervision.admin import admin_command
+from stockade.core.wiring import Gateway
 
 
 @on_init
@@ -19,33 +21,31 @@ def _init(home: Home, policy_template: str) -> list[str]:
     return cp.create_keys(home.keys)
 
 
-async def start(gw: Any) -> None:
-    home: Home = gw.home
+async def start(gw: Gateway) -> None:
+    home = gw.home
     home.audit_dir.mkdir(mode=0o700, exist_ok=True)
     if not (home.keys / cp.KEY_NAME).exists():
         cp.create_keys(home.keys)
     writer = AuditWriter(home.audit_dir, home.keys, Settings.of(gw.config.audit), bus=gw.bus,
                          health=gw.pipeline.health)
     await writer.open()
-    gw.state["audit"] = writer
+    gw.audit = writer
     gw.pipeline.audit = writer      # the pipeline's audit hook: `record` returns once durable
 
 
-async def stop(gw: Any) -> None:
-    writer: AuditWriter | None = gw.state.get("audit")
-    if writer is not None:
-        await writer.close()
+async def stop(gw: Gateway) -> None:
+    if gw.audit is not None:
+        await gw.audit.close()
 
 
-def _writer(gw: Any) -> AuditWriter:
-    w = gw.state.get("audit")
+def _writer(gw: Gateway) -> AuditWriter:
+    w = gw.audit
     if w is None:
         raise err("Internal", "the audit writer is not running")
     return w
 
 
-@admin_command("audit.append")
-async def _append(gw: Any, args: dict[str, Any]) -> Any:
+async def _append(gw: Gateway, args: dict[str, Any]) -> Any:
     rec = args.get("record")
     if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str):
         raise err("InvalidInput", "audit.append needs a record object with a text 'kind'")
@@ -53,17 +53,19 @@ async def _append(gw: Any, args: dict[str, Any]) -> Any:
     return {"seq": seq}
 
 
-@admin_command("audit.head")
-async def _head(gw: Any, args: dict[str, Any]) -> Any:
+async def _head(gw: Gateway, args: dict[str, Any]) -> Any:
     return _writer(gw).status()
 
 
-@admin_command("audit.checkpoint")
-async def _checkpoint(gw: Any, args: dict[str, Any]) -> Any:
+async def _checkpoint(gw: Gateway, args: dict[str, Any]) -> Any:
     c = await _writer(gw).checkpoint("manual")
     if c is None:
         raise err("InvalidInput", "nothing to checkpoint yet (empty log) or no audit key")
     return c
+
+
+ADMIN_COMMANDS = {"audit.append": AdminCommand(_append), "audit.head": AdminCommand(_head),
+                  "audit.checkpoint": AdminCommand(_checkpoint)}
 
 
 def doctor(home: Home) -> dict[str, Any]:
@@ -79,8 +81,6 @@ def doctor(home: Home) -> dict[str, Any]:
     recent = files[-2:]
     limit = None
     try:
-        from stockade.supervision import admin
-
         if home.admin_sock.exists():
             head = admin.call(home, "audit.head", timeout=5)
             limit = (head["file"], int(head["size"])) if head.get("file") else None

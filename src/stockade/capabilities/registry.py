@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockade.core import yamlfile
 from stockade.core.errors import ConfigError, err
+from stockade.core.types import CAPABILITY_NAME_PATTERN as NAME_PATTERN
 
-TIERS = ("autonomous", "notify", "approval_required", "blocked")
-NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+__all__ = ["NAME_PATTERN", "Definition", "Registry", "implements", "load_registry", "parse_definitions"]
 DEFINITIONS_DIR = Path(__file__).parent / "definitions"
 
 Impl = Callable[..., Any]
@@ -52,6 +52,10 @@ class _DefModel(BaseModel):
     side_effects: bool = False
     default_tier: Literal["autonomous", "notify", "approval_required", "blocked"] = "notify"
     secrets: bool = False              # may resolve ${secret:NAME} placeholders (vault)
+    # Path arguments the capability acts *below* (recursive list/search, move/copy/delete of a
+    # directory): true, or the name of a boolean argument that turns it on. Policy's path_touches
+    # reads it, so a rule protecting a path also stops calls on its ancestors.
+    acts_below: dict[str, bool | str] = {}
     input: dict[str, Any]
     output: dict[str, Any]
     errors: list[str] = []
@@ -79,6 +83,7 @@ class Definition:
     pack: str | None = None
     validator: Any = field(default=None, compare=False, repr=False)
     output_validator: Any = field(default=None, compare=False, repr=False)
+    acts_below: tuple[tuple[str, bool | str], ...] = ()
 
     @property
     def tool_name(self) -> str:
@@ -120,6 +125,12 @@ def parse_definitions(text: str, fname: str, pack: str | None = None) -> list[De
             except jsonschema.SchemaError as e:
                 line = yamlfile.line_of(lines, ("capabilities", i, key, *e.path))
                 errors.append(f"{fname}:{line}: capabilities.{i}.{key}: invalid JSON Schema: {e.message}")
+        props = d.input.get("properties") if isinstance(d.input.get("properties"), dict) else {}
+        for arg, when in d.acts_below.items():
+            if arg not in props or (isinstance(when, str) and (props.get(when) or {}).get("type") != "boolean"):
+                errors.append(f"{fname}:{yamlfile.line_of(lines, ('capabilities', i, 'acts_below'))}: "
+                              f"{d.name}: acts_below.{arg}: names an argument the input schema lacks "
+                              "(or a flag that is not a boolean argument)")
         if d.input.get("type") != "object":
             errors.append(f"{fname}:{yamlfile.line_of(lines, ('capabilities', i, 'input'))}: "
                           f"{d.name}: input schema must have type: object")
@@ -129,7 +140,7 @@ def parse_definitions(text: str, fname: str, pack: str | None = None) -> list[De
             d.name, d.version, d.purpose.strip(), d.when_to_use.strip(), d.execution, d.side_effects,
             d.default_tier, d.secrets, d.input, d.output, tuple(d.errors), fname, pack,
             jsonschema.Draft202012Validator(d.input, format_checker=jsonschema.FormatChecker()),
-            jsonschema.Draft202012Validator(d.output),
+            jsonschema.Draft202012Validator(d.output), tuple(d.acts_below.items()),
         ))
     if errors:
         raise ConfigError(errors)

@@ -24,8 +24,8 @@ from stockade.cli.common import (
     show_value,
     warning_line,
 )
+from stockade.core import admin as admin_client
 from stockade.core.errors import StockadeError
-from stockade.supervision import admin as admin_client
 
 
 def _call(home: str | None, cmd: str, args: dict[str, Any], as_json: bool) -> Any:

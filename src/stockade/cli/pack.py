@@ -22,7 +22,7 @@ def _passphrase(path: str | None, confirm: bool = False) -> bytes | None:
 
 
 def _notify_server(home: Any, name: str | None = None) -> bool:
-    from stockade.supervision import admin
+    from stockade.core import admin
 
     if not admin.running(home):
         return False

@@ -44,6 +44,7 @@ def _layer_of(path: Path, layer: str | None) -> str:
 def validate(file: str, layer: str | None, home: str | None, as_json: bool) -> None:
     """Check a policy file: errors with file:line (exit 1), warnings (exit 0)."""
     from stockade.policy import analysis, loader
+    from stockade.policy import setup as policy_setup
     from stockade.policy.engine import compile_policy
 
     path = Path(file)
@@ -51,7 +52,7 @@ def validate(file: str, layer: str | None, home: str | None, as_json: bool) -> N
         fail(f"no such file: {file}", EXIT_USAGE, as_json)
     h = get_home(home) if home else None
     lay = _layer_of(path, layer)
-    cat = loader.catalog()
+    cat = policy_setup.catalog()
     try:
         pf = loader.load_file(path, lay, home=h, cat=cat)
     except ConfigError as e:
@@ -83,9 +84,10 @@ def _render_validate(d: dict[str, Any]) -> None:
 
 def _load_home_policy(h: Home, as_json: bool) -> Any:
     from stockade.policy import loader
+    from stockade.policy import setup as policy_setup
 
     try:
-        return loader.load_home(h, loader.catalog())
+        return loader.load_home(h, policy_setup.catalog())
     except ConfigError as e:
         fail_error(e, as_json)
 
@@ -186,12 +188,13 @@ def _load_side(spec: str, home: Home | None, as_json: bool) -> Any:
 def diff(old: str, new: str, home: str | None, as_json: bool) -> None:
     """Every agent x capability pair whose tier changes from OLD to NEW (files, policies/ dirs or
     homes). "*" stands for agents without their own file."""
-    from stockade.policy import analysis, loader
+    from stockade.policy import analysis
+    from stockade.policy import setup as policy_setup
 
     h = get_home(home) if home else None
     a = _load_side(old, h, as_json)
     b = _load_side(new, h, as_json)
-    changes = analysis.diff(a, b, loader.catalog())
+    changes = analysis.diff(a, b, policy_setup.catalog())
     out = {"old": old, "new": new, "old_version": a.version, "new_version": b.version,
            "changed": len(changes), "changes": changes}
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from stockade.capabilities.registry import load_registry
 from stockade.cli.common import (
     EXIT_CHECK_FAILED,
     emit,
@@ -20,8 +21,10 @@ from stockade.cli.common import (
     json_option,
     need_home,
 )
+from stockade.core import agents
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.home import init_home
+from stockade.gateway import service
 
 TEMPLATES = ("personal", "strict", "open")
 
@@ -58,7 +61,7 @@ def _check_public(host: str, public: bool, what: str) -> None:
 
 def _serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
            banner: Any = None) -> None:
-    from stockade.gateway import service
+    from stockade.gateway import service  # here, not at the top: every other command starts faster
 
     h = need_home(home)
     try:
@@ -71,6 +74,8 @@ def _serve(home: str | None, port: int | None, dashboard_port: int | None, publi
         gw = service.build(h, port=port, dashboard_port=dashboard_port)
     except (ConfigError, StockadeError) as e:
         fail_error(e)
+    except service.StartupFailed as e:
+        fail(f"cannot start: {e}", 3)
 
     def ready(g: service.Gateway) -> None:
         if banner:
@@ -84,6 +89,8 @@ def _serve(home: str | None, port: int | None, dashboard_port: int | None, publi
 
     try:
         asyncio.run(service.serve(gw, ready))
+    except service.StartupFailed as e:
+        fail(f"cannot start: {e}", 3)
     except OSError as e:
         fail(f"cannot listen: {e}", 3)
     except (ConfigError, StockadeError) as e:
@@ -107,8 +114,6 @@ def serve(home: str | None, port: int | None, dashboard_port: int | None, public
 @click.option("--dashboard-port", type=int, default=7800, show_default=True)
 def demo(home: str | None, port: int, dashboard_port: int) -> None:
     """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key."""
-    from stockade.core import agents
-
     h = get_home(home)
     init_home(h, "personal")
     conn = h.db()
@@ -135,7 +140,7 @@ def demo(home: str | None, port: int, dashboard_port: int) -> None:
 
 def doctor_checks(home_path: str | None) -> dict[str, Any]:
     """Every layer's real status; parts add theirs through `<part>.setup.doctor(home)`."""
-    from stockade.gateway.service import _parts
+    from stockade.gateway import service
 
     h = get_home(home_path)
     out: dict[str, Any] = {"home": str(h.root), "checks": {}}
@@ -147,12 +152,15 @@ def doctor_checks(home_path: str | None) -> dict[str, Any]:
     except ConfigError as e:
         checks["config"] = {"status": "critical", "errors": e.errors}
     try:
-        from stockade.capabilities.registry import load_registry
-
         checks["capabilities"] = {"status": "ok", "count": len(load_registry().all())}
     except ConfigError as e:
         checks["capabilities"] = {"status": "critical", "errors": e.errors}
-    for part in _parts():
+    for name in service.PARTS:
+        try:
+            part = service.load_part(name)
+        except service.StartupFailed as e:
+            checks[name] = {"status": "critical", "error": str(e)}
+            continue
         if hasattr(part, "doctor"):
             try:
                 checks.update(part.doctor(h))

@@ -29,9 +29,9 @@ from stockade.cli.common import (
     need_home,
     sanitize,
 )
+from stockade.core import admin
 from stockade.core.errors import StockadeError
 from stockade.core.home import Home
-from stockade.supervision import admin
 from stockade.vault import keys
 from stockade.vault.store import VaultFile
 
@@ -212,22 +212,25 @@ def status(home: str | None, as_json: bool) -> None:
 
 
 def _set_common(h: Home, name: str, scope: tuple[str, ...], hosts: tuple[str, ...], value: bytearray,
-                passphrase_file: str | None, as_json: bool, rotate: bool) -> dict[str, Any]:
+                passphrase_file: str | None, as_json: bool, rotate: bool,
+                binding: dict[str, Any] | None = None) -> dict[str, Any]:
     scopes = [s for part in scope for s in part.split(",") if s]
     host_list = [x for part in hosts for x in part.split(",") if x]
+    bind = binding or {}
     if admin.running(h):
         args = {"name": name, "scope": scopes, "hosts": host_list, "rotate": rotate,
-                "value_b64": base64.b64encode(bytes(value)).decode()}
+                "value_b64": base64.b64encode(bytes(value)).decode(), **bind}
         return _run(lambda: admin.call(h, "vault.set", args), as_json)
     f = VaultFile(h.vault_path)
     kb = _unlocked(h, f, passphrase_file, as_json)
     try:
-        row = _run(lambda: f.put(kb, name, value, scopes, host_list, keep_scope=rotate, must_exist=rotate), as_json)
+        row = _run(lambda: f.put(kb, name, value, scopes, host_list, keep_scope=rotate, must_exist=rotate, **bind),
+                   as_json)
     finally:
         kb.close()
         f.close()
     _offline_audit(h, "vault.secret_rotated" if rotate else "vault.secret_set", name=row.name,
-                   scope=row.scope, hosts=row.hosts)
+                   scope=row.scope, hosts=row.hosts, agents=row.public()["agents"], disclosed=row.disclosed)
     return row.public()
 
 
@@ -236,26 +239,41 @@ def _set_common(h: Home, name: str, scope: tuple[str, ...], hosts: tuple[str, ..
 @click.option("--scope", multiple=True, required=True, help="Capability that may use it (repeat or comma-separate).")
 @click.option("--host", "hosts", multiple=True, help="Host it may be sent to (network.http_request): host, "
               "host:port, *.domain; https only unless written http://host.")
+@click.option("--agent", "agent_names", multiple=True,
+              help="Agent that may use it (repeat for several); or --all-agents.")
+@click.option("--all-agents", is_flag=True, help="Every agent may use it (explicit: there is no default).")
+@click.option("--disclose-to-agent", is_flag=True,
+              help="Needed for a scope that hands the value to code the agent controls (process.run): the "
+                   "agent will be able to read the value. Shown as disclosed in `vault list`.")
 @click.option("--value-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Read the value from this file (else stdin, else a hidden prompt).")
 @click.option("--raw", is_flag=True, help="Keep a trailing newline of the value (default: strip one).")
 @home_option
 @pass_opt
 @json_option
-def set_(name: str, scope: tuple[str, ...], hosts: tuple[str, ...], value_file: str | None, raw: bool,
-         home: str | None, passphrase_file: str | None, as_json: bool) -> None:
+def set_(name: str, scope: tuple[str, ...], hosts: tuple[str, ...], agent_names: tuple[str, ...], all_agents: bool,
+         disclose_to_agent: bool, value_file: str | None, raw: bool, home: str | None, passphrase_file: str | None,
+         as_json: bool) -> None:
     """Add or replace a secret (value from --value-file, stdin or a hidden prompt; never argv)."""
     h = need_home(home)
     scopes = {s for part in scope for s in part.split(",")}
     if "network.http_request" in scopes and not hosts:
         fail("a secret scoped to network.http_request needs --host (where it may be sent)", EXIT_USAGE, as_json)
+    if bool(agent_names) == all_agents:
+        fail("bind the secret to agents: --agent NAME (repeatable) or --all-agents (one of the two)",
+             EXIT_USAGE, as_json)
+    binding = {"agents": [a for part in agent_names for a in part.split(",") if a], "all_agents": all_agents,
+               "disclose_to_agent": disclose_to_agent}
     value = _value(value_file, raw, as_json)
     try:
-        res = _set_common(h, name, scope, hosts, value, passphrase_file, as_json, rotate=False)
+        res = _set_common(h, name, scope, hosts, value, passphrase_file, as_json, rotate=False, binding=binding)
     finally:
         keys.wipe(value)
     emit(res, as_json, lambda d: click.echo(f"secret {sanitize(d['name'])} stored (scope {', '.join(d['scope'])}"
-                                            + (f"; hosts {', '.join(d['hosts'])}" if d["hosts"] else "") + ")"))
+                                            + (f"; hosts {', '.join(d['hosts'])}" if d["hosts"] else "")
+                                            + f"; agents {', '.join(d['agents'])})"
+                                            + ("\nDISCLOSED: these agents can read its value" if d["disclosed"]
+                                               else "")))
 
 
 @vault.command()
@@ -299,7 +317,12 @@ def list_(home: str | None, as_json: bool) -> None:
         for s in d["secrets"]:
             used = _ts(s.get("last_used")) or "never"
             hosts = f"  hosts {', '.join(s['hosts'])}" if s["hosts"] else ""
-            click.echo(sanitize(f"{s['name']:<24} scope {', '.join(s['scope'])}{hosts}  last used {used}"))
+            agents = f"  agents {', '.join(s.get('agents') or ['*'])}"
+            flag = "  DISCLOSED (agents can read it)" if s.get("disclosed") else ""
+            click.echo(sanitize(f"{s['name']:<24} scope {', '.join(s['scope'])}{hosts}{agents}  last used {used}"
+                                f"{flag}"))
+            if s.get("warning"):
+                click.echo(sanitize(f"  warning: {s['warning']}"), err=True)
 
     emit(res, as_json, render)
 

@@ -31,6 +31,29 @@ def parse_duration(v: Any) -> float:
     raise ValueError("expected a duration like 30s, 5m, 24h")
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_MULT = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+         "T": 1000**4, "TB": 1000**4, "KI": 1024, "KIB": 1024, "MI": 1024**2, "MIB": 1024**2,
+         "GI": 1024**3, "GIB": 1024**3, "TI": 1024**4, "TIB": 1024**4}
+
+
+def parse_size(v: Any) -> int:
+    """`512MiB`, `1GB`, `1048576` -> bytes (ValueError otherwise)."""
+    if isinstance(v, bool):
+        raise ValueError("expected a size like 512MiB")
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError("size must not be negative")
+        return v
+    if isinstance(v, float):
+        if v < 0 or v != v:
+            raise ValueError("size must not be negative")
+        return int(v)
+    if isinstance(v, str) and (m := _SIZE.match(v)):
+        return int(float(m.group(1)) * _MULT[(m.group(2) or "").upper()])
+    raise ValueError(f"expected a size like 512MiB, got {v!r}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,6 +109,22 @@ class VaultConfig(_Section):
     pass
 
 
+class PartsConfig(_Section):
+    """Parts the owner may switch off (`parts: {egress: off}`). Audit and policy are not here:
+    without them every call would be allowed or go unrecorded, so they always run."""
+
+    sandbox: bool = True
+    egress: bool = True
+    vault: bool = True
+    approvals: bool = True
+    supervision: bool = True
+    packs: bool = True
+    perimeter: bool = True
+
+    def off(self) -> frozenset[str]:
+        return frozenset(name for name, on in self.model_dump().items() if not on)
+
+
 class Config(_Section):
     version: Literal[1] = 1
     gateway: GatewayConfig = GatewayConfig()
@@ -94,6 +133,7 @@ class Config(_Section):
     approvals: ApprovalsConfig = ApprovalsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     vault: VaultConfig = VaultConfig()
+    parts: PartsConfig = PartsConfig()
     webhook: str | None = None
     # Validated by stockade.perimeter (its own model), kept raw here so the gateway does not
     # depend on the perimeter part.

@@ -30,6 +30,10 @@ class Tier(StrEnum):
         return max((cls(t) for t in tiers), key=lambda t: t.rank)
 
 
+# A capability's name: `<family>.<action>` in lower case (`filesystem.read`, `exchange.get_balance`).
+# The one pattern the registry, pack manifests and policies check names against.
+CAPABILITY_NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+
 TIERS: tuple[str, ...] = tuple(t.value for t in Tier)
 _RANK = {t: i for i, t in enumerate(Tier)}
 TIER_ORDER: dict[str, int] = {t.value: i for i, t in enumerate(Tier)}

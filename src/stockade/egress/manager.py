@@ -6,7 +6,7 @@ crash, a restart, a hand-deleted veth or table, it converges. The gateway runs i
 on every policy change (polled), when DNS answers expire, and on `egress.reload`.
 
 Kernel objects, per data home (tag = 6 hex chars of the home path):
-* namespace `/run/netns/stockade-<tag>-<agent>` (stockade.sandbox.netns; lo up),
+* namespace `/run/netns/stockade-<tag>-<agent>` (stockade.egress.netns; lo up),
 * veth `stkv<10 hex>` (host) <-> `egress0` (agent), a /30 from `egress.subnet`; the host end
   carries the alias `stockade:<tag>:<agent>` so restarts find what they made,
 * table `inet stockade_egress` inside the namespace and `inet stockade_egress_<tag>` on the host
@@ -36,9 +36,8 @@ from typing import Any
 from stockade.core import yamlfile
 from stockade.core.errors import ConfigError, err
 from stockade.core.home import Home, write_private
-from stockade.egress import dns, nft, ruleset
+from stockade.egress import dns, netns, nft, ruleset
 from stockade.egress.rules import Allowlist, Entry, Forbidden, parse_entries, split_answers
-from stockade.sandbox import netns
 
 NS_IF = "egress0"
 STATE_DIR = Path("/run/stockade")

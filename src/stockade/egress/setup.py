@@ -13,15 +13,17 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-from stockade.core.errors import ConfigError, StockadeError
+from stockade.core import admin
+from stockade.core.admin import AdminCommand
+from stockade.core.errors import ConfigError, StockadeError, err
 from stockade.core.home import Home
-from stockade.egress import nft, ruleset
-from stockade.egress.manager import Egress, child_view, load_settings, profile_source, read_egress_from_files
+from stockade.core.wiring import Gateway
+from stockade.egress import netns, nft, ruleset
+from stockade.egress.manager import Egress, active_agents, child_view, load_settings, read_egress_from_files
 from stockade.egress.rules import parse_entries
-from stockade.sandbox import netns
-from stockade.supervision.admin import admin_command
 
 DEEP_EVERY = 30.0
 
@@ -55,16 +57,28 @@ class ViewInjector:
         return getattr(self.inner, name)
 
 
-async def start(gw: Any) -> None:
+def _policy_egress(gw: Gateway) -> Callable[[str], list[str]]:
+    """agent -> its egress list, from the policy engine in force at each call (a hot reload or a
+    swapped engine is always the one asked), or from the policy files when no engine runs."""
+
+    def source(agent: str) -> list[str]:
+        if gw.policy is None:
+            return read_egress_from_files(gw.home, agent)
+        return [str(x) for x in ((gw.policy.sandbox_profile(agent) or {}).get("egress") or [])]
+
+    return source
+
+
+async def start(gw: Gateway) -> None:
     settings = load_settings(gw.home)
-    eg = Egress(gw.home, settings, profile_source(gw, gw.home))
-    gw.state["egress"] = eg
+    eg = Egress(gw.home, settings, _policy_egress(gw))
+    gw.egress = eg
     gw.pipeline.sandbox = ViewInjector(gw.pipeline.sandbox, gw.home)
     await _run(gw, eg, deep=True)
     gw.tasks.append(asyncio.create_task(_loop(gw, eg), name="egress-reconcile"))
 
 
-async def _run(gw: Any, eg: Egress, **kw: Any) -> dict[str, Any] | None:
+async def _run(gw: Gateway, eg: Egress, **kw: Any) -> dict[str, Any] | None:
     try:
         changes = await asyncio.to_thread(eg.reconcile, **kw)
         gw.pipeline.health["egress"] = {"status": "ok", "agents": len(eg.agents), "resolver": eg.settings.resolver}
@@ -83,7 +97,7 @@ async def _run(gw: Any, eg: Egress, **kw: Any) -> dict[str, Any] | None:
         return None
 
 
-async def _loop(gw: Any, eg: Egress) -> None:
+async def _loop(gw: Gateway, eg: Egress) -> None:
     last_deep = time.monotonic()
     while gw.stopping is None or not gw.stopping.is_set():
         await asyncio.sleep(eg.settings.poll)
@@ -93,8 +107,8 @@ async def _loop(gw: Any, eg: Egress) -> None:
         await _run(gw, eg, deep=deep)
 
 
-async def stop(gw: Any) -> None:
-    eg: Egress | None = gw.state.pop("egress", None)
+async def stop(gw: Gateway) -> None:
+    eg, gw.egress = gw.egress, None
     if isinstance(gw.pipeline.sandbox, ViewInjector):
         gw.pipeline.sandbox = gw.pipeline.sandbox.inner
     for t in list(gw.tasks):
@@ -107,22 +121,24 @@ async def stop(gw: Any) -> None:
         await asyncio.to_thread(eg.teardown)
 
 
-def egress_view(gw: Any, agent: str) -> dict[str, Any] | None:
-    """What the sandbox executor should put in `ctx.extra["egress"]` for a call of `agent`."""
-    return child_view(gw.home, agent)
+def _egress(gw: Gateway) -> Egress:
+    if gw.egress is None:
+        raise err("Internal", "egress is not running")
+    return gw.egress
 
 
-@admin_command("egress.reload")
-async def _reload(gw: Any, args: dict[str, Any]) -> Any:
-    eg: Egress = gw.state["egress"]
+async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
+    eg = _egress(gw)
     changes = await _run(gw, eg, force_resolve=True, deep=True)
     return {"changes": changes, "error": None if changes is not None else eg.last_error}
 
 
-@admin_command("egress.status")
-async def _status(gw: Any, args: dict[str, Any]) -> Any:
-    eg: Egress = gw.state["egress"]
+async def _status(gw: Gateway, args: dict[str, Any]) -> Any:
+    eg = _egress(gw)
     return {"agents": eg.status(), "guard": eg.guard, "resolver": eg.settings.resolver}
+
+
+ADMIN_COMMANDS = {"egress.reload": AdminCommand(_reload), "egress.status": AdminCommand(_status)}
 
 
 def doctor(home: Home) -> dict[str, Any]:
@@ -134,14 +150,10 @@ def doctor(home: Home) -> dict[str, Any]:
         settings = load_settings(home)
     except ConfigError as e:
         return {"egress": {"status": "critical", "errors": e.errors}}
-    from stockade.supervision import admin
-
     running = admin.running(home)
     out: dict[str, Any] = {"status": "ok", "resolver": settings.resolver, "gateway_running": running,
                            "root": os.geteuid() == 0, "agents": {}}
     try:
-        from stockade.egress.manager import active_agents
-
         names = active_agents(home)
     except Exception as e:  # no db yet
         return {"egress": {"status": "degraded", "error": f"cannot list agents: {e}"}}

@@ -6,7 +6,12 @@ hook into the pipeline (audit before anything can call), the listeners bind, and
 `run/ports.json` is written once they accept connections. Shutdown runs `stop` in reverse.
 
 A part plugs in by providing `stockade/<part>/setup.py` with any of `prefork(gw)`,
-`async start(gw)`, `async stop(gw)`.
+`async start(gw)`, `async stop(gw)`, and the tables `ADMIN_COMMANDS` (admin socket) and
+`RPC_METHODS` (JSON-RPC), which this wiring registers at start-up. Every part listed in `PARTS`
+must load: one that fails to import stops `serve` (exit 3, naming it) unless the owner switched it
+off in `stockade.yaml` (`parts: {egress: off}`). Audit and policy cannot be switched off, and
+`serve` refuses to run without them: the pipeline's stand-ins would allow every call and keep
+records in memory only.
 """
 
 from __future__ import annotations
@@ -18,9 +23,7 @@ import json
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -31,51 +34,38 @@ from stockade.capabilities.registry import load_registry
 from stockade.core.config import Config
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
+from stockade.core.logs import log
+from stockade.core.wiring import Gateway, Listener
+from stockade.gateway import jsonrpc, mcp_transport
 from stockade.gateway import server as gateway_server
 from stockade.gateway.pipeline import Pipeline
 
+__all__ = ["PARTS", "Gateway", "Listener", "StartupFailed", "build", "load_part", "parts", "serve"]
+
 PARTS = ("sandbox", "audit", "policy", "egress", "vault", "approvals", "supervision", "packs",
          "perimeter")  # perimeter: doctor checks only (its daemon is `stockade perimeter serve`)
+REQUIRED = ("audit", "policy")   # without them a call would be allowed by default or not recorded
 
 
-@dataclass
-class Listener:
-    name: str               # "gateway" | "dashboard"
-    app: Any
-    host: str
-    port: int
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    sock: socket.socket | None = None
+class StartupFailed(Exception):
+    """`serve` cannot start; the message names the part or stage and the cause (exit 3)."""
 
 
-@dataclass
-class Gateway:
-    home: Home
-    config: Config
-    pipeline: Pipeline
-    bus: EventBus
-    listeners: list[Listener] = field(default_factory=list)
-    ports: dict[str, int] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)   # parts keep their objects here
-    stopping: asyncio.Event | None = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+def parts(config: Config | None = None) -> list[ModuleType]:
+    """Each part's `setup` module, in start order, less the ones the owner switched off.
 
-    def url(self, name: str) -> str:
-        scheme = "https" if any(li.name == name and li.ssl_certfile for li in self.listeners) else "http"
-        return f"{scheme}://127.0.0.1:{self.ports[name]}"
+    A part that does not import is an error, never skipped: a missing part would silently leave
+    its stand-in (no policy, no audit) in the call path."""
+    off = config.parts.off() if config is not None else frozenset()
+    return [load_part(part) for part in PARTS if part not in off]
 
 
-def _parts() -> list[ModuleType]:
-    out = []
-    for part in PARTS:
-        name = f"stockade.{part}.setup"
-        try:
-            out.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-    return out
+def load_part(part: str) -> ModuleType:
+    """`stockade.<part>.setup`, or StartupFailed naming the part and why it does not load."""
+    try:
+        return importlib.import_module(f"stockade.{part}.setup")
+    except Exception as e:
+        raise StartupFailed(f"part {part} cannot load: {type(e).__name__}: {e}") from e
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -119,67 +109,114 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
         config.gateway.port = port
     if dashboard_port is not None:
         config.dashboard.port = dashboard_port
-    db = home.db()
+    loaded = parts(config)
+    try:
+        db = home.db()
+    except Exception as e:  # a damaged or unreadable stockade.db: say so and stop
+        raise StartupFailed(f"cannot open {home.db_path}: {type(e).__name__}: {e}") from e
     registry = load_registry()
     bus = EventBus()
     pipeline = Pipeline(home, registry, db, bus=bus)
     gw = Gateway(home, config, pipeline, bus)
-    for part in _parts():
+    for part in loaded:
+        gw.admin_commands.register(getattr(part, "ADMIN_COMMANDS", {}), part.__name__)
+        jsonrpc.METHODS.update(getattr(part, "RPC_METHODS", {}))
+    for part in loaded:
         if hasattr(part, "prefork"):
             part.prefork(gw)
     return gw
 
 
+def _check_required(gw: Gateway) -> None:
+    """The pipeline must not run on its stand-ins for the parts that decide and record."""
+    missing = [name for name, hook in (("audit", gw.audit), ("policy", gw.policy)) if hook is None]
+    if missing:
+        raise StartupFailed(f"part {', '.join(missing)} did not start; refusing to serve without it")
+
+
+async def _start_parts(gw: Gateway, started: list[ModuleType]) -> None:
+    for part in parts(gw.config):
+        if hasattr(part, "start"):
+            await part.start(gw)
+        started.append(part)
+    _check_required(gw)
+
+
+async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.Task[Any]]) -> None:
+    """Bind every listener and return once all of them accept connections."""
+    cfg = gw.config.gateway
+    gw.listeners.insert(0, Listener("gateway", gateway_server.build_app(
+        gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins), cfg.host, cfg.port))
+    gw.tools_changed = mcp_transport.SESSIONS[id(gw.pipeline)].tools_changed
+    for li in gw.listeners:
+        li.sock = _bind(li.host, li.port)
+        gw.ports[li.name] = li.sock.getsockname()[1]
+        ucfg = uvicorn.Config(li.app, log_level="warning", access_log=False, lifespan="on", http=_NoDelayH11,
+                              ssl_certfile=li.ssl_certfile, ssl_keyfile=li.ssl_keyfile,
+                              timeout_graceful_shutdown=5, ws_max_size=cfg.max_body_bytes)
+        srv = _Server(ucfg)
+        servers.append(srv)
+        listening.append(asyncio.create_task(srv.serve(sockets=[li.sock]), name=f"listener-{li.name}"))
+    while not all(s.started for s in servers):
+        for t in listening:
+            if t.done():
+                exc = t.exception()
+                raise StartupFailed(f"{t.get_name()} stopped during start-up: {exc}") from exc
+        await asyncio.sleep(0.01)
+
+
 async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) -> None:
-    gw.stopping = asyncio.Event()
+    """Run until SIGINT/SIGTERM. A failure before `on_ready` ends it at once (`StartupFailed`)."""
+    stopping = gw.stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, gw.stopping.set)
+        loop.add_signal_handler(sig, stopping.set)
     started: list[ModuleType] = []
     servers: list[_Server] = []
+    listening: list[asyncio.Task[Any]] = []
+    ports_written: bytes | None = None
     try:
-        for part in _parts():
-            if hasattr(part, "start"):
-                await part.start(gw)
-            started.append(part)
-        cfg = gw.config.gateway
-        gw.listeners.insert(0, Listener("gateway", gateway_server.build_app(
-            gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins), cfg.host, cfg.port))
-        from stockade.gateway import mcp_transport
-
-        gw.state["tools_changed"] = mcp_transport.SESSIONS[id(gw.pipeline)].tools_changed
-        for li in gw.listeners:
-            li.sock = _bind(li.host, li.port)
-            gw.ports[li.name] = li.sock.getsockname()[1]
-            ucfg = uvicorn.Config(li.app, log_level="warning", access_log=False, lifespan="on", http=_NoDelayH11,
-                                  ssl_certfile=li.ssl_certfile, ssl_keyfile=li.ssl_keyfile,
-                                  timeout_graceful_shutdown=5, ws_max_size=gw.config.gateway.max_body_bytes)
-            srv = _Server(ucfg)
-            servers.append(srv)
-            gw.tasks.append(asyncio.create_task(srv.serve(sockets=[li.sock]), name=f"listener-{li.name}"))
-        while not all(s.started for s in servers):
-            if any(t.done() for t in gw.tasks):
-                for t in gw.tasks:
-                    if t.done() and t.exception():
-                        raise t.exception()  # type: ignore[misc]
-                raise RuntimeError("a listener stopped during start-up")
-            await asyncio.sleep(0.01)
-        write_private(gw.home.ports_file, json.dumps(gw.ports))
+        await _start_parts(gw, started)
+        await _listen(gw, servers, listening)
+        ports_written = json.dumps(gw.ports).encode()
+        try:
+            write_private(gw.home.ports_file, ports_written)
+        except OSError as e:
+            ports_written = None
+            raise StartupFailed(f"cannot write {gw.home.ports_file}: {e}") from e
         if on_ready:
             on_ready(gw)
-        await gw.stopping.wait()
+        await stopping.wait()
     finally:
+        stopping.set()      # part loops (egress reconcile, approvals release) end with it
         for s in servers:
             s.should_exit = True
-        if gw.tasks:
-            await asyncio.gather(*gw.tasks, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            gw.home.ports_file.unlink()
+        if listening:
+            await asyncio.gather(*listening, return_exceptions=True)
+        if ports_written is not None:
+            _remove_if_ours(gw.home.ports_file, ports_written)
         for part in reversed(started):
             if hasattr(part, "stop"):
                 try:
                     await part.stop(gw)
-                except Exception as e:  # keep stopping the others; the owner sees why
-                    print(f"stockade: stopping {part.__name__}: {e}", file=sys.stderr)
+                except Exception:  # keep stopping the others; the owner sees why
+                    log.exception("stopping %s failed", part.__name__)
+        await _cancel(gw.tasks)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _remove_if_ours(path: Any, content: bytes) -> None:
+    """A run file is removed only by the process that wrote it (never a live server's)."""
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == content:
+            path.unlink()
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    """Tasks a part left running (its `stop` did not end them, or it never started)."""
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    tasks.clear()

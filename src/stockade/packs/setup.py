@@ -8,12 +8,13 @@ from typing import Any
 import jsonschema
 
 from stockade.capabilities.registry import Definition
+from stockade.core.admin import AdminCommand
+from stockade.core.config import parse_size
 from stockade.core.errors import StockadeError
 from stockade.core.home import Home
+from stockade.core.wiring import Gateway
 from stockade.packs import runner, store
-from stockade.packs.manifest import PackSpec, pack_error, parse_pack_yaml
-from stockade.sandbox.profile import parse_size
-from stockade.supervision.admin import admin_command
+from stockade.packs.manifest import PackSpec, check_pack_name, pack_error, parse_pack_yaml
 
 
 def definitions(spec: PackSpec, source: str) -> list[Definition]:
@@ -29,46 +30,39 @@ def definitions(spec: PackSpec, source: str) -> list[Definition]:
     return out
 
 
-def _register(gw: Any, pk: store.Installed) -> list[str]:
+def _register(gw: Gateway, pk: store.Installed) -> list[str]:
     reg = gw.pipeline.registry
+    check_pack_name(pk.name, {d.name.split(".", 1)[0] for d in reg.all() if d.pack is None})
     path = pk.path(gw.home)
     store.verify_source(gw.pipeline.db, path)  # refuse to register a pack that no longer verifies
     spec = parse_pack_yaml((path / "pack.yaml").read_text(), str(path / "pack.yaml"))
     defs = definitions(spec, str(path / "pack.yaml"))
     reg.remove([d.name for d in reg.all() if d.pack == pk.name])
     reg.add(defs, {d.name: runner.run for d in defs})
-    gw.state.setdefault("packs", {})[pk.name] = pk
+    gw.packs[pk.name] = pk
     return [d.name for d in defs]
 
 
-def _pack_info(gw: Any):  # type: ignore[no-untyped-def]
+def pack_info(gw: Gateway, definition: Definition) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """For the sandbox executor: where a pack capability's code is, what the runner must check,
     and the profile the pack asks for. The trust store is read per call, so untrusting a publisher
     stops its packs at the next call."""
-
-    def info(definition: Definition) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        pk = gw.state.get("packs", {}).get(definition.pack)
-        if pk is None:
-            raise pack_error(f"{definition.pack} is not installed", "pack.yaml")
-        spec = gw.state.setdefault("pack_specs", {}).get(pk.name)
-        if spec is None or spec[0] != pk.version:   # parsed once per installed version, not per call
-            spec = (pk.version, parse_pack_yaml((pk.path(gw.home) / "pack.yaml").read_text()))
-            gw.state["pack_specs"][pk.name] = spec
-        runner_info = store.runner_info(gw.home, gw.pipeline.db, pk,
-                                        {c.name: c.entry for c in spec[1].capabilities})
-        sb = spec[1].sandbox
-        asked: dict[str, Any] = {"seccomp": sb.seccomp, "egress": list(sb.egress), "timeout": sb.timeout}
-        if sb.memory is not None:
-            asked["memory"] = parse_size(sb.memory)
-        return runner_info.pop("host_path"), {"pack": runner_info}, asked
-
-    return info
+    pk = gw.packs.get(definition.pack or "")
+    if pk is None:
+        raise pack_error(f"{definition.pack} is not installed", "pack.yaml")
+    spec = gw.pack_specs.get(pk.name)
+    if spec is None or spec[0] != pk.version:   # parsed once per installed version, not per call
+        spec = (pk.version, parse_pack_yaml((pk.path(gw.home) / "pack.yaml").read_text()))
+        gw.pack_specs[pk.name] = spec
+    runner_info = store.runner_info(gw.home, gw.pipeline.db, pk, {c.name: c.entry for c in spec[1].capabilities})
+    sb = spec[1].sandbox
+    asked: dict[str, Any] = {"seccomp": sb.seccomp, "egress": list(sb.egress), "timeout": sb.timeout}
+    if sb.memory is not None:
+        asked["memory"] = parse_size(sb.memory)
+    return runner_info.pop("host_path"), {"pack": runner_info}, asked
 
 
-async def start(gw: Any) -> None:
-    ex = gw.state.get("sandbox")
-    if ex is not None:
-        ex.pack_info = _pack_info(gw)
+async def start(gw: Gateway) -> None:
     for pk in store.installed(gw.pipeline.db):
         try:
             _register(gw, pk)
@@ -78,29 +72,30 @@ async def start(gw: Any) -> None:
             gw.pipeline.health["packs"] = {"status": "degraded", "invalid": pk.name, "error": msg}
 
 
-async def _announce(gw: Any) -> None:
-    notify = gw.state.get("tools_changed")
-    if notify is not None:
-        await notify()
+async def _announce(gw: Gateway) -> None:
+    if gw.tools_changed is not None:
+        await gw.tools_changed()
     gw.bus.publish("tools.list_changed", {})
 
 
-@admin_command("packs.reload")
-async def _reload(gw: Any, args: dict[str, Any]) -> Any:
+async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
     name = args.get("name")
     reg = gw.pipeline.registry
     current = {pk.name: pk for pk in store.installed(gw.pipeline.db)}
     changed: list[str] = []
-    for pname in ([name] if name else sorted(set(current) | set(gw.state.get("packs", {})))):
+    for pname in ([name] if name else sorted(set(current) | set(gw.packs))):
         if pname in current:
             changed += _register(gw, current[pname])
         else:
             gone = [d.name for d in reg.all() if d.pack == pname]
             reg.remove(gone)
-            gw.state.get("packs", {}).pop(pname, None)
+            gw.packs.pop(pname, None)
             changed += gone
     await _announce(gw)
     return {"capabilities": changed}
+
+
+ADMIN_COMMANDS = {"packs.reload": AdminCommand(_reload)}
 
 
 def doctor(home: Home) -> dict[str, Any]:

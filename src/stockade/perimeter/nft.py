@@ -1,7 +1,8 @@
-"""nftables through libnftables' JSON API, and the perimeter's ruleset as pure data.
+"""The perimeter's nftables ruleset as pure data, applied through libnftables' JSON API.
 
-Why a ctypes shim: the venv's Python is not Debian's, so Debian's `python3-nftables` (itself a
-thin ctypes wrapper) is not importable, and PyPI has no maintained binding we could hash-pin.
+The binding (`Nft`, `NftError`) is `stockade.egress.nft`'s, one for the project. Why a ctypes
+shim: the venv's Python is not Debian's, so Debian's `python3-nftables` (itself a thin ctypes
+wrapper) is not importable, and PyPI has no maintained binding we could hash-pin.
 libnftables.so.1 (Debian's libnftables1) exposes five C functions we need; JSON in, JSON out,
 one atomic transaction per call, no `nft` subprocess and no text parsing.
 
@@ -18,65 +19,14 @@ drop policy stays.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
-import threading
 from typing import Any
 
+from stockade.egress.nft import Nft, NftError
 from stockade.perimeter.codec import IPAddress, Port
 
+__all__ = ["TABLE", "Firewall", "Nft", "NftError", "grant_elements", "ruleset"]
+
 TABLE = "stockade_perimeter"
-NFT_CTX_DEFAULT = 0
-NFT_CTX_OUTPUT_JSON = 1 << 4
-
-
-class NftError(Exception):
-    pass
-
-
-class Nft:
-    """One libnftables context. Calls are serialized (the context is not thread-safe)."""
-
-    def __init__(self, lib: str = "libnftables.so.1"):
-        self._lib = ctypes.CDLL(lib, use_errno=True)
-        L = self._lib  # noqa: N806
-        L.nft_ctx_new.restype = ctypes.c_void_p
-        L.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        L.nft_ctx_free.argtypes = [ctypes.c_void_p]
-        L.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        L.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-        L.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-        L.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-        L.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        L.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        L.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        L.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        L.nft_run_cmd_from_buffer.restype = ctypes.c_int
-        self._ctx = L.nft_ctx_new(NFT_CTX_DEFAULT)
-        if not self._ctx:
-            raise NftError("nft_ctx_new failed")
-        L.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON)
-        L.nft_ctx_buffer_output(self._ctx)
-        L.nft_ctx_buffer_error(self._ctx)
-        self._lock = threading.Lock()
-
-    def run(self, commands: list[dict[str, Any]]) -> dict[str, Any]:
-        """Run a JSON batch (one transaction); returns the parsed JSON output, if any."""
-        payload = json.dumps({"nftables": commands}).encode()
-        with self._lock:
-            rc = self._lib.nft_run_cmd_from_buffer(self._ctx, payload)
-            out = self._lib.nft_ctx_get_output_buffer(self._ctx) or b""
-            errs = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""
-        if rc != 0:
-            raise NftError(errs.decode(errors="replace").strip() or f"nft failed ({rc})")
-        return json.loads(out) if out.strip() else {}
-
-    def close(self) -> None:
-        if self._ctx:
-            self._lib.nft_ctx_free(self._ctx)
-            self._ctx = None
-
-
 # -- pure ruleset construction ----------------------------------------------------------------
 
 def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:

@@ -9,14 +9,15 @@ Names in other categories may belong to a pack installed later: accepted, with a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stockade.core.errors import ConfigError
-from stockade.core.home import Home
+from stockade.core.home import Home, default_home
 from stockade.policy.engine import Policy, compile_policy
+from stockade.policy.facts import DEFAULT_FACTS, Facts
 from stockade.policy.model import PolicyFile, parse_policy
 
 PACKAGE_DIR = Path(__file__).parent
@@ -66,37 +67,20 @@ class Catalog:
         return sorted(self.args)
 
 
-def catalog(registry: Any | None = None) -> Catalog:
-    """From a registry (or the built-in one, tolerating parts that do not load yet)."""
+def catalog(definitions: Iterable[Any] = ()) -> Catalog:
+    """From capability definitions (anything with `name` and `input_schema`) over `PLANNED`.
+
+    Where the definitions come from (the live registry, the built-in one, the vault's) is the
+    caller's business (`policy.setup.catalog`): this module imports nothing above `core`.
+    """
     args: dict[str, frozenset[str] | None] = dict(PLANNED)
-    if registry is None:
-        try:
-            from stockade.capabilities.registry import load_registry
-
-            registry = load_registry()
-        except Exception:  # noqa: BLE001 - another part's broken definition must not hide policy errors
-            registry = None
-    defs = list(registry.all()) if registry is not None else []
-    if registry is not None and "secrets.list" not in registry:
-        # The vault registers its in-process capabilities when the gateway starts; offline
-        # validation must know them too.
-        try:
-            from stockade.capabilities.registry import parse_definitions
-            from stockade.vault import setup as vault_setup
-
-            vpath = Path(vault_setup.__file__).with_name("capabilities.yaml")
-            defs += parse_definitions(vpath.read_text(), str(vpath))
-        except Exception:  # noqa: BLE001, S110 - without the vault part there is nothing to add
-            pass
-    for d in defs:
+    for d in definitions:
         props = d.input_schema.get("properties")
         args[d.name] = frozenset(props) if isinstance(props, dict) else None
     return Catalog(args)
 
 
 def context(home: Home | None) -> dict[str, str]:
-    from stockade.core.home import default_home
-
     root = home.root if home is not None else default_home().absolute()
     return {"home": str(root)}
 
@@ -105,8 +89,8 @@ def _known(cat: Catalog | None) -> Callable[[str], bool] | None:
     return cat.known if cat is not None else None
 
 
-def load_system(ctx: dict[str, str]) -> PolicyFile:
-    return parse_policy(SYSTEM_PATH.read_text(encoding="utf-8"), str(SYSTEM_PATH), "system", ctx=ctx)
+def load_system(ctx: dict[str, str], facts: Facts = DEFAULT_FACTS) -> PolicyFile:
+    return parse_policy(SYSTEM_PATH.read_text(encoding="utf-8"), str(SYSTEM_PATH), "system", ctx=ctx, facts=facts)
 
 
 def read_text(path: Path) -> str:
@@ -144,22 +128,23 @@ def policy_files(home: Home) -> tuple[Path | None, dict[str, Path], list[str]]:
     return (org if org.exists() else None), agents, problems
 
 
-def load_home(home: Home, cat: Catalog | None = None) -> Policy:
-    """Every layer of a home, compiled; ConfigError lists every problem in every file."""
+def load_home(home: Home, cat: Catalog | None = None, facts: Facts = DEFAULT_FACTS) -> Policy:
+    """Every layer of a home, compiled; ConfigError lists every problem in every file. `facts`:
+    the live lookups conditions consult (`facts.gateway_facts` in a running gateway)."""
     ctx = context(home)
-    system = load_system(ctx)
+    system = load_system(ctx, facts)
     org_path, agent_paths, errors = policy_files(home)
     org = None
     agents: dict[str, PolicyFile] = {}
     known = _known(cat)
     if org_path is not None:
         try:
-            org = parse_policy(read_text(org_path), str(org_path), "org", ctx=ctx, known=known)
+            org = parse_policy(read_text(org_path), str(org_path), "org", ctx=ctx, known=known, facts=facts)
         except ConfigError as e:
             errors.extend(e.errors)
     for name, p in agent_paths.items():
         try:
-            agents[name] = parse_policy(read_text(p), str(p), "agent", ctx=ctx, known=known)
+            agents[name] = parse_policy(read_text(p), str(p), "agent", ctx=ctx, known=known, facts=facts)
         except ConfigError as e:
             errors.extend(e.errors)
     if errors:

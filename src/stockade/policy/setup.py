@@ -11,18 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import sys
 from typing import Any
 
+from stockade.capabilities.registry import Definition, Registry, load_registry, parse_definitions
 from stockade.core.errors import ConfigError
 from stockade.core.home import Home, on_init, write_private
+from stockade.core.logs import log
+from stockade.core.wiring import Gateway
 from stockade.policy import loader
+from stockade.policy.facts import gateway_facts
 from stockade.policy.ratelimit import RateLimiter
 from stockade.policy.runtime import PolicyEngine
+from stockade.vault.setup import CAPS_FILE as VAULT_CAPABILITIES
 
-log = logging.getLogger("stockade.policy")
 POLL_SECONDS = 1.0
+
+
+def catalog(registry: Registry | None = None) -> loader.Catalog:
+    """The names a policy may use: `registry`'s (the built-in one when None) and the vault's
+    in-process capabilities, which the vault registers only when the gateway starts."""
+    if registry is None:
+        try:
+            registry = load_registry()
+        except Exception:  # noqa: BLE001 - another part's broken definition must not hide policy errors
+            return loader.catalog()
+    defs: list[Definition] = registry.all()
+    if "secrets.list" not in registry:
+        with contextlib.suppress(OSError, ConfigError):   # without the vault part there is nothing to add
+            defs += parse_definitions(VAULT_CAPABILITIES.read_text(), str(VAULT_CAPABILITIES))
+    return loader.catalog(defs)
 
 
 @on_init
@@ -45,33 +62,31 @@ def _health(engine: PolicyEngine, status: str = "ok", errors: list[str] | None =
     return h
 
 
-async def start(gw: Any) -> None:
-    cat = loader.catalog(gw.pipeline.registry)
-    policy = loader.load_home(gw.home, cat)         # ConfigError -> serve refuses to start
+async def start(gw: Gateway) -> None:
+    cat = catalog(gw.pipeline.registry)
+    policy = loader.load_home(gw.home, cat, gateway_facts(gw))   # ConfigError -> serve refuses to start
     limiter = RateLimiter(gw.home.db())
     engine = PolicyEngine(policy, limiter)
     gw.pipeline.policy = engine
-    gw.state["policy"] = engine
+    gw.policy = engine
     gw.pipeline.health["policy"] = _health(engine)
-    task = asyncio.create_task(_watch(gw, engine), name="policy-reload")
-    gw.state["policy_task"] = task
+    gw.policy_task = asyncio.create_task(_watch(gw, engine), name="policy-reload")
 
 
-async def stop(gw: Any) -> None:
-    task = gw.state.pop("policy_task", None)
+async def stop(gw: Gateway) -> None:
+    task, gw.policy_task = gw.policy_task, None
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-    engine = gw.state.get("policy")
-    if engine is not None:
-        engine.limiter.close()
+    if gw.policy is not None:
+        gw.policy.limiter.close()
 
 
-async def reload(gw: Any, engine: PolicyEngine) -> bool:
+async def reload(gw: Gateway, engine: PolicyEngine) -> bool:
     """Recompile now; True if the new policy is in force."""
     try:
-        policy = loader.load_home(gw.home, loader.catalog(gw.pipeline.registry))
+        policy = loader.load_home(gw.home, catalog(gw.pipeline.registry), gateway_facts(gw))
     except ConfigError as e:
         gw.pipeline.health["policy"] = _health(engine, "degraded", e.errors)
         gw.bus.publish("policy.rejected", {"errors": e.errors[:50], "version": engine.policy.version}, "warning")
@@ -86,17 +101,14 @@ async def reload(gw: Any, engine: PolicyEngine) -> bool:
     return True
 
 
-async def _record(gw: Any, kind: str, **data: Any) -> None:
-    rec = getattr(gw.pipeline, "record_event", None)
-    if rec is None:
-        return
+async def _record(gw: Gateway, kind: str, **data: Any) -> None:
     try:
-        await rec(kind, **data)
-    except Exception as e:  # noqa: BLE001 - the bus event already went out; say why the audit did not
-        print(f"stockade: policy: could not audit {kind}: {e}", file=sys.stderr)
+        await gw.pipeline.record_event(kind, **data)
+    except Exception:  # noqa: BLE001 - the bus event already went out; say why the audit did not
+        log.exception("policy: could not audit %s", kind)
 
 
-async def _watch(gw: Any, engine: PolicyEngine) -> None:
+async def _watch(gw: Gateway, engine: PolicyEngine) -> None:
     sig = loader.signature(gw.home)
     while True:
         await asyncio.sleep(POLL_SECONDS)
@@ -107,13 +119,13 @@ async def _watch(gw: Any, engine: PolicyEngine) -> None:
                 await reload(gw, engine)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - keep watching; the last good policy stays
-            print(f"stockade: policy reload failed: {e}", file=sys.stderr)
+        except Exception:  # noqa: BLE001 - keep watching; the last good policy stays
+            log.exception("policy reload failed")
 
 
 def doctor(home: Home) -> dict[str, Any]:
     try:
-        policy = loader.load_home(home, loader.catalog())
+        policy = loader.load_home(home, catalog())
     except ConfigError as e:
         return {"policy": {"status": "critical", "rules": 0, "errors": e.errors[:20]}}
     org = home.policies / "org.yaml"

@@ -1,13 +1,15 @@
-"""Fallback per-agent network namespace (used only while `sandbox/netns.py`, owned by the
-egress part, does not provide `ensure_agent_netns`).
-
-Creates `/run/netns/stockade-<agent>` (the `ip netns` convention) holding only `lo`, up.
+"""The sandbox's entry to per-agent network namespaces, which the egress part owns
+(`stockade.egress.netns`); `ensure`/`remove` keep the old unhashed `/run/netns/stockade-<agent>`
+name (the `ip netns` convention, only `lo` up) so a namespace left by an older gateway goes away.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+
+from stockade.core.home import Home
+from stockade.egress import netns
 
 NETNS_DIR = "/run/netns"
 
@@ -29,28 +31,14 @@ def ensure(agent: str) -> str:
     return path
 
 
-def remove(agent: str, home: object | None = None) -> None:
-    """Tear the agent's namespace down (the egress part's, or our fallback's)."""
-    try:
-        from stockade.sandbox import netns
-
-        fn = getattr(netns, "remove_agent_netns", None)
-    except ImportError:
-        fn = None
-    if fn is not None and home is not None:
-        fn(agent, home)
+def remove(agent: str, home: Home | None = None) -> None:
+    """Tear the agent's namespace down (the egress part's, and an old unhashed one)."""
+    if home is not None:
+        netns.remove_agent_netns(agent, home)
     if os.path.exists(path_for(agent)):
         subprocess.run(["ip", "netns", "del", name_for(agent)], capture_output=True, timeout=10)
 
 
-def ensure_agent_netns(home: object, agent: str) -> str:
-    """The egress part's contract, when that part is absent."""
-    try:
-        from stockade.sandbox import netns
-
-        fn = getattr(netns, "ensure_agent_netns", None)
-    except ImportError:
-        fn = None
-    if fn is not None:
-        return fn(home, agent)
-    return ensure(agent)
+def ensure_agent_netns(home: Home, agent: str) -> str:
+    """The agent's namespace (created with only `lo` up when missing), by the egress part."""
+    return netns.ensure_agent_netns(home, agent)

@@ -11,9 +11,11 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from stockade.core.errors import StockadeError, err
@@ -21,6 +23,9 @@ from stockade.core.home import Home
 from stockade.sandbox import Profile, agentns
 from stockade.sandbox.cgroups import block_devices
 from stockade.sandbox.profile import resolve
+
+# definition -> (the pack's store dir, ctx.extra for the child, the profile the pack asks for)
+PackInfo = Callable[[Any], tuple[str, dict[str, Any], dict[str, Any]]]
 
 DEFINITIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "capabilities", "definitions")
 SIGXCPU = 24
@@ -103,7 +108,9 @@ class SandboxExecutor:
 
     def __init__(self, home: Home, *, host_uid: int = 100_000, call_timeout: float = 30.0,
                  max_output_bytes: int = 1024 * 1024, cgroup_parent: str = "stockade",
-                 cgroup_version: int | None = None):
+                 cgroup_version: int | None = None, db: sqlite3.Connection | None = None,
+                 policy: Any = None, pack_info: PackInfo | None = None,
+                 gateway_health: dict[str, Any] | None = None):
         self.home = home
         self.host_uid = host_uid
         self.base = Profile(timeout=call_timeout, max_output_bytes=max_output_bytes)
@@ -113,11 +120,12 @@ class SandboxExecutor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.lock: asyncio.Lock | None = None
-        self.policy: Any = None
-        self.db: Any = None
+        self.policy: Any = policy           # asked for an agent's profile (`profile(agent)`)
+        self.db = db                        # the agents table: an agent's index gives its host uid
+        self.gateway_health = gateway_health  # the gateway's health map, kept truthful on failures
         self._agents: dict[str, dict[str, Any]] = {}
-        # Set by the packs part: definition -> (store dir, ctx.extra, the pack's requested profile).
-        self.pack_info: Any = None
+        # From the packs part: definition -> (store dir, ctx.extra, the pack's requested profile).
+        self.pack_info = pack_info
         self._last_restart = 0.0
         self._restarts = 0
 
@@ -261,9 +269,9 @@ class SandboxExecutor:
         await self._restart_if_dead()
         problems = self.problems()
         if problems:
-            pipeline = getattr(self, "pipeline", None)
-            if pipeline is not None:   # keep system.health truthful (e.g. the zygote died)
-                pipeline.health["sandbox"] = {**pipeline.health.get("sandbox", {}), **self.health()}
+            gh = self.gateway_health
+            if gh is not None:   # keep system.health truthful (e.g. the zygote died)
+                gh["sandbox"] = {**gh.get("sandbox", {}), **self.health()}
             raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
                       _UNAVAILABLE)
         agent = caller.agent

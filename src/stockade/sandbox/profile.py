@@ -6,30 +6,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from stockade.core.config import parse_size
 from stockade.sandbox import Profile
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _RATE = re.compile(r"^\s*(.+?)\s*/\s*s\s*$", re.IGNORECASE)
-_MULT = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
-         "T": 1000**4, "TB": 1000**4, "KI": 1024, "KIB": 1024, "MI": 1024**2, "MIB": 1024**2,
-         "GI": 1024**3, "GIB": 1024**3, "TI": 1024**4, "TIB": 1024**4}
-
-
-def parse_size(v: Any) -> int:
-    """`512MiB`, `1GB`, `1048576` -> bytes (ValueError otherwise)."""
-    if isinstance(v, bool):
-        raise ValueError("expected a size like 512MiB")
-    if isinstance(v, int):
-        if v < 0:
-            raise ValueError("size must not be negative")
-        return v
-    if isinstance(v, float):
-        if v < 0 or v != v:
-            raise ValueError("size must not be negative")
-        return int(v)
-    if isinstance(v, str) and (m := _SIZE.match(v)):
-        return int(float(m.group(1)) * _MULT[(m.group(2) or "").upper()])
-    raise ValueError(f"expected a size like 512MiB, got {v!r}")
 
 
 def parse_rate(v: Any) -> int:

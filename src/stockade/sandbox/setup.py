@@ -9,20 +9,23 @@ import shutil
 import subprocess
 from typing import Any
 
+from stockade.capabilities.registry import Definition
 from stockade.core.home import Home
+from stockade.core.wiring import Gateway
+from stockade.packs.setup import pack_info
+from stockade.sandbox import cgroups, landlock, seccomp
 from stockade.sandbox.executor import SandboxExecutor
+from stockade.sandbox.zygote import probe_userns
 
 
 class _LivePolicy:
-    """The policy part may plug in after us: read it from the pipeline at call time."""
+    """The policy part starts after us: ask whichever engine is in force at call time."""
 
-    def __init__(self, pipeline: Any):
-        self.pipeline = pipeline
+    def __init__(self, gw: Gateway):
+        self.gw = gw
 
-    def profile(self, agent: str) -> Any:
-        pol = self.pipeline.policy
-        fn = getattr(pol, "profile", None) or getattr(pol, "sandbox_profile", None)
-        return fn(agent) if fn is not None else None
+    def profile(self, agent: str) -> dict[str, Any] | None:
+        return self.gw.policy.sandbox_profile(agent) if self.gw.policy is not None else None
 
 
 def nftables_status() -> dict[str, Any]:
@@ -43,44 +46,42 @@ def nftables_status() -> dict[str, Any]:
     return out
 
 
-def prefork(gw: Any) -> None:
+def prefork(gw: Gateway) -> None:
     """Spawn the zygote while the gateway is still single-threaded and holds no secrets."""
     cfg = gw.config.sandbox
+
+    def packs(definition: Definition) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        return pack_info(gw, definition)
+
     ex = SandboxExecutor(gw.home, host_uid=cfg.host_uid, call_timeout=cfg.call_timeout,
-                         max_output_bytes=cfg.max_output_bytes,
-                         cgroup_parent=getattr(cfg, "cgroup_parent", "stockade"))
-    ex.db = gw.pipeline.db
+                         max_output_bytes=cfg.max_output_bytes, cgroup_parent=cfg.cgroup_parent,
+                         db=gw.pipeline.db, policy=_LivePolicy(gw), pack_info=packs,
+                         gateway_health=gw.pipeline.health)
     try:
         ex.start_zygote()
     except Exception as e:  # no zygote: every sandboxed call fails with SandboxUnavailable
         ex.status = {"problems": [f"zygote: {type(e).__name__}: {e}"[:300]]}
-    gw.state["sandbox"] = ex
+    gw.sandbox = ex
 
 
-async def start(gw: Any) -> None:
-    ex: SandboxExecutor | None = gw.state.get("sandbox")
-    if ex is None:  # prefork was skipped (tests building a Gateway by hand)
+async def start(gw: Gateway) -> None:
+    if gw.sandbox is None:  # prefork was skipped (tests building a Gateway by hand)
         prefork(gw)
-        ex = gw.state["sandbox"]
-    ex.policy = _LivePolicy(gw.pipeline)
-    ex.pipeline = gw.pipeline
+    ex = gw.sandbox
+    assert ex is not None  # noqa: S101  (prefork always sets it)
     gw.pipeline.sandbox = ex
     h = ex.health()
     h["nftables"] = nftables_status()
     gw.pipeline.health["sandbox"] = h
 
 
-async def stop(gw: Any) -> None:
-    ex: SandboxExecutor | None = gw.state.get("sandbox")
-    if ex is not None:
-        ex.stop()
+async def stop(gw: Gateway) -> None:
+    if gw.sandbox is not None:
+        gw.sandbox.stop()
 
 
 def doctor(home: Home) -> dict[str, dict[str, Any]]:
     """Probe each layer in this process (no server needed)."""
-    from stockade.sandbox import cgroups, landlock, seccomp
-    from stockade.sandbox.zygote import probe_userns
-
     out: dict[str, dict[str, Any]] = {}
     abi = landlock.abi_version()
     out["sandbox.landlock"] = {"status": "critical" if abi < 1 else "degraded" if abi < 6 else "ok", "abi": abi,

@@ -1,6 +1,6 @@
 """The dashboard's read-only view of the audit part (query through its index, verify the chain).
 
-Duck-typed on `gw.state["audit"]` (the audit writer): when the audit part is not running the
+Reads `gw.audit` (the audit writer): when the audit part is not running the
 dashboard says "audit not available" instead of failing. Work runs in a thread (file reads,
 SQLite, hashing) so the event loop keeps serving calls.
 """
@@ -11,12 +11,16 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+from stockade.audit import checkpoint as cp
+from stockade.audit.index import Index, read_record
+from stockade.audit.record import jsonable
+from stockade.audit.verify import verify_dir
 from stockade.core.errors import err
+from stockade.core.wiring import Gateway
 
 
-def available(gw: Any) -> bool:
-    w = gw.state.get("audit")
-    return w is not None and hasattr(w, "durable")
+def available(gw: Gateway) -> bool:
+    return gw.audit is not None
 
 
 def _time_us(v: str | None, name: str) -> int | None:
@@ -31,10 +35,7 @@ def _time_us(v: str | None, name: str) -> int | None:
     return int(t.timestamp() * 1_000_000)
 
 
-async def query(gw: Any, filters: dict[str, Any]) -> list[dict[str, Any]]:
-    from stockade.audit.index import Index, read_record
-    from stockade.audit.record import jsonable
-
+async def query(gw: Gateway, filters: dict[str, Any]) -> list[dict[str, Any]]:
     audit_dir = gw.home.audit_dir
     kw = {"agent": filters.get("agent"), "capability": filters.get("capability"), "kind": filters.get("kind"),
           "since_us": _time_us(filters.get("since"), "since"), "until_us": _time_us(filters.get("until"), "until"),
@@ -51,12 +52,11 @@ async def query(gw: Any, filters: dict[str, Any]) -> list[dict[str, Any]]:
     return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
-async def verify(gw: Any) -> dict[str, Any]:
-    from stockade.audit import checkpoint as cp
-    from stockade.audit.verify import verify_dir
-
-    w = gw.state["audit"]
-    limit = (w.durable.file, int(w.durable.size)) if getattr(w.durable, "file", None) else None
+async def verify(gw: Gateway) -> dict[str, Any]:
+    w = gw.audit
+    if w is None:
+        raise err("Internal", "the audit writer is not running")
+    limit = (w.durable.file, int(w.durable.size)) if w.durable.file else None
 
     def work() -> dict[str, Any]:
         return verify_dir(gw.home.audit_dir, cp.load_public(gw.home.keys), limit=limit).to_dict()

@@ -6,13 +6,18 @@ an admin token (print a fresh one with `stockade admin token`).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
+from stockade.approvals import store as _approvals_store  # noqa: F401  (its tables, for agents.status)
+from stockade.core import agents
+from stockade.core.admin import AdminCommand
 from stockade.core.home import Home, on_init
+from stockade.core.wiring import Gateway, Listener
 from stockade.supervision import tls, tokens
-from stockade.supervision.admin import AdminServer, admin_command
+from stockade.supervision.admin import AdminServer
+from stockade.supervision.dashboard.app import build_app
+from stockade.supervision.webhook import WebhookSender
 
 HEARTBEAT = 15.0
 
@@ -30,34 +35,26 @@ def _init(home: Home, policy_template: str) -> list[str]:
     return created
 
 
-async def start(gw: Any) -> None:
+async def start(gw: Gateway) -> None:
     srv = AdminServer(gw)
     await srv.start()
-    gw.state["admin"] = srv
-
-    from stockade.gateway.service import Listener
-    from stockade.supervision.dashboard.app import build_app
-
+    gw.admin = srv
     tls.ensure(gw.home)
     crt, key = tls.paths(gw.home)
     cfg = gw.config.dashboard
     gw.listeners.append(Listener("dashboard", build_app(gw), cfg.host, cfg.port,
                                  ssl_certfile=str(crt), ssl_keyfile=str(key)))
     if gw.config.webhook:
-        from stockade.supervision.webhook import WebhookSender
-
         wh = WebhookSender(gw.bus, gw.config.webhook)
         wh.start()
-        gw.state["webhook"] = wh
+        gw.webhook = wh
 
 
-async def stop(gw: Any) -> None:
-    wh = gw.state.get("webhook")
-    if wh:
-        await wh.stop()
-    srv = gw.state.get("admin")
-    if srv:
-        await srv.stop()
+async def stop(gw: Gateway) -> None:
+    if gw.webhook is not None:
+        await gw.webhook.stop()
+    if gw.admin is not None:
+        await gw.admin.stop()
 
 
 def doctor(home: Home) -> dict[str, Any]:
@@ -67,13 +64,11 @@ def doctor(home: Home) -> dict[str, Any]:
     return {"dashboard_tls": {"status": "ok", "cert": str(crt)}}
 
 
-@admin_command("ping")
-async def _ping(gw: Any, args: dict[str, Any]) -> Any:
+async def _ping(gw: Gateway, args: dict[str, Any]) -> Any:
     return {"pong": True, "ports": gw.ports}
 
 
-@admin_command("watch", stream=True)
-async def _watch(gw: Any, args: dict[str, Any], emit: Any) -> None:
+async def _watch(gw: Gateway, args: dict[str, Any], emit: Any) -> None:
     """Live events for `stockade watch` until the client leaves or the gateway stops."""
     history = args.get("history", 20)
     if not isinstance(history, int) or history < 0:
@@ -99,10 +94,7 @@ async def _watch(gw: Any, args: dict[str, Any], emit: Any) -> None:
         sub.close()
 
 
-@admin_command("agents.status")
-async def _agents_status(gw: Any, args: dict[str, Any]) -> Any:
-    from stockade.core import agents
-
+async def _agents_status(gw: Gateway, args: dict[str, Any]) -> Any:
     db = gw.pipeline.db
     last: dict[str, float] = {}
     for ev in gw.bus.history:
@@ -123,5 +115,6 @@ async def _agents_status(gw: Any, args: dict[str, Any]) -> Any:
     return {"agents": out, "server": "running"}
 
 
-with contextlib.suppress(ImportError):
-    import stockade.approvals.store  # noqa: F401  (the approvals tables exist for agents.status)
+
+ADMIN_COMMANDS = {"ping": AdminCommand(_ping), "watch": AdminCommand(_watch, stream=True),
+                  "agents.status": AdminCommand(_agents_status)}

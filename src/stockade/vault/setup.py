@@ -15,58 +15,64 @@ from pathlib import Path
 from typing import Any
 
 from stockade.capabilities.registry import parse_definitions
+from stockade.core.admin import AdminCommand
 from stockade.core.errors import StockadeError, err
-from stockade.supervision.admin import admin_command
+from stockade.core.home import Home
+from stockade.core.wiring import Gateway
 from stockade.vault import keys
 from stockade.vault.runtime import Vault, in_thread
-from stockade.vault.store import VaultFile
+from stockade.vault.store import LEGACY_WARNING, VaultFile
 
 CAPS_FILE = Path(__file__).with_name("capabilities.yaml")
 
 
-def vault(gw: Any) -> Vault:
-    v = gw.state.get("vault")
+def vault(gw: Gateway) -> Vault:
+    v = gw.vault
     if v is None:
         raise err("Internal", "the vault is not running")
     return v
 
 
-def _health(gw: Any) -> None:
+def _health(gw: Gateway) -> None:
     gw.pipeline.health["vault"] = vault(gw).health()
 
 
-async def start(gw: Any) -> None:
+async def start(gw: Gateway) -> None:
     v = Vault(gw.home.vault_path)
     v.hardening = keys.harden_process()
-    gw.state["vault"] = v
+    gw.vault = v
     gw.pipeline.secrets = v
     _register_capabilities(gw, v)
     _health(gw)
 
 
-async def stop(gw: Any) -> None:
-    v = gw.state.get("vault")
+async def stop(gw: Gateway) -> None:
+    v = gw.vault
     if v is not None:
         v.seal()
         v.file.close()
 
 
 # -- agent capabilities ------------------------------------------------------------------------
-def _register_capabilities(gw: Any, v: Vault) -> None:
+def _register_capabilities(gw: Gateway, v: Vault) -> None:
     reg = gw.pipeline.registry
     defs = [d for d in parse_definitions(CAPS_FILE.read_text(encoding="utf-8"), str(CAPS_FILE))
             if d.name not in reg]
-    impls = {"secrets.list": lambda ctx, args: _secrets_list(v),
+    impls = {"secrets.list": lambda ctx, args: _secrets_list(v, ctx.caller.agent),
              "secrets.request": lambda ctx, args: _secrets_request(v, args)}
     if defs:
         reg.add(defs, {d.name: impls[d.name] for d in defs})
 
 
-def _secrets_list(v: Vault) -> dict[str, Any]:
+def _secrets_list(v: Vault, agent: str | None) -> dict[str, Any]:
+    """The agent's view: only secrets bound to it (`agent`); the owner's (`None`): all, with agents."""
     v.flush_used()
     rows = v.file.rows() if v.file.exists() else []
+    if agent is None:
+        return {"sealed": v.sealed, "secrets": [r.public() for r in rows]}
     return {"sealed": v.sealed, "secrets": [{"name": r.name, "scope": r.scope, "hosts": r.hosts,
-                                             "last_used": r.last_used} for r in rows]}
+                                             "disclosed": r.disclosed, "last_used": r.last_used}
+                                            for r in rows if r.bound_to(agent)]}
 
 
 def _secrets_request(v: Vault, args: dict[str, Any]) -> dict[str, Any]:
@@ -83,30 +89,28 @@ def _pass(args: dict[str, Any], key: str) -> bytearray:
     return bytearray(p.encode("utf-8"))
 
 
-@admin_command("vault.status")
-async def _status(gw: Any, args: dict[str, Any]) -> Any:
+async def _status(gw: Gateway, args: dict[str, Any]) -> Any:
     return vault(gw).status()
 
 
-@admin_command("vault.unseal")
-async def _unseal(gw: Any, args: dict[str, Any]) -> Any:
+async def _unseal(gw: Gateway, args: dict[str, Any]) -> Any:
     v = vault(gw)
     pw = _pass(args, "passphrase")
     try:
-        await in_thread(v.unseal, pw)
-    except StockadeError as e:
-        await gw.pipeline.record_event("vault.unseal_failed", error=e.type)
-        raise
+        # All or nothing, audited either way (a damaged page used to unseal and then fail).
+        await v.unseal_audited(pw, gw.pipeline.record_event)
     finally:
         keys.wipe(pw)
-    _health(gw)
-    await gw.pipeline.record_event("vault.unsealed", secrets=len(v.file.rows()))
+        _health(gw)
     gw.bus.publish("vault.unsealed", {})
-    return v.status()
+    out = v.status()
+    legacy = [r.name for r in v.file.rows() if r.agents is None]
+    if legacy:
+        out["warnings"] = [f"secret {n!r}: {LEGACY_WARNING}" for n in legacy]
+    return out
 
 
-@admin_command("vault.seal")
-async def _seal(gw: Any, args: dict[str, Any]) -> Any:
+async def _seal(gw: Gateway, args: dict[str, Any]) -> Any:
     v = vault(gw)
     was = v.seal()
     _health(gw)
@@ -116,13 +120,11 @@ async def _seal(gw: Any, args: dict[str, Any]) -> Any:
     return {"sealed": True, "was_unsealed": was}
 
 
-@admin_command("vault.list")
-async def _list(gw: Any, args: dict[str, Any]) -> Any:
-    return _secrets_list(vault(gw))
+async def _list(gw: Gateway, args: dict[str, Any]) -> Any:
+    return _secrets_list(vault(gw), None)
 
 
-@admin_command("vault.set")
-async def _set(gw: Any, args: dict[str, Any]) -> Any:
+async def _set(gw: Gateway, args: dict[str, Any]) -> Any:
     v = vault(gw)
     try:
         value = bytearray(base64.b64decode(args.get("value_b64") or "", validate=True))
@@ -131,16 +133,17 @@ async def _set(gw: Any, args: dict[str, Any]) -> Any:
     rotate = bool(args.get("rotate"))
     try:
         row = v.put(args.get("name"), value, args.get("scope"), args.get("hosts"),  # type: ignore[arg-type]
-                    keep_scope=rotate, must_exist=rotate)
+                    agents=args.get("agents"), all_agents=args.get("all_agents") is True,
+                    disclose_to_agent=args.get("disclose_to_agent") is True, keep_scope=rotate, must_exist=rotate)
     finally:
         keys.wipe(value)
     await gw.pipeline.record_event("vault.secret_rotated" if rotate else "vault.secret_set",
-                                   name=row.name, scope=row.scope, hosts=row.hosts)
+                                   name=row.name, scope=row.scope, hosts=row.hosts, agents=row.public()["agents"],
+                                   disclosed=row.disclosed)
     return row.public()
 
 
-@admin_command("vault.remove")
-async def _remove(gw: Any, args: dict[str, Any]) -> Any:
+async def _remove(gw: Gateway, args: dict[str, Any]) -> Any:
     name = args.get("name")
     if not isinstance(name, str):
         raise err("InvalidInput", "name must be a string")
@@ -151,8 +154,7 @@ async def _remove(gw: Any, args: dict[str, Any]) -> Any:
     return {"name": name, "removed": True}
 
 
-@admin_command("vault.rekey")
-async def _rekey(gw: Any, args: dict[str, Any]) -> Any:
+async def _rekey(gw: Gateway, args: dict[str, Any]) -> Any:
     v = vault(gw)
     old, new = _pass(args, "passphrase"), _pass(args, "new_passphrase")
     try:
@@ -164,10 +166,21 @@ async def _rekey(gw: Any, args: dict[str, Any]) -> Any:
     return {"rekeyed": True, "secrets": n, "sealed": v.sealed}
 
 
+ADMIN_COMMANDS = {
+    "vault.status": AdminCommand(_status),
+    "vault.unseal": AdminCommand(_unseal),
+    "vault.seal": AdminCommand(_seal),
+    "vault.list": AdminCommand(_list),
+    "vault.set": AdminCommand(_set),
+    "vault.remove": AdminCommand(_remove),
+    "vault.rekey": AdminCommand(_rekey),
+}
+
+
 # -- doctor ----------------------------------------------------------------------------------------
-def doctor(home: Any) -> dict[str, dict[str, Any]]:
+def doctor(home: Home) -> dict[str, dict[str, Any]]:
     """vault.db present, 0600, readable meta with intact checksum, rows well-formed. No passphrase."""
-    path = Path(home.vault_path)
+    path = home.vault_path
     if not path.exists():
         return {"vault": {"status": "ok", "initialized": False,
                           "detail": "no vault yet (stockade vault init)"}}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from stockade.capabilities.registry import implements
+from stockade.core.hooks import approval_outcomes
 
 
 @implements("agent.approval")
 async def agent_approval(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    from stockade.approvals.rpc import service_of
-
-    return await service_of(ctx.pipeline).status(ctx.caller.agent, args["approval"], args.get("wait", 0))
+    # ctx is the gateway's CallContext; its pipeline's approvals hook keeps the outcomes.
+    return await approval_outcomes(ctx.pipeline.approvals).status(ctx.caller.agent, args["approval"],
+                                                                   args.get("wait", 0))

@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from stockade.core import agents as agents_mod
 from stockade.core.errors import StockadeError, err
+from stockade.edge.bounded import parse_json
 from stockade.edge.security import GuardMiddleware
 from stockade.supervision import audit_view, tokens
 from stockade.supervision.dashboard import views
@@ -135,9 +136,9 @@ async def _form(request: Request) -> dict[str, str]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            raise err("InvalidInput", "body is not valid JSON") from None
+            data = parse_json(body or b"{}")   # the edge's bounded parse (depth, sizes, finite numbers)
+        except StockadeError as e:
+            raise err("InvalidInput", "body is not valid JSON" if e.type == "ParseError" else e.message) from None
         if not isinstance(data, dict):
             raise err("InvalidInput", "body must be a JSON object")
         return data
@@ -171,7 +172,7 @@ class Dashboard:
         return isinstance(sent, str) and hmac.compare_digest(sent.encode(), s.csrf.encode()) and _same_origin(request)
 
     def svc(self) -> Any:
-        svc = self.gw.state.get("approvals")
+        svc = self.gw.approvals
         if svc is None:
             raise err("Internal", "approvals are not running")
         return svc
@@ -239,8 +240,8 @@ class Dashboard:
         return self.last_verify
 
     def secrets_data(self) -> dict[str, Any]:
-        v = self.gw.state.get("vault")
-        f = getattr(v, "file", None)
+        v = self.gw.vault
+        f = v.file if v is not None else None
         if v is None or f is None:
             return {"available": False, "secrets": []}
         rows = [r.public() for r in f.rows()] if f.exists() else []
@@ -287,7 +288,7 @@ def _json_error(e: StockadeError) -> JSONResponse:
 
 def build_app(gw: Any) -> Any:
     d = Dashboard(gw)
-    gw.state["dashboard"] = d
+    gw.dashboard = d
     static_files = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.suffix in (".js", ".css")}
 
     def html(body: str, status: int = 200) -> HTMLResponse:
