@@ -30,6 +30,8 @@ bench: venv
 
 lint: venv
 	@$(BIN)/ruff check src tests bench
+	@$(BIN)/mypy
+	@$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache
