@@ -5,7 +5,9 @@ the tail, or rewrites the whole log, produces a valid chain. A checkpoint kept e
 (`stockade audit checkpoint export`) pins the head: the log must still contain `seq` with
 exactly `hash`, and nobody without the private key can make a new one.
 
-Signed message: b"stockade-audit-checkpoint/v1\\n" || deterministic-CBOR({"seq", "hash", "ts"}).
+Signed message (v2): b"stockade-audit-checkpoint/v2\\n" || deterministic-CBOR({"seq", "hash", "ts",
+"reason", "file"} plus a prune's "retention_days" and "record"). v1 (seq, hash, ts only) still
+verifies, but a v1 checkpoint never starts the chain: its reason was not signed.
 `audit/checkpoints.log` holds one JSON object per line:
   {"v": 1, "seq": N, "hash": hex, "ts": µs, "reason": "periodic|shutdown|prune|manual|offline",
    "file": "YYYY-MM-DD.log", "key": base64(raw public key), "sig": base64(signature)}
@@ -26,20 +28,58 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PREFIX = b"stockade-audit-checkpoint/v1\n"
+PREFIX2 = b"stockade-audit-checkpoint/v2\n"
+SIGNED_EXTRA = frozenset({"retention_days", "record"})   # optional integer facts a v2 checkpoint signs
 LOG_NAME = "checkpoints.log"
 KEY_NAME = "audit_ed25519.key"
 PUB_NAME = "audit_ed25519.pub"
 
 
 def message(seq: int, digest: bytes, ts: int) -> bytes:
+    """The v1 signed message: seq, hash and time only (its reason and file are not signed)."""
     return PREFIX + cbor2.dumps({"seq": seq, "hash": digest, "ts": ts}, canonical=True)
 
 
-def make(key: Ed25519PrivateKey, seq: int, digest: bytes, ts: int, reason: str, file: str | None) -> dict[str, Any]:
+def message2(seq: int, digest: bytes, ts: int, reason: str, file: str | None, extra: dict[str, int]) -> bytes:
+    """The v2 signed message: also the reason, the day file and the prune's facts.
+
+    Why: a prune checkpoint lets the chain start after seq 1; if its reason were unsigned, anyone
+    could relabel a periodic checkpoint as a prune and delete the records before it.
+    """
+    return PREFIX2 + cbor2.dumps({"seq": seq, "hash": digest, "ts": ts, "reason": reason, "file": file, **extra},
+                                 canonical=True)
+
+
+def make(key: Ed25519PrivateKey, seq: int, digest: bytes, ts: int, reason: str, file: str | None,
+         **extra: int) -> dict[str, Any]:
+    """A v2 checkpoint; `extra` (only SIGNED_EXTRA keys) is signed too, e.g. a prune's retention_days."""
+    assert set(extra) <= SIGNED_EXTRA  # noqa: S101  (a programming error, not input)
     pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    sig = key.sign(message(seq, digest, ts))
-    return {"v": 1, "seq": seq, "hash": digest.hex(), "ts": ts, "reason": reason, "file": file,
+    sig = key.sign(message2(seq, digest, ts, reason, file, extra))
+    return {"v": 2, "seq": seq, "hash": digest.hex(), "ts": ts, "reason": reason, "file": file, **extra,
             "key": base64.b64encode(pub).decode(), "sig": base64.b64encode(sig).decode()}
+
+
+def signed_message(c: dict[str, Any], seq: int, digest: bytes, ts: int) -> bytes:
+    """What the signature of checkpoint `c` covers (by its version); ValueError if malformed."""
+    if c.get("v", 1) == 1:
+        return message(seq, digest, ts)
+    if c.get("v") != 2:
+        raise ValueError(f"unknown checkpoint version {c.get('v')!r}")
+    reason, file = c.get("reason"), c.get("file")
+    extra = {k: c[k] for k in SIGNED_EXTRA if k in c}
+    if not isinstance(reason, str) or not (file is None or isinstance(file, str)) \
+            or not all(type(v) is int for v in extra.values()):
+        raise ValueError("missing or invalid reason/file")
+    return message2(seq, digest, ts, reason, file, extra)
+
+
+def prune_info(c: dict[str, Any]) -> dict[str, Any] | None:
+    """The signed facts of a prune checkpoint (v2, reason "prune"); None for any other checkpoint."""
+    if c.get("v") != 2 or c.get("reason") != "prune" or not isinstance(c.get("file"), str) \
+            or type(c.get("retention_days")) is not int:
+        return None
+    return {"file": c["file"], "ts": c["ts"], "retention_days": c["retention_days"], "record": c.get("record")}
 
 
 def check(c: Any, pubkey: bytes | None) -> tuple[int, bytes]:
@@ -65,7 +105,7 @@ def check(c: Any, pubkey: bytes | None) -> tuple[int, bytes]:
     if use is None or len(use) != 32:
         raise ValueError("no public key to check the signature with")
     try:
-        Ed25519PublicKey.from_public_bytes(use).verify(raw_sig, message(seq, digest, ts))
+        Ed25519PublicKey.from_public_bytes(use).verify(raw_sig, signed_message(c, seq, digest, ts))
     except (InvalidSignature, ValueError):
         raise ValueError(f"bad signature on the checkpoint for seq {seq}") from None
     return seq, digest
@@ -88,8 +128,11 @@ def read_log(path: Path) -> list[Any]:
     return out
 
 
-def load_valid(path: Path, pubkey: bytes | None) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
-    """Valid checkpoints as seq -> hash, and the invalid ones with the reason."""
+def load_valid(path: Path, pubkey: bytes | None,
+               prunes: dict[int, dict[str, Any]] | None = None) -> tuple[dict[int, bytes], list[dict[str, Any]]]:
+    """Valid checkpoints as seq -> hash, and the invalid ones with the reason.
+
+    `prunes` (if given) receives seq -> `prune_info` of each valid prune checkpoint."""
     good: dict[int, bytes] = {}
     bad: list[dict[str, Any]] = []
     if pubkey is None:
@@ -106,6 +149,9 @@ def load_valid(path: Path, pubkey: bytes | None) -> tuple[dict[int, bytes], list
         if seq in good and good[seq] != digest:
             bad.append({"seq": seq, "error": f"two signed checkpoints disagree about seq {seq}"})
         good[seq] = digest
+        info = prune_info(c)
+        if prunes is not None and info is not None:
+            prunes[seq] = info
     return good, bad
 
 

@@ -14,7 +14,10 @@ Causes:
   reordered        records (or day files) are out of order
   duplicate        a seq appears twice
   chain_break      seq follows but prev does not link (a record replaced or inserted)
-  start_unanchored the log starts after seq 1 and no checkpoint vouches for the start
+  start_unanchored the log starts after seq 1 and no prune checkpoint vouches for the start (a
+                   checkpoint starts the chain only when it signs a prune of whole day files
+                   older than the retention period)
+  checkpoint_before_start  an exported checkpoint vouches for a seq before the first record present
   checkpoint_mismatch / checkpoint_truncated / checkpoint_invalid   see checkpoint.py
 """
 
@@ -32,7 +35,7 @@ from typing import Any
 import cbor2
 
 from stockade.audit import checkpoint as cp
-from stockade.audit.record import FRAME, MAX_FRAME, MAX_RECORD, ZERO_HASH, BadRecord, check, check_fast
+from stockade.audit.record import FRAME, MAX_FRAME, MAX_RECORD, ZERO_HASH, BadRecord, check, check_fast, day_of
 
 DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.log$")
 TAMPER_FREE = {"torn"}     # causes that are crash artifacts, not evidence of tampering
@@ -97,15 +100,38 @@ def _looks_torn(rest: bytes | memoryview) -> bool:
     return len(body) < 2 or 0x61 <= body[1] <= 0x78    # its first key is text
 
 
+def prune_anchor_problem(info: dict[str, Any] | None, first_file: str) -> str | None:
+    """Why a checkpoint may not start the chain at `first_file`; None when it may. Pure.
+
+    Only a signed prune (v2: reason, file and retention signed) of a whole day file before
+    `first_file`, older than the retention period when it was signed, starts the chain: anything
+    else would let whoever can delete files cut the oldest records at any checkpointed seq.
+    """
+    if info is None:
+        return "it is not a signed prune checkpoint"
+    m = DAY_FILE.match(info["file"])
+    if m is None or info["file"] >= first_file:
+        return f"the prune it records ({info['file']}) is not a whole day file before {first_file}"
+    days = info["retention_days"]
+    if days < 1 or m.group(1) >= day_of(info["ts"] - days * 86_400_000_000):
+        return f"{info['file']} was not past the retention period ({days} days) when the prune was signed"
+    return None
+
+
 class ChainVerifier:
     """Feed day files in order (`feed`), then `finish()`. Pure: no I/O.
 
-    `checkpoints` maps seq -> hash from signed checkpoints; `trust_start` accepts the first
+    `checkpoints` maps seq -> hash from signed checkpoints; `prunes` seq -> the signed facts of
+    prune checkpoints (the only ones that may start the chain); `exported` the seqs of
+    checkpoints kept elsewhere (each must still be in the log); `trust_start` accepts the first
     record's prev as given (verification from a date on).
     """
 
-    def __init__(self, checkpoints: dict[int, bytes] | None = None, *, trust_start: bool = False):
+    def __init__(self, checkpoints: dict[int, bytes] | None = None, *, trust_start: bool = False,
+                 prunes: dict[int, dict[str, Any]] | None = None, exported: Iterable[int] = ()):
         self.cps = dict(checkpoints or {})
+        self.prunes = dict(prunes or {})
+        self.exported = set(exported)
         self.trust_start = trust_start
         self.r = Report()
         self.exp_seq: int | None = None
@@ -196,19 +222,19 @@ class ChainVerifier:
         if self.exp_seq is None or (self.resync and first):
             # The start of the log (or of the part after a break).
             if self.exp_seq is None and not self.resync:
+                why = prune_anchor_problem(self.prunes.get(seq - 1), name) if self.cps.get(seq - 1) == prev \
+                    else f"no checkpoint vouches for seq {seq - 1}"
                 if seq == 1 and prev == ZERO_HASH:
                     r.start = "genesis"
-                elif self.cps.get(seq - 1) == prev:
+                elif why is None:
                     r.start = "checkpoint"
-                    r.notes.append(f"log starts at seq {seq}; a signed checkpoint vouches for seq {seq - 1} "
-                                   "(older files pruned)")
+                    r.notes.append(pruned_note(seq, self.prunes[seq - 1]))
                 elif self.trust_start:
                     r.start = "trusted"
                     r.notes.append(f"verified from seq {seq} on; earlier records were not checked")
                 else:
                     self._add(name, seq, "start_unanchored",
-                              f"the log starts at seq {seq} and no checkpoint vouches for seq {seq - 1}: "
-                              "earlier records deleted", o)
+                              f"the log starts at seq {seq} and {why}: earlier records deleted", o)
                 r.first_seq = seq
             else:
                 r.notes.append(f"{name}: resumed checking at seq {seq} after an earlier break")
@@ -272,6 +298,12 @@ class ChainVerifier:
 
     def finish(self) -> Report:
         r = self.r
+        gone = sorted(s for s in self.exported if r.first_seq is None or s < r.first_seq)
+        if gone and r.files and not self.trust_start:
+            self._add("", gone[0], "checkpoint_before_start",
+                      f"an exported checkpoint vouches for seq {gone[0]} but the log starts at seq "
+                      f"{r.first_seq if r.first_seq is not None else '(none)'}: those records are no longer here "
+                      "(pruned, or deleted)")
         if self.cps and r.last_seq is not None:
             top = max(self.cps)
             if top > r.last_seq:
@@ -282,6 +314,12 @@ class ChainVerifier:
             self._add("", None, "checkpoint_truncated",
                       f"a signed checkpoint vouches for seq {max(self.cps)} but the log has no records")
         return r
+
+
+def pruned_note(first_seq: int, info: dict[str, Any]) -> str:
+    record = f" (audit.pruned record seq {info['record']})" if info.get("record") else ""
+    return (f"log starts at seq {first_seq}: records up to seq {first_seq - 1} were pruned through {info['file']} "
+            f"on {day_of(info['ts'])} (retention {info['retention_days']} days, signed prune checkpoint){record}")
 
 
 def _seqs_after(data: Any, o: int) -> set[int]:
@@ -399,7 +437,8 @@ def _check_chunk(job: tuple[str, int, int, frozenset[int]]) -> dict[str, Any] | 
 
 
 def _parallel(files: list[Path], sizes: list[int], cps: dict[int, bytes], trust_start: bool,
-              workers: int) -> Report | None:
+              workers: int, prunes: dict[int, dict[str, Any]] | None = None,
+              exported: Iterable[int] = ()) -> Report | None:
     """Verify an intact log on several cores; None when anything needs the exact sequential pass."""
     import multiprocessing
 
@@ -426,10 +465,10 @@ def _parallel(files: list[Path], sizes: list[int], cps: dict[int, bytes], trust_
         if exp_seq is None:
             if part["first_seq"] == 1 and part["first_prev"] == ZERO_HASH:
                 r.start = "genesis"
-            elif cps.get(part["first_seq"] - 1) == part["first_prev"]:
+            elif (cps.get(part["first_seq"] - 1) == part["first_prev"] and prunes
+                  and prune_anchor_problem(prunes.get(part["first_seq"] - 1), name) is None):
                 r.start = "checkpoint"
-                r.notes.append(f"log starts at seq {part['first_seq']}; a signed checkpoint vouches for seq "
-                               f"{part['first_seq'] - 1} (older files pruned)")
+                r.notes.append(pruned_note(part["first_seq"], prunes[part["first_seq"] - 1]))
             elif trust_start:
                 r.start = "trusted"
                 r.notes.append(f"verified from seq {part['first_seq']} on; earlier records were not checked")
@@ -447,6 +486,8 @@ def _parallel(files: list[Path], sizes: list[int], cps: dict[int, bytes], trust_
         r.last_seq, r.head, r.last_file = part["last_seq"], part["last_hash"], name
     if cps and r.last_seq is not None and max(cps) > r.last_seq:
         return None
+    if any(s < (r.first_seq or 0) for s in exported):
+        return None
     return r
 
 
@@ -458,15 +499,21 @@ def verify_dir(audit_dir: Path, pubkey: bytes | None, *, since: str | None = Non
     `limit` = (file name, size): stop reading that file at `size` (the durable end the running
     server reported), so a write in progress is not mistaken for a torn record.
     """
-    cps, bad = cp.load_valid(audit_dir / cp.LOG_NAME, pubkey)
+    prunes: dict[int, dict[str, Any]] = {}
+    cps, bad = cp.load_valid(audit_dir / cp.LOG_NAME, pubkey, prunes)
+    exported = set()
     for c in extra_checkpoints or []:
         cps[c["seq"]] = bytes.fromhex(c["hash"])
+        exported.add(c["seq"])
+        info = cp.prune_info(c)
+        if info is not None:
+            prunes[c["seq"]] = info
     files = only if only is not None else day_files(audit_dir)
     if since:
         files = [p for p in files if p.name[:10] >= since]
     if limit:
         files = [p for p in files if p.name <= limit[0]]
-    v = ChainVerifier(cps, trust_start=bool(since) or only is not None)
+    v = ChainVerifier(cps, trust_start=bool(since) or only is not None, prunes=prunes, exported=exported)
     for b in bad:
         v._add(cp.LOG_NAME, b.get("seq"), "checkpoint_invalid", b["error"])
     if pubkey is None:
@@ -480,7 +527,7 @@ def verify_dir(audit_dir: Path, pubkey: bytes | None, *, since: str | None = Non
     last = max((i for i, s in enumerate(sizes) if s), default=len(files) - 1)
     workers = min(os.cpu_count() or 1, 8)
     if workers > 1 and sum(sizes) >= PARALLEL_MIN_BYTES and not bad:
-        fast = _parallel(files, sizes, cps, v.trust_start, workers)
+        fast = _parallel(files, sizes, cps, v.trust_start, workers, prunes, exported)
         if fast is not None:
             fast.notes = v.r.notes + fast.notes + _torn_notes(audit_dir)
             fast.end_offset = sizes[last] if sizes else 0

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from stockade.audit import checkpoint as cp
+from stockade.audit import retention
 from stockade.audit.budget import ByteBudget
 from stockade.audit.index import Index, row_fields
 from stockade.audit.record import FRAME, MAX_FRAME, ZERO_HASH, BadRecord, build, check, day_of, frame, now_us
+from stockade.audit.retention import Anchor
 from stockade.audit.verify import _looks_torn, day_files
 from stockade.core.errors import StockadeError, err
 
@@ -63,6 +65,7 @@ class Head:
     hash: bytes = ZERO_HASH
     file: str | None = None
     size: int = 0
+    ts: int | None = None        # the head record's timestamp (known after recovery)
 
 
 # -- the files ------------------------------------------------------------------------------------
@@ -104,7 +107,7 @@ class Store:
                 rec = check(data[last[0] + 4:last[0] + 4 + last[1]])
             except BadRecord as e:
                 raise AuditDamaged(f"{p.name}: the last record (offset {last[0]}) is {e.cause}: {e.detail}") from None
-            return Head(rec["seq"], rec["hash"], p.name, o), torn
+            return Head(rec["seq"], rec["hash"], p.name, o, rec["ts"]), torn
         return Head(), torn
 
     def _move_aside(self, p: Path, offset: int, rest: bytes) -> dict[str, Any]:
@@ -190,13 +193,14 @@ class Store:
 
 
 def last_record(path: Path) -> dict[str, Any] | None:
-    """The last complete record of a day file (for pruning checkpoints)."""
-    from stockade.audit.index import iter_records
+    """The last record of a day file (for pruning checkpoints); None if any frame does not decode."""
+    from stockade.audit.index import BadFrame, iter_records
 
     out = None
-    for _o, _l, rec in iter_records(path):
+    bad: list[BadFrame] = []
+    for _o, _l, rec in iter_records(path, bad=bad):
         out = rec
-    return out
+    return None if bad else out
 
 
 def _open_index(audit_dir: Path) -> Index | None:
@@ -216,6 +220,11 @@ def _open_index(audit_dir: Path) -> Index | None:
     except sqlite3.Error as e:
         print(f"stockade: audit index unavailable ({e}); queries need `stockade audit reindex`", file=sys.stderr)
         return None
+
+
+def _boot_s() -> float:
+    """Seconds since boot, suspend included: a clock nobody sets (retention compares the wall clock with it)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 # -- locking --------------------------------------------------------------------------------------
@@ -322,6 +331,8 @@ class AuditWriter:
         self._flushing = False
         self.stats = {"batches": 0, "records": 0}
         self._budget = ByteBudget(self.settings.agent_budget_bytes, self.settings.agent_budget_seconds)
+        self._anchor = Anchor(0, 0.0)
+        self._skew_reported = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self, *, lock_timeout: float = 30.0) -> None:
@@ -335,6 +346,7 @@ class AuditWriter:
                                       "segment, move the damaged day file out of audit/ (the break stays "
                                       "visible to verify and to exported checkpoints).") from None
             self.durable = Head(self.head.seq, self.head.hash, self.head.file, self.head.size)
+            self._anchor = Anchor(self.head.ts if self.head.ts is not None else self.clock(), _boot_s())
             if self.keys_dir is not None and (self.keys_dir / cp.KEY_NAME).exists():
                 self._key = cp.load_private(self.keys_dir)
             last = cp.latest(self.audit_dir / cp.LOG_NAME)
@@ -655,7 +667,7 @@ class AuditWriter:
 
     # -- checkpoints and retention ---------------------------------------------------------------
     def _checkpoint_sync(self, reason: str, seq: int | None = None, digest: bytes | None = None,
-                         file: str | None = None) -> dict[str, Any] | None:
+                         file: str | None = None, ts: int | None = None, **extra: int) -> dict[str, Any] | None:
         if self._key is None:
             return None
         if seq is None:
@@ -663,7 +675,7 @@ class AuditWriter:
         if not seq:
             return None
         assert digest is not None
-        c = cp.make(self._key, seq, digest, self.clock(), reason, file)
+        c = cp.make(self._key, seq, digest, self.clock() if ts is None else ts, reason, file, **extra)
         cp.append(self.audit_dir / cp.LOG_NAME, c)
         if reason != "prune":
             self._last_cp = max(self._last_cp, seq)
@@ -678,36 +690,53 @@ class AuditWriter:
             await asyncio.sleep(0.01)
         return await loop.run_in_executor(self._ex, self._checkpoint_sync, reason)
 
-    def _prune_sync(self, today: str) -> list[str]:
-        cutoff = time.strftime("%Y-%m-%d", time.gmtime(self.clock() / 1e6 - self.settings.retention_days * 86400))
+    async def prune(self) -> list[str]:
+        """Delete day files past retention, on the log's own time (`retention.plan`), each one
+        recorded first (`audit.pruned`), then anchored by a signed prune checkpoint of its last
+        record, then deleted; a checkpoint of the head covers the prune records afterwards."""
+        if self._key is None:
+            return []     # never delete history without a signed anchor for what follows
+        loop = asyncio.get_running_loop()
+        wall = self.clock()
+        names = [p.name for p in day_files(self.audit_dir)]
+        pl = retention.plan(names, self.durable.file, wall, self._anchor, _boot_s(), self.settings.retention_days)
+        if pl.clock_disagrees and not self._skew_reported:
+            self._skew_reported = True
+            data = {"wall_us": wall, "log_us": wall - pl.skew_us, "skew_seconds": round(pl.skew_us / 1e6, 3),
+                    "note": "the wall clock disagrees with the log's last record plus uptime (a clock jump or a "
+                            "downtime): retention runs on the log's time"}
+            self._publish("audit.clock_skew", data, "warning")
+            await self.record({"kind": "audit.clock_skew", **data})
         pruned = []
-        for p in day_files(self.audit_dir):
-            name = p.name
-            if name[:10] >= cutoff or name == self.durable.file or name[:10] >= today:
+        for name in pl.files:
+            last = await loop.run_in_executor(self._ex, last_record, self.audit_dir / name)
+            if last is None:
+                print(f"stockade: audit retention: {name} kept (empty, or a record does not decode; run "
+                      "`stockade audit verify`)", file=sys.stderr)
                 continue
-            rec = last_record(p)
-            if rec is not None:
-                if self._key is None:
-                    continue     # never delete history without a signed anchor for what follows
-                self._checkpoint_sync("prune", rec["seq"], rec["hash"], name)
-            p.unlink()
-            cp.fsync_dir(self.audit_dir)
-            if self.index is not None:
-                self._ix.submit(self._unindex, name)
+            seq = await self.record({"kind": "audit.pruned", "file": name, "last_seq": last["seq"],
+                                     "last_hash": last["hash"], "cutoff": pl.cutoff,
+                                     "retention_days": self.settings.retention_days,
+                                     "trusted_now": pl.trusted_us, "wall_now": wall})
+            await loop.run_in_executor(self._ex, self._prune_file_sync, name, last, seq, pl.trusted_us)
+            self._publish("audit.pruned", {"file": name, "last_seq": last["seq"], "record": seq}, "info")
             pruned.append(name)
+        if pruned:
+            await self.checkpoint("after_prune")
         return pruned
+
+    def _prune_file_sync(self, name: str, last: dict[str, Any], record_seq: int, now_us: int) -> None:
+        self._checkpoint_sync("prune", last["seq"], last["hash"], name, ts=now_us,
+                              retention_days=self.settings.retention_days, record=record_seq)
+        (self.audit_dir / name).unlink()
+        cp.fsync_dir(self.audit_dir)
+        if self.index is not None:
+            self._ix.submit(self._unindex, name)
 
     def _unindex(self, name: str) -> None:
         assert self.index is not None
         with contextlib.suppress(sqlite3.Error):
             self.index.prune_file(name)
-
-    async def prune(self) -> list[str]:
-        loop = asyncio.get_running_loop()
-        pruned = await loop.run_in_executor(self._ex, self._prune_sync, day_of(self.clock()))
-        for name in pruned:
-            self._publish("audit.pruned", {"file": name}, "info")
-        return pruned
 
     async def _retention_loop(self) -> None:
         while not self.closed:
