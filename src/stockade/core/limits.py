@@ -28,3 +28,10 @@ assert MAX_RECORD_DEPTH < AUDIT_DECODE_DEPTH  # noqa: S101  (a build-time invari
 FAILURE_BURST = 30
 FAILURE_PER_SECOND = 0.5
 FAILURE_COOLDOWN_SECONDS = 30.0
+
+# The HTTP edge against slow and many connections (`edge.http`, `edge.body`): a request's head
+# must be complete within `HEADER_READ_SECONDS` of its first byte (or of the connection), its
+# body within `BODY_READ_SECONDS`; at most `MAX_CONNECTIONS` connections are served at once.
+HEADER_READ_SECONDS = 10.0
+BODY_READ_SECONDS = 20.0
+MAX_CONNECTIONS = 1024

@@ -20,6 +20,8 @@ from stockade.core.errors import (
     StockadeError,
     err,
 )
+from stockade.edge.bounded import parse_json
+from stockade.gateway.costs import encode_args
 
 MAX_BATCH = 100
 
@@ -44,14 +46,17 @@ class Invalid:
     code: int
     message: str
     id: Any = None
+    reason: str | None = None     # why the edge refused the body (depth, size, non-finite, encoding)
 
 
 def parse(body: bytes) -> tuple[list[Request | Invalid], bool]:
-    """Pure. Returns (entries, is_batch). Never raises."""
+    """Pure. Returns (entries, is_batch). Never raises. The body goes through the edge's bounded parse."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return [Invalid(PARSE_ERROR, "parse error: body is not valid JSON")], False
+        doc = parse_json(body)
+    except StockadeError as e:
+        if e.type == "ParseError":
+            return [Invalid(PARSE_ERROR, "parse error: body is not valid JSON")], False
+        return [Invalid(e.code, e.message, None, e.data.get("reason"))], False
     if isinstance(doc, list):
         if not doc:
             return [Invalid(INVALID_REQUEST, "invalid request: empty batch")], False
@@ -109,12 +114,16 @@ def method(name: str) -> Callable[[Handler], Handler]:
 
 
 async def handle(ctx: Any, body: bytes) -> bytes | None:
+    """Run the requests in `body` for the authenticated caller in `ctx`; every refusal is audited."""
     entries, is_batch = parse(body)
     out: list[dict[str, Any]] = []
     for entry in entries:
         if isinstance(entry, Invalid):
+            refusal = err("InvalidInput", entry.message, reason=entry.reason or "protocol")
+            await ctx.pipeline.refuse(ctx.caller, refusal, body)
             out.append(error_response(entry.id, entry.code, entry.message,
-                                      {"type": "InvalidInput", "message": entry.message, "recovery": []}))
+                                      {"type": "InvalidInput", "message": entry.message, "recovery": refusal.recovery,
+                                       "reason": refusal.data["reason"]}))
             continue
         resp = await _dispatch(ctx, entry)
         if not entry.is_notification:
@@ -128,6 +137,8 @@ async def _dispatch(ctx: Any, req: Request) -> dict[str, Any]:
     rid = None if req.is_notification else req.id
     fn = METHODS.get(req.method)
     if fn is None:
+        await ctx.pipeline.refuse(ctx.caller, err("MethodNotFound", f"unknown method {req.method!r}"),
+                                  encode_args({"method": req.method, "params": req.params}))
         return error_response(rid, METHOD_NOT_FOUND, f"method not found: {req.method}",
                               {"type": "MethodNotFound", "message": f"unknown method {req.method!r}",
                                "recovery": [{"action": "list_methods",
@@ -168,14 +179,18 @@ async def _describe(ctx: Any, params: dict[str, Any]) -> Any:
 
 @method("capabilities.invoke")
 async def _invoke(ctx: Any, params: dict[str, Any]) -> Any:
-    _only(params, {"name", "arguments", "session"})
-    name = _str_param(params, "name")
-    args = params.get("arguments", {})
-    if not isinstance(args, dict):
-        raise err("InvalidInput", "params.arguments must be an object")
-    caller = ctx.caller
-    if "session" in params:
-        caller = ctx.session_caller(_str_param(params, "session"))
+    try:
+        _only(params, {"name", "arguments", "session"})
+        name = _str_param(params, "name")
+        args = params.get("arguments", {})
+        if not isinstance(args, dict):
+            raise err("InvalidInput", "params.arguments must be an object")
+        caller = ctx.caller
+        if "session" in params:
+            caller = ctx.session_caller(_str_param(params, "session"))
+    except StockadeError as e:   # refused before the pipeline: audited here
+        await ctx.pipeline.refuse(ctx.caller, e, encode_args(params))
+        raise
     return await ctx.pipeline.invoke(caller, name, args)
 
 

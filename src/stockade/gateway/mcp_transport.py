@@ -27,7 +27,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade import __version__
 from stockade.capabilities.registry import tool_to_capability
-from stockade.core.errors import StockadeError
+from stockade.core.errors import StockadeError, err
+from stockade.edge.body import BodyTimeout, ClientGone, read_body, replay
+from stockade.edge.bounded import parse_json
 from stockade.gateway.pipeline import Caller, Pipeline, progress_reporter
 
 CALLER_KEY = "stockade.caller"
@@ -135,17 +137,27 @@ def build_server(pipeline: Pipeline) -> Server[Any]:
 
 
 def _unauthorized(message: str) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-        "code": -32003, "message": message,
-        "data": StockadeError("Unauthenticated", message).to_dict()}}).encode()
+    return _error_body(StockadeError("Unauthenticated", message))
+
+
+def _error_body(e: StockadeError) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": e.code, "message": e.message,
+                                                               "data": e.to_dict()}}).encode()
+
+
+async def _respond(send: Any, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class McpHttp:
     """ASGI app for `/mcp`: authenticate, bind the SDK session to the agent, hand over."""
 
-    def __init__(self, pipeline: Pipeline, manager: StreamableHTTPSessionManager):
+    def __init__(self, pipeline: Pipeline, manager: StreamableHTTPSessionManager, max_body: int):
         self.pipeline = pipeline
         self.manager = manager
+        self.max_body = max_body
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -156,12 +168,23 @@ class McpHttp:
         try:
             caller = self.pipeline.authenticate(token, headers.get("mcp-session-id") or "mcp", "mcp-http")
         except StockadeError as e:
-            body = _unauthorized(e.message)
-            await send({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="stockade"'),
-                (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _respond(send, 401, _unauthorized(e.message), ((b"www-authenticate", b'Bearer realm="stockade"'),))
             return
+        if scope.get("method") == "POST":
+            # The SDK parses the body again, but only once the edge's bounded parse accepted it.
+            try:
+                body = await read_body(scope, receive, self.max_body)
+                parse_json(body)
+            except BodyTimeout:
+                await _respond(send, 408, _error_body(err("InvalidInput", "the request body did not arrive in time")))
+                return
+            except ClientGone:
+                return
+            except StockadeError as e:
+                await self.pipeline.refuse(caller, e, b"" if e.type == "PayloadTooLarge" else body)
+                await _respond(send, e.http_status, _error_body(e))
+                return
+            receive = replay(body)
         scope = dict(scope)
         scope[CALLER_KEY] = caller
         # The SDK binds each session to the credential that opened it (a stolen session id is
@@ -197,9 +220,9 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
         try:
             with anyio.fail_after(WS_AUTH_TIMEOUT):
                 first = await websocket.receive_text()
-            msg = json.loads(first)
+            msg = parse_json(first)
             token = msg.get("token") if isinstance(msg, dict) and msg.get("type") == "auth" else None
-        except (TimeoutError, ValueError, WebSocketDisconnect, KeyError):
+        except (TimeoutError, StockadeError, WebSocketDisconnect, KeyError):
             token = None
     try:
         caller = pipeline.authenticate(token, "pending", "mcp-ws")
@@ -219,10 +242,11 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
             while True:
                 text = await websocket.receive_text()
                 try:
-                    message = types.jsonrpc_message_adapter.validate_json(text, by_name=False)
-                except Exception:
-                    await websocket.send_text(json.dumps({"jsonrpc": "2.0", "id": None, "error": {
-                        "code": -32700, "message": "parse error: not a JSON-RPC message"}}))
+                    message = types.jsonrpc_message_adapter.validate_python(parse_json(text), by_name=False)
+                except Exception as ex:
+                    e = ex if isinstance(ex, StockadeError) else err("InvalidInput", "not a JSON-RPC message")
+                    await pipeline.refuse(caller, e, text)
+                    await websocket.send_text(_error_body(e).decode())
                     continue
                 await read_writer.send(SessionMessage(message, metadata=ServerMessageMetadata(request_context=req)))
         except (WebSocketDisconnect, RuntimeError):
@@ -262,7 +286,7 @@ def _server_for(pipeline: Pipeline, max_body: int) -> tuple[Server[Any], Streama
 
 def routes(pipeline: Pipeline, max_body: int) -> list[Any]:
     server, manager = _server_for(pipeline, max_body)
-    app = McpHttp(pipeline, manager)
+    app = McpHttp(pipeline, manager, max_body)
 
     async def ws(websocket: WebSocket) -> None:
         await _ws_endpoint(websocket, pipeline, server)

@@ -344,6 +344,22 @@ class Pipeline:
                "outcome": outcome, "duration_us": (time.perf_counter_ns() - call.t0) // 1000}
         await self.audit.record(rec)
 
+    async def refuse(self, caller: Caller, e: StockadeError, raw: bytes | str) -> None:
+        """Audit a request the edge refused after authenticating it (not JSON, too deep, NaN...).
+
+        Costs the agent like a refused call; the record keeps a digest and a prefix of the body.
+        """
+        agent = caller.agent
+        if self.failures.blocked(agent, self.clock()) is not None or self.audit.agent_over_budget(agent):
+            if not self.failures.suppress(agent):
+                return
+        else:
+            self.failures.failed(agent, self.clock())
+        body = raw.encode("utf-8", "backslashreplace") if isinstance(raw, str) else raw
+        await self.audit.record({"kind": "request.refused", "agent": agent, "session": caller.session,
+                                 "transport": caller.transport, "error": e.type, "message": e.message[:300],
+                                 "body": refused_args(body)})
+
     # -- events that are not calls --------------------------------------------------------------
     async def record_event(self, kind: str, **data: Any) -> None:
         """Approvals decided, policy reloads, vault seal/unseal, pack installs, agent changes."""

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from stockade.core.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
+from stockade.edge.body import BodyTimeout, ClientGone, read_body
 from stockade.edge.security import GuardMiddleware
 from stockade.gateway import jsonrpc, sessions
 from stockade.gateway.pipeline import Caller, Pipeline
@@ -23,23 +24,6 @@ def bearer(headers: Any) -> str | None:
         return None
     scheme, _, token = auth.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @dataclass
@@ -67,10 +51,7 @@ def _rpc_error(status: int, code: int, etype: str, message: str) -> JSONResponse
 
 def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None) -> Any:
     async def rpc(request: Request) -> Response:
-        try:
-            body = await read_body(request, max_body)
-        except BodyTooLarge:
-            return _rpc_error(413, INVALID_REQUEST, "InvalidInput", f"request body larger than {max_body} bytes")
+        # The caller is known from the headers before a byte of the body is read (401 at once).
         try:
             caller = pipeline.authenticate(bearer(request.headers),
                                            request.headers.get("stockade-session") or "rpc", "jsonrpc")
@@ -79,6 +60,15 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
         except StockadeError as e:
             status = 401 if e.type == "Unauthenticated" else 400
             return _rpc_error(status, AUTH_FAILED if status == 401 else e.code, e.type, e.message)
+        try:
+            body = await read_body(request.scope, request.receive, max_body)
+        except StockadeError as e:   # PayloadTooLarge
+            await pipeline.refuse(caller, e, b"")
+            return _rpc_error(413, INVALID_REQUEST, "InvalidInput", e.message)
+        except BodyTimeout:
+            return _rpc_error(408, INVALID_REQUEST, "InvalidInput", "the request body did not arrive in time")
+        except ClientGone:
+            return Response(status_code=400)
         out = await jsonrpc.handle(RpcContext(pipeline, caller), body)
         if out is None:
             return Response(status_code=204)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from stockade.core import agents as agents_mod
 from stockade.core.errors import StockadeError, err
+from stockade.core.types import Tier
 from stockade.edge.bounded import parse_json
 from stockade.edge.security import GuardMiddleware
 from stockade.supervision import audit_view, tokens
@@ -38,6 +40,7 @@ from stockade.supervision.shown import event_display
 COOKIE = "__Host-stockade"
 LOGIN_COOKIE = "__Host-stockade-login"
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("stockade.dashboard")
 MAX_FORM = 64 * 1024
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -230,8 +233,17 @@ class Dashboard:
     async def audit_query(self, filters: dict[str, Any]) -> dict[str, Any]:
         if not audit_view.available(self.gw):
             return {"available": False, "records": []}
-        return {"available": True, "records": await audit_view.query(self.gw, filters), "filters": filters,
+        return {"available": True, "records": await self._audit_records(filters), "filters": filters,
                 "verify": self.last_verify}
+
+    async def _audit_records(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The index has no tier column: with a tier filter, read the newest 1000 matching the
+        rest and keep those decided at that tier."""
+        tier = filters.get("tier")
+        if not tier:
+            return await audit_view.query(self.gw, filters)
+        recs = await audit_view.query(self.gw, {**filters, "limit": 1000})
+        return [r for r in recs if record_tier(r) == tier][: filters["limit"]]
 
     async def audit_verify(self) -> dict[str, Any]:
         if not audit_view.available(self.gw):
@@ -265,14 +277,22 @@ class Dashboard:
         return {"name": a.name, "status": "active" if a.active else "revoked"}
 
 
+def record_tier(r: dict[str, Any]) -> Any:
+    """The tier a call record was decided at (events have none)."""
+    d = r.get("decision")
+    return d.get("tier") if isinstance(d, dict) else None
+
+
 def _filters(q: Any) -> dict[str, Any]:
     f: dict[str, Any] = {}
-    for k in ("agent", "capability", "kind", "since", "until"):
+    for k in ("agent", "capability", "kind", "since", "until", "tier"):
         v = q.get(k)
         if v:
             if len(v) > 200:
                 raise err("InvalidInput", f"{k} too long")
             f[k] = v
+    if f.get("tier") not in (None, *Tier):
+        raise err("InvalidInput", f"tier must be one of {', '.join(Tier)}")
     lim = q.get("limit") or "100"
     if not lim.isdigit() or not 1 <= int(lim) <= 1000:
         raise err("InvalidInput", "limit must be 1..1000")
@@ -280,307 +300,326 @@ def _filters(q: Any) -> dict[str, Any]:
     return f
 
 
-def _json_error(e: StockadeError) -> JSONResponse:
-    status = {"Unauthenticated": 401, "Forbidden": 403, "ApprovalNotFound": 404, "InvalidInput": 400,
-              "ApprovalExpired": 409}.get(e.type, 400 if e.type != "Internal" else 500)
-    return JSONResponse({"error": e.to_dict()}, status_code=status)
+def _minutes(form: dict[str, Any]) -> float | None:
+    v = form.get("grant_minutes")
+    if v in (None, ""):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise err("InvalidInput", "grant_minutes must be a number") from None
 
 
-def build_app(gw: Any) -> Any:
-    d = Dashboard(gw)
-    gw.dashboard = d
-    static_files = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.suffix in (".js", ".css")}
+def _html(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status)
 
-    def html(body: str, status: int = 200) -> HTMLResponse:
-        return HTMLResponse(body, status_code=status)
 
-    def set_cookie(resp: Response, name: str, value: str, max_age: int) -> None:
-        resp.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="strict")
+def _set_cookie(resp: Response, name: str, value: str, max_age: int) -> None:
+    resp.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="strict")
 
-    # -- login / logout ------------------------------------------------------------------------
-    async def login_page(request: Request) -> Response:
-        lc = secrets.token_urlsafe(24)
-        resp = html(views.login(lc))
-        set_cookie(resp, LOGIN_COOKIE, lc, 600)
-        return resp
 
-    async def login_post(request: Request) -> Response:
-        if not _same_origin(request):
-            return html(views.error_page(403, "cross-origin login refused"), 403)
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def error_response(request: Request, e: StockadeError, csrf: str | None = None) -> Response:
+    """The one error mapping for pages and /api: the status is `e.http_status` (core.errors);
+    /api answers `{"error": {type, message, recovery}}`, a page shows the type and message."""
+    if _is_api(request):
+        return JSONResponse({"error": e.to_dict()}, status_code=e.http_status)
+    return _html(views.error_page(e.http_status, f"{e.type}: {e.message}", csrf), e.http_status)
+
+
+# Owner-facing hints (the agent-facing defaults of core.errors talk about agent keys).
+_LOG_IN = [{"action": "log_in", "description": "Log in at /login, or send 'Authorization: Bearer <admin token>' "
+                                               "(print one with: stockade admin token)."}]
+_RELOAD = [{"action": "reload", "description": "Reload the page and try again."}]
+
+# (method, path, kind, handler): kind says what is checked before the handler runs.
+#   open: nothing (login, static files) · page: a session · action: a session, CSRF and same origin
+#   api: admin token or session · api_write: that, plus CSRF (session) or same origin (bearer)
+ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("GET", "/login", "open", "login_page"),
+    ("POST", "/login", "open", "login_post"),
+    ("POST", "/logout", "open", "logout"),
+    ("GET", "/", "page", "overview"),
+    ("GET", "/approvals", "page", "approvals"),
+    ("GET", "/approvals/{id}", "page", "approval"),
+    ("POST", "/approvals/{id}/approve", "action", "approve"),
+    ("POST", "/approvals/{id}/reject", "action", "reject"),
+    ("POST", "/grants/{id}/revoke", "action", "revoke_grant"),
+    ("GET", "/activity", "page", "activity"),
+    ("GET", "/agents", "page", "agents"),
+    ("POST", "/agents/{name}/revoke", "action", "revoke_agent"),
+    ("GET", "/audit", "page", "audit"),
+    ("POST", "/audit/verify", "action", "verify"),
+    ("GET", "/secrets", "page", "secrets"),
+    ("GET", "/packs", "page", "packs"),
+    ("GET", "/api/secrets", "api", "api_secrets"),
+    ("GET", "/api/packs", "api", "api_packs"),
+    ("GET", "/api/overview", "api", "api_overview"),
+    ("GET", "/api/approvals", "api", "api_approvals"),
+    ("GET", "/api/approvals/{id}", "api", "api_approval"),
+    ("POST", "/api/approvals/{id}/approve", "api_write", "api_approve"),
+    ("POST", "/api/approvals/{id}/reject", "api_write", "api_reject"),
+    ("GET", "/api/grants", "api", "api_grants"),
+    ("POST", "/api/grants", "api_write", "api_grant"),
+    ("POST", "/api/grants/{id}/revoke", "api_write", "api_revoke_grant"),
+    ("GET", "/api/agents", "api", "api_agents"),
+    ("POST", "/api/agents/{name}/revoke", "api_write", "api_revoke_agent"),
+    ("GET", "/api/audit", "api", "api_audit"),
+    ("POST", "/api/audit/verify", "api_write", "api_verify"),
+    ("GET", "/api/events", "api", "api_events"),
+    ("GET", "/static/{name}", "open", "static"),
+)
+
+
+class DashboardApp:
+    """The dashboard's HTTP handlers, one method per route of `ROUTES`; the checks each kind of
+    route needs run in `_endpoint`, and every StockadeError goes through `error_response`."""
+
+    def __init__(self, gw: Any, d: Dashboard):
+        self.gw = gw
+        self.d = d
+        self.static_files = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.suffix in (".js", ".css")}
+
+    def routes(self) -> list[Route]:
+        return [Route(path, self._endpoint(kind, getattr(self, name)), methods=[method])
+                for method, path, kind, name in ROUTES]
+
+    def _endpoint(self, kind: str, handler: Any) -> Any:
+        checks = {"open": self._open, "page": self._page, "action": self._action, "api": self._api,
+                  "api_write": self._api}[kind]
+        write = kind == "api_write"
+
+        async def endpoint(request: Request) -> Response:
+            return await checks(request, handler, write)
+        return endpoint
+
+    # -- the checks per kind of route --------------------------------------------------------------
+    async def _open(self, request: Request, handler: Any, write: bool) -> Response:
+        try:
+            resp: Response = await handler(request)
+            return resp
+        except StockadeError as e:
+            return error_response(request, e)
+
+    async def _page(self, request: Request, handler: Any, write: bool) -> Response:
+        s = self.d.session(request)
+        if s is None:
+            return RedirectResponse("/login", status_code=303)
+        try:
+            resp: Response = await handler(request, s)
+            return resp
+        except StockadeError as e:
+            return error_response(request, e, s.csrf)
+
+    async def _action(self, request: Request, handler: Any, write: bool) -> Response:
+        """A form POST from a page: session + CSRF + same origin, then the handler redirects back."""
+        s = self.d.session(request)
+        if s is None:
+            return error_response(request, err("Unauthenticated", "log in first", _LOG_IN))
         try:
             form = await _form(request)
+            if not self.d.csrf_ok(s, form, request):
+                raise err("Forbidden", "CSRF check failed: reload the page and try again", _RELOAD)
+            resp: Response = await handler(request, s, form)
+            return resp
         except StockadeError as e:
-            return html(views.error_page(400, e.message), 400)
+            return error_response(request, e, s.csrf)
+
+    async def _api(self, request: Request, handler: Any, write: bool) -> Response:
+        ok, s = self.d.api_auth(request)
+        try:
+            if not ok:
+                raise err("Unauthenticated", "admin token or session required", _LOG_IN)
+            body: dict[str, Any] = {}
+            if write:
+                body = await _form(request)
+                if s is not None and not self.d.csrf_ok(s, body, request):
+                    raise err("Forbidden", "CSRF check failed", _RELOAD)
+                if s is None and not _same_origin(request):
+                    raise err("Forbidden", "cross-origin refused", [])
+            out = await handler(request, body)
+        except StockadeError as e:
+            return error_response(request, e)
+        return out if isinstance(out, Response) else JSONResponse(out)
+
+    # -- login / logout ----------------------------------------------------------------------------
+    async def login_page(self, request: Request) -> Response:
+        lc = secrets.token_urlsafe(24)
+        resp = _html(views.login(lc))
+        _set_cookie(resp, LOGIN_COOKIE, lc, 600)
+        return resp
+
+    async def login_post(self, request: Request) -> Response:
+        if not _same_origin(request):
+            raise err("Forbidden", "cross-origin login refused", [])
+        form = await _form(request)
         lc = request.cookies.get(LOGIN_COOKIE) or ""
         sent = form.get("login_csrf") or ""
         now = time.time()
-        d._fails = [t for t in d._fails if now - t < 60]
-        if len(d._fails) >= 20:
-            return html(views.error_page(429, "too many failed logins; wait a minute"), 429)
+        self.d._fails = [t for t in self.d._fails if now - t < 60]
+        if len(self.d._fails) >= 20:
+            raise err("RateLimited", "too many failed logins; wait a minute", [])
         if not lc or not isinstance(sent, str) or not hmac.compare_digest(lc.encode(), sent.encode()):
-            return html(views.login(secrets.token_urlsafe(24), "Your login form expired; try again."), 400)
-        th = tokens.check(d.db, form.get("token"))
+            return _html(views.login(secrets.token_urlsafe(24), "Your login form expired; try again."), 400)
+        th = tokens.check(self.d.db, form.get("token"))
         if th is None:
-            d._fails.append(now)
+            self.d._fails.append(now)
             await asyncio.sleep(0.25)
             lc2 = secrets.token_urlsafe(24)
-            resp = html(views.login(lc2, "That is not the current admin token."), 401)
-            set_cookie(resp, LOGIN_COOKIE, lc2, 600)
+            resp = _html(views.login(lc2, "That is not the current admin token."), 401)
+            _set_cookie(resp, LOGIN_COOKIE, lc2, 600)
             return resp
-        sid = d.sessions.create(th)
-        await gw.pipeline.record_event("dashboard.login", by="dashboard")
-        resp = RedirectResponse("/", status_code=303)
-        set_cookie(resp, COOKIE, sid, d.sessions.ttl)
-        resp.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
-        return resp
+        sid = self.d.sessions.create(th)
+        await self.gw.pipeline.record_event("dashboard.login", by="dashboard")
+        ok = RedirectResponse("/", status_code=303)
+        _set_cookie(ok, COOKIE, sid, self.d.sessions.ttl)
+        ok.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+        return ok
 
-    async def logout(request: Request) -> Response:
-        s = d.session(request)
+    async def logout(self, request: Request) -> Response:
+        s = self.d.session(request)
         if s is None:
             return RedirectResponse("/login", status_code=303)
         form = await _form(request)
-        if not d.csrf_ok(s, form, request):
-            return html(views.error_page(403, "CSRF check failed"), 403)
-        d.sessions.drop(request.cookies.get(COOKIE))
+        if not self.d.csrf_ok(s, form, request):
+            raise err("Forbidden", "CSRF check failed", _RELOAD)
+        self.d.sessions.drop(request.cookies.get(COOKIE))
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
         return resp
 
-    # -- pages ------------------------------------------------------------------------------------
-    def page(fn: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            s = d.session(request)
-            if s is None:
-                return RedirectResponse("/login", status_code=303)
-            try:
-                return await fn(request, s)
-            except StockadeError as e:
-                return html(views.error_page(404 if e.type == "ApprovalNotFound" else 400, e.message, s.csrf),
-                            404 if e.type == "ApprovalNotFound" else 400)
-        return endpoint
-
-    def action(fn: Any) -> Any:
-        """A form POST from a page: session + CSRF + same origin, then redirect back."""
-        async def endpoint(request: Request) -> Response:
-            s = d.session(request)
-            if s is None:
-                return html(views.error_page(401, "log in first"), 401)
-            try:
-                form = await _form(request)
-            except StockadeError as e:
-                return html(views.error_page(400, e.message, s.csrf), 400)
-            if not d.csrf_ok(s, form, request):
-                return html(views.error_page(403, "CSRF check failed: reload the page and try again"), 403)
-            try:
-                return await fn(request, s, form)
-            except StockadeError as e:
-                code = 404 if e.type == "ApprovalNotFound" else 409 if e.type == "ApprovalExpired" else 400
-                return html(views.error_page(code, f"{e.type}: {e.message}", s.csrf), code)
-        return endpoint
-
-    @page
-    async def overview(request: Request, s: Session) -> Response:
-        return html(views.overview(d.overview_data(), s.csrf))
-
-    @page
-    async def approvals(request: Request, s: Session) -> Response:
-        return html(views.approvals(d.svc().list(None, 200), d.svc().grants(), s.csrf))
-
-    @page
-    async def approval(request: Request, s: Session) -> Response:
-        return html(views.approval_page(d.svc().show(request.path_params["id"]), s.csrf))
-
-    @page
-    async def activity(request: Request, s: Session) -> Response:
-        return html(views.activity(s.csrf))
-
-    @page
-    async def agents_page(request: Request, s: Session) -> Response:
-        return html(views.agents(d.agents_data(), s.csrf))
-
-    @page
-    async def audit_page(request: Request, s: Session) -> Response:
-        data = await d.audit_query(_filters(request.query_params))
-        return html(views.audit(data, s.csrf))
-
-    @page
-    async def secrets_page(request: Request, s: Session) -> Response:
-        return html(views.secrets(d.secrets_data(), s.csrf))
-
-    @page
-    async def packs_page(request: Request, s: Session) -> Response:
-        return html(views.packs(d.packs_data(), s.csrf))
-
-    def _minutes(form: dict[str, Any]) -> float | None:
-        v = form.get("grant_minutes")
-        if v in (None, ""):
-            return None
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            raise err("InvalidInput", "grant_minutes must be a number") from None
-
-    @action
-    async def approve(request: Request, s: Session, form: dict[str, Any]) -> Response:
-        aid = request.path_params["id"]
-        minutes = _minutes(form)
-        out = await d.svc().decide(aid, "approve", by="dashboard")   # an expired one raises: no grant either
-        if minutes is not None and out["changed"]:
-            await d.svc().grant(out["agent"], out["capability"], minutes, by="dashboard", approval=aid)
-        return RedirectResponse("/approvals", status_code=303)
-
-    @action
-    async def reject(request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await d.svc().decide(request.path_params["id"], "reject", by="dashboard", reason=form.get("reason") or None)
-        return RedirectResponse("/approvals", status_code=303)
-
-    @action
-    async def revoke_grant(request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await d.svc().revoke_grant(request.path_params["id"], by="dashboard")
-        return RedirectResponse("/approvals", status_code=303)
-
-    @action
-    async def revoke_agent(request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await d.revoke_agent(request.path_params["name"])
-        return RedirectResponse("/agents", status_code=303)
-
-    @action
-    async def verify(request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await d.audit_verify()
-        return RedirectResponse("/audit", status_code=303)
-
-    # -- /api -------------------------------------------------------------------------------------
-    def api(fn: Any, *, write: bool = False) -> Any:
-        async def endpoint(request: Request) -> Response:
-            ok, s = d.api_auth(request)
-            if not ok:
-                return JSONResponse({"error": {"type": "Unauthenticated", "message": "admin token or session required",
-                                               "recovery": []}}, status_code=401)
-            try:
-                body: dict[str, Any] = {}
-                if write:
-                    body = await _form(request)
-                    if s is not None and not d.csrf_ok(s, body, request):
-                        return JSONResponse({"error": {"type": "Forbidden", "message": "CSRF check failed",
-                                                       "recovery": []}}, status_code=403)
-                    if s is None and not _same_origin(request):
-                        return JSONResponse({"error": {"type": "Forbidden", "message": "cross-origin refused",
-                                                       "recovery": []}}, status_code=403)
-                out = await fn(request, body)
-            except StockadeError as e:
-                return _json_error(e)
-            return out if isinstance(out, Response) else JSONResponse(out)
-        return endpoint
-
-    async def api_overview(request: Request, body: dict[str, Any]) -> Any:
-        return d.overview_data()
-
-    async def api_approvals(request: Request, body: dict[str, Any]) -> Any:
-        status = request.query_params.get("status") or None
-        return {"approvals": d.svc().list(status, 200), "grants": d.svc().grants()}
-
-    async def api_approval(request: Request, body: dict[str, Any]) -> Any:
-        return d.svc().show(request.path_params["id"])
-
-    async def api_approve(request: Request, body: dict[str, Any]) -> Any:
-        aid = request.path_params["id"]
-        out: dict[str, Any] = await d.svc().decide(aid, "approve", by="api")
-        if body.get("grant_minutes") is not None and out["changed"]:
-            out["grant"] = await d.svc().grant(out["agent"], out["capability"], body["grant_minutes"], by="api",
-                                               approval=aid)
-        return out
-
-    async def api_reject(request: Request, body: dict[str, Any]) -> Any:
-        return await d.svc().decide(request.path_params["id"], "reject", by="api", reason=body.get("reason"))
-
-    async def api_grants(request: Request, body: dict[str, Any]) -> Any:
-        return {"grants": d.svc().grants(live_only=request.query_params.get("all") is None)}
-
-    async def api_grant(request: Request, body: dict[str, Any]) -> Any:
-        return await d.svc().grant(body.get("agent"), body.get("capability"), body.get("minutes"), by="api",
-                                   reason=body.get("reason"))
-
-    async def api_revoke_grant(request: Request, body: dict[str, Any]) -> Any:
-        return await d.svc().revoke_grant(request.path_params["id"], by="api")
-
-    async def api_agents(request: Request, body: dict[str, Any]) -> Any:
-        return {"agents": d.agents_data()}
-
-    async def api_revoke_agent(request: Request, body: dict[str, Any]) -> Any:
-        return await d.revoke_agent(request.path_params["name"])
-
-    async def api_audit(request: Request, body: dict[str, Any]) -> Any:
-        return await d.audit_query(_filters(request.query_params))
-
-    async def api_verify(request: Request, body: dict[str, Any]) -> Any:
-        return await d.audit_verify()
-
-    async def api_secrets(request: Request, body: dict[str, Any]) -> Any:
-        return d.secrets_data()
-
-    async def api_packs(request: Request, body: dict[str, Any]) -> Any:
-        return d.packs_data()
-
-    async def api_events(request: Request, body: dict[str, Any]) -> Any:
-        return StreamingResponse(event_stream(gw, request), media_type="text/event-stream",
-                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
-
-    async def static(request: Request) -> Response:
+    async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
-        data = static_files.get(name)
+        data = self.static_files.get(name)
         if data is None:
             return Response("not found", status_code=404)
         ctype = "text/javascript; charset=utf-8" if name.endswith(".js") else "text/css; charset=utf-8"
         return Response(data, media_type=ctype)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": {"type": "NotFound", "message": "no such endpoint", "recovery": []}},
-                                status_code=404)
-        return html(views.error_page(404, "no such page"), 404)
+    # -- pages -------------------------------------------------------------------------------------
+    async def overview(self, request: Request, s: Session) -> Response:
+        return _html(views.overview(self.d.overview_data(), s.csrf))
 
-    routes = [
-        Route("/login", login_page, methods=["GET"]),
-        Route("/login", login_post, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/", overview, methods=["GET"]),
-        Route("/approvals", approvals, methods=["GET"]),
-        Route("/approvals/{id}", approval, methods=["GET"]),
-        Route("/approvals/{id}/approve", approve, methods=["POST"]),
-        Route("/approvals/{id}/reject", reject, methods=["POST"]),
-        Route("/grants/{id}/revoke", revoke_grant, methods=["POST"]),
-        Route("/activity", activity, methods=["GET"]),
-        Route("/agents", agents_page, methods=["GET"]),
-        Route("/agents/{name}/revoke", revoke_agent, methods=["POST"]),
-        Route("/audit", audit_page, methods=["GET"]),
-        Route("/audit/verify", verify, methods=["POST"]),
-        Route("/secrets", secrets_page, methods=["GET"]),
-        Route("/packs", packs_page, methods=["GET"]),
-        Route("/api/secrets", api(api_secrets), methods=["GET"]),
-        Route("/api/packs", api(api_packs), methods=["GET"]),
-        Route("/api/overview", api(api_overview), methods=["GET"]),
-        Route("/api/approvals", api(api_approvals), methods=["GET"]),
-        Route("/api/approvals/{id}", api(api_approval), methods=["GET"]),
-        Route("/api/approvals/{id}/approve", api(api_approve, write=True), methods=["POST"]),
-        Route("/api/approvals/{id}/reject", api(api_reject, write=True), methods=["POST"]),
-        Route("/api/grants", api(api_grants), methods=["GET"]),
-        Route("/api/grants", api(api_grant, write=True), methods=["POST"]),
-        Route("/api/grants/{id}/revoke", api(api_revoke_grant, write=True), methods=["POST"]),
-        Route("/api/agents", api(api_agents), methods=["GET"]),
-        Route("/api/agents/{name}/revoke", api(api_revoke_agent, write=True), methods=["POST"]),
-        Route("/api/audit", api(api_audit), methods=["GET"]),
-        Route("/api/audit/verify", api(api_verify, write=True), methods=["POST"]),
-        Route("/api/events", api(api_events), methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-    ]
-    async def server_error(request: Request, exc: Exception) -> Response:
+    async def approvals(self, request: Request, s: Session) -> Response:
+        return _html(views.approvals(self.d.svc().list(None, 200), self.d.svc().grants(), s.csrf))
+
+    async def approval(self, request: Request, s: Session) -> Response:
+        return _html(views.approval_page(self.d.svc().show(request.path_params["id"]), s.csrf))
+
+    async def activity(self, request: Request, s: Session) -> Response:
+        return _html(views.activity(s.csrf))
+
+    async def agents(self, request: Request, s: Session) -> Response:
+        return _html(views.agents(self.d.agents_data(), s.csrf))
+
+    async def audit(self, request: Request, s: Session) -> Response:
+        return _html(views.audit(await self.d.audit_query(_filters(request.query_params)), s.csrf))
+
+    async def secrets(self, request: Request, s: Session) -> Response:
+        return _html(views.secrets(self.d.secrets_data(), s.csrf))
+
+    async def packs(self, request: Request, s: Session) -> Response:
+        return _html(views.packs(self.d.packs_data(), s.csrf))
+
+    # -- page actions (form POSTs) -----------------------------------------------------------------
+    async def approve(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
+        aid = request.path_params["id"]
+        minutes = _minutes(form)
+        out = await self.d.svc().decide(aid, "approve", by="dashboard")   # an expired one raises: no grant either
+        if minutes is not None and out["changed"]:
+            await self.d.svc().grant(out["agent"], out["capability"], minutes, by="dashboard", approval=aid)
+        return RedirectResponse("/approvals", status_code=303)
+
+    async def reject(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
+        await self.d.svc().decide(request.path_params["id"], "reject", by="dashboard",
+                                  reason=form.get("reason") or None)
+        return RedirectResponse("/approvals", status_code=303)
+
+    async def revoke_grant(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
+        await self.d.svc().revoke_grant(request.path_params["id"], by="dashboard")
+        return RedirectResponse("/approvals", status_code=303)
+
+    async def revoke_agent(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
+        await self.d.revoke_agent(request.path_params["name"])
+        return RedirectResponse("/agents", status_code=303)
+
+    async def verify(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
+        await self.d.audit_verify()
+        return RedirectResponse("/audit", status_code=303)
+
+    # -- /api --------------------------------------------------------------------------------------
+    async def api_overview(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.d.overview_data()
+
+    async def api_approvals(self, request: Request, body: dict[str, Any]) -> Any:
+        status = request.query_params.get("status") or None
+        return {"approvals": self.d.svc().list(status, 200), "grants": self.d.svc().grants()}
+
+    async def api_approval(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.d.svc().show(request.path_params["id"])
+
+    async def api_approve(self, request: Request, body: dict[str, Any]) -> Any:
+        aid = request.path_params["id"]
+        out: dict[str, Any] = await self.d.svc().decide(aid, "approve", by="api")
+        if body.get("grant_minutes") is not None and out["changed"]:
+            out["grant"] = await self.d.svc().grant(out["agent"], out["capability"], body["grant_minutes"],
+                                                    by="api", approval=aid)
+        return out
+
+    async def api_reject(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.svc().decide(request.path_params["id"], "reject", by="api", reason=body.get("reason"))
+
+    async def api_grants(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"grants": self.d.svc().grants(live_only=request.query_params.get("all") is None)}
+
+    async def api_grant(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.svc().grant(body.get("agent"), body.get("capability"), body.get("minutes"), by="api",
+                                        reason=body.get("reason"))
+
+    async def api_revoke_grant(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.svc().revoke_grant(request.path_params["id"], by="api")
+
+    async def api_agents(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"agents": self.d.agents_data()}
+
+    async def api_revoke_agent(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.revoke_agent(request.path_params["name"])
+
+    async def api_audit(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.audit_query(_filters(request.query_params))
+
+    async def api_verify(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.audit_verify()
+
+    async def api_secrets(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.d.secrets_data()
+
+    async def api_packs(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.d.packs_data()
+
+    async def api_events(self, request: Request, body: dict[str, Any]) -> Any:
+        return StreamingResponse(event_stream(self.gw, request), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    # -- what no route matched, and bugs -----------------------------------------------------------
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        return error_response(request, err("NotFound", "no such endpoint" if _is_api(request) else "no such page", []))
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
         # Never a traceback to the browser; the gateway log has it.
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": {"type": "Internal", "message": "internal error", "recovery": []}},
-                                status_code=500)
-        return html(views.error_page(500, "internal error (see the gateway log)"), 500)
+        log.error("dashboard: unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(request, err("Internal", "internal error (see the gateway log)"))
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found, Exception: server_error})
+
+def build_app(gw: Any) -> Any:
+    d = Dashboard(gw)
+    gw.dashboard = d
+    handlers = DashboardApp(gw, d)
+    app = Starlette(routes=handlers.routes(),
+                    exception_handlers={404: handlers.not_found, Exception: handlers.server_error})
     extra_hosts = [h for h in (gw.config.dashboard.host,) if h not in ("127.0.0.1", "::1", "localhost")]
     return GuardMiddleware(SecurityHeaders(app), gw.config.gateway.allowed_origins, extra_hosts)
 
