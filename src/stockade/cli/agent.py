@@ -13,13 +13,14 @@ import click
 from stockade.cli.common import emit, fail_error, home_option, json_option, need_home
 from stockade.core import agents
 from stockade.core.errors import StockadeError
+from stockade.core.home import Home
 
 
 def _ts(t: int | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
-def _audit(home, kind: str, name: str) -> None:  # type: ignore[no-untyped-def]
+def _audit(home: Home, kind: str, name: str) -> None:
     try:
         from stockade.audit.writer import append_offline_or_admin
     except ImportError:

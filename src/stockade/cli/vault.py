@@ -99,7 +99,7 @@ def _ts(t: Any) -> str | None:
 
 def _offline_audit(home: Home, kind: str, **data: Any) -> None:
     try:
-        from stockade.audit.writer import append_offline_or_admin  # type: ignore[import-not-found]
+        from stockade.audit.writer import append_offline_or_admin
     except ImportError:
         return
     with contextlib.suppress(Exception):

@@ -18,7 +18,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
@@ -72,7 +72,7 @@ def running(home: Home) -> bool:
 
 
 def _send_request(home: Home, cmd: str, args: dict[str, Any] | None,
-                  timeout: float | None) -> tuple[socket.socket, BinaryIO]:
+                  timeout: float | None) -> tuple[socket.socket, Any]:
     """Connect and send one request line; (socket, its file) or `Unreachable`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from stockade.core.errors import StockadeError, err
 
@@ -58,7 +59,7 @@ def check_name(name: str) -> None:
         raise err("InvalidInput", f"agent name {name!r} is reserved")
 
 
-def _row(r: tuple) -> Agent:
+def _row(r: tuple[Any, ...]) -> Agent:
     return Agent(r[0], r[1], r[2], r[3])
 
 

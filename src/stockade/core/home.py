@@ -6,8 +6,10 @@ log, and nothing in it is for anyone but the owner (and root).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,24 +159,19 @@ def init_home(home: Home, policy: str = "personal") -> list[str]:
 
 
 # Parts (policy templates, audit key, TLS cert, ...) register what `init` must create, in the
-# module named here as `<part>.setup` (an absent module is a part not built yet).
+# module named here as `<part>.setup`. Every one must load: a part skipped here would leave a
+# home without its keys or policy.
 _PARTS = ("policy", "audit", "supervision", "vault", "packs", "perimeter", "sandbox")
-_INIT_HOOKS: list = []
+InitHook = Callable[[Home, str], list[str]]
+_INIT_HOOKS: list[InitHook] = []
 
 
 def _load_parts() -> None:
-    import importlib
-
     for part in _PARTS:
-        name = f"stockade.{part}.setup"
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
+        importlib.import_module(f"stockade.{part}.setup")
 
 
-def on_init(fn):  # type: ignore[no-untyped-def]
+def on_init(fn: InitHook) -> InitHook:
     """Decorator: `fn(home, policy_template) -> list[str]` runs during `stockade init`."""
     _INIT_HOOKS.append(fn)
     return fn

@@ -23,19 +23,20 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from stockade.capabilities.registry import load_registry
 from stockade.core.config import Config
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
+from stockade.core.limits import MAX_CONNECTIONS
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway, Listener
+from stockade.edge.http import GuardedH11
 from stockade.gateway import jsonrpc, mcp_transport
 from stockade.gateway import server as gateway_server
 from stockade.gateway.pipeline import Pipeline
@@ -79,11 +80,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return s
 
 
-class _NoDelayH11(H11Protocol):
+class _NoDelayH11(GuardedH11):
     """Responses go out as two writes (head, body); with Nagle on, a keep-alive client's delayed
     ACK holds the body back ~40 ms. Loopback RPC wants every write sent at once."""
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -95,7 +96,7 @@ class _Server(uvicorn.Server):
     """We own signal handling (several servers share one loop)."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def,override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
     def install_signal_handlers(self) -> None:  # older uvicorn
@@ -152,6 +153,7 @@ async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.T
         li.sock = _bind(li.host, li.port)
         gw.ports[li.name] = li.sock.getsockname()[1]
         ucfg = uvicorn.Config(li.app, log_level="warning", access_log=False, lifespan="on", http=_NoDelayH11,
+                              limit_concurrency=MAX_CONNECTIONS,
                               ssl_certfile=li.ssl_certfile, ssl_keyfile=li.ssl_keyfile,
                               timeout_graceful_shutdown=5, ws_max_size=cfg.max_body_bytes)
         srv = _Server(ucfg)

@@ -76,9 +76,9 @@ async def _watch(gw: Gateway, args: dict[str, Any], emit: Any) -> None:
     sub = gw.bus.subscribe()
     try:
         seen = 0
-        for ev in list(gw.bus.history)[-history:] if history else []:
-            await emit(ev.to_dict())
-            seen = ev.id
+        for past in list(gw.bus.history)[-history:] if history else []:
+            await emit(past.to_dict())
+            seen = past.id
         last = time.monotonic()
         while not (gw.stopping is not None and gw.stopping.is_set()):
             ev = await sub.get(timeout=1.0)
