@@ -61,7 +61,7 @@ def _verify_rows(quick: bool) -> list[dict[str, Any]]:
     nk = native.NativeKey.from_secret(n)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        conn = db.connect(Path(tmp) / "stockade.core.db")
+        conn = db.connect(Path(tmp) / "stockade.db")
         now = time.time()
         p = Perimeter(cfg, ReplayCache(conn, 120, now), None)
         fw_pk = [fwknop.encode(k, h, SRC, ["tcp/22"], timestamp=int(now)) for _ in range(n_valid)]

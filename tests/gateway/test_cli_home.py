@@ -24,7 +24,7 @@ def test_init_creates_private_home(tmp_path: Path) -> None:
         if p.is_socket():
             continue
         assert mode & 0o077 == 0, f"{p} is {oct(mode)}"
-    assert (h / "stockade.yaml").exists() and (h / "stockade.core.db").exists()
+    assert (h / "stockade.yaml").exists() and (h / "stockade.db").exists()
     for d in ("policies", "audit", "keys", "workspaces", "shared", "packs", "trash", "run"):
         assert (h / d).is_dir()
 
@@ -40,7 +40,7 @@ def test_agent_lifecycle_json(tmp_path: Path) -> None:
     run_cli("init", home=h)
     created = cli_json("agent", "create", "worker-1", home=h)
     assert created["name"] == "worker-1" and created["key"].startswith("stk_") and len(created["key"]) == 47
-    db = (h / "stockade.core.db").read_bytes()
+    db = (h / "stockade.db").read_bytes()
     assert created["key"].encode() not in db  # only the hash is stored
     agents = cli_json("agent", "list", home=h)["agents"]
     assert [a["name"] for a in agents] == ["worker-1"] and agents[0]["status"] == "active"

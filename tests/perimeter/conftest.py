@@ -35,7 +35,7 @@ def keys() -> dict[str, str]:
 
 
 def write_home(root: Path, perimeter: dict[str, Any]) -> Path:
-    """A minimal real home: stockade.yaml (0600) with a perimeter section, and stockade.core.db."""
+    """A minimal real home: stockade.yaml (0600) with a perimeter section, and stockade.db."""
     import yaml
 
     from stockade.core.home import Home, write_private

@@ -70,7 +70,7 @@ def test_ipv4_mapped_sources_normalize() -> None:
 
 
 def test_replay_cache_persists_and_prunes(tmp_path: Path) -> None:
-    path = tmp_path / "stockade.core.db"
+    path = tmp_path / "stockade.db"
     conn = db.connect(path)
     c = ReplayCache(conn, 120, NOW)
     d = packet_digest(b"x")
@@ -110,7 +110,7 @@ def shell(tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg = PerimeterConfig.model_validate({"rate_per_source": 5, "stanzas": [{
         "name": "s", "key_base64": base64.b64encode(k).decode(), "hmac_key_base64": base64.b64encode(h).decode(),
         "native_key": base64.b64encode(n).decode()}]})
-    conn = db.connect(tmp_path / "stockade.core.db")
+    conn = db.connect(tmp_path / "stockade.db")
     fw = RecordingFirewall()
     clock = FakeClock()
     p = Perimeter(cfg, ReplayCache(conn, 120, NOW), fw, None, clock)  # type: ignore[arg-type]

@@ -88,10 +88,10 @@ def test_path_glob_size_equals_argv_url() -> None:
     assert tier(p, "filesystem.append", {"path": "x", "content": "abc"}) == "autonomous"
     assert tier(p, "filesystem.append", {"path": "x", "content": "abcd"}) == "notify"
     assert tier(p, "filesystem.append", {"path": "x", "content": "é"}) == "autonomous"   # 2 bytes
-    assert tier(p, "network.http_request", {"url": "https://EXAMPLE.com./x"}) == "autonomous"
-    assert tier(p, "network.http_request", {"url": "https://a.ok.org/"}) == "autonomous"
-    assert tier(p, "network.http_request", {"url": "https://ok.org/"}) == "notify"
-    assert tier(p, "network.http_request", {"url": "https://example.com.evil/"}) == "notify"
+    assert tier(p, "network.http_request", {"url": "https://EXAMPLE.com./x", "follow_redirects": False}) == "autonomous"
+    assert tier(p, "network.http_request", {"url": "https://a.ok.org/", "follow_redirects": False}) == "autonomous"
+    assert tier(p, "network.http_request", {"url": "https://ok.org/", "follow_redirects": False}) == "notify"
+    assert tier(p, "network.http_request", {"url": "https://example.com.evil/", "follow_redirects": False}) == "notify"
     assert tier(p, "process.run", {"argv": ["git", "status"]}) == "autonomous"
     assert tier(p, "process.run", {"argv": ["git", "push"]}) == "notify"
     assert tier(p, "network.dns_lookup", {"name": "localhost"}) == "autonomous"
@@ -165,7 +165,7 @@ BLOCKED_CALLS = [
     ("filesystem.copy", {"source": "/workspace/x", "destination": "/usr/lib/x"}),
     ("filesystem.read", {"path": "/srv/stockade-home/vault.db"}),
     ("filesystem.list", {"path": "/srv/stockade-home"}),
-    ("filesystem.read", {"path": "/var/lib/stockade/stockade.core.db"}),
+    ("filesystem.read", {"path": "/var/lib/stockade/stockade.db"}),
     ("filesystem.copy", {"source": "/srv/stockade-home/keys/x", "destination": "/workspace/k"}),
     ("filesystem.stat", {"path": "/workspace/../srv/stockade-home/audit"}),
     ("process.run", {"argv": ["cat", "/srv/stockade-home/vault.db"]}),

@@ -94,7 +94,7 @@ def test_rate_state_is_explained() -> None:
 
 
 def test_counters_survive_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "stockade.core.db"
+    db = tmp_path / "stockade.db"
     clock = Clock()
     e = engine(build(POLICY), db, clock)
     for _ in range(3):
@@ -110,7 +110,7 @@ def test_counters_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_pruning_keeps_only_what_windows_need(tmp_path: Path) -> None:
-    db = tmp_path / "stockade.core.db"
+    db = tmp_path / "stockade.db"
     clock = Clock()
     e = engine(build(POLICY), db, clock)
     for _ in range(50):

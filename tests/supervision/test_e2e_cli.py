@@ -303,7 +303,7 @@ def test_mcp_client_gets_progress_while_held_then_the_real_result(tmp_path: Path
 
 
 def test_pending_approval_survives_a_restart(tmp_path: Path) -> None:
-    """Approvals live in stockade.core.db: a call left pending when the gateway stopped can be approved
+    """Approvals live in stockade.db: a call left pending when the gateway stopped can be approved
     after the restart; it runs once and the agent fetches the result."""
     home = make_home(tmp_path, hold=0.5)
     server = serve(home)

@@ -1,4 +1,4 @@
-"""SQLite persistence of approvals and time-limited grants (tables in `stockade.core.db`).
+"""SQLite persistence of approvals and time-limited grants (tables in `stockade.db`).
 
 `args_redacted` (a historical column name) holds the exact arguments the agent sent, canonical
 JSON: what the owner approves and what runs. Secrets are never in them: the agent can only name

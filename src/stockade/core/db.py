@@ -1,4 +1,4 @@
-"""`stockade.core.db`: one SQLite file (WAL) shared by the parts, each owning its tables.
+"""`stockade.db`: one SQLite file (WAL) shared by the parts, each owning its tables.
 
 Parts append their `CREATE TABLE IF NOT EXISTS` statements to SCHEMA at import time; `connect`
 applies all of them, so any process (server or offline CLI) sees the same schema.

@@ -44,7 +44,7 @@ class Home:
 
     @property
     def db_path(self) -> Path:
-        return self.root / "stockade.core.db"
+        return self.root / "stockade.db"
 
     @property
     def vault_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""Trusted publishers and installed packs (stockade.core.db), and the read-only store.
+"""Trusted publishers and installed packs (stockade.db), and the read-only store.
 
 Installing is all-or-nothing: the pack is verified, its dependencies installed and every file
 written into a temporary directory beside the store, which is then renamed into
