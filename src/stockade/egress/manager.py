@@ -274,6 +274,7 @@ class Egress:
     guard: bool = False
     last_error: str | None = None
     resolve: Callable[[str], tuple[list[str], int]] | None = None
+    repairs: list[dict[str, Any]] = field(default_factory=list)   # kernel state restored (for health)
 
     @property
     def tag(self) -> str:
@@ -337,7 +338,7 @@ class Egress:
             want = self.desired()
             local, lan, links = host_facts()
             forbidden = Forbidden().with_host(local, lan)
-            changes: dict[str, Any] = {"added": [], "updated": [], "removed": []}
+            changes: dict[str, Any] = {"added": [], "updated": [], "removed": [], "repaired": []}
             host_dirty = deep
             # 1. agents gone (removed/revoked) or without egress any more
             mine = self._my_veths(links)
@@ -373,7 +374,12 @@ class Egress:
                 if relink:
                     self._ensure_links(st, mine.get(agent))
                     host_dirty = True
-                if relink or elements != st.elements or st.allowlist is None \
+                # Checked on every pass: a table deleted behind our back is reloaded at once (calls
+                # fail closed meanwhile: the sandbox child checks the chain in the kernel per call).
+                vanished = not new_st and not relink and not self._ns_table_ok(st)
+                if vanished:
+                    changes["repaired"].append(agent)
+                if relink or vanished or elements != st.elements or st.allowlist is None \
                         or st.allowlist.to_view() != allow.to_view():
                     nft.run_in_netns(st.netns, [ruleset.ns_ruleset(list(elements), self.settings.resolver)])
                     if elements != st.elements:
@@ -382,11 +388,17 @@ class Egress:
                     st.allowlist = allow
                     st.loaded_at = now
                     self._write_view(st)
-                    changes["added" if new_st else "updated"].append(agent)
+                    if not vanished:
+                        changes["added" if new_st else "updated"].append(agent)
                 self.agents[agent] = st
             # 3. host table (and ip_forward)
-            if host_dirty or not self._host_table_ok():
+            if not host_dirty and not self._host_table_ok():
+                changes["repaired"].append("host")
+                host_dirty = True
+            if host_dirty:
                 self._apply_host()
+            if changes["repaired"]:
+                self.repairs = [*self.repairs[-19:], {"at": now, "repaired": list(changes["repaired"])}]
             return changes
 
     def teardown(self) -> None:
@@ -504,6 +516,14 @@ class Egress:
             with contextlib.suppress(nft.NftError, OSError):
                 t = {"table": {"family": "inet", "name": ruleset.host_table(self.tag)}}
                 nft.run_in_netns(None, [[{"delete": t}]])
+
+    def _ns_table_ok(self, st: AgentState) -> bool:
+        """The agent's namespace table is loaded (one netlink round trip in its namespace)."""
+        try:
+            nft.run_in_netns(st.netns, [nft.list_table(ruleset.NS_TABLE)])
+            return True
+        except (nft.NftError, OSError):
+            return False
 
     def _host_table_ok(self) -> bool:
         if not self._host_agents():

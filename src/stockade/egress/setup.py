@@ -81,7 +81,10 @@ async def start(gw: Gateway) -> None:
 async def _run(gw: Gateway, eg: Egress, **kw: Any) -> dict[str, Any] | None:
     try:
         changes = await asyncio.to_thread(eg.reconcile, **kw)
-        gw.pipeline.health["egress"] = {"status": "ok", "agents": len(eg.agents), "resolver": eg.settings.resolver}
+        gw.pipeline.health["egress"] = {"status": "ok", "agents": len(eg.agents), "resolver": eg.settings.resolver,
+                                        **({"repairs": eg.repairs[-5:]} if eg.repairs else {})}
+        if changes and changes.get("repaired"):   # rules vanished underneath us: restored, and said so
+            gw.bus.publish("egress.repaired", {"repaired": changes["repaired"]}, "critical")
         if changes and any(changes.values()):
             gw.bus.publish("egress.changed", changes)
             # the owner can see in the audit log when an agent's network reach changed

@@ -410,7 +410,8 @@ class Zygote:
             pidfd = os.pidfd_open(pid)
             if cg is not None:
                 self._attach(cg, r, pid)
-            os.write(gate_w, b"1")
+            with contextlib.suppress(BrokenPipeError):   # P already failed: its error is on the result pipe
+                os.write(gate_w, b"1")
         except OSError:
             _kill_and_reap(pid, pidfd)
             raise
