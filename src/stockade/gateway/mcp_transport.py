@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -170,6 +170,7 @@ class McpHttp:
         except StockadeError as e:
             await _respond(send, 401, _unauthorized(e.message), ((b"www-authenticate", b'Bearer realm="stockade"'),))
             return
+        body = b""
         if scope.get("method") == "POST":
             # The SDK parses the body again, but only once the edge's bounded parse accepted it.
             try:
@@ -191,7 +192,18 @@ class McpHttp:
         # useless with another agent's key): client_id is the agent plus its key hash.
         principal = f"{caller.agent}:{caller.key_hash.hex()}"
         scope["user"] = AuthenticatedUser(AccessToken(token="-", client_id=principal, scopes=[]))  # noqa: S106
-        await self.manager.handle_request(scope, receive, send)
+        status = 0
+
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.manager.handle_request(scope, receive, watched)
+        if status >= 400:   # refused by the protocol layer (no session, bad version...): audited too
+            await self.pipeline.refuse(caller, err("InvalidInput", f"MCP request refused (HTTP {status})",
+                                                   reason="protocol"), body)
 
 
 class _WsRequest:
