@@ -35,13 +35,16 @@ def key_id(key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw).decode()
 
 
-def load_private(path: Path, passphrase_env: str = "STOCKADE_RELEASE_KEY_PASSPHRASE") -> Ed25519PrivateKey:
+PASSPHRASE_ENV = "STOCKADE_RELEASE_KEY_PASSPHRASE"  # noqa: S105 (the variable's name, not a passphrase)
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
     """The releaser's key from a PEM file (optionally encrypted; passphrase from the environment)."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise err("InvalidInput", f"cannot read the publisher key {path}: {e.strerror}") from None
-    pw = os.environ.get(passphrase_env)
+    pw = os.environ.get(PASSPHRASE_ENV)
     try:
         key = serialization.load_pem_private_key(data, pw.encode() if pw else None)
     except (ValueError, TypeError) as e:
