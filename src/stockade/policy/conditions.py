@@ -17,8 +17,12 @@ import posixpath
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+
+from stockade.core.errors import StockadeError
+from stockade.egress.rules import parse_ipv4, parse_url
+from stockade.policy.facts import DEFAULT_FACTS, PATH_ARGS, Facts, PathScope, Reach
 
 try:  # Python 3.11+: the parser moved; the old name still works but warns.
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
@@ -28,7 +32,6 @@ except ImportError:  # pragma: no cover
 Cond = Callable[[str, str, dict[str, Any]], bool]   # (agent, capability, args) -> matched
 
 WORKSPACE = "/workspace"
-PATH_ARGS = ("path", "source", "destination", "cwd")
 MAX_REGEX = 1000
 MAX_MATCH_INPUT = 1 << 20   # argv longer than this (joined) cannot be evaluated: fail closed
 
@@ -55,8 +58,39 @@ def is_under(path: str, base: str) -> bool:
     return base == "/" or path == base or path.startswith(base + "/")
 
 
-def _paths(args: dict[str, Any], names: tuple[str, ...]) -> list[str]:
-    return [canon_path(args[n]) for n in names if n in args]
+def _paths(args: dict[str, Any], names: tuple[str, ...], scope: PathScope | None = None) -> list[tuple[str, bool]]:
+    """(canonical path, acts below it) for each path argument; an omitted argument takes its schema
+    default (`path: "."` is the whole workspace), so leaving a path out never escapes a rule."""
+    out = []
+    for n in names:
+        if n in args:
+            v = args[n]
+        elif scope is not None and isinstance(scope.defaults.get(n), str):
+            v = scope.defaults[n]
+        else:
+            continue
+        out.append((canon_path(v), scope is not None and scope.subtree(n, args)))
+    return out
+
+
+def _glob_prefix(glob: str) -> str:
+    """The literal part of a glob before its first wildcard."""
+    cut = [i for i in (glob.find("*"), glob.find("?"), glob.find("[")) if i != -1]
+    return glob[:min(cut)] if cut else glob
+
+
+_PROBES = ("/\x01", "/\x01\x02/\x03\x04\x05")
+
+
+def _glob_below(glob: str, rx: re.Pattern[str], p: str) -> bool | None:
+    """Does the glob match everything at and below `p` (True), nothing there (False), or some of
+    it (None: cannot be decided without listing the tree)?"""
+    if rx.match(p) and all(rx.match(p + probe) for probe in _PROBES):
+        return True
+    lit = _glob_prefix(glob)
+    if not rx.match(p) and lit and not lit.startswith(p + "/") and not (p + "/").startswith(lit):
+        return False
+    return None
 
 
 # -- regex safety -------------------------------------------------------------------------------
@@ -204,17 +238,124 @@ def _argv_text(args: dict[str, Any]) -> str:
     return text
 
 
-def _host(args: dict[str, Any]) -> str:
+# -- hosts ---------------------------------------------------------------------------------------
+def _target(args: dict[str, Any]) -> str:
+    """The host the request will connect to, spelled as egress will spell it (lower case, no
+    trailing dot, canonical dotted quad). Spellings egress refuses (userinfo, IPv6, decimal or
+    octal addresses, IDN) cannot be evaluated: the call fails closed here and is refused there."""
     url = args.get("url")
     if not isinstance(url, str):
         raise CannotEvaluate("url missing or not a string")
     try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        raise CannotEvaluate("url cannot be parsed") from None
-    if not host:
-        raise CannotEvaluate("url has no host")
-    return host.rstrip(".").lower()
+        return parse_url(url).host
+    except StockadeError as e:
+        raise CannotEvaluate(f"url refused: {e.message}") from None
+
+
+def _follows_redirects(args: dict[str, Any]) -> bool:
+    return args.get("follow_redirects", True) is not False and args.get("max_redirects", 5) != 0
+
+
+class HostList:
+    """`url_host_in` entries: exact names, `*.suffix` names, IPv4 addresses."""
+
+    def __init__(self, hosts: list[str]):
+        self.names: set[str] = set()
+        self.suffixes: tuple[str, ...] = ()
+        self.ips: set[str] = set()
+        sfx = []
+        for h in hosts:
+            h = h.rstrip(".").lower()
+            ip = parse_ipv4(h)
+            if ip is not None:
+                self.ips.add(str(ip))
+            elif h.startswith("*."):
+                sfx.append(h[1:])
+            else:
+                self.names.add(h)
+        self.suffixes = tuple(sfx)
+
+    def name(self, n: str) -> bool:
+        return n in self.names or (bool(self.suffixes) and n.endswith(self.suffixes))
+
+    def identities(self, host: str, reach: Reach | None) -> bool:
+        """Is `host` (a name or an address) listed, directly or through what it resolves to?"""
+        if parse_ipv4(host) is not None:
+            if host in self.ips:
+                return True
+            if reach is None:
+                if self.names or self.suffixes:
+                    raise CannotEvaluate("an IP address whose hostname is not known here")
+                return False
+            return any(self.name(n) for n in reach.names_for(host))
+        if self.name(host):
+            return True
+        if not self.ips:
+            return False
+        if reach is None:
+            raise CannotEvaluate("a hostname whose addresses are not known here")
+        return any(a in self.ips for a in reach.names.get(host, ()))
+
+    def net(self, net: Any, reach: Reach) -> set[bool]:
+        """What an address inside an explicit egress cidr entry can be: listed, not listed, both."""
+        if net.num_addresses == 1:
+            return {self.identities(str(net.network_address), reach)}
+        inside = [a for a in self.ips if parse_ipv4(a) in net]
+        inside += [a for n, addrs in reach.names.items() if self.name(n) for a in addrs if parse_ipv4(a) in net]
+        return {False, True} if inside else {False}
+
+    def decide(self, args: dict[str, Any], reach: Reach | None) -> bool:
+        """Listed for every place the request can reach (True), none (False), else cannot say."""
+        values = {self.identities(_target(args), reach)}
+        if _follows_redirects(args):
+            if reach is None:
+                raise CannotEvaluate("the request follows redirects and where it may go is not known here")
+            for n in reach.names:
+                values.add(self.identities(n, reach))
+            for net in reach.nets:
+                values |= self.net(net, reach)
+        if len(values) > 1:
+            raise CannotEvaluate("the request follows redirects to hosts both on and off the list "
+                                 "(set follow_redirects: false to decide on the URL's host)")
+        return values.pop()
+
+
+# -- what runs ------------------------------------------------------------------------------------
+# Environment variables that cannot change which program runs or what code it loads, with plain
+# values (no "/" or ":": a locale, terminal or zone given as a path makes programs load files).
+# Everything else (LD_*, PATH, BASH_ENV, ENV, PYTHON*, PERL5*, RUBYOPT, NODE_OPTIONS, GCONV_PATH,
+# IFS, GIT_*, HOME, JAVA_TOOL_OPTIONS, ... and names no list could foresee) may, so an allowlist.
+INERT_ENV = re.compile(r"^(LANG|LANGUAGE|LC_[A-Z]{1,20}|TERM|COLUMNS|LINES|NO_COLOR|FORCE_COLOR|CLICOLOR|"
+                       r"CLICOLOR_FORCE|TZ|CI)$")
+INERT_VALUE = re.compile(r"^[A-Za-z0-9_.,@+=-]{0,128}$")
+
+
+def _env_risk(args: dict[str, Any], allowed: tuple[re.Pattern[str], ...]) -> str | None:
+    """Why the call's `env` may change what runs (None: it cannot)."""
+    env = args.get("env")
+    if env is None:
+        return None
+    if not isinstance(env, dict):
+        return "env is not a mapping"
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            return "env names and values must be strings"
+        if any(a.fullmatch(k) for a in allowed):
+            continue
+        if not (INERT_ENV.match(k) and INERT_VALUE.match(v)):
+            return f"env sets {k[:64]}, which can change what runs (allow it with env_allow)"
+    return None
+
+
+def _cwd_risk(args: dict[str, Any]) -> str | None:
+    """A relative program path (`./build.sh`, `bin/x`) names a different file in another cwd."""
+    argv = args.get("argv")
+    prog = argv[0] if isinstance(argv, list) and argv and isinstance(argv[0], str) else ""
+    if "/" not in prog or prog.startswith("/"):
+        return None
+    if canon_path(args.get("cwd", ".")) == WORKSPACE:
+        return None
+    return "a relative program path run from a cwd other than /workspace"
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -235,11 +376,30 @@ CONDITION_ARGS: dict[str, tuple[str, ...]] = {
     "url_host_in": ("url",),
 }
 KEYS = ("path_under", "path_outside", "path_touches", "path_glob", "path_args", "content_size_lt",
-        "content_size_gte", "arg_equals", "argv_match", "url_host_in", "arg_not_caller", "name_match", "not")
+        "content_size_gte", "arg_equals", "argv_match", "env_allow", "url_host_in", "arg_not_caller", "name_match",
+        "not")
+MODIFIERS = ("path_args", "env_allow")
 
 
-def compile_when(when: Any, ctx: dict[str, str] | None = None, where: str = "when") -> Cond | None:
-    """`when:` mapping -> one closure (all conditions must hold). ValueError names the key."""
+@dataclass(frozen=True)
+class Compile:
+    """What compiling a rule's conditions needs besides the `when:` mapping."""
+
+    ctx: dict[str, str]
+    facts: Facts
+    permissive: bool          # the rule's tier lets a call run without approval (autonomous, notify)
+    negated: bool = False     # inside an odd number of `not:`
+    path_args: tuple[str, ...] = PATH_ARGS
+    env_allow: tuple[re.Pattern[str], ...] = ()
+    cwd_checked: bool = False  # a path condition of the same rule reads cwd
+
+
+def compile_when(when: Any, ctx: dict[str, str] | None = None, where: str = "when", *,
+                 facts: Facts = DEFAULT_FACTS, permissive: bool = True, negated: bool = False) -> Cond | None:
+    """`when:` mapping -> one closure (all conditions must hold). ValueError names the key.
+
+    `permissive`: the rule would let a call run without approval. Such a rule decides on the
+    command only when nothing else the call sets changes what runs (argv_match: env, cwd)."""
     ctx = ctx or {}
     if when is None or when == {}:
         return None
@@ -253,14 +413,24 @@ def compile_when(when: Any, ctx: dict[str, str] | None = None, where: str = "whe
         path_args = tuple(_str_list(when["path_args"], f"{where}.path_args"))
         if not any(k.startswith("path_") and k != "path_args" for k in when):
             raise ValueError(f"{where}.path_args: only meaningful with a path_* condition")
+    env_allow: tuple[re.Pattern[str], ...] = ()
+    if "env_allow" in when:
+        if "argv_match" not in when:
+            raise ValueError(f"{where}.env_allow: only meaningful with argv_match")
+        names = _str_list(when["env_allow"], f"{where}.env_allow")
+        if not all(re.fullmatch(r"[A-Za-z0-9_*?]{1,128}", n) for n in names):
+            raise ValueError(f"{where}.env_allow: expected variable names (or globs like LC_*)")
+        env_allow = tuple(re.compile(fnmatch.translate(n)) for n in names)
+    cwd_checked = "cwd" in path_args and any(k in when for k in ("path_under", "path_glob"))
+    c = Compile(ctx, facts, permissive, negated, path_args, env_allow, cwd_checked)
     conds: list[Cond] = []
     for key in KEYS:
-        if key not in when or key == "path_args":
+        if key not in when or key in MODIFIERS:
             continue
         v = when[key]
         w = f"{where}.{key}"
         try:
-            conds.append(_one(key, v, w, path_args, ctx))
+            conds.append(_one(key, v, w, c))
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(w) else f"{w}: {msg}") from None
@@ -285,7 +455,8 @@ def compile_when(when: Any, ctx: dict[str, str] | None = None, where: str = "whe
     return all_of
 
 
-def _one(key: str, v: Any, w: str, path_args: tuple[str, ...], ctx: dict[str, str]) -> Cond:
+def _one(key: str, v: Any, w: str, c: Compile) -> Cond:
+    ctx, path_args, scope = c.ctx, c.path_args, c.facts.scope
     if key in ("path_under", "path_outside", "path_touches"):
         bases = _base_paths(v, w, ctx)
 
@@ -294,21 +465,24 @@ def _one(key: str, v: Any, w: str, path_args: tuple[str, ...], ctx: dict[str, st
 
         if key == "path_under":
             def path_under(agent: str, cap: str, args: dict[str, Any]) -> bool:
-                ps = _paths(args, path_args)
+                ps = _paths(args, path_args, scope(cap))
                 if not ps:
                     raise CannotEvaluate("no path argument")
-                return all(under_any(p) for p in ps)
+                return all(under_any(p) for p, _ in ps)   # below a path under a base is under it
             return path_under
         if key == "path_outside":
             def path_outside(agent: str, cap: str, args: dict[str, Any]) -> bool:
-                ps = _paths(args, path_args)
+                ps = _paths(args, path_args, scope(cap))
                 if not ps:
                     raise CannotEvaluate("no path argument")
-                return not all(under_any(p) for p in ps)
+                return not all(under_any(p) for p, _ in ps)
             return path_outside
 
         def path_touches(agent: str, cap: str, args: dict[str, Any]) -> bool:
-            return any(under_any(p) for p in _paths(args, path_args))   # no path: touches nothing
+            # A call acting below p touches every base inside p too (search the workspace, move or
+            # delete an ancestor). No path argument at all: touches nothing.
+            return any(under_any(p) or (below and any(is_under(b, p) for b in bases))
+                       for p, below in _paths(args, path_args, scope(cap)))
         return path_touches
     if key == "path_glob":
         globs = []
@@ -316,13 +490,24 @@ def _one(key: str, v: Any, w: str, path_args: tuple[str, ...], ctx: dict[str, st
             g = g.replace("{home}", ctx.get("home", "/var/lib/stockade"))
             if not g.startswith(("/", "*")):
                 g = f"{WORKSPACE}/{g}"
-            globs.append(re.compile(fnmatch.translate(g)))
+            globs.append((g, re.compile(fnmatch.translate(g))))
+
+        def glob_one(p: str, below: bool) -> bool | None:
+            if not below:
+                return any(rx.match(p) for _, rx in globs)
+            got = {_glob_below(g, rx, p) for g, rx in globs}
+            return True if True in got else False if got == {False} else None
 
         def path_glob(agent: str, cap: str, args: dict[str, Any]) -> bool:
-            ps = _paths(args, path_args)
+            ps = _paths(args, path_args, scope(cap))
             if not ps:
                 raise CannotEvaluate("no path argument")
-            return all(any(g.match(p) for g in globs) for p in ps)
+            got = [glob_one(p, below) for p, below in ps]
+            if False in got:
+                return False
+            if None in got:
+                raise CannotEvaluate("the call acts on a tree only part of which the glob matches")
+            return True
         return path_glob
     if key in ("content_size_lt", "content_size_gte"):
         n = _size(v, w)
@@ -345,15 +530,27 @@ def _one(key: str, v: Any, w: str, path_args: tuple[str, ...], ctx: dict[str, st
     if key == "argv_match":
         rx = compile_regex(v.replace("{home_re}", re.escape(ctx.get("home", "/var/lib/stockade")))
                            if isinstance(v, str) else v)
-        return lambda agent, cap, args: rx.search(_argv_text(args)) is not None
+        if not c.permissive:
+            return lambda agent, cap, args: rx.search(_argv_text(args)) is not None
+        env_allow, cwd_checked, loosening = c.env_allow, c.cwd_checked, not c.negated
+
+        def argv_match(agent: str, cap: str, args: dict[str, Any]) -> bool:
+            got = rx.search(_argv_text(args)) is not None
+            if got is not loosening:
+                return got
+            # This answer lets the rule loosen the tier on the strength of the command text: it may
+            # only if nothing else the agent set changes what that text runs.
+            why = _env_risk(args, env_allow) or (None if cwd_checked else _cwd_risk(args))
+            if why:
+                raise CannotEvaluate(why)
+            return got
+        return argv_match
     if key == "url_host_in":
-        hosts = [h.rstrip(".").lower() for h in _str_list(v, w)]
-        exact = frozenset(h for h in hosts if not h.startswith("*."))
-        suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
+        hosts = HostList(_str_list(v, w))
+        reach = c.facts.reach
 
         def url_host_in(agent: str, cap: str, args: dict[str, Any]) -> bool:
-            h = _host(args)
-            return h in exact or (bool(suffixes) and h.endswith(suffixes))
+            return hosts.decide(args, reach(agent))
         return url_host_in
     if key == "arg_not_caller":
         names = tuple(_str_list(v, w))
@@ -371,7 +568,7 @@ def _one(key: str, v: Any, w: str, path_args: tuple[str, ...], ctx: dict[str, st
         rx = compile_regex(v)
         return lambda agent, cap, args: rx.fullmatch(cap) is not None
     if key == "not":
-        inner = compile_when(v, ctx, w)
+        inner = compile_when(v, ctx, w, facts=c.facts, permissive=c.permissive, negated=not c.negated)
         if inner is None:
             raise ValueError(f"{w}: expected a non-empty mapping of conditions")
         return lambda agent, cap, args: not inner(agent, cap, args)

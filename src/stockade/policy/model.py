@@ -20,6 +20,7 @@ from stockade.core import yamlfile
 from stockade.core.config import parse_duration
 from stockade.core.errors import ConfigError
 from stockade.policy.conditions import Cond, compile_when
+from stockade.policy.facts import DEFAULT_FACTS, Facts
 
 TIERS = ("autonomous", "notify", "approval_required", "blocked")
 RANK = {t: i for i, t in enumerate(TIERS)}
@@ -196,7 +197,7 @@ def _canonical(obj: Any) -> str:
 
 
 def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | None = None,
-                 known: Callable[[str], bool] | None = None) -> PolicyFile:
+                 known: Callable[[str], bool] | None = None, facts: Facts = DEFAULT_FACTS) -> PolicyFile:
     """Pure: YAML text -> PolicyFile, or ConfigError listing every problem with file:line.
 
     `known(name)` says whether an exact capability name exists; when given, an unknown name is
@@ -204,12 +205,14 @@ def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | Non
     """
     data, lines = yamlfile.loads(text, fname)
     return parse_data(data, lines, fname, layer, ctx=ctx, known=known,
-                      digest=hashlib.sha256(text.encode()).hexdigest())
+                      digest=hashlib.sha256(text.encode()).hexdigest(), facts=facts)
 
 
 def parse_data(data: Any, lines: yamlfile.Lines, fname: str, layer: str, *, ctx: dict[str, str] | None = None,
-               known: Callable[[str], bool] | None = None, digest: str | None = None) -> PolicyFile:
-    """Pure: already-parsed data (+ its line map) -> PolicyFile, or ConfigError."""
+               known: Callable[[str], bool] | None = None, digest: str | None = None,
+               facts: Facts = DEFAULT_FACTS) -> PolicyFile:
+    """Pure: already-parsed data (+ its line map) -> PolicyFile, or ConfigError. `facts` are the
+    live lookups conditions consult (capability path scopes, the agents' egress reach)."""
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer}")
     if digest is None:
@@ -242,7 +245,8 @@ def parse_data(data: Any, lines: yamlfile.Lines, fname: str, layer: str, *, ctx:
                           f"unknown capability {rm.capability!r}")
         cond = None
         try:
-            cond = compile_when(rm.when, ctx, f"rules.{i}.when")
+            cond = compile_when(rm.when, ctx, f"rules.{i}.when", facts=facts,
+                                permissive=RANK[rm.tier] < RANK["approval_required"])
         except ValueError as e:
             msg = str(e)
             key = msg.split(":", 1)[0].split(".")
