@@ -9,7 +9,7 @@ import click
 from stockade import __version__
 
 MODULES = ("server", "agent", "connect", "bench", "policy", "audit", "approvals", "vault", "pack",
-           "perimeter", "admin")
+           "perimeter", "admin", "release", "upgrade")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -125,6 +125,21 @@ class PartsConfig(_Section):
         return frozenset(name for name, on in self.model_dump().items() if not on)
 
 
+class InstallConfig(_Section):
+    # true: the gateway starts only from a signed release that verifies (docs/supply-chain.md);
+    # false (default): a development install without a manifest starts with a warning.
+    require_verified: bool = False
+
+
+class SecurityConfig(_Section):
+    """What the dashboard publishes at /.well-known/security.txt (RFC 9116)."""
+
+    contact: str | None = Field(None, pattern=r"^(mailto:|https://)\S+$")   # this deployment's contact
+    advisories: str | None = Field(None, pattern=r"^https://\S+$")  # the project's advisory form, if published
+    languages: str = "en"
+    expires_days: int = Field(180, ge=1, le=365)
+
+
 class Config(_Section):
     version: Literal[1] = 1
     gateway: GatewayConfig = GatewayConfig()
@@ -134,6 +149,8 @@ class Config(_Section):
     sandbox: SandboxConfig = SandboxConfig()
     vault: VaultConfig = VaultConfig()
     parts: PartsConfig = PartsConfig()
+    install: InstallConfig = InstallConfig()
+    security: SecurityConfig = SecurityConfig()
     webhook: str | None = None
     # Validated by stockade.perimeter (its own model), kept raw here so the gateway does not
     # depend on the perimeter part.
