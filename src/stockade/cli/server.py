@@ -60,7 +60,7 @@ def _check_public(host: str, public: bool, what: str) -> None:
 
 
 def _serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
-           banner: Any = None) -> None:
+           banner: Any = None, accept_install_mismatch: bool = False) -> None:
     from stockade.gateway import service  # here, not at the top: every other command starts faster
 
     h = need_home(home)
@@ -71,7 +71,8 @@ def _serve(home: str | None, port: int | None, dashboard_port: int | None, publi
     _check_public(cfg.gateway.host, public, "gateway")
     _check_public(cfg.dashboard.host, public, "dashboard")
     try:
-        gw = service.build(h, port=port, dashboard_port=dashboard_port)
+        gw = service.build(h, port=port, dashboard_port=dashboard_port,
+                           accept_install_mismatch=accept_install_mismatch)
     except (ConfigError, StockadeError) as e:
         fail_error(e)
     except service.StartupFailed as e:
@@ -103,9 +104,12 @@ def _serve(home: str | None, port: int | None, dashboard_port: int | None, publi
 @click.option("--port", type=int, default=None, help="Gateway port (0 = pick a free one). Default 7700.")
 @click.option("--dashboard-port", type=int, default=None, help="Dashboard port (0 = free). Default 7800.")
 @click.option("--public", is_flag=True, help="Allow binding a non-loopback address from stockade.yaml.")
-def serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool) -> None:
+@click.option("--accept-install-mismatch", is_flag=True,
+              help="Start although the install does not verify against its signed release (this start only; audited).")
+def serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
+          accept_install_mismatch: bool) -> None:
     """Run the gateway (and dashboard) in the foreground; writes run/ports.json when listening."""
-    _serve(home, port, dashboard_port, public)
+    _serve(home, port, dashboard_port, public, accept_install_mismatch=accept_install_mismatch)
 
 
 @click.command()
@@ -197,7 +201,8 @@ def _check_home(h: Any) -> dict[str, Any]:
 @click.command()
 @home_option
 @click.option("--verify-install", is_flag=True,
-              help="Also check every installed Python file against its RECORD hash and the lock's pins.")
+              help="Also check every installed file (stockade's and each dependency's, .pyc included) "
+                   "against the signed release manifest.")
 @json_option
 def doctor(home: str | None, verify_install: bool, as_json: bool) -> None:
     """Check the home and report the real status of every security layer."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import uvicorn
 
+from stockade.audit.writer import append_offline_or_admin
 from stockade.capabilities.registry import load_registry
 from stockade.core.config import Config
 from stockade.core.events import EventBus
@@ -40,6 +41,7 @@ from stockade.edge.http import GuardedH11
 from stockade.gateway import jsonrpc, mcp_transport
 from stockade.gateway import server as gateway_server
 from stockade.gateway.pipeline import Pipeline
+from stockade.release import gate as install_gate
 
 __all__ = ["PARTS", "Gateway", "Listener", "StartupFailed", "build", "load_part", "parts", "serve"]
 
@@ -103,9 +105,25 @@ class _Server(uvicorn.Server):
         pass
 
 
-def build(home: Home, *, port: int | None = None, dashboard_port: int | None = None) -> Gateway:
-    """Synchronous construction, before the loop: config, db, registry, pipeline, prefork hooks."""
+def check_install(home: Home, config: Config, override: bool) -> None:
+    """Refuse to start from an install that is not the signed release (stockade.release.gate);
+    the owner's override for one start is recorded in the audit log before anything serves."""
+    g = install_gate.at_start(require_verified=config.install.require_verified, override=override)
+    if g.action == "refuse":
+        raise StartupFailed(f"install check: {g.message} (`stockade doctor --verify-install` lists every "
+                            "finding; `stockade serve --accept-install-mismatch` starts anyway, audited)")
+    if g.action in ("warn", "override"):
+        log.warning("install check: %s", g.message)
+    if g.action == "override":
+        append_offline_or_admin(home, {"kind": "install.override", "message": g.message,
+                                       "release": g.report.get("release"), "uid": os.getuid(), "pid": os.getpid()})
+
+
+def build(home: Home, *, port: int | None = None, dashboard_port: int | None = None,
+          accept_install_mismatch: bool = False) -> Gateway:
+    """Synchronous construction, before the loop: install check, config, db, registry, pipeline, prefork hooks."""
     config = home.config()
+    check_install(home, config, accept_install_mismatch)
     if port is not None:
         config.gateway.port = port
     if dashboard_port is not None:
