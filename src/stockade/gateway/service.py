@@ -32,6 +32,7 @@ import uvicorn
 from stockade.audit.writer import append_offline_or_admin
 from stockade.capabilities.registry import load_registry
 from stockade.core.config import Config
+from stockade.core.errors import ConfigError
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
 from stockade.core.limits import MAX_CONNECTIONS
@@ -154,11 +155,22 @@ def _check_required(gw: Gateway) -> None:
 
 
 async def _start_parts(gw: Gateway, started: list[ModuleType]) -> None:
+    """Start each part in order; one that fails stops `serve` naming it (a bad file the owner
+    wrote stays a ConfigError, reported with its file:line, exit 2)."""
     for part in parts(gw.config):
         if hasattr(part, "start"):
-            await part.start(gw)
+            try:
+                await part.start(gw)
+            except ConfigError:
+                raise
+            except Exception as e:
+                raise StartupFailed(f"part {_part_name(part)} did not start: {e}") from e
         started.append(part)
     _check_required(gw)
+
+
+def _part_name(part: ModuleType) -> str:
+    return part.__name__.split(".")[1]
 
 
 async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.Task[Any]]) -> None:
@@ -168,7 +180,10 @@ async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.T
         gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins), cfg.host, cfg.port))
     gw.tools_changed = mcp_transport.SESSIONS[id(gw.pipeline)].tools_changed
     for li in gw.listeners:
-        li.sock = _bind(li.host, li.port)
+        try:
+            li.sock = _bind(li.host, li.port)
+        except OSError as e:  # a busy port, an address this host does not have
+            raise StartupFailed(f"cannot listen on {li.host}:{li.port} ({li.name}): {e.strerror or e}") from e
         gw.ports[li.name] = li.sock.getsockname()[1]
         ucfg = uvicorn.Config(li.app, log_level="warning", access_log=False, lifespan="on", http=_NoDelayH11,
                               limit_concurrency=MAX_CONNECTIONS,

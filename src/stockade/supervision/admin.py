@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Any
 
-from stockade.core.admin import MAX_LINE
+from stockade.core.admin import MAX_LINE, running
 from stockade.core.errors import StockadeError, err
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway
@@ -35,8 +35,10 @@ class AdminServer:
 
     async def start(self) -> None:
         path = self.gw.home.admin_sock
+        if running(self.gw.home):   # a live gateway answers there: never take its socket away
+            raise err("Conflict", f"another gateway answers on {path}; stop it before starting this one")
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            path.unlink()           # a stale socket a crashed server left
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._client, path=str(path), limit=MAX_LINE)
@@ -48,8 +50,8 @@ class AdminServer:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.gw.home.admin_sock.unlink()
+            with contextlib.suppress(FileNotFoundError):   # only the socket this server made
+                self.gw.home.admin_sock.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
