@@ -10,6 +10,7 @@ import anyio
 import click
 
 from stockade.cli.common import EXIT_UNREACHABLE, EXIT_USAGE, fail
+from stockade.cli.secrets import read_secret, refused_flag
 from stockade.core.home import Home
 
 
@@ -23,15 +24,20 @@ def _default_url(home: str | None) -> str:
 
 
 @click.command()
-@click.option("--key", envvar="STOCKADE_AGENT_KEY", help="Agent key (or $STOCKADE_AGENT_KEY).")
+@refused_flag("--key", "STOCKADE_AGENT_KEY", "--key-file")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the agent key (else $STOCKADE_AGENT_KEY).")
 @click.option("--url", default=None, help="Gateway MCP URL (default: from the home's run/ports.json, else :7700).")
 @click.option("--home", default=None, type=click.Path(file_okay=False), help="Home to read ports.json from.")
-def connect(key: str | None, url: str | None, home: str | None) -> None:
-    """Serve MCP on stdin/stdout, forwarding to the gateway with an agent key."""
+def connect(key_file: str | None, url: str | None, home: str | None) -> None:
+    """Serve MCP on stdin/stdout, forwarding to the gateway with an agent key.
+
+    The key comes from $STOCKADE_AGENT_KEY or --key-file, never from the command line."""
     from stockade.gateway.bridge import run_bridge
 
+    key = read_secret("STOCKADE_AGENT_KEY", key_file, "agent key")
     if not key:
-        fail("an agent key is required: --key stk_... or STOCKADE_AGENT_KEY", EXIT_USAGE)
+        fail("an agent key is required: set STOCKADE_AGENT_KEY or pass --key-file FILE", EXIT_USAGE)
     target = url or _default_url(home)
     try:
         anyio.run(run_bridge, target, key)
