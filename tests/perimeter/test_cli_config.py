@@ -125,8 +125,8 @@ def test_knock_sends_one_datagram_and_prints_json(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.settimeout(10)
         port = s.getsockname()[1]
-        out = cli_json("knock", "127.0.0.1", "--spa-port", str(port), "--key", base64.b64encode(secret).decode(),
-                       "--port", "22", "--port", "2222")
+        out = cli_json("knock", "127.0.0.1", "--spa-port", str(port), "--port", "22", "--port", "2222",
+                       env={**os.environ, "STOCKADE_KNOCK_KEY": base64.b64encode(secret).decode()})
         wire, _ = s.recvfrom(2048)
     assert out["profile"] == "native" and out["allow_ip"] == "127.0.0.1" and out["ports"] == ["tcp/22", "tcp/2222"]
     req = native.decode(wire, native.NativeKey.from_secret(secret))

@@ -25,9 +25,20 @@ def fwknop_send(lab: Lab, ns: str, *args: str, save: str | None = None) -> bytes
     return open(save, "rb").read().strip() if save else None
 
 
+_KEY_ENV = {"--key": "STOCKADE_KNOCK_KEY", "--key-base64": "STOCKADE_KNOCK_KEY_BASE64",
+            "--hmac-key-base64": "STOCKADE_KNOCK_HMAC_KEY_BASE64"}
+
+
 def knock(lab: Lab, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "stockade", "knock", SERVER_IP, *args],
-                       capture_output=True, text=True, timeout=30)
+    """`stockade knock`, keys passed in the environment (never on the command line)."""
+    argv, env = list(args), dict(os.environ)
+    for flag, var in _KEY_ENV.items():
+        while flag in argv:
+            i = argv.index(flag)
+            env[var] = argv[i + 1]
+            del argv[i:i + 2]
+    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "stockade", "knock", SERVER_IP, *argv],
+                       capture_output=True, text=True, timeout=30, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     return p
 

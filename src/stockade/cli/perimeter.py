@@ -26,6 +26,7 @@ from stockade.cli.common import (
     json_option,
     need_home,
 )
+from stockade.cli.secrets import refused_flag
 from stockade.core.errors import ConfigError, StockadeError
 
 
@@ -92,7 +93,7 @@ def keygen_cmd(home: str | None, name: str | None, open_ports: tuple[str, ...], 
     def render(d: dict[str, Any]) -> None:
         click.echo(f"added stanza {d['name']!r} to {h.config_path}"
                    " (send SIGHUP to `perimeter serve`, or restart it, to load it)\n")
-        click.echo(f"native key (for `stockade knock --key`): {d['native_key']}\n")
+        click.echo(f"native key (for `STOCKADE_KNOCK_KEY=... stockade knock`): {d['native_key']}\n")
         click.echo("~/.fwknoprc stanza for Debian's fwknop client:\n")
         click.echo(d["fwknoprc"])
 
@@ -150,10 +151,9 @@ def _own_address(host: str, spa_port: int) -> str:
 @click.option("--open", "open_specs", multiple=True, help="proto/port to open, e.g. udp/51820 (repeatable).")
 @click.option("--spa-port", default=62201, show_default=True, type=int)
 @click.option("--fwknop", "use_fwknop", is_flag=True, help="Send the fwknop-compatible packet instead of native.")
-@click.option("--key", default=None, envvar="STOCKADE_KNOCK_KEY", help="Native key (base64; env STOCKADE_KNOCK_KEY).")
-@click.option("--key-base64", default=None, envvar="STOCKADE_KNOCK_KEY_BASE64", help="fwknop KEY_BASE64.")
-@click.option("--hmac-key-base64", default=None, envvar="STOCKADE_KNOCK_HMAC_KEY_BASE64",
-              help="fwknop HMAC_KEY_BASE64.")
+@refused_flag("--key", "STOCKADE_KNOCK_KEY", "--stanza")
+@refused_flag("--key-base64", "STOCKADE_KNOCK_KEY_BASE64", "--stanza")
+@refused_flag("--hmac-key-base64", "STOCKADE_KNOCK_HMAC_KEY_BASE64", "--stanza")
 @click.option("--stanza", default=None, help="Take the keys from this stanza of --home's stockade.yaml.")
 @home_option
 @click.option("--allow-ip", default=None, help="Address to open for (default: our address towards HOST).")
@@ -165,10 +165,14 @@ def _own_address(host: str, spa_port: int) -> str:
               help="Also write the packet to this file.")
 @json_option
 def knock_cmd(host: str, ports: tuple[int, ...], open_specs: tuple[str, ...], spa_port: int, use_fwknop: bool,
-              key: str | None, key_base64: str | None, hmac_key_base64: str | None, stanza: str | None,
-              home: str | None, allow_ip: str | None, use_source: bool, client_timeout: int,
+              stanza: str | None, home: str | None, allow_ip: str | None, use_source: bool, client_timeout: int,
               save_packet: str | None, as_json: bool) -> None:
-    """Send one SPA packet to HOST (UDP, no reply expected), then connect within the grant time."""
+    """Send one SPA packet to HOST (UDP, no reply expected), then connect within the grant time.
+
+    Keys come from $STOCKADE_KNOCK_KEY (native), $STOCKADE_KNOCK_KEY_BASE64 and
+    $STOCKADE_KNOCK_HMAC_KEY_BASE64 (fwknop), or --stanza; never from the command line."""
+    key, key_base64, hmac_key_base64 = (os.environ.get(v) or None for v in (
+        "STOCKADE_KNOCK_KEY", "STOCKADE_KNOCK_KEY_BASE64", "STOCKADE_KNOCK_HMAC_KEY_BASE64"))
     from stockade.perimeter import fwknop, native
     from stockade.perimeter.codec import parse_port
 
@@ -196,13 +200,14 @@ def knock_cmd(host: str, ports: tuple[int, ...], open_specs: tuple[str, ...], sp
         fail(f"cannot reach {host}: {e.strerror}", EXIT_UNREACHABLE, as_json)
     now = time.time()
     if use_fwknop:
-        k, hk = _b64_arg(key_base64, "--key-base64", as_json), _b64_arg(hmac_key_base64, "--hmac-key-base64", as_json)
+        k = _b64_arg(key_base64, "STOCKADE_KNOCK_KEY_BASE64", as_json)
+        hk = _b64_arg(hmac_key_base64, "STOCKADE_KNOCK_HMAC_KEY_BASE64", as_json)
         if ip is not None and ":" in ip:
             fail("the fwknop profile carries IPv4 addresses only", EXIT_USAGE, as_json)
         wire = fwknop.encode(k, hk, ip or "0.0.0.0", specs, timestamp=int(now),  # noqa: S104
                              client_timeout=client_timeout)
     else:
-        secret = _b64_arg(key, "--key", as_json)
+        secret = _b64_arg(key, "STOCKADE_KNOCK_KEY", as_json)
         try:
             nk = native.NativeKey.from_secret(secret)
         except ValueError as e:
