@@ -104,7 +104,7 @@ def test_dashboard_login_live_events_click_approve(tmp_path: Path, browser_page:
         assert page.locator("img[src=x]").count() == 0             # ...never markup
         _shot(page, "approvals")
         page.click(f"#approve-{a['approval']}")
-        page.wait_for_url(base + "/approvals")
+        page.wait_for_url(base + f"/approvals?done={a['approval']}")
         resp = call.result()
         assert "unix" in resp["result"], resp
         shown = cli_json("approvals", "show", a["approval"], home=home)

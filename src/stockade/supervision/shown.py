@@ -19,6 +19,7 @@ def event_display(kind: str, data: Any) -> dict[str, Any]:
     text = detail.text if len(detail.text) <= DETAIL_CHARS else detail.text[:DETAIL_CHARS] + "…"
     agent, cap, kind_s = (show_text(str(v or "")) for v in (d.get("agent"), d.get("capability"), kind))
     return {"agent": agent.text, "capability": cap.text, "kind": kind_s.text, "detail": text,
+            "tier": show_text(str(d.get("tier") or "")).text,
             "suspicious": detail.suspicious or agent.suspicious or cap.suspicious or kind_s.suspicious}
 
 

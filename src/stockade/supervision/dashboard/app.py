@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +31,6 @@ from starlette.routing import Route
 from stockade.core import agents as agents_mod
 from stockade.core.errors import StockadeError, err
 from stockade.core.types import Tier
-from stockade.edge.bounded import parse_json
 from stockade.edge.security import GuardMiddleware
 from stockade.supervision import audit_view, tokens
 from stockade.supervision.dashboard import views
@@ -139,9 +138,9 @@ async def _form(request: Request) -> dict[str, str]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:
-            data = parse_json(body or b"{}")   # the edge's bounded parse (depth, sizes, finite numbers)
-        except StockadeError as e:
-            raise err("InvalidInput", "body is not valid JSON" if e.type == "ParseError" else e.message) from None
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise err("InvalidInput", "body is not valid JSON") from None
         if not isinstance(data, dict):
             raise err("InvalidInput", "body must be a JSON object")
         return data
@@ -175,7 +174,7 @@ class Dashboard:
         return isinstance(sent, str) and hmac.compare_digest(sent.encode(), s.csrf.encode()) and _same_origin(request)
 
     def svc(self) -> Any:
-        svc = self.gw.approvals
+        svc = self.gw.state.get("approvals")
         if svc is None:
             raise err("Internal", "approvals are not running")
         return svc
@@ -189,7 +188,8 @@ class Dashboard:
         vault = layers.get("vault")
         vstate = "unknown"
         if isinstance(vault, dict):
-            vstate = ("sealed" if vault.get("sealed") else "unsealed" if "sealed" in vault
+            vstate = ("not set up" if vault.get("initialized") is False
+                      else "sealed" if vault.get("sealed") else "unsealed" if "sealed" in vault
                       else vault.get("status", "unknown"))
         ags = agents_mod.list_all(self.db)
         from stockade.approvals import store
@@ -252,12 +252,13 @@ class Dashboard:
         return self.last_verify
 
     def secrets_data(self) -> dict[str, Any]:
-        v = self.gw.vault
-        f = v.file if v is not None else None
+        v = self.gw.state.get("vault")
+        f = getattr(v, "file", None)
         if v is None or f is None:
             return {"available": False, "secrets": []}
         rows = [r.public() for r in f.rows()] if f.exists() else []
-        return {"available": True, "sealed": bool(getattr(v, "sealed", True)), "secrets": rows}
+        return {"available": True, "sealed": bool(getattr(v, "sealed", True)), "initialized": f.exists(),
+                "secrets": rows}
 
     def packs_data(self) -> dict[str, Any]:
         try:
@@ -350,6 +351,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/grants/{id}/revoke", "action", "revoke_grant"),
     ("GET", "/activity", "page", "activity"),
     ("GET", "/agents", "page", "agents"),
+    ("GET", "/agents/{name}/revoke", "page", "revoke_agent_confirm"),
     ("POST", "/agents/{name}/revoke", "action", "revoke_agent"),
     ("GET", "/audit", "page", "audit"),
     ("POST", "/audit/verify", "action", "verify"),
@@ -504,7 +506,18 @@ class DashboardApp:
         return _html(views.overview(self.d.overview_data(), s.csrf))
 
     async def approvals(self, request: Request, s: Session) -> Response:
-        return _html(views.approvals(self.d.svc().list(None, 200), self.d.svc().grants(), s.csrf))
+        return _html(views.approvals(self.d.svc().list(None, 200), self.d.svc().grants(), s.csrf,
+                                     self._just_decided(request.query_params.get("done"))))
+
+    def _just_decided(self, aid: str | None) -> dict[str, Any] | None:
+        """The approval named in `?done=` (after a decision), for the confirmation notice."""
+        if not aid or len(aid) > 100:
+            return None
+        try:
+            shown: dict[str, Any] = self.d.svc().show(aid)
+        except StockadeError:
+            return None
+        return shown
 
     async def approval(self, request: Request, s: Session) -> Response:
         return _html(views.approval_page(self.d.svc().show(request.path_params["id"]), s.csrf))
@@ -514,6 +527,12 @@ class DashboardApp:
 
     async def agents(self, request: Request, s: Session) -> Response:
         return _html(views.agents(self.d.agents_data(), s.csrf))
+
+    async def revoke_agent_confirm(self, request: Request, s: Session) -> Response:
+        name = request.path_params["name"]
+        if not any(a.name == name and a.active for a in agents_mod.list_all(self.d.db)):
+            raise err("NotFound", "no active agent by that name", [])
+        return _html(views.revoke_confirm(name, s.csrf))
 
     async def audit(self, request: Request, s: Session) -> Response:
         return _html(views.audit(await self.d.audit_query(_filters(request.query_params)), s.csrf))
@@ -531,12 +550,12 @@ class DashboardApp:
         out = await self.d.svc().decide(aid, "approve", by="dashboard")   # an expired one raises: no grant either
         if minutes is not None and out["changed"]:
             await self.d.svc().grant(out["agent"], out["capability"], minutes, by="dashboard", approval=aid)
-        return RedirectResponse("/approvals", status_code=303)
+        return RedirectResponse(f"/approvals?done={quote(aid, safe='')}", status_code=303)
 
     async def reject(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await self.d.svc().decide(request.path_params["id"], "reject", by="dashboard",
-                                  reason=form.get("reason") or None)
-        return RedirectResponse("/approvals", status_code=303)
+        aid = request.path_params["id"]
+        await self.d.svc().decide(aid, "reject", by="dashboard", reason=form.get("reason") or None)
+        return RedirectResponse(f"/approvals?done={quote(aid, safe='')}", status_code=303)
 
     async def revoke_grant(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
         await self.d.svc().revoke_grant(request.path_params["id"], by="dashboard")
@@ -616,7 +635,7 @@ class DashboardApp:
 
 def build_app(gw: Any) -> Any:
     d = Dashboard(gw)
-    gw.dashboard = d
+    gw.state["dashboard"] = d
     handlers = DashboardApp(gw, d)
     app = Starlette(routes=handlers.routes(),
                     exception_handlers={404: handlers.not_found, Exception: handlers.server_error})

@@ -7,12 +7,13 @@ the page itself submits back (filters) use `attr`, which only HTML-escapes."""
 from __future__ import annotations
 
 import html
-import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 from stockade.core.display import WARNING, Shown, escape_parts, show_json, show_text
 
+TIERS = ("autonomous", "notify", "approval_required", "blocked")
 NAV = (("/", "Overview"), ("/approvals", "Approvals"), ("/activity", "Live activity"), ("/agents", "Agents"),
        ("/audit", "Audit"), ("/secrets", "Secrets"), ("/packs", "Packs"))
 
@@ -49,7 +50,7 @@ def pretty(v: Any) -> str:
 
 
 def badge(status: Any) -> str:
-    return f'<span class="badge b-{attr(status)}">{esc(status)}</span>'
+    return f'<span class="badge b-{attr(str(status).replace(" ", "-"))}">{esc(status)}</span>'
 
 
 def layout(title: str, body: str, *, csrf: str | None, active: str = "") -> str:
@@ -77,10 +78,41 @@ def login(login_csrf: str, error: str | None = None) -> str:
     return layout("Log in", body, csrf=None)
 
 
+def _plain(v: Any, depth: int = 0) -> str:
+    """A health value in words: yes/no, lists joined, nested mappings as `key value` pairs."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(_plain(x, depth + 1) for x in v) or "none"
+    if isinstance(v, dict):
+        if depth >= 2:
+            return f"{len(v)} entries"
+        return "; ".join(f"{k.replace('_', ' ')} {_plain(x, depth + 1)}" for k, x in sorted(v.items())) or "none"
+    return str(v)
+
+
+def details(d: dict[str, Any]) -> str:
+    """A layer's health detail as a readable list (`key  value`), not JSON."""
+    if not d:
+        return ""
+    items = "".join(f"<li><span class='k'>{esc(str(k).replace('_', ' '))}</span> {esc(_plain(v))}</li>"
+                    for k, v in sorted(d.items()))
+    return f"<ul class='kv'>{items}</ul>"
+
+
+def _ports(ports: Any) -> str:
+    if not isinstance(ports, dict):
+        return str(ports)
+    return ", ".join(f"{k} {v}" for k, v in sorted(ports.items())) or "none"
+
+
 def overview(d: dict[str, Any], csrf: str) -> str:
     layers = "".join(f"<tr><td>{esc(k)}</td><td>{badge(v.get('status', '?') if isinstance(v, dict) else v)}</td>"
-                     f"<td><code>{esc(json.dumps({x: y for x, y in v.items() if x != 'status'}, default=str))}"
-                     f"</code></td></tr>"
+                     f"<td>{details({x: y for x, y in v.items() if x != 'status'})}</td></tr>"
                      for k, v in sorted(d["layers"].items()) if isinstance(v, dict))
     audit = d.get("audit") or {}
     return layout("Overview", f"""
@@ -95,7 +127,7 @@ def overview(d: dict[str, Any], csrf: str) -> str:
 <h2>Layers</h2>
 <table><thead><tr><th>layer</th><th>status</th><th>detail</th></tr></thead><tbody>{layers or
   '<tr><td colspan=3>no layer has reported yet</td></tr>'}</tbody></table>
-<p class="hint">Gateway up since {esc(ts(d['started']))}; ports {esc(json.dumps(d['ports']))}.</p>""",
+<p class="hint">Gateway up since {esc(ts(d['started']))}; ports {esc(_ports(d['ports']))}.</p>""",
                   csrf=csrf, active="/")
 
 
@@ -103,7 +135,18 @@ def _args(a: dict[str, Any]) -> str:
     return f'<pre class="args">{pretty(a.get("args"))}</pre>'
 
 
-def approvals(items: list[dict[str, Any]], grants: list[dict[str, Any]], csrf: str) -> str:
+def notice(done: dict[str, Any] | None) -> str:
+    """What the owner just decided, confirmed on the page they land on."""
+    if not done:
+        return ""
+    verb = {"approved": "Approved", "executed": "Approved", "running": "Approved", "failed": "Approved",
+            "rejected": "Rejected", "expired": "Too late: expired"}.get(str(done.get("status")), "Decided")
+    return (f'<p class="notice" role="status" id="notice">{esc(verb)} <code>{esc(done.get("approval"))}</code>: '
+            f'{esc(done.get("agent"))} → {esc(done.get("capability"))} (now {badge(done.get("status"))}).</p>')
+
+
+def approvals(items: list[dict[str, Any]], grants: list[dict[str, Any]], csrf: str,
+              just_decided: dict[str, Any] | None = None) -> str:
     pending = [a for a in items if a["status"] == "pending"]
     done = [a for a in items if a["status"] != "pending"]
     cards = "".join(approval_card(a, csrf) for a in pending) or '<p class="empty">Nothing is waiting for you.</p>'
@@ -116,7 +159,7 @@ def approvals(items: list[dict[str, Any]], grants: list[dict[str, Any]], csrf: s
                     f"<input type=hidden name=csrf value='{esc(csrf)}'><button class=danger>Revoke</button>"
                     "</form></td></tr>"
                     for g in grants)
-    return layout("Approvals", f"""
+    return layout("Approvals", f"""{notice(just_decided)}
 <p class="hint" id="live-note">This page updates when a new request arrives.</p>
 <section id="pending">{cards}</section>
 <h2>Time-limited grants</h2>
@@ -165,12 +208,25 @@ def approval_page(a: dict[str, Any], csrf: str) -> str:
     return layout(f"Approval {a['approval']}", approval_card(a, csrf), csrf=csrf, active="/approvals")
 
 
+def _tier_select(selected: Any) -> str:
+    opts = "".join(f'<option value="{attr(t)}"{" selected" if t == selected else ""}>{attr(t or "any tier")}</option>'
+                   for t in ("", *TIERS))
+    return f'<select name="tier" aria-label="tier">{opts}</select>'
+
+
 def activity(csrf: str) -> str:
-    return layout("Live activity", """
+    return layout("Live activity", f"""
 <p class="hint">Events stream live from the gateway: notify-tier calls, denials, rate limits, approvals,
 health alerts, policy reloads. <span id="conn" class="badge b-unknown">connecting</span></p>
-<table id="events"><thead><tr><th>time</th><th>severity</th><th>kind</th><th>agent</th><th>capability</th>
-<th>detail</th></tr></thead><tbody></tbody></table>""", csrf=csrf, active="/activity")
+<form class="filters" id="ev-filters" role="search">
+<input name="agent" placeholder="agent" aria-label="agent">
+<input name="capability" placeholder="capability" aria-label="capability">
+{_tier_select("")}
+<input name="kind" placeholder="event type (e.g. approval.)" aria-label="event type">
+</form>
+<div class="scroll"><table id="events"><thead><tr><th>time</th><th>severity</th><th>kind</th><th>agent</th>
+<th>capability</th><th>tier</th><th>detail</th></tr></thead><tbody></tbody></table></div>""",
+                  csrf=csrf, active="/activity")
 
 
 def agents(rows: list[dict[str, Any]], csrf: str) -> str:
@@ -178,8 +234,7 @@ def agents(rows: list[dict[str, Any]], csrf: str) -> str:
     for r in rows:
         tiers = "".join(f"<tr><td>{esc(c)}</td><td>{badge(t)}</td></tr>" for c, t in sorted(r["tiers"].items()))
         revoke = "" if r["status"] != "active" else (
-            f"<form method=post action='/agents/{esc(r['name'])}/revoke'><input type=hidden name=csrf "
-            f"value='{esc(csrf)}'><button class=danger>Revoke key</button></form>")
+            f"<a class='button danger' href='/agents/{attr(quote(str(r['name']), safe=''))}/revoke'>Revoke key…</a>")
         profile = f"<pre class='args'>{pretty(r['sandbox'])}</pre>" if r.get("sandbox") else \
             "<p class='hint'>sandbox profile: not reported by the policy part</p>"
         out.append(f"""<article class="card"><div class="row"><strong>{esc(r['name'])}</strong> {badge(r['status'])}
@@ -188,6 +243,16 @@ def agents(rows: list[dict[str, Any]], csrf: str) -> str:
 <details><summary>Sandbox profile</summary>{profile}</details></article>""")
     return layout("Agents", "".join(out) or "<p class='empty'>No agents yet (stockade agent create NAME).</p>",
                   csrf=csrf, active="/agents")
+
+
+def revoke_confirm(name: str, csrf: str) -> str:
+    """Revoking a key cannot be undone (the agent needs a new key): ask first."""
+    return layout("Revoke key", f"""<article class="card narrow">
+<p>Revoke the key of <strong>{esc(name)}</strong>? Its calls stop at once, its pending approvals end, and it
+needs a new key (<code>stockade agent create</code>) to work again. This cannot be undone.</p>
+<div class="actions"><form method="post" action="/agents/{attr(quote(name, safe=''))}/revoke">
+<input type="hidden" name="csrf" value="{attr(csrf)}"><button class="danger" id="revoke-confirm">Revoke the key of
+{esc(name)}</button></form><a class="button" href="/agents">Cancel</a></div></article>""", csrf=csrf, active="/agents")
 
 
 def _sub(r: dict[str, Any], key: str, sub: str) -> Any:
@@ -213,7 +278,8 @@ def audit(d: dict[str, Any], csrf: str) -> str:
 <form method="get" action="/audit" class="filters">
 <input name="agent" placeholder="agent" value="{attr(f.get('agent'))}">
 <input name="capability" placeholder="capability" value="{attr(f.get('capability'))}">
-<input name="kind" placeholder="kind" value="{attr(f.get('kind'))}">
+{_tier_select(f.get('tier', ''))}
+<input name="kind" placeholder="event type" aria-label="event type" value="{attr(f.get('kind'))}">
 <input name="limit" type="number" min="1" max="1000" value="{esc(f.get('limit', 100))}">
 <button>Filter</button></form>
 <form method="post" action="/audit/verify"><input type="hidden" name="csrf" value="{esc(csrf)}">
@@ -221,6 +287,12 @@ def audit(d: dict[str, Any], csrf: str) -> str:
 <table><thead><tr><th>seq</th><th>time</th><th>kind</th><th>agent</th><th>capability</th><th>tier</th><th>outcome</th>
 <th></th></tr></thead><tbody>{rows or '<tr><td colspan=8>no records</td></tr>'}</tbody></table>""",
                   csrf=csrf, active="/audit")
+
+
+def vault_state(d: dict[str, Any]) -> str:
+    if d.get("initialized") is False:
+        return "not set up"
+    return "sealed" if d.get("sealed") else "unsealed"
 
 
 def secrets(d: dict[str, Any], csrf: str) -> str:
@@ -232,7 +304,7 @@ def secrets(d: dict[str, Any], csrf: str) -> str:
                    f"<td>{esc(', '.join(r.get('hosts') or []) or 'any')}</td><td>{esc(ts(r.get('updated')))}</td>"
                    f"<td>{esc(ts(r.get('last_used')) or 'never')}</td></tr>" for r in d["secrets"])
     return layout("Secrets", f"""<p class="hint">Names and scopes only: values never leave the vault
-(vault {badge('sealed' if d.get('sealed') else 'unsealed')}). Manage with <code>stockade vault</code>.</p>
+(vault {badge(vault_state(d))}). Manage with <code>stockade vault</code>.</p>
 <table><thead><tr><th>name</th><th>capabilities</th><th>hosts</th><th>updated</th><th>last used</th></tr></thead>
 <tbody>{rows or '<tr><td colspan=5>no secrets</td></tr>'}</tbody></table>""", csrf=csrf, active="/secrets")
 

@@ -11,6 +11,37 @@
     if (cls) td.className = cls;
     tr.appendChild(td);
   }
+  // Live activity filters: agent, capability and tier match exactly (empty: any), the event type
+  // by prefix ("approval." shows every approval event). Rows stay; non-matching ones are hidden.
+  function filterValues() {
+    var form = document.getElementById("ev-filters");
+    var out = {};
+    if (!form) return out;
+    ["agent", "capability", "tier", "kind"].forEach(function (k) {
+      out[k] = form.elements[k] ? String(form.elements[k].value).trim() : "";
+    });
+    return out;
+  }
+  function matches(tr) {
+    var f = filterValues();
+    if (f.agent && tr.getAttribute("data-agent") !== f.agent) return false;
+    if (f.capability && tr.getAttribute("data-capability") !== f.capability) return false;
+    if (f.tier && tr.getAttribute("data-tier") !== f.tier) return false;
+    if (f.kind && String(tr.getAttribute("data-type")).indexOf(f.kind) !== 0) return false;
+    return true;
+  }
+  function applyFilters() {
+    var table = document.getElementById("events");
+    if (!table) return;
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (tr) { tr.hidden = !matches(tr); });
+  }
+  function wireFilters() {
+    var form = document.getElementById("ev-filters");
+    if (!form) return;
+    form.addEventListener("input", applyFilters);
+    form.addEventListener("change", applyFilters);
+    form.addEventListener("submit", function (e) { e.preventDefault(); applyFilters(); });
+  }
   function live() {
     var table = document.getElementById("events");
     var onApprovals = document.getElementById("pending");
@@ -37,10 +68,17 @@
       cell(tr, d.kind, "kind");
       cell(tr, d.agent);
       cell(tr, d.capability);
+      cell(tr, d.tier);
+      tr.setAttribute("data-agent", d.agent || "");
+      tr.setAttribute("data-capability", d.capability || "");
+      tr.setAttribute("data-tier", d.tier || "");
+      tr.setAttribute("data-type", d.kind || "");
+      tr.hidden = !matches(tr);
       cell(tr, (d.suspicious ? "⚠ hidden characters shown escaped: " : "") + (d.detail || ""), "detail");
       tbody.insertBefore(tr, tbody.firstChild);
       while (tbody.rows.length > 500) tbody.deleteRow(tbody.rows.length - 1);
     };
   }
   document.addEventListener("DOMContentLoaded", live);
+  document.addEventListener("DOMContentLoaded", wireFilters);
 })();
