@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -299,3 +300,72 @@ def test_failed_cgroup_attach_leaves_no_child_and_no_fd(direct) -> None:  # type
         time.sleep(0.05)
     assert _children(zpid) == []                       # no zombie, nothing left running
     assert len(os.listdir(f"/proc/{zpid}/fd")) == fds  # no pidfd left open
+
+
+def test_removed_cgroup_is_recreated_and_reported(direct) -> None:  # type: ignore[no-untyped-def]
+    """The agent's cgroup removed underneath the zygote (issue 23 item 5): the next call
+    re-creates it, runs inside it with its limits, and health reports the repair."""
+    make, call, name = direct
+    gh: dict[str, Any] = {}
+    ex = make(gateway_health=gh)
+    assert call(ex, "result = {'x': 1}") == {"x": 1}
+    g = cgroups.AgentCgroup(cgroups.detect(), f"stockade-rt-{os.getpid()}", name)
+    dirs = list(g.dirs().values())
+    assert dirs and all(os.path.isdir(d) for d in dirs)
+    g.remove()
+    assert not any(os.path.isdir(d) for d in dirs)
+    assert call(ex, "result = {'x': 2}") == {"x": 2}
+    assert all(os.path.isdir(d) for d in dirs)
+    assert any(r["repaired"] == "cgroup" and r["agent"] == name for r in ex.health()["repairs"])
+    assert gh["sandbox"]["repairs"] == ex.health()["repairs"]
+
+
+def test_health_follows_a_zygote_restart(direct) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILLed zygote (issue 23 item 8): calls arriving during the restart get the new zygote
+    or SandboxUnavailable, never Internal; health then names the new pid, not critical."""
+    make, call, _ = direct
+    gh: dict[str, Any] = {}
+    ex = make(gateway_health=gh)
+    gh["sandbox"] = ex.health()
+    assert call(ex, "result = {'x': 1}") == {"x": 1}
+    old = ex.status["pid"]
+    ex.proc.kill()
+    ex.proc.wait()
+
+    async def one(delay: float) -> Any:
+        await asyncio.sleep(delay)
+        try:
+            return await call.acall(ex, "result = {'x': 2}")
+        except StockadeError as e:
+            return e.type
+
+    async def many() -> list[Any]:
+        return list(await asyncio.gather(*(one(d / 20) for d in range(8))))
+
+    out = asyncio.run(many())
+    assert all(o == {"x": 2} or o == "SandboxUnavailable" for o in out), out
+    assert {"x": 2} in out
+    assert ex.status["pid"] != old
+    assert gh["sandbox"]["zygote_pid"] == ex.status["pid"] and gh["sandbox"]["status"] != "critical", gh
+
+
+def test_stopped_zygote_hand_off_has_a_deadline(direct) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOPped zygote: the hand-off gives up after its deadline with SandboxUnavailable, the
+    stall shows in health, and the stopped zygote is replaced."""
+    make, call, _ = direct
+    gh: dict[str, Any] = {}
+    ex = make(gateway_health=gh)
+    ex.handoff_timeout = 1.0
+    assert call(ex, "result = {'x': 1}") == {"x": 1}
+    old = ex.status["pid"]
+    os.kill(ex.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StockadeError) as ei:
+            call(ex, "result = {'x': 2}")
+        assert ei.value.type == "SandboxUnavailable" and "did not answer" in ei.value.message
+        assert gh["sandbox"]["zygote_stalls"] == 1 and gh["sandbox"]["status"] == "critical"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGCONT)
+    assert call(ex, "result = {'x': 3}") == {"x": 3}      # replaced
+    assert ex.status["pid"] != old and gh["sandbox"]["status"] != "critical"

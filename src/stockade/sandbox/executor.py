@@ -29,6 +29,7 @@ PackInfo = Callable[[Any], tuple[str, dict[str, Any], dict[str, Any]]]
 
 DEFINITIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "capabilities", "definitions")
 SIGXCPU = 24
+HANDOFF_TIMEOUT = 5.0   # seconds the zygote may take to answer a request (it answers in < 1 ms)
 ZYGOTE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _UNAVAILABLE = [{"action": "check_health",
@@ -128,6 +129,9 @@ class SandboxExecutor:
         self.pack_info = pack_info
         self._last_restart = 0.0
         self._restarts = 0
+        self.handoff_timeout = HANDOFF_TIMEOUT
+        self.stalls = 0
+        self.repairs: list[dict[str, Any]] = []   # what the zygote re-created (last 20)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def zygote_command(self, fd: int) -> list[str]:
@@ -182,6 +186,12 @@ class SandboxExecutor:
             out.append("zygote: not running")
         return out
 
+    def publish_health(self) -> None:
+        """Keep system.health truthful: called on every change (restart, stall, repair, failure)."""
+        gh = self.gateway_health
+        if gh is not None:
+            gh["sandbox"] = {**gh.get("sandbox", {}), **self.health()}
+
     def health(self) -> dict[str, Any]:
         s = self.status
         problems = self.problems()
@@ -197,6 +207,8 @@ class SandboxExecutor:
             "cgroup": s.get("cgroup"),
             "zygote_pid": s.get("pid"),
             "zygote_restarts": self._restarts,
+            "zygote_stalls": self.stalls,
+            "repairs": self.repairs[-5:],
         }
 
     # -- per agent -----------------------------------------------------------------------------
@@ -264,14 +276,13 @@ class SandboxExecutor:
                     await asyncio.to_thread(self.start_zygote)
                 except Exception as e:
                     self.status = {"problems": [f"zygote: restart failed: {type(e).__name__}: {e}"[:300]]}
+                self.publish_health()
 
     async def run(self, caller: Any, definition: Any, args: dict[str, Any], call_id: str) -> dict[str, Any]:
         await self._restart_if_dead()
         problems = self.problems()
         if problems:
-            gh = self.gateway_health
-            if gh is not None:   # keep system.health truthful (e.g. the zygote died)
-                gh["sandbox"] = {**gh.get("sandbox", {}), **self.health()}
+            self.publish_health()
             raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
                       _UNAVAILABLE)
         agent = caller.agent
@@ -303,8 +314,30 @@ class SandboxExecutor:
         finally:
             os.close(netns_fd)
 
+    async def _hand_off(self, loop: asyncio.AbstractEventLoop, fds: list[int]) -> dict[str, Any]:
+        """Send one request and wait for the zygote's answer, with a deadline (under `lock`).
+
+        No socket (a restart failed) or no answer in time is SandboxUnavailable, never an
+        assertion. A zygote that does not answer (stopped, wedged) is killed: a late answer
+        would otherwise be read as the next call's, and the next call restarts it.
+        """
+        if self.sock is None:
+            raise OSError(111, "the zygote is being replaced")
+        self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       b"".join(f.to_bytes(4, sys.byteorder) for f in fds))])
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), self.handoff_timeout)
+        except TimeoutError:
+            self.stalls += 1
+            if self.proc is not None:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait)
+            self.publish_health()
+            raise OSError(62, f"no answer within {self.handoff_timeout:g} s (stalled; replacing it)") from None
+        reply = json.loads(data or b'{"error": "zygote gone"}')
+        return reply if isinstance(reply, dict) else {"error": "bad reply"}
+
     async def _call(self, req: dict[str, Any], profile: Profile, netns_fd: int = -1) -> dict[str, Any]:
-        assert self.sock is not None
         if self.lock is None:
             self.lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
@@ -320,11 +353,8 @@ class SandboxExecutor:
                 view = memoryview(json.dumps(obj).encode())
                 while view:
                     view = view[os.write(fd, view):]
-            async with self.lock:
-                fds = [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else [])
-                self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                               b"".join(f.to_bytes(4, sys.byteorder) for f in fds))])
-                reply = json.loads(await loop.sock_recv(self.sock, 65536) or b'{"error": "zygote gone"}')
+            async with self.lock:   # a restart holds it: calls wait for the new zygote
+                reply = await self._hand_off(loop, [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else []))
         except (OSError, ValueError) as e:
             os.close(r)
             os.close(sr)
@@ -338,6 +368,10 @@ class SandboxExecutor:
             os.close(r)
             os.close(sr)
             raise err("SandboxUnavailable", f"the sandbox refused the call ({reply.get('error')})", _UNAVAILABLE)
+        if reply.get("repaired"):
+            self.repairs = [*self.repairs[-19:], {"at": time.time(), "agent": req.get("agent"),
+                                                  "repaired": str(reply["repaired"])}]
+            self.publish_health()
         try:
             pidfd = os.pidfd_open(reply["pid"])
         except OSError:

@@ -355,7 +355,7 @@ class Zygote:
         try:
             cg = self._cgroup(r)
             before = cg.counters() if cg is not None else {}
-            pid, pidfd = self._fork(r, cg)
+            pid, pidfd, repaired = self._fork(r, cg)
         except OSError as e:
             r.close()
             self.sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
@@ -366,7 +366,7 @@ class Zygote:
             os.close(r.netns_fd)
         self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, cg, before)
         self.poller.register(pidfd, select.POLLIN)
-        self.sock.send(json.dumps({"pid": pid}).encode())
+        self.sock.send(json.dumps({"pid": pid, **({"repaired": repaired} if repaired else {})}).encode())
         return True
 
     # -- stages --------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ class Zygote:
             self.groups[agent] = (key, g)
         return self.groups[agent][1]
 
-    def _fork(self, r: _Request, cg: Any) -> tuple[int, int]:
+    def _fork(self, r: _Request, cg: Any) -> tuple[int, int, str | None]:
         """Stage 3: clone P into a new pid namespace, move it into `cg`, open its gate.
 
         The zygote moves the child into the agent's cgroup while the child reads its arguments
@@ -406,10 +406,11 @@ class Zygote:
             self._in_child(r, gate_r, gate_w)
         os.close(gate_r)
         pidfd = -1
+        repaired = None
         try:
             pidfd = os.pidfd_open(pid)
             if cg is not None:
-                self._attach(cg, r, pid)
+                repaired = self._attach(cg, r, pid)
             with contextlib.suppress(BrokenPipeError):   # P already failed: its error is on the result pipe
                 os.write(gate_w, b"1")
         except OSError:
@@ -417,15 +418,18 @@ class Zygote:
             raise
         finally:
             os.close(gate_w)
-        return pid, pidfd
+        return pid, pidfd, repaired
 
-    def _attach(self, cg: Any, r: _Request, pid: int) -> None:
-        """Move P into the agent's group; a group removed behind our back is re-created once."""
+    def _attach(self, cg: Any, r: _Request, pid: int) -> str | None:
+        """Move P into the agent's group. A group removed behind our back is re-created (with the
+        call's limits) and the repair reported to the gateway, which shows it in health."""
         try:
             cg.attach(pid)
+            return None
         except FileNotFoundError:
             cg.ensure(r.profile, r.req.get("io_devices") or [])
             cg.attach(pid)
+            return "cgroup"
 
     def _in_child(self, r: _Request, gate_r: int, gate_w: int) -> None:
         """Body of the freshly cloned P: hand over to `child.sandboxed`. Never returns."""
