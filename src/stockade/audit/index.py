@@ -55,8 +55,9 @@ def _text(v: Any) -> str | None:
 
 def row_fields(rec: dict[str, Any]) -> tuple[Any, ...]:
     """(kind, agent, capability, status, phase, call, tier) of a record (or of writer input)."""
-    outcome = rec.get("outcome") if isinstance(rec.get("outcome"), dict) else {}
-    decision = rec.get("decision") if isinstance(rec.get("decision"), dict) else {}
+    o, d = rec.get("outcome"), rec.get("decision")
+    outcome: dict[str, Any] = o if isinstance(o, dict) else {}
+    decision: dict[str, Any] = d if isinstance(d, dict) else {}
     return (_text(rec.get("kind")) or "call", _text(rec.get("agent")), _text(rec.get("capability")),
             _text(outcome.get("status")), _text(rec.get("phase")), _text(rec.get("call")), _text(decision.get("tier")))
 
@@ -101,7 +102,7 @@ class Index:
 
     def high_water(self) -> tuple[int, str, int, int] | None:
         r = self.conn.execute("SELECT seq, file, offset, length FROM records ORDER BY seq DESC LIMIT 1").fetchone()
-        return tuple(r) if r else None  # type: ignore[return-value]
+        return (int(r[0]), str(r[1]), int(r[2]), int(r[3])) if r else None
 
     def prune_file(self, name: str) -> None:
         with self._tx():
@@ -169,7 +170,8 @@ class Index:
     def query(self, *, agent: str | None = None, capability: str | None = None, outcome: str | None = None,
               kind: str | None = None, since_us: int | None = None, until_us: int | None = None,
               limit: int = 100, newest_first: bool = False) -> list[tuple[str, int, int]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, val in (("agent", agent), ("capability", capability), ("status", outcome), ("kind", kind)):
             if val is not None:
                 where.append(f"{col} = ?")
@@ -185,7 +187,7 @@ class Index:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         args.append(int(limit))
-        return [tuple(r) for r in self.conn.execute(sql, args)]  # type: ignore[misc]
+        return [(str(f), int(o), int(n)) for f, o, n in self.conn.execute(sql, args)]
 
 
 def make_row(rec: dict[str, Any], file: str, offset: int, length: int) -> Row:

@@ -43,6 +43,8 @@ from stockade.audit.verify import _looks_torn, day_files
 from stockade.core.errors import StockadeError, err
 
 LOCK_NAME = ".lock"
+RESERVE_NAME = "reserve"
+_HEADROOM = 64 << 10          # free space (beyond a whole reserve) before a full disk counts as recovered
 TORN_DIR = "torn"
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -75,6 +77,47 @@ class Store:
         self.fd: int | None = None
         self.day: str | None = None
         self.size = 0
+        # Space reserved in advance (`audit/reserve`): released bit by bit when an append meets a
+        # full disk, so records stay durable (and acknowledged only then) while the disk is full.
+        self.reserve_target = 0
+        self.reserve_fd: int | None = None
+        self.reserve_size = 0
+        self.use_reserve = False
+        self.reserve_used = 0          # bytes released since the reserve was last whole
+
+    def open_reserve(self, target: int, use: bool) -> None:
+        """Create or top up `audit/reserve` to `target` bytes; DiskFull if the disk cannot hold it."""
+        self.reserve_target, self.use_reserve = target, use
+        if target <= 0:
+            return
+        self.reserve_fd = os.open(self.dir / RESERVE_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o600)
+        if not self.regrow():
+            raise DiskFull(f"cannot reserve {target} bytes in {self.dir}")
+
+    def regrow(self) -> bool:
+        """Make the reserve whole again; False while the disk has no room for it."""
+        if self.reserve_fd is None:
+            return True
+        try:
+            os.posix_fallocate(self.reserve_fd, 0, self.reserve_target)
+        except OSError as e:
+            if e.errno not in _SPACE_ERRNOS:
+                raise
+            self.reserve_size = os.fstat(self.reserve_fd).st_size
+            return False
+        self.reserve_size, self.reserve_used = self.reserve_target, 0
+        return True
+
+    def _release(self, need: int) -> bool:
+        """Give back reserve space for `need` more bytes (rounded up generously); False if none is left."""
+        if not self.use_reserve or self.reserve_fd is None or self.reserve_size <= 0:
+            return False
+        give = min(self.reserve_size, (need + (16 << 10) + 4095) // 4096 * 4096)
+        os.ftruncate(self.reserve_fd, self.reserve_size - give)
+        self.reserve_size -= give
+        self.reserve_used += give
+        return True
 
     def recover(self) -> tuple[Head, dict[str, Any] | None]:
         """Find the head; move a torn final record aside. Raises AuditDamaged on anything else.
@@ -166,18 +209,22 @@ class Store:
         for f in frames:
             offsets.append(pos)
             pos += len(f)
-        data = memoryview(b"".join(frames))
-        try:
-            while data:
-                data = data[os.write(self.fd, data):]
-        except OSError as e:
+        whole = b"".join(frames)
+        while True:
+            data = memoryview(whole)
             try:
-                os.ftruncate(self.fd, start)
-            except OSError as e2:
-                raise WriterFailed(f"write failed ({e}) and could not be rolled back ({e2})") from e2
-            if e.errno in _SPACE_ERRNOS:
-                raise DiskFull(str(e)) from e
-            raise WriterFailed(f"write failed: {e}") from e
+                while data:
+                    data = data[os.write(self.fd, data):]
+                break
+            except OSError as e:
+                try:
+                    os.ftruncate(self.fd, start)
+                except OSError as e2:
+                    raise WriterFailed(f"write failed ({e}) and could not be rolled back ({e2})") from e2
+                if e.errno not in _SPACE_ERRNOS:
+                    raise WriterFailed(f"write failed: {e}") from e
+                if not self._release(len(whole)):
+                    raise DiskFull(str(e)) from e
         try:
             os.fdatasync(self.fd)
         except OSError as e:
@@ -190,6 +237,13 @@ class Store:
             os.close(self.fd)
             self.fd = None
             self.day = None
+        if self.reserve_fd is not None:
+            os.close(self.reserve_fd)
+            self.reserve_fd = None
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
 
 
 def last_record(path: Path) -> dict[str, Any] | None:
@@ -266,7 +320,6 @@ class _Item:
     frame: bytes
     rec: dict[str, Any]       # the caller's fields; the index thread derives its row from them
     fut: asyncio.Future[int] | None = None
-    buffered: bool = False
 
 
 @dataclass
@@ -293,9 +346,9 @@ class Settings:
 class _DiskFullState:
     since: int
     first_seq: int | None = None
-    buffered: int = 0
     refused: int = 0
-    probe: bool = False
+    exhausted: bool = False       # the reserve is used up (or halt mode): calls are refused
+    dropped: int = 0              # unacknowledged internal records given up (never a caller's)
 
 
 @dataclass
@@ -314,6 +367,8 @@ class AuditWriter:
         self.durable = Head()
         self.failed: str | None = None
         self.disk_full: _DiskFullState | None = None
+        self.dropped = 0              # records given up at close: a stop with any is not clean
+        self._reserve_used_total = 0
         self.closed = True
         self._queue: list[_Item] = []
         self._wake = asyncio.Event()
@@ -337,9 +392,15 @@ class AuditWriter:
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self, *, lock_timeout: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
-        self._lock_fd = await loop.run_in_executor(self._ex, lock, self.audit_dir, lock_timeout)
+        try:
+            self._lock_fd = await loop.run_in_executor(self._ex, lock, self.audit_dir, lock_timeout)
+        except OSError as e:
+            raise self._start_error(e) from None
         try:
             try:
+                buffer = self.settings.fail_mode == "buffer"
+                await loop.run_in_executor(self._ex, self.store.open_reserve,
+                                           self.settings.reserve_bytes if buffer else 0, buffer)
                 self.head, torn = await loop.run_in_executor(self._ex, self.store.recover)
             except AuditDamaged as e:
                 raise err("Internal", f"audit log damaged: {e}. Run `stockade audit verify`; to start a new "
@@ -354,9 +415,12 @@ class AuditWriter:
             self.index = await loop.run_in_executor(self._ix, _open_index, self.audit_dir)
             if self.index is not None:
                 await loop.run_in_executor(self._ix, self._catch_up_index)
-        except BaseException:
+        except BaseException as e:
             unlock(self._lock_fd)
             self._lock_fd = None
+            self.store.close()
+            if isinstance(e, OSError | DiskFull):
+                raise self._start_error(e) from None
             raise
         self.closed = False
         self._set_health("ok")
@@ -366,6 +430,13 @@ class AuditWriter:
         if torn:
             self._publish("audit.torn_recovered", torn, "warning")
             await self.record({"kind": "audit.torn_recovered", **torn})
+
+    def _start_error(self, e: BaseException) -> StockadeError:
+        if isinstance(e, DiskFull) or getattr(e, "errno", None) in _SPACE_ERRNOS:
+            return err("Internal", f"audit disk full at start: {e}. The audit log needs free space in {self.audit_dir} "
+                                   f"(audit.reserve_bytes = {self.settings.reserve_bytes} are reserved for records "
+                                   "written while the disk is full); free space and start again")
+        return err("Internal", f"cannot open the audit log in {self.audit_dir}: {e}")
 
     async def close(self) -> None:
         """Flush, write the shutdown checkpoint, release the lock."""
@@ -385,12 +456,16 @@ class AuditWriter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self._queue:
-            print(f"stockade: audit: {len(self._queue)} buffered records could not be written at shutdown "
-                  f"({self.failed or 'disk full'})", file=sys.stderr)
+            # Never acknowledged (a record is acknowledged only once durable): the callers are
+            # refused, the chain rewinds (no seq skipped or reused), and the stop is not clean.
+            self.dropped = len(self._queue)
+            print(f"stockade: audit: {self.dropped} queued records could not be written at shutdown "
+                  f"({self.failed or 'disk full'}); their calls were refused, none was acknowledged", file=sys.stderr)
             for it in self._queue:
                 if it.fut and not it.fut.done():
                     it.fut.set_exception(self._refusal("closed"))
             self._queue.clear()
+            self.head = Head(self.durable.seq, self.durable.hash, self.durable.file, self.durable.size)
         if not self.failed and self.durable.seq > self._last_cp:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(self._ex, self._checkpoint_sync, "shutdown")
@@ -419,9 +494,9 @@ class AuditWriter:
 
     # -- recording -------------------------------------------------------------------------------
     async def record(self, rec: dict[str, Any]) -> int:
-        """Append one record; returns its seq once it is durable (or buffered on a full disk)."""
+        """Append one record; returns its seq once it is durable (never before)."""
         self._accepting()
-        item = self._enqueue(rec, wait=not self.disk_full)
+        item = self._enqueue(rec, wait=True)
         agent = rec.get("agent")
         if type(agent) is str and self._budget.add(agent, len(item.frame), time.monotonic()):
             self._budget_alert(agent)
@@ -459,15 +534,8 @@ class AuditWriter:
         self.head = Head(seq, digest, f"{day}.log", 0)
         if wait:
             item.fut = asyncio.get_running_loop().create_future()
-        else:
-            item.buffered = True
-            if self.disk_full:
-                self.disk_full.buffered += 1
         self._queue.append(item)
-        if self.disk_full and self.health is not None and "audit" in self.health:
-            self.health["audit"]["buffered"] = len(self._queue)
-        if not self.disk_full:
-            self._wake.set()
+        self._wake.set()
         return item
 
     def _accepting(self) -> None:
@@ -475,21 +543,17 @@ class AuditWriter:
             raise self._refusal("failed")
         if self.closed:
             raise self._refusal("closed")
-        if self.disk_full:
-            if self.settings.fail_mode == "halt":
-                self.disk_full.refused += 1
-                raise self._refusal("halt")
-            if len(self._queue) >= self.settings.buffer_records:
-                self.disk_full.refused += 1
-                raise self._refusal("buffer_full")
+        if self.disk_full and self.disk_full.exhausted:
+            self.disk_full.refused += 1
+            raise self._refusal("halt" if self.settings.fail_mode == "halt" else "buffer_full")
 
     def _refusal(self, why: str) -> StockadeError:
         msg = {
             "failed": f"the audit log failed ({self.failed}); calls are refused until the gateway is restarted",
             "closed": "the audit log is closed (the gateway is stopping)",
             "halt": "the audit disk is full (audit.fail_mode: halt): calls are refused until space returns",
-            "buffer_full": f"the audit disk is full and the buffer of {self.settings.buffer_records} records is "
-                           "full: calls are refused until space returns",
+            "buffer_full": "the audit disk is full and the space reserved for it (audit.reserve_bytes) is used up: "
+                           "calls are refused until space returns",
         }[why]
         return err("Internal", msg, audit=why)
 
@@ -528,13 +592,15 @@ class AuditWriter:
                 for it in seg:
                     if it.fut is not None and not it.fut.done():
                         it.fut.set_result(it.seq)
+                if self.store.reserve_used and not self.disk_full:
+                    self._on_disk_full("writing into the reserved space", exhausted=False)
+                elif self.disk_full and self.health is not None and "audit" in self.health:
+                    self.health["audit"]["reserve_left"] = self.store.reserve_size
                 fname = f"{first.day}.log"
                 rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, it.rec)
                         for it, off in zip(seg, offsets, strict=True)]
                 self._ix_rows.extend(rows)
                 self._maybe_index()
-                if self.disk_full:
-                    await self._on_space_back()
                 every = self.settings.checkpoint_every
                 if last.seq // every > self._last_cp // every:
                     with contextlib.suppress(Exception):
@@ -602,68 +668,66 @@ class AuditWriter:
         self._publish("health.audit", {"status": "critical", "error": why, "refusing": True}, "critical")
         print(f"stockade: audit writer failed: {why}; refusing calls", file=sys.stderr)
 
-    def _on_disk_full(self, why: str) -> None:
+    def _on_disk_full(self, why: str, *, exhausted: bool = True) -> None:
+        """The disk is full: either records go into the reserve (still durable before they are
+        acknowledged), or (`exhausted`: no reserve left, or halt mode) the queued callers are
+        refused and the chain rewinds to the last durable record, so no seq is skipped or reused."""
         first = not self.disk_full
         if first:
             self.disk_full = _DiskFullState(since=self.clock(), first_seq=self._queue[0].seq if self._queue else None)
-        assert self.disk_full is not None
-        if self.settings.fail_mode == "halt":
-            # Nothing is buffered: the queued callers are refused and the chain rewinds to the
-            # last durable record, so no seq is ever skipped.
+        state = self.disk_full
+        assert state is not None
+        if exhausted:
+            state.exhausted = True
             for it in self._queue:
-                if it.fut is not None and not it.fut.done():
-                    self.disk_full.refused += 1
-                    it.fut.set_exception(self._refusal("halt"))
+                if it.fut is None:
+                    state.dropped += 1          # an internal event (never a caller's record)
+                elif not it.fut.done():
+                    state.refused += 1
+                    it.fut.set_exception(self._refusal("halt" if self.settings.fail_mode == "halt" else "buffer_full"))
             self._queue.clear()
             self.head = Head(self.durable.seq, self.durable.hash, self.durable.file, self.durable.size)
-        else:
-            # The callers waiting in the queue proceed: their records are buffered, in order.
-            for it in self._queue:
-                if it.fut is not None and not it.fut.done():
-                    it.buffered = True
-                    self.disk_full.buffered += 1
-                    it.fut.set_result(it.seq)
+        detail = {"status": "critical", "error": f"audit disk full: {why}", "mode": self.settings.fail_mode,
+                  "refusing": state.exhausted, "reserve_left": self.store.reserve_size,
+                  "retry_seconds": self.settings.retry_seconds}
+        self._set_health("critical", **{k: v for k, v in detail.items() if k != "status"})
         if first:
-            detail = {"status": "critical", "error": f"audit disk full: {why}", "mode": self.settings.fail_mode,
-                      "buffered": len(self._queue), "buffer_records": self.settings.buffer_records,
-                      "retry_seconds": self.settings.retry_seconds}
-            self._set_health("critical", **{k: v for k, v in detail.items() if k != "status"})
             self._publish("health.audit", detail, "critical")
             self._tasks.append(asyncio.create_task(self._retry_loop(), name="audit-retry"))
-        elif self.health is not None and "audit" in self.health:
-            self.health["audit"]["buffered"] = len(self._queue)
 
     async def _retry_loop(self) -> None:
+        """Every retry_seconds: once the reserve is whole again (and some room beyond), recover."""
+        loop = asyncio.get_running_loop()
         while self.disk_full and not self.failed and not self.closed:
             await asyncio.sleep(self.settings.retry_seconds)
             state = self.disk_full
-            if not state:
+            if not state or self.closed:
                 return
-            if not self._queue and self.settings.fail_mode == "halt":
-                # Nothing is buffered in halt mode: the disk-full record itself is the probe.
-                state.probe = True
+            try:
+                back = await loop.run_in_executor(self._ex, self._space_back)
+            except OSError as e:
+                self._on_fatal(f"reserve: {e}")
+                return
+            if back:
+                self.disk_full = None
+                self._recovered(state)
                 self._enqueue(self._disk_full_event(state), wait=False)
-            self._wake.set()
 
-    async def _on_space_back(self) -> None:
-        if self._queue:
-            return       # keep flushing, in order, first
-        state = self.disk_full
-        assert state is not None
-        self.disk_full = None
-        self._recovered(state)
-        if not state.probe:
-            self._enqueue(self._disk_full_event(state), wait=False)
+    def _space_back(self) -> bool:
+        used = self.store.reserve_used
+        if self.store.free_bytes() < _HEADROOM or not self.store.regrow():
+            return False
+        self._reserve_used_total = used
+        return True
 
     def _disk_full_event(self, state: _DiskFullState) -> dict[str, Any]:
-        return {"kind": "audit.disk_full", "since": state.since, "until": self.clock(),
-                "buffered": state.buffered, "refused": state.refused, "first_seq": state.first_seq,
-                "mode": self.settings.fail_mode}
+        return {"kind": "audit.disk_full", "since": state.since, "until": self.clock(), "refused": state.refused,
+                "reserve_used": self._reserve_used_total, "dropped_internal": state.dropped,
+                "first_seq": state.first_seq, "mode": self.settings.fail_mode}
 
     def _recovered(self, state: _DiskFullState) -> None:
         self._set_health("ok")
-        self._publish("health.audit", {"status": "ok", "recovered": True, "buffered": state.buffered,
-                                       "refused": state.refused}, "info")
+        self._publish("health.audit", {"status": "ok", "recovered": True, "refused": state.refused}, "info")
 
     # -- checkpoints and retention ---------------------------------------------------------------
     def _checkpoint_sync(self, reason: str, seq: int | None = None, digest: bytes | None = None,

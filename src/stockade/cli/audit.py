@@ -60,9 +60,10 @@ def _line(rec: dict[str, Any]) -> str:
     if kind:
         rest = {k: v for k, v in rec.items() if k not in ("seq", "ts", "prev", "hash", "kind")}
         return sanitize(f"{rec.get('seq'):>8} {_iso(rec.get('ts'))} {kind} {json.dumps(jsonable(rest), default=str)}")
-    outcome = rec.get("outcome") if isinstance(rec.get("outcome"), dict) else {}
-    decision = rec.get("decision") if isinstance(rec.get("decision"), dict) else {}
-    status = outcome.get("status", "?")
+    o, d = rec.get("outcome"), rec.get("decision")
+    outcome: dict[str, Any] = o if isinstance(o, dict) else {}
+    decision: dict[str, Any] = d if isinstance(d, dict) else {}
+    status = str(outcome.get("status", "?"))
     if outcome.get("error"):
         status += f" ({outcome['error']})"
     return sanitize(f"{rec.get('seq'):>8} {_iso(rec.get('ts'))} {rec.get('agent')} {rec.get('capability')} "
@@ -194,7 +195,11 @@ def query(agent: str | None, capability: str | None, outcome: str | None, kind: 
             bad.append(BadFrame(hit[0], hit[1], hit[2], "the index points at it but it does not decode", None))
         else:
             recs.append(r)
-    emit({"records": [jsonable(r) for r in recs]}, as_json, lambda d: [click.echo(_line(r)) for r in recs])
+    def render(_d: Any) -> None:
+        for r in recs:
+            click.echo(_line(r))
+
+    emit({"records": [jsonable(r) for r in recs]}, as_json, render)
     _exit_if_bad(bad)
 
 
