@@ -5,6 +5,7 @@ request, decision and execution, and changed arguments need a new approval."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -155,24 +156,41 @@ def test_watch_streams_sanitised_events_and_agents_status(tmp_path: Path) -> Non
         key = server.agent("alice")
         proc = subprocess.Popen([*STOCKADE, "watch", "--history", "0", "--home", str(home)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen: queue.Queue[bytes] = queue.Queue()
+        reader = threading.Thread(target=lambda: [seen.put(x) for x in proc.stdout], daemon=True)  # type: ignore[union-attr]
+        reader.start()
+
+        def next_notify(timeout: float) -> bytes | None:
+            try:
+                while True:
+                    line = seen.get(timeout=timeout)
+                    if b"call.notify" in line:
+                        return line
+            except queue.Empty:
+                return None
+
         try:
-            time.sleep(1.0)   # let the subscription start
+            # Until `watch` has subscribed (its start-up takes a while on a busy machine), calls made
+            # before are not shown (history 0): call until one is seen, then send the hostile one.
+            first = None
+            deadline = time.monotonic() + 60
+            while first is None and time.monotonic() < deadline:
+                server.invoke(key, "agent.whoami")
+                first = next_notify(1.0)
             evil = "\x1b]0;pwned\x07\x1b[2J\x1b[31mRED"
-            server.invoke(key, "agent.whoami")
             # agent.approval with wait=3 is notify-tier in the test policy: its argument reaches the owner
             server.invoke(key, "agent.approval", {"approval": evil, "wait": 3})
-            lines: list[bytes] = []
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(lines) < 2:
-                line = proc.stdout.readline()  # type: ignore[union-attr]
-                if b"call.notify" in line:
-                    lines.append(line)
+            second = next_notify(20)
+            while second is not None and b"agent.approval" not in second:   # a late whoami
+                second = next_notify(20)
+            lines = [x for x in (first, second) if x is not None]
             assert len(lines) == 2, f"notify events missing: {lines}"
             assert b"agent.whoami" in lines[0] and b"pwned" in lines[1] and b"RED" in lines[1]
         finally:
             proc.terminate()
             proc.wait(10)
-        out = proc.stdout.read() if proc.stdout else b""  # type: ignore[union-attr]
+        reader.join(10)
+        out = b"".join(list(seen.queue))
         assert b"\x1b" not in b"".join(lines) + out and b"\x07" not in out
         st = cli_json("agents", home=home)
         assert st["server"] == "running" and {a["name"] for a in st["agents"]} >= {"alice"}
