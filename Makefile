@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 DEMO_HOME ?= $(CURDIR)/.demo-home
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps venv clean
+.PHONY: run test bench lint deps venv clean release
 
 deps:
 	@./scripts/install-system-deps.sh
@@ -27,6 +27,11 @@ test: venv
 
 bench: venv
 	@$(BIN)/stockade bench --json
+
+# The signed, reproducible release of HEAD into dist/release (KEY: the publisher's private key file).
+release: venv
+	@test -n "$(KEY)" || { echo "usage: make release KEY=/path/to/publisher.key" >&2; exit 2; }
+	@$(BIN)/stockade release build --key "$(KEY)" --out dist/release
 
 lint: venv
 	@$(BIN)/ruff check src tests bench
