@@ -134,7 +134,7 @@ def _home(tmp_path: Path) -> Path:
     for name, value, hosts in (("EXCHANGE_KEY", API_KEY, f"http://{IP}"), ("EXCHANGE_SECRET", API_SECRET, f"http://{IP}"),
                                ("EXCHANGE_SECRET_OLD", WRONG_SECRET, f"http://{IP}"),
                                ("EXCHANGE_KEY_8443", API_KEY, f"http://{IP}:{PORT}")):
-        cli_json("vault", "set", name, "--scope", CAP, "--host", hosts, home=h, env=env, input=value)
+        cli_json("vault", "set", name, "--all-agents", "--scope", CAP, "--host", hosts, home=h, env=env, input=value)
     return h
 
 
@@ -283,8 +283,8 @@ def test_vault_checks_a_pack_calls_base_url_against_the_secret_hosts(tmp_path: P
     agent_key = agents.create(db, "alice")
     f, kb = VaultFile(home.vault_path), keys.KeyBuffer()
     f.init(bytearray(PW.encode()), kb)
-    f.put(kb, "bound", API_KEY.encode(), [CAP], [f"http://{IP}:{PORT}"])
-    f.put(kb, "free", API_SECRET.encode(), [CAP], [])
+    f.put(kb, "bound", API_KEY.encode(), [CAP], [f"http://{IP}:{PORT}"], all_agents=True)
+    f.put(kb, "free", API_SECRET.encode(), [CAP], [], all_agents=True)
     kb.close()
     f.close()
     v = Vault(home.vault_path)

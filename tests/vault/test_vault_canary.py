@@ -86,10 +86,13 @@ def _home(tmp_path: Path) -> Path:
         f"sandbox:\n  egress:\n    - '{IP}:{PORT}'\n")
     env = {"STOCKADE_VAULT_PASSPHRASE": PW}
     cli_json("vault", "init", home=h, env=env)
-    cli_json("vault", "set", "httpkey", "--scope", "network.http_request", "--host", f"http://{IP}:{PORT}",
+    cli_json("vault", "set", "httpkey", "--all-agents", "--scope", "network.http_request", "--host",
+             f"http://{IP}:{PORT}",
              home=h, env=env, input=HTTP_SECRET)
-    cli_json("vault", "set", "envtok", "--scope", "process.run", home=h, env=env, input=ENV_SECRET)
-    cli_json("vault", "set", ODD_NAME, "--scope", "process.run", "--raw", home=h, env=env, input=ODD_VALUE)
+    cli_json("vault", "set", "envtok", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=h,
+             env=env, input=ENV_SECRET)
+    cli_json("vault", "set", ODD_NAME, "--all-agents", "--disclose-to-agent", "--scope", "process.run", "--raw",
+             home=h, env=env, input=ODD_VALUE)
     return h
 
 
@@ -125,7 +128,7 @@ def test_canary_through_real_gateway(lab: TestHost, tmp_path: Path) -> None:
             res = srv.invoke(key, "network.http_request", {"url": f"http://{IP}:{PORT}{path}?i={i}", "headers": hdr,
                                                            "method": "POST", "body": f"n={i}"}, timeout=120)
             body = json.dumps(_result(res))
-            assert "[REDACTED]" in body, res          # the server did echo it; the pipeline scrubbed it
+            assert "${secret:httpkey}" in body, res   # the server did echo it; the pipeline shows the reference
             return body.encode()
 
         with ThreadPoolExecutor(4) as pool:
@@ -137,7 +140,7 @@ def test_canary_through_real_gateway(lab: TestHost, tmp_path: Path) -> None:
         for _ in range(20):
             res = srv.invoke(key, "process.run", {"argv": ["sh", "-c", script], "env": {"TOK": "${secret:envtok}"}})
             out = _result(res)
-            assert out.get("exit_code") == 3 and "[REDACTED]" in out["stdout"], res
+            assert out.get("exit_code") == 3 and "${secret:envtok}" in out["stdout"], res
             transcripts.append(json.dumps(res).encode())
         # odd bytes reach the program exactly (checked by digest: the value itself is scrubbed)
         res = srv.invoke(key, "process.run", {"argv": ["sh", "-c", 'printf %s "$ODD" | sha256sum'],

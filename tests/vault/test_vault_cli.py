@@ -27,13 +27,15 @@ def test_offline_lifecycle(home: Path, tmp_path: Path) -> None:
     again = run_cli("vault", "init", "--json", home=home, env=ENV, check=False)
     assert again.returncode == 2 and json.loads(again.stdout)["error"]["type"] == "VaultExists"
 
-    out = cli_json("vault", "set", "exchange key", "--scope", "network.http_request", "--host", "api.example.com",
+    out = cli_json("vault", "set", "exchange key", "--all-agents", "--scope", "network.http_request", "--host",
+                   "api.example.com",
                    home=home, env=ENV, input=VALUE + "\n")
     assert out["name"] == "exchange key" and out["hosts"] == ["api.example.com"] and VALUE not in json.dumps(out)
     # the trailing newline of stdin was stripped; --raw keeps it
     vf = tmp_path / "v.txt"
     vf.write_bytes(b"raw\n")
-    cli_json("vault", "set", "raw", "--scope", "process.run,pack.tool", "--value-file", str(vf), "--raw",
+    cli_json("vault", "set", "raw", "--all-agents", "--disclose-to-agent", "--scope", "process.run,pack.tool",
+             "--value-file", str(vf), "--raw",
              home=home, env=ENV)
     listed = cli_json("vault", "list", home=home)
     assert [s["name"] for s in listed["secrets"]] == ["exchange key", "raw"]
@@ -70,12 +72,15 @@ def test_bad_input_changes_nothing(home: Path) -> None:
     vinit(home)
     before = (home / "vault.db").read_bytes()
     cases = [
-        (["vault", "set", "x", "--scope", "process.run"], {"STOCKADE_VAULT_PASSPHRASE": "wrong"}, "x", 2),
-        (["vault", "set", "x", "--scope", "network.http_request"], ENV, "x", 2),     # no --host
+        (["vault", "set", "x", "--all-agents", "--disclose-to-agent", "--scope", "process.run"],
+         {"STOCKADE_VAULT_PASSPHRASE": "wrong"}, "x", 2),
+        (["vault", "set", "x", "--all-agents", "--scope", "network.http_request"], ENV, "x", 2),     # no --host
         (["vault", "set", "x", "--scope", "not a capability"], ENV, "x", 2),
-        (["vault", "set", "x}", "--scope", "process.run"], ENV, "x", 2),
-        (["vault", "set", "x", "--scope", "process.run"], ENV, "", 2),              # empty value
-        (["vault", "set", "x", "--scope", "process.run"], {"STOCKADE_VAULT_PASSPHRASE": ""}, "x", 2),
+        (["vault", "set", "x}", "--all-agents", "--disclose-to-agent", "--scope", "process.run"], ENV, "x", 2),
+        (["vault", "set", "x", "--all-agents", "--disclose-to-agent", "--scope", "process.run"], ENV, "", 2),
+                         # empty value
+        (["vault", "set", "x", "--all-agents", "--disclose-to-agent", "--scope", "process.run"],
+         {"STOCKADE_VAULT_PASSPHRASE": ""}, "x", 2),
         (["vault", "unseal"], ENV, None, 3),                                       # no server
         (["vault", "seal"], ENV, None, 3),
     ]
@@ -93,14 +98,16 @@ def test_bad_input_changes_nothing(home: Path) -> None:
 
 def test_offline_rekey(home: Path, tmp_path: Path) -> None:
     vinit(home)
-    cli_json("vault", "set", "a", "--scope", "process.run", home=home, env=ENV, input="value-a")
+    cli_json("vault", "set", "a", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=home,
+             env=ENV, input="value-a")
     newf = tmp_path / "new"
     newf.write_text("the new passphrase\n")
     out = cli_json("vault", "rekey", "--new-passphrase-file", str(newf), home=home, env=ENV)
     assert out["secrets"] == 1
     from tests.vault.test_vault_format import independent_decrypt
     assert independent_decrypt(home / "vault.db", "a", "the new passphrase") == b"value-a"
-    p = run_cli("vault", "set", "b", "--scope", "process.run", "--json", home=home, env=ENV, input="v", check=False)
+    p = run_cli("vault", "set", "b", "--all-agents", "--disclose-to-agent", "--scope", "process.run", "--json",
+                home=home, env=ENV, input="v", check=False)
     assert p.returncode == 2 and json.loads(p.stdout)["error"]["type"] == "WrongPassphrase"
 
 
@@ -121,7 +128,8 @@ def allow_secrets_list(home: Path) -> None:
 def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
     vinit(home)
     allow_secrets_list(home)
-    cli_json("vault", "set", "envtok", "--scope", "process.run", home=home, env=ENV, input=VALUE)
+    cli_json("vault", "set", "envtok", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=home,
+             env=ENV, input=VALUE)
     srv = start_server(home)
     try:
         st = cli_json("vault", "status", home=home)
@@ -142,7 +150,8 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         assert srv.invoke(key, "system.health")["result"]["layers"]["vault"]["sealed"] is False
 
         # while running: set goes through the gateway (no passphrase needed once unsealed)
-        cli_json("vault", "set", "other", "--scope", "process.run", home=home, env=env_wo, input="other-value")
+        cli_json("vault", "set", "other", "--all-agents", "--disclose-to-agent", "--scope", "process.run",
+                 home=home, env=env_wo, input="other-value")
         lst = srv.invoke(key, "secrets.list")
         names = [s["name"] for s in lst["result"]["secrets"]]
         assert names == ["envtok", "other"] and VALUE not in json.dumps(lst)
@@ -163,7 +172,8 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
 
         sealed = cli_json("vault", "seal", home=home)
         assert sealed["was_unsealed"] is True
-        p = run_cli("vault", "set", "x", "--scope", "process.run", "--json", home=home, input="v", check=False)
+        p = run_cli("vault", "set", "x", "--all-agents", "--disclose-to-agent", "--scope", "process.run", "--json",
+                    home=home, input="v", check=False)
         assert p.returncode == 3 and json.loads(p.stdout)["error"]["type"] == "VaultSealed"
         old = run_cli("vault", "unseal", "--passphrase-file", str(pf), "--json", home=home, env=env_wo, check=False)
         assert old.returncode == 2 and json.loads(old.stdout)["error"]["type"] == "WrongPassphrase"

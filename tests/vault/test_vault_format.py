@@ -35,12 +35,16 @@ def independent_decrypt(db: Path, name: str, passphrase: str, mutate=None) -> by
     salt = m("salt", base64.b64decode(kdf["salt"]))
     key = hash_secret_raw(passphrase.encode("utf-8"), salt, time_cost=kdf["t"], memory_cost=kdf["m_kib"],
                           parallelism=kdf["p"], hash_len=32, type=Type.ID)
-    row = c.execute("SELECT name, scope, hosts, nonce, ciphertext FROM secrets WHERE name=?", (name,)).fetchone()
+    row = c.execute("SELECT name, scope, hosts, nonce, ciphertext, agents, disclosed FROM secrets WHERE name=?",
+                    (name,)).fetchone()
     c.close()
-    rname, scope, hosts, nonce, ct = (m("name", row[0]), m("scope", row[1]), m("hosts", row[2]),
-                                      m("nonce", row[3]), m("ciphertext", row[4]))
-    aad = json.dumps({"hosts": json.loads(hosts), "name": rname, "scope": json.loads(scope)},
-                     sort_keys=True, separators=(",", ":")).encode("utf-8")
+    rname, scope, hosts, nonce, ct, agents, disclosed = (
+        m("name", row[0]), m("scope", row[1]), m("hosts", row[2]), m("nonce", row[3]), m("ciphertext", row[4]),
+        m("agents", row[5]), m("disclosed", row[6]))
+    ad: dict = {"hosts": json.loads(hosts), "name": rname, "scope": json.loads(scope)}
+    if agents is not None:      # format 2: the agents it is bound to and the owner's disclosure are bound too
+        ad.update(agents=json.loads(agents), disclosed=bool(disclosed))
+    aad = json.dumps(ad, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return AESGCM(key).decrypt(nonce, ct, aad)
 
 
@@ -50,8 +54,9 @@ def vault_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     f = VaultFile(p)
     kb = keys.KeyBuffer()
     f.init(bytearray(PASS.encode()), kb)
-    f.put(kb, "exchange key", VALUE.encode(), ["network.http_request"], ["api.example.com", "http://10.0.0.1:8080"])
-    f.put(kb, "other", b"x" * 40, ["process.run"], [])
+    f.put(kb, "exchange key", VALUE.encode(), ["network.http_request"], ["api.example.com", "http://10.0.0.1:8080"],
+          all_agents=True)
+    f.put(kb, "other", b"x" * 40, ["process.run"], [], all_agents=True, disclose_to_agent=True)
     kb.close()
     f.close()
     return p
@@ -72,7 +77,8 @@ def test_file_and_meta_layout(vault_db: Path) -> None:
     assert len(base64.b64decode(kdf["salt"])) == 16
     assert isinstance(meta["verifier"], bytes) and len(meta["verifier"]) == 12 + len(F.VERIFIER_PLAINTEXT) + 16
     cols = [r[1] for r in c.execute("PRAGMA table_info(secrets)")]
-    assert cols == ["name", "scope", "hosts", "nonce", "ciphertext", "created", "updated", "last_used"]
+    assert cols == ["name", "scope", "hosts", "nonce", "ciphertext", "created", "updated", "last_used", "agents",
+                    "disclosed"]
     name, scope, hosts, nonce, ct = c.execute(
         "SELECT name, scope, hosts, nonce, ciphertext FROM secrets WHERE name='exchange key'").fetchone()
     assert json.loads(scope) == ["network.http_request"]
@@ -84,7 +90,9 @@ def test_file_and_meta_layout(vault_db: Path) -> None:
     assert AESGCM(key).decrypt(v[:12], v[12:], b'{"hosts":[],"name":"","scope":[]}') == F.VERIFIER_PLAINTEXT
 
 
-def _flip(b: bytes | str, i: int = 0) -> bytes | str:
+def _flip(b: bytes | str | int, i: int = 0) -> bytes | str | int:
+    if isinstance(b, int):
+        return 1 - b
     if isinstance(b, str):
         ch = b[i]
         return b[:i] + ("b" if ch != "b" else "c") + b[i + 1:]
@@ -93,7 +101,7 @@ def _flip(b: bytes | str, i: int = 0) -> bytes | str:
 
 @pytest.mark.parametrize("field,index", [
     ("nonce", 0), ("nonce", 11), ("ciphertext", 0), ("ciphertext", -1),   # -1: last byte of the tag
-    ("name", 0), ("scope", 3), ("hosts", 3), ("salt", 5),
+    ("name", 0), ("scope", 3), ("hosts", 3), ("salt", 5), ("agents", 2), ("disclosed", 0),
 ])
 def test_one_byte_change_fails(vault_db: Path, field: str, index: int) -> None:
     def mutate(f: str, v):  # type: ignore[no-untyped-def]

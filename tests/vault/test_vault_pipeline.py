@@ -95,9 +95,10 @@ def build(tmp_path: Path) -> tuple[Pipeline, Vault, Any]:
     f = VaultFile(home.vault_path)
     kb = keys.KeyBuffer()
     f.init(bytearray(PASS), kb)
-    f.put(kb, "api", CANARY.encode(), ["network.http_request"], ["api.example.com", "http://127.0.0.1:8080"])
-    f.put(kb, "envtok", b"ENVTOKEN-0123456789abcdef", ["process.run"], [])
-    f.put(kb, "hk", b"hmac signing key", ["network.http_request"], ["api.example.com"])
+    f.put(kb, "api", CANARY.encode(), ["network.http_request"], ["api.example.com", "http://127.0.0.1:8080"],
+          all_agents=True)
+    f.put(kb, "envtok", b"ENVTOKEN-0123456789abcdef", ["process.run"], [], all_agents=True, disclose_to_agent=True)
+    f.put(kb, "hk", b"hmac signing key", ["network.http_request"], ["api.example.com"], all_agents=True)
     kb.close()
     f.close()
     v = Vault(home.vault_path)
@@ -243,13 +244,13 @@ def test_odd_names_and_values_are_used_faithfully(tmp_path: Path) -> None:
     p, v, caller = build(tmp_path)
     name, value = 'odd name \u2713 "q" $x {', "va l\\ue \"'$HOME ${secret:api} \u00e9\U0001f511\x01\t"
     v.unseal(bytearray(PASS))
-    v.put(name, value.encode(), ["process.run"], None)
+    v.put(name, value.encode(), ["process.run"], None, all_agents=True, disclose_to_agent=True)
     RECEIVED.clear()
     r = run(call(p, caller, "process.run", {"argv": ["x"], "env": {"A": "<${secret:" + name + "}>"}}))
     assert isinstance(r, dict), r
     assert RECEIVED[-1]["env"]["A"] == f"<{value}>"          # exact, and no second substitution pass
     assert value not in json.dumps(r)
-    v.put("binary", b"\xff\xfe\x00", ["process.run"], None)
+    v.put("binary", b"\xff\xfe\x00", ["process.run"], None, all_agents=True, disclose_to_agent=True)
     r = run(call(p, caller, "process.run", {"argv": ["x"], "env": {"A": "${secret:binary}"}}))
     assert isinstance(r, StockadeError) and r.type == "InvalidInput" and "UTF-8" in r.message
     v.seal()

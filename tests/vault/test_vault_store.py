@@ -30,7 +30,7 @@ def make_vault(path: Path, n: int = 3, passphrase: bytearray = OLD) -> None:
     kb = keys.KeyBuffer()
     f.init(bytearray(passphrase), kb)
     for i in range(n):
-        f.put(kb, f"s{i}", f"value-{i}-".encode() * 3, ["process.run"], [])
+        f.put(kb, f"s{i}", f"value-{i}-".encode() * 3, ["process.run"], [], all_agents=True, disclose_to_agent=True)
     kb.close()
     f.close()
 
@@ -160,7 +160,7 @@ def test_fresh_nonce_on_every_write(tmp_path: Path) -> None:
     f.unlock(bytearray(OLD), kb)
     nonces = set()
     for _ in range(20):
-        nonces.add(f.put(kb, "same", b"same value", ["process.run"], []).nonce)
+        nonces.add(f.put(kb, "same", b"same value", ["process.run"], [], all_agents=True, disclose_to_agent=True).nonce)
     assert len(nonces) == 20
     kb.close()
 
@@ -175,10 +175,10 @@ def test_put_rejects_bad_input_and_changes_nothing(tmp_path: Path) -> None:
     for name, scope, hosts in [("a}", ["process.run"], []), ("ok", [], []), ("ok", ["not a cap"], []),
                                ("ok", ["network.http_request"], ["*"]), ("ok", ["network.http_request"], [])]:
         with pytest.raises(StockadeError) as e:
-            f.put(kb, name, b"v", scope, hosts)
+            f.put(kb, name, b"v", scope, hosts, all_agents=True)
         assert e.value.type == "InvalidInput"
     with pytest.raises(StockadeError):
-        f.put(kb, "ok", b"v" * (64 * 1024 + 1), ["process.run"], [])
+        f.put(kb, "ok", b"v" * (64 * 1024 + 1), ["process.run"], [], all_agents=True, disclose_to_agent=True)
     with pytest.raises(StockadeError) as e:
         f.put(kb, "missing", b"v", None, None, keep_scope=True, must_exist=True)
     assert e.value.type == "SecretNotFound"

@@ -10,7 +10,7 @@ from typing import Any
 
 from stockade.approvals.rpc import RPC_METHODS
 from stockade.approvals.service import ApprovalService
-from stockade.core.admin import AdminCommand
+from stockade.core.admin import ADMIN_PEER, AdminCommand
 from stockade.core.errors import err
 from stockade.core.wiring import Gateway
 
@@ -47,8 +47,9 @@ def service(gw: Gateway) -> ApprovalService:
     return svc
 
 
-def _by(args: dict[str, Any]) -> str:
-    return "cli"
+def _by(args: dict[str, Any]) -> dict[str, Any]:
+    """Who decides: the admin socket's peer (uid, pid, command), never what the client claims."""
+    return ADMIN_PEER.get() or {"via": "admin-socket"}
 
 
 def _str(args: dict[str, Any], name: str) -> str:
@@ -103,7 +104,13 @@ async def _revoke_grant(gw: Gateway, args: dict[str, Any]) -> Any:
     return await service(gw).revoke_grant(_str(args, "id"), by=_by(args))
 
 
+async def _revoke_agent(gw: Gateway, args: dict[str, Any]) -> Any:
+    """`stockade agent revoke` on a running gateway: key, approvals and grants end together."""
+    return await service(gw).revoke_agent(_str(args, "name"), by=_by(args))
+
+
 ADMIN_COMMANDS = {
+    "agents.revoke": AdminCommand(_revoke_agent),
     "approvals.list": AdminCommand(_list),
     "approvals.show": AdminCommand(_show),
     "approvals.approve": AdminCommand(_approve),

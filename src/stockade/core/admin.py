@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,28 @@ class AdminCommands:
 
     def names(self) -> list[str]:
         return sorted(self._commands)
+
+
+# -- who is asking (server side) -----------------------------------------------------------------
+# The peer of the admin request being served (set by the admin server from SO_PEERCRED for the
+# task serving that connection): decisions record who made them, not a fixed "cli".
+ADMIN_PEER: ContextVar[dict[str, Any] | None] = ContextVar("stockade_admin_peer", default=None)
+
+
+def describe_peer(pid: int, uid: int) -> dict[str, Any]:
+    """uid and pid from the kernel (SO_PEERCRED), the command from /proc (best effort: the
+    process may be gone; its name is what it calls itself, the uid is what the kernel says)."""
+    out: dict[str, Any] = {"via": "admin-socket", "uid": uid, "pid": pid}
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as fh:
+            out["command"] = fh.read(64).decode("utf-8", "replace").strip()
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read(4096).split(b"\0")
+        # The program and its subcommand only (`stockade approvals approve`): never the rest.
+        out["cmdline"] = " ".join(a.decode("utf-8", "replace") for a in argv[:4] if a)[:256]
+    except OSError:
+        pass
+    return out
 
 
 # -- client side (CLI, offline tools) ------------------------------------------------------------

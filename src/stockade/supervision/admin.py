@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Any
 
-from stockade.core.admin import MAX_LINE, running
+from stockade.core.admin import ADMIN_PEER, MAX_LINE, describe_peer, running
 from stockade.core.errors import StockadeError, err
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway
@@ -67,6 +67,9 @@ class AdminServer:
         if uid not in (0, os.geteuid()):
             await _send(writer, _fail(err("Unauthenticated", "admin socket: uid not allowed")))
             return
+        pid = struct.unpack("3i", writer.get_extra_info("socket").getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        ADMIN_PEER.set(describe_peer(pid, uid))     # who decides, for the commands of this connection
         line = await reader.readline()
         try:
             req = json.loads(line)

@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from stockade.core.agents import check_name
 from stockade.core.errors import err
 
 KDF_ALG = "argon2id"
@@ -24,7 +25,7 @@ M_KIB, T_COST, PARALLELISM, KEY_LEN, SALT_LEN, NONCE_LEN, TAG_LEN = 65536, 3, 4,
 MAX_M_KIB, MAX_T, MAX_P = 4 * 1024 * 1024, 64, 64
 VERIFIER_PLAINTEXT = b"stockade vault verifier v1"
 VERIFIER_NAME = ""          # no secret can have an empty name, so the verifier never collides
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"      # 2: secrets bound to agents, disclosure recorded (format 1 rows still read)
 MAX_NAME = 128
 MAX_VALUE = 64 * 1024
 CAPABILITY_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -69,6 +70,19 @@ def aad(name: str, scope: list[str], hosts: list[str]) -> bytes:
     """Associated data: a row renamed, re-scoped or re-hosted no longer decrypts."""
     return json.dumps({"hosts": hosts, "name": name, "scope": scope}, sort_keys=True,
                       separators=(",", ":")).encode("utf-8")
+
+
+def aad_bound(name: str, scope: list[str], hosts: list[str], agents: list[str], disclosed: bool) -> bytes:
+    """Format 2 associated data: also the agents a secret is bound to and whether the owner
+    disclosed it to them, so a row re-bound to another agent or marked disclosed in the file
+    no longer decrypts."""
+    return json.dumps({"agents": agents, "disclosed": disclosed, "hosts": hosts, "name": name, "scope": scope},
+                      sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def row_aad(name: str, scope: list[str], hosts: list[str], agents: list[str] | None, disclosed: bool) -> bytes:
+    """A format 1 row (no agents: from before agent binding) keeps its format 1 associated data."""
+    return aad(name, scope, hosts) if agents is None else aad_bound(name, scope, hosts, agents, disclosed)
 
 
 def verifier_aad() -> bytes:
@@ -120,6 +134,42 @@ def normalize_scope(scope: Any) -> list[str]:
             raise err("InvalidInput", f"scope entry {s!r} is not a capability name like network.http_request")
         out.add(s.strip())
     return sorted(out)
+
+
+ALL_AGENTS = "*"
+# Capabilities that hand a resolved value to code the agent controls (it can print it, write it
+# to its workspace, send it anywhere it can reach): "use, never read" does not hold there. The one
+# place this is decided; a secret may be scoped to one of these only with the owner's explicit
+# disclosure. `network.http_request` (headers, signing in the gateway) and signed packs keep it.
+DISCLOSING_CAPABILITIES = frozenset({"process.run"})
+
+
+def discloses(capability: str) -> bool:
+    return capability in DISCLOSING_CAPABILITIES
+
+
+def normalize_agents(agents: Any, all_agents: bool) -> list[str]:
+    """`--agent NAME` (repeatable) or `--all-agents`: exactly one of the two."""
+    names = [agents] if isinstance(agents, str) else list(agents or [])
+    if all_agents:
+        if names and names != [ALL_AGENTS]:
+            raise err("InvalidInput", "give either agents (--agent NAME) or --all-agents, not both")
+        return [ALL_AGENTS]
+    if not names:
+        raise err("InvalidInput", "a secret must be bound to the agents that may use it: --agent NAME "
+                  "(repeatable) or --all-agents")
+    for n in names:
+        if not isinstance(n, str):
+            raise err("InvalidInput", "agent names must be strings")
+        check_name(n)
+    return sorted(set(names))
+
+
+def disclosure_refusal(scope: list[str]) -> str:
+    caps = ", ".join(s for s in scope if discloses(s))
+    return (f"scope {caps} hands the secret's value to code the agent controls: the agent will be able to read "
+            "the value (print it, write it to its workspace, send it on). Pass --disclose-to-agent to accept "
+            "that, or scope the secret to network.http_request (headers, signing) where it is used, never read")
 
 
 def parse_host_entry(entry: str) -> tuple[str, str, int | None]:

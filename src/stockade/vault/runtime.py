@@ -72,20 +72,48 @@ class Vault:
         h.update({k: v for k, v in self.hardening.items()})
         return h
 
-    def unseal(self, passphrase: bytearray) -> None:
-        """Derive, verify, keep. WrongPassphrase / VaultCorrupt / VaultNotInitialized otherwise.
+    def unseal(self, passphrase: bytearray) -> int:
+        """Derive, verify, keep. WrongPassphrase / VaultCorrupt / VaultNotInitialized otherwise."""
+        kb, n = self.open_key(passphrase)
+        self.keep(kb)
+        return n
 
-        Runs in a worker thread (Argon2), on its own connection.
+    async def unseal_audited(self, passphrase: bytearray, record: Any) -> int:
+        """All or nothing, audited either way: the passphrase is checked and every page and secret
+        verified (worker thread), then `vault.unsealed` is recorded, and only then is the key kept.
+        Any failure, including the audit write, leaves the vault sealed and records
+        `vault.unseal_failed` (best effort when the audit itself is what failed)."""
+        try:
+            kb, n = await in_thread(self.open_key, passphrase)
+        except StockadeError as e:
+            await record("vault.unseal_failed", error=e.type, message=e.message)
+            raise
+        try:
+            await record("vault.unsealed", secrets=n)
+        except BaseException:
+            kb.close()
+            raise
+        self.keep(kb)
+        return n
+
+    def open_key(self, passphrase: bytearray) -> tuple[keys.KeyBuffer, int]:
+        """The key, checked against the verifier and every secret, and the number of secrets.
+
+        Runs in a worker thread (Argon2), on its own connection; keeps nothing on failure.
         """
         kb = keys.KeyBuffer()
         f = VaultFile(self.file.path)
         try:
             f.unlock(passphrase, kb)
+            n = f.verify_all(kb)
         except BaseException:
             kb.close()
             raise
         finally:
             f.close()
+        return kb, n
+
+    def keep(self, kb: keys.KeyBuffer) -> None:
         with self._lock:
             old, self._key = self._key, kb
             self.unsealed_at = time.time()
@@ -115,9 +143,11 @@ class Vault:
 
     # -- owner operations (admin socket) ------------------------------------------------------------
     def put(self, name: str, value: bytes | bytearray, scope: list[str] | None, hosts: list[str] | None,
-            *, keep_scope: bool = False, must_exist: bool = False) -> Row:
+            *, agents: list[str] | None = None, all_agents: bool = False, disclose_to_agent: bool = False,
+            keep_scope: bool = False, must_exist: bool = False) -> Row:
         with self._lock:
-            return self.file.put(self.key(), name, value, scope, hosts, keep_scope=keep_scope,
+            return self.file.put(self.key(), name, value, scope, hosts, agents=agents, all_agents=all_agents,
+                                 disclose_to_agent=disclose_to_agent, keep_scope=keep_scope,
                                  must_exist=must_exist)
 
     def rekey(self, old: bytearray, new: bytearray) -> int:
@@ -170,8 +200,14 @@ class Vault:
                     raise err("SecretNotFound", f"no secret named {name!r} in the vault",
                               [{"action": "list_secrets", "description": "secrets.list shows the names you may "
                                 "reference; secrets.request asks the owner for a new one."}])
+                if not row.bound_to(getattr(caller, "agent", "")):
+                    raise _not_in_scope(f"secret {name!r} is not bound to agent {getattr(caller, 'agent', '')!r}")
                 if definition.name not in row.scope:
                     raise _not_in_scope(f"secret {name!r} may not be used by {definition.name}")
+                if F.discloses(definition.name) and not row.disclosed:
+                    raise _not_in_scope(f"secret {name!r} is not disclosed to agents, and {definition.name} would "
+                                        "hand its value to code the agent controls (the owner re-sets it with "
+                                        "--disclose-to-agent to allow that)")
                 if row.hosts and p.target is None and definition.name not in (refs.HTTP, refs.PROC):
                     raise _not_in_scope(f"secret {name!r} is bound to hosts, and this call names no base_url")
                 if p.target is not None and not F.host_allowed(row.hosts, p.target.scheme, p.target.host,
