@@ -25,6 +25,7 @@ revoking the agent expires its approvals and ends its grants in the revoke's own
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import contextvars
 import json
@@ -441,7 +442,7 @@ class ApprovalService:
         return [{**a.public(), "held": a.id in self._waiters}
                 for a in store.list_(self.db, status=status, limit=limit)]
 
-    def grants(self, live_only: bool = True) -> list[dict[str, Any]]:
+    def grants(self, live_only: bool = True) -> builtins.list[dict[str, Any]]:
         return [g.public() for g in store.list_grants(self.db, live_only=live_only, now=self.clock())]
 
     async def status(self, agent: str, aid: Any, wait: Any = 0) -> dict[str, Any]:

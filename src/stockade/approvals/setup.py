@@ -96,8 +96,8 @@ async def _grant(gw: Gateway, args: dict[str, Any]) -> Any:
         decided = await svc.decide(a["approval"], "approve", by=_by(args)) if a["status"] == "pending" else a
         g = await svc.grant(a["agent"], a["capability"], minutes, by=_by(args), reason=reason, approval=a["approval"])
         return {"grant": g, "approval": decided}
-    return {"grant": await svc.grant(_str(args, "agent"), _str(args, "capability"), minutes, by=_by(args),
-                                     reason=reason)}
+    return {"grant": await svc.grant(_str(args, "agent"), _str(args, "capability"), minutes,  # type: ignore[arg-type]
+                                     by=_by(args), reason=reason)}   # (grant checks minutes itself)
 
 
 async def _revoke_grant(gw: Gateway, args: dict[str, Any]) -> Any:

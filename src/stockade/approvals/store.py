@@ -218,7 +218,8 @@ def find_pending(conn: sqlite3.Connection, agent: str, capability: str, h: str, 
 
 def list_(conn: sqlite3.Connection, *, status: str | None = None, agent: str | None = None,
           limit: int = 200) -> list[Approval]:
-    q, params = f"SELECT {','.join(_COLS)} FROM approvals WHERE 1=1", []
+    q = f"SELECT {','.join(_COLS)} FROM approvals WHERE 1=1"
+    params: list[Any] = []
     if status:
         q += " AND status=?"
         params.append(status)
