@@ -8,7 +8,9 @@ Names in other categories may belong to a pack installed later: accepted, with a
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,13 +95,37 @@ def load_system(ctx: dict[str, str], facts: Facts = DEFAULT_FACTS) -> PolicyFile
     return parse_policy(SYSTEM_PATH.read_text(encoding="utf-8"), str(SYSTEM_PATH), "system", ctx=ctx, facts=facts)
 
 
+MAX_POLICY_BYTES = 4 << 20
+
+
 def read_text(path: Path) -> str:
+    """A policy file's text, read only if it is a regular file (a FIFO or device would block or
+    never end: opened non-blocking and refused after fstat) and only if it did not change while
+    being read (a writer mid-way: its partial prefix may still validate)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}:0: not UTF-8 text"]) from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from None
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise ConfigError([f"{path}:0: not a regular file (a policy must be a plain file)"])
+        if before.st_size > MAX_POLICY_BYTES:
+            raise ConfigError([f"{path}:0: larger than {MAX_POLICY_BYTES} bytes"])
+        data = os.read(fd, MAX_POLICY_BYTES + 1)
+        while len(data) <= MAX_POLICY_BYTES and (chunk := os.read(fd, MAX_POLICY_BYTES + 1 - len(data))):
+            data += chunk
+        after = os.fstat(fd)
+    except OSError as e:
+        raise ConfigError([f"{path}:0: cannot read: {e.strerror}"]) from None
+    finally:
+        os.close(fd)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
+        raise ConfigError([f"{path}:0: changed while being read (still being written?); kept the last policy"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}:0: not UTF-8 text"]) from None
 
 
 def load_file(path: Path, layer: str, *, home: Home | None = None, cat: Catalog | None = None) -> PolicyFile:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from stockade.capabilities.registry import Definition, Registry, load_registry, parse_definitions
@@ -25,6 +27,8 @@ from stockade.policy.runtime import PolicyEngine
 from stockade.vault.setup import CAPS_FILE as VAULT_CAPABILITIES
 
 POLL_SECONDS = 1.0
+SETTLE_SECONDS = 1.0     # a changed file must stay the same this long before it is loaded
+READ_TIMEOUT = 10.0      # reading every policy file takes at most this long, or the reload is refused
 
 
 def catalog(registry: Registry | None = None) -> loader.Catalog:
@@ -83,10 +87,53 @@ async def stop(gw: Gateway) -> None:
         gw.policy.limiter.close()
 
 
-async def reload(gw: Gateway, engine: PolicyEngine) -> bool:
-    """Recompile now; True if the new policy is in force."""
+class ReloadGate:
+    """Pure: when a change of the policy files' signature may be loaded. Only once the same new
+    signature has been seen for `settle` seconds: a file being written keeps changing, so its
+    partial prefix is never compiled (an editor's write-then-rename settles at once)."""
+
+    def __init__(self, loaded: Any, settle: float = SETTLE_SECONDS):
+        self.loaded = loaded
+        self.settle = settle
+        self.pending: Any = None
+        self.since = 0.0
+
+    def observe(self, sig: Any, now: float) -> bool:
+        if sig == self.loaded:
+            self.pending = None
+            return False
+        if sig != self.pending:
+            self.pending, self.since = sig, now
+            return False
+        if now - self.since < self.settle:
+            return False
+        self.loaded, self.pending = sig, None
+        return True
+
+
+class _Reader:
+    """File work off the event loop, bounded in time; a read still stuck from last time (a slow
+    filesystem) is not joined by another: the reload waits, the loop serves on."""
+
+    def __init__(self) -> None:
+        self.busy: asyncio.Future[Any] | None = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.busy is not None and not self.busy.done():
+            raise ConfigError([f"policy files: a read is still stuck after {READ_TIMEOUT:.0f}s; kept the last policy"])
+        self.busy = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.busy), READ_TIMEOUT)
+        except TimeoutError:
+            raise ConfigError([f"policy files: reading took more than {READ_TIMEOUT:.0f}s; "
+                               "kept the last policy"]) from None
+
+
+async def reload(gw: Gateway, engine: PolicyEngine, reader: _Reader | None = None) -> bool:
+    """Recompile now (off the event loop); True if the new policy is in force."""
     try:
-        policy = loader.load_home(gw.home, catalog(gw.pipeline.registry), gateway_facts(gw))
+        policy = await (reader or _Reader()).run(loader.load_home, gw.home, catalog(gw.pipeline.registry),
+                                                 gateway_facts(gw))
     except ConfigError as e:
         gw.pipeline.health["policy"] = _health(engine, "degraded", e.errors)
         gw.bus.publish("policy.rejected", {"errors": e.errors[:50], "version": engine.policy.version}, "warning")
@@ -109,14 +156,18 @@ async def _record(gw: Gateway, kind: str, **data: Any) -> None:
 
 
 async def _watch(gw: Gateway, engine: PolicyEngine) -> None:
-    sig = loader.signature(gw.home)
+    reader = _Reader()
+    try:
+        gate = ReloadGate(await reader.run(loader.signature, gw.home))
+    except ConfigError:
+        gate = ReloadGate(None)       # unreadable now: the first readable state is loaded once settled
     while True:
         await asyncio.sleep(POLL_SECONDS)
         try:
-            now = loader.signature(gw.home)
-            if now != sig:
-                sig = now
-                await reload(gw, engine)
+            if gate.observe(await reader.run(loader.signature, gw.home), time.monotonic()):
+                await reload(gw, engine, reader)
+        except ConfigError as e:   # the directory itself could not be read in time
+            gw.pipeline.health["policy"] = _health(engine, "degraded", e.errors)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - keep watching; the last good policy stays
