@@ -13,6 +13,7 @@ served from /static).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -31,8 +32,9 @@ from starlette.routing import Route
 from stockade.core import agents as agents_mod
 from stockade.core.errors import StockadeError, err
 from stockade.core.types import Tier
+from stockade.edge.bounded import parse_json
 from stockade.edge.security import GuardMiddleware
-from stockade.supervision import audit_view, tokens
+from stockade.supervision import audit_view, securitytxt, tokens
 from stockade.supervision.dashboard import views
 from stockade.supervision.shown import event_display
 
@@ -138,9 +140,9 @@ async def _form(request: Request) -> dict[str, str]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            raise err("InvalidInput", "body is not valid JSON") from None
+            data = parse_json(body or b"{}")   # the edge's bounded parse (depth, sizes, finite numbers)
+        except StockadeError as e:
+            raise err("InvalidInput", "body is not valid JSON" if e.type == "ParseError" else e.message) from None
         if not isinstance(data, dict):
             raise err("InvalidInput", "body must be a JSON object")
         return data
@@ -160,6 +162,15 @@ class Dashboard:
     def session(self, request: Request) -> Session | None:
         return self.sessions.get(request.cookies.get(COOKIE), tokens.current_hash(self.db))
 
+    def who(self, request: Request) -> dict[str, Any]:
+        """Who decides, for the audit record: the dashboard session (a digest of its id, never the
+        id) or the admin token on the JSON API, and the client address."""
+        sid = request.cookies.get(COOKIE)
+        client = request.client.host if request.client else None
+        if _bearer(request) is None and sid and self.session(request) is not None:
+            return {"via": "dashboard", "session": hashlib.sha256(sid.encode()).hexdigest()[:16], "client": client}
+        return {"via": "dashboard-api", "auth": "admin-token", "client": client}
+
     def api_auth(self, request: Request) -> tuple[bool, Session | None]:
         """(authenticated, session-or-None-for-bearer)."""
         tok = _bearer(request)
@@ -174,7 +185,7 @@ class Dashboard:
         return isinstance(sent, str) and hmac.compare_digest(sent.encode(), s.csrf.encode()) and _same_origin(request)
 
     def svc(self) -> Any:
-        svc = self.gw.state.get("approvals")
+        svc = self.gw.approvals
         if svc is None:
             raise err("Internal", "approvals are not running")
         return svc
@@ -252,8 +263,8 @@ class Dashboard:
         return self.last_verify
 
     def secrets_data(self) -> dict[str, Any]:
-        v = self.gw.state.get("vault")
-        f = getattr(v, "file", None)
+        v = self.gw.vault
+        f = v.file if v is not None else None
         if v is None or f is None:
             return {"available": False, "secrets": []}
         rows = [r.public() for r in f.rows()] if f.exists() else []
@@ -271,11 +282,10 @@ class Dashboard:
                                               "key_id": p.key_id, "manifest_sha256": p.manifest_sha256,
                                               "installed_at": p.installed_at} for p in rows]}
 
-    async def revoke_agent(self, name: str) -> dict[str, Any]:
-        a = agents_mod.revoke(self.db, name)
-        await self.gw.pipeline.record_event("agent.revoked", agent=name, by="dashboard")
-        self.gw.bus.publish("agent.revoked", {"agent": name, "by": "dashboard"}, "warning")
-        return {"name": a.name, "status": "active" if a.active else "revoked"}
+    async def revoke_agent(self, name: str, by: dict[str, Any]) -> dict[str, Any]:
+        # The approvals service revokes, expires the agent's approvals and ends its grants in one
+        # transaction, audits each and wakes the calls it holds.
+        return await self.svc().revoke_agent(name, by=by)
 
 
 def record_tier(r: dict[str, Any]) -> Any:
@@ -373,6 +383,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/api/audit/verify", "api_write", "api_verify"),
     ("GET", "/api/events", "api", "api_events"),
     ("GET", "/static/{name}", "open", "static"),
+    ("GET", "/.well-known/security.txt", "open", "security_txt"),
 )
 
 
@@ -501,6 +512,14 @@ class DashboardApp:
         ctype = "text/javascript; charset=utf-8" if name.endswith(".js") else "text/css; charset=utf-8"
         return Response(data, media_type=ctype)
 
+    async def security_txt(self, request: Request) -> Response:
+        """RFC 9116: how to report a vulnerability in this deployment (open: reporters have no login)."""
+        canonical = str(request.url.replace(query="", fragment=""))
+        text = securitytxt.build(self.gw.config.security, canonical)
+        if text is None:
+            return Response("no security contact is published here\n", status_code=404, media_type="text/plain")
+        return Response(text, media_type="text/plain; charset=utf-8")
+
     # -- pages -------------------------------------------------------------------------------------
     async def overview(self, request: Request, s: Session) -> Response:
         return _html(views.overview(self.d.overview_data(), s.csrf))
@@ -547,22 +566,24 @@ class DashboardApp:
     async def approve(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
         aid = request.path_params["id"]
         minutes = _minutes(form)
-        out = await self.d.svc().decide(aid, "approve", by="dashboard")   # an expired one raises: no grant either
+        # an expired one raises: no grant either
+        out = await self.d.svc().decide(aid, "approve", by=self.d.who(request))
         if minutes is not None and out["changed"]:
-            await self.d.svc().grant(out["agent"], out["capability"], minutes, by="dashboard", approval=aid)
+            await self.d.svc().grant(out["agent"], out["capability"], minutes, by=self.d.who(request),
+                                     approval=aid)
         return RedirectResponse(f"/approvals?done={quote(aid, safe='')}", status_code=303)
 
     async def reject(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
         aid = request.path_params["id"]
-        await self.d.svc().decide(aid, "reject", by="dashboard", reason=form.get("reason") or None)
+        await self.d.svc().decide(aid, "reject", by=self.d.who(request), reason=form.get("reason") or None)
         return RedirectResponse(f"/approvals?done={quote(aid, safe='')}", status_code=303)
 
     async def revoke_grant(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await self.d.svc().revoke_grant(request.path_params["id"], by="dashboard")
+        await self.d.svc().revoke_grant(request.path_params["id"], by=self.d.who(request))
         return RedirectResponse("/approvals", status_code=303)
 
     async def revoke_agent(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
-        await self.d.revoke_agent(request.path_params["name"])
+        await self.d.revoke_agent(request.path_params["name"], self.d.who(request))
         return RedirectResponse("/agents", status_code=303)
 
     async def verify(self, request: Request, s: Session, form: dict[str, Any]) -> Response:
@@ -582,30 +603,31 @@ class DashboardApp:
 
     async def api_approve(self, request: Request, body: dict[str, Any]) -> Any:
         aid = request.path_params["id"]
-        out: dict[str, Any] = await self.d.svc().decide(aid, "approve", by="api")
+        out: dict[str, Any] = await self.d.svc().decide(aid, "approve", by=self.d.who(request))
         if body.get("grant_minutes") is not None and out["changed"]:
             out["grant"] = await self.d.svc().grant(out["agent"], out["capability"], body["grant_minutes"],
-                                                    by="api", approval=aid)
+                                                    by=self.d.who(request), approval=aid)
         return out
 
     async def api_reject(self, request: Request, body: dict[str, Any]) -> Any:
-        return await self.d.svc().decide(request.path_params["id"], "reject", by="api", reason=body.get("reason"))
+        return await self.d.svc().decide(request.path_params["id"], "reject", by=self.d.who(request),
+                                         reason=body.get("reason"))
 
     async def api_grants(self, request: Request, body: dict[str, Any]) -> Any:
         return {"grants": self.d.svc().grants(live_only=request.query_params.get("all") is None)}
 
     async def api_grant(self, request: Request, body: dict[str, Any]) -> Any:
-        return await self.d.svc().grant(body.get("agent"), body.get("capability"), body.get("minutes"), by="api",
-                                        reason=body.get("reason"))
+        return await self.d.svc().grant(body.get("agent"), body.get("capability"), body.get("minutes"),
+                                        by=self.d.who(request), reason=body.get("reason"))
 
     async def api_revoke_grant(self, request: Request, body: dict[str, Any]) -> Any:
-        return await self.d.svc().revoke_grant(request.path_params["id"], by="api")
+        return await self.d.svc().revoke_grant(request.path_params["id"], by=self.d.who(request))
 
     async def api_agents(self, request: Request, body: dict[str, Any]) -> Any:
         return {"agents": self.d.agents_data()}
 
     async def api_revoke_agent(self, request: Request, body: dict[str, Any]) -> Any:
-        return await self.d.revoke_agent(request.path_params["name"])
+        return await self.d.revoke_agent(request.path_params["name"], self.d.who(request))
 
     async def api_audit(self, request: Request, body: dict[str, Any]) -> Any:
         return await self.d.audit_query(_filters(request.query_params))
@@ -635,7 +657,7 @@ class DashboardApp:
 
 def build_app(gw: Any) -> Any:
     d = Dashboard(gw)
-    gw.state["dashboard"] = d
+    gw.dashboard = d
     handlers = DashboardApp(gw, d)
     app = Starlette(routes=handlers.routes(),
                     exception_handlers={404: handlers.not_found, Exception: handlers.server_error})
