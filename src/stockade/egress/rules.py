@@ -12,20 +12,30 @@ Rules enforced here (docs/egress.md has the user-facing version):
   answer pointing at a private address is refused;
 * URLs: only http/https, no userinfo, no IPv6 literals, only canonical dotted-quad IPv4
   (no decimal/octal/hex/short spellings), ASCII LDH hostnames only (no IDN, no punycode),
-  ports only as listed.
+  ports only as listed (the parsers are `stockade.core.urls`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stockade.core.errors import StockadeError, err
+from stockade.core.errors import StockadeError
 
-IPv4 = ipaddress.IPv4Address
+# The URL/host/IPv4 parsers live in core (policy conditions match hosts with the same ones);
+# egress uses them, and this module keeps offering them under their names here.
+from stockade.core.urls import MAX_URL as MAX_URL
+from stockade.core.urls import IPv4 as IPv4
+from stockade.core.urls import Url as Url
+from stockade.core.urls import check_hostname as check_hostname
+from stockade.core.urls import denied as denied
+from stockade.core.urls import join_url as join_url
+from stockade.core.urls import looks_numeric as looks_numeric
+from stockade.core.urls import parse_ipv4 as parse_ipv4
+from stockade.core.urls import parse_url as parse_url
+
 Net4 = ipaddress.IPv4Network
 
 # Ranges refused unless listed explicitly as ip/cidr entries (RFC 6890 special-purpose + cloud
@@ -47,61 +57,6 @@ ALWAYS_FORBIDDEN: tuple[str, ...] = (
     "224.0.0.0/4",        # multicast
     "240.0.0.0/4",        # reserved + broadcast
 )
-
-MAX_URL = 8192
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def denied(message: str, **data: Any) -> StockadeError:
-    return err("EgressDenied", message, [
-        {"action": "check_allowlist", "description": "Only hosts and ports listed in the agent's sandbox.egress "
-                                                     "policy are reachable; ask the owner to add one."}], **data)
-
-
-# -- addresses ---------------------------------------------------------------------------------
-def parse_ipv4(text: str) -> IPv4 | None:
-    """Canonical dotted-quad only ("1.2.3.4"); None for anything else.
-
-    Refuses the spellings inet_aton accepts but humans do not read as the same address:
-    "2130706433", "0177.0.0.1", "0x7f.1", "127.1", leading zeros, "+1", whitespace.
-    """
-    parts = text.split(".")
-    if len(parts) != 4:
-        return None
-    for p in parts:
-        if not p or not p.isascii() or not p.isdigit() or len(p) > 3 or (len(p) > 1 and p[0] == "0"):
-            return None
-        if int(p) > 255:
-            return None
-    return IPv4(text)
-
-
-def looks_numeric(host: str) -> bool:
-    """True for hosts a URL parser might treat as an IP spelling (last label numeric / hex)."""
-    last = host.rstrip(".").rsplit(".", 1)[-1]
-    return bool(last) and (last.isdigit() or bool(re.fullmatch(r"0x[0-9a-f]*", last)))
-
-
-def check_hostname(host: str) -> str:
-    """Lower-cased ASCII LDH hostname, or EgressDenied. IDN and punycode are refused."""
-    if not host.isascii():
-        raise denied("internationalised (IDN) hostnames are not allowed", host=host[:255])
-    h = host.lower()
-    if h.endswith("."):
-        h = h[:-1]
-    if not h or len(h) > 253:
-        raise denied("invalid hostname", host=host[:255])
-    labels = h.split(".")
-    for lab in labels:
-        if not _LABEL.match(lab):
-            raise denied("invalid hostname (letters, digits and '-' only)", host=host[:255])
-        if lab.startswith("xn--"):
-            raise denied("punycode (IDN) hostnames are not allowed", host=host[:255])
-    if looks_numeric(h):
-        raise denied("numeric host spellings are not allowed; use a dotted-quad IPv4 address", host=host[:255])
-    return h
 
 
 @dataclass(frozen=True)
@@ -269,86 +224,3 @@ def split_answers(forbidden: Forbidden, entries: Iterable[Entry], host: str,
         explicit = any(e.net is not None and ip in e.net and e.port in ports for e in ents)
         (bad if forbidden.reason(ip) and not explicit else ok).append(str(ip))
     return tuple(sorted(set(ok))), tuple(sorted(set(bad)))
-
-
-# -- URLs -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Url:
-    scheme: str
-    host: str          # checked hostname or canonical IPv4
-    port: int
-    target: str        # path + query, starts with "/"
-
-    @property
-    def origin(self) -> str:
-        default = _DEFAULT_PORTS[self.scheme] == self.port
-        return f"{self.scheme}://{self.host}" + ("" if default else f":{self.port}")
-
-    def __str__(self) -> str:
-        return self.origin + self.target
-
-
-def parse_url(url: Any) -> Url:
-    """Strict absolute http(s) URL parser -> Url, or EgressDenied/InvalidInput."""
-    if not isinstance(url, str) or not url:
-        raise err("InvalidInput", "url must be a non-empty string")
-    if len(url) > MAX_URL:
-        raise err("InvalidInput", f"url longer than {MAX_URL} characters")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url) or "\\" in url:
-        raise denied("url contains whitespace, control characters or backslashes")
-    m = _SCHEME_RE.match(url)
-    if not m:
-        raise denied("url must be absolute (http:// or https://)")
-    scheme = m.group(1).lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise denied(f"scheme {scheme!r} is not allowed (http and https only)", scheme=scheme[:20])
-    rest = url[m.end():]
-    if not rest.startswith("//"):
-        raise denied("url must have the form scheme://host[:port]/path")
-    rest = rest[2:]
-    end = len(rest)
-    for ch in "/?#":
-        i = rest.find(ch)
-        if i != -1:
-            end = min(end, i)
-    authority, tail = rest[:end], rest[end:]
-    if "@" in authority:
-        raise denied("urls with user information (user:pass@) are not allowed")
-    if authority.startswith("[") or "]" in authority:
-        raise denied("IPv6 literals are not allowed")
-    if "%" in authority:
-        raise denied("percent-encoded hosts are not allowed")
-    if authority.count(":") > 1:
-        raise denied("invalid host:port")
-    host, sep, port_s = authority.partition(":")
-    if sep:
-        if not port_s.isascii() or not port_s.isdigit() or len(port_s) > 5 or not 0 < int(port_s) < 65536:
-            raise denied("invalid port", port=port_s[:10])
-        port = int(port_s)
-    else:
-        port = _DEFAULT_PORTS[scheme]
-    if not host:
-        raise denied("url has no host")
-    ip = parse_ipv4(host)
-    hostname = str(ip) if ip is not None else check_hostname(host)
-    tail = tail.split("#", 1)[0]
-    if not tail.startswith("/"):
-        tail = "/" + tail
-    return Url(scheme, hostname, port, tail)
-
-
-def join_url(base: Url, location: str) -> Url:
-    """Resolve a redirect Location against `base`, then check it as strictly as a new URL."""
-    if not isinstance(location, str) or not location:
-        raise denied("redirect without a Location")
-    loc = location.strip()
-    if _SCHEME_RE.match(loc):
-        return parse_url(loc)  # absolute (any other scheme, or "http:x" without //, is refused)
-    if loc.startswith("//"):
-        return parse_url(f"{base.scheme}:{loc}")
-    if loc.startswith("/"):
-        return parse_url(base.origin + loc)
-    # relative path
-    path = base.target.split("?", 1)[0]
-    directory = path.rsplit("/", 1)[0]
-    return parse_url(f"{base.origin}{directory}/{loc}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stockade.core.errors import StockadeError
-from stockade.egress.rules import parse_ipv4, parse_url
+from stockade.core.urls import parse_ipv4, parse_url
 from stockade.policy.facts import DEFAULT_FACTS, PATH_ARGS, Facts, PathScope, Reach
 
 try:  # Python 3.11+: the parser moved; the old name still works but warns.

@@ -19,9 +19,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stockade.egress.rules import Allowlist
+if TYPE_CHECKING:   # the egress part's allowlist, read for its entries (policy imports only core)
+    from stockade.egress.rules import Allowlist
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,6 @@ class Reach:
     def of(cls, allow: Allowlist) -> Reach:
         names = {e.host: tuple(allow.resolved.get(e.host, ())) for e in allow.entries if e.host}
         return cls(names, tuple(e.net for e in allow.entries if e.net is not None))
-
-    @classmethod
-    def from_view(cls, view: Mapping[str, Any]) -> Reach:
-        return cls.of(Allowlist.from_view(dict(view)))
 
     def names_for(self, ip: str) -> set[str]:
         return {n for n, addrs in self.names.items() if ip in addrs}

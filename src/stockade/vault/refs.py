@@ -20,9 +20,10 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus
 
 from stockade.core.errors import err
+from stockade.core.urls import parse_url
 from stockade.vault.format import validate_name
 
 REF = re.compile(r"\$\{secret:([^}]*)\}")
@@ -94,35 +95,17 @@ def _header_items(headers: Any) -> list[tuple[str, str]]:
 
 
 def http_target(args: dict[str, Any]) -> Target:
-    """The request's scheme/host/port/path/query, parsed by the egress part's own strict parser
-    (the one the handler connects with), so the host we check is the host that is contacted."""
+    """The request's scheme/host/port/path/query, parsed by the strict parser the egress part
+    connects with (`stockade.core.urls`), so the host we check is the host that is contacted."""
     url = args.get("url")
     if not isinstance(url, str):
         raise err("InvalidInput", "url: a string URL is required when secrets are used")
     method = args.get("method") or "GET"
     if not isinstance(method, str):
         raise err("InvalidInput", "method must be a string")
-    try:
-        from stockade.egress.rules import parse_url
-    except ImportError:  # pragma: no cover - egress part absent: a strict fallback
-        return _fallback_target(url, method)
     u = parse_url(url)
     path, _, query = u.target.partition("?")
     return Target(u.scheme, u.host.lower().rstrip("."), u.port, method.upper(), path or "/", query)
-
-
-def _fallback_target(url: str, method: str) -> Target:
-    if any(c in url for c in "\\@") or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-        raise err("InvalidInput", "url: contains characters that make its host ambiguous")
-    try:
-        u = urlsplit(url)
-        port, host = u.port, u.hostname
-    except ValueError:
-        raise err("InvalidInput", "url: not a valid URL") from None
-    if u.scheme not in ("http", "https") or not host:
-        raise err("InvalidInput", "url: secrets are only sent to http(s) URLs with a host")
-    return Target(u.scheme, host.lower().rstrip("."), port or (443 if u.scheme == "https" else 80),
-                  method.upper(), u.path or "/", u.query)
 
 
 def plan(capability: str, allows_secrets: bool, args: dict[str, Any]) -> Plan:
