@@ -65,7 +65,3 @@ def transition(status: str, action: str, now: float, expires_at: float) -> Trans
         return Transition(None, "ApprovalExpired" if action == "approve" else None, action == "approve")
     recorded_yes = status in YES
     return Transition(None, None, recorded_yes != (action == "approve"))
-
-
-def is_live_grant(expires_at: float, revoked_at: float | None, now: float) -> bool:
-    return revoked_at is None and now < expires_at

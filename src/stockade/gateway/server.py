@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from stockade.core.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
 from stockade.edge.body import BodyTimeout, ClientGone, read_body
@@ -85,4 +84,4 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
     return GuardMiddleware(app, extra_origins or [])
 
 
-__all__ = ["Mount", "build_app", "bearer", "json"]
+__all__ = ["bearer", "build_app"]

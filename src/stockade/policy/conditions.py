@@ -94,10 +94,6 @@ def _glob_below(glob: str, rx: re.Pattern[str], p: str) -> bool | None:
 
 
 # -- regex safety -------------------------------------------------------------------------------
-def _unbounded(op: Any, av: Any) -> bool:
-    return str(op) in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and av[1] > 1
-
-
 def _walk(items: Any, in_repeat: bool) -> str | None:
     """Find constructs that make backtracking super-linear (star height > 1, ambiguous branch)."""
     for op, av in items:
