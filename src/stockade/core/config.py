@@ -63,6 +63,9 @@ class GatewayConfig(_Section):
     port: int = Field(7700, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     allowed_origins: list[str] = []  # extra Origins besides localhost (e.g. an SSH-tunnel name)
+    # Failed authentication per source address (edge.authlimit): a burst, then one try per refill.
+    auth_failure_burst: int = Field(10, ge=1, le=10_000)
+    auth_failure_refill_seconds: float = Field(5.0, gt=0, le=86_400)
 
 
 class DashboardConfig(_Section):
@@ -109,6 +112,19 @@ class VaultConfig(_Section):
     pass
 
 
+class StateConfig(_Section):
+    """Per-agent quotas of agent state (`state.*`, docs/state.md); read once at start."""
+
+    max_keys: int = Field(1000, ge=1, le=1_000_000)           # live keys one agent may hold
+    max_bytes: int = Field(8 << 20, ge=1024, le=1 << 34)       # keys + canonical values, per agent
+    max_value_bytes: int = Field(64 << 10, ge=64, le=1 << 20)  # one value, canonical JSON
+
+    @field_validator("max_bytes", "max_value_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        return parse_size(v)
+
+
 class PartsConfig(_Section):
     """Parts the owner may switch off (`parts: {egress: off}`). Audit and policy are not here:
     without them every call would be allowed or go unrecorded, so they always run."""
@@ -148,6 +164,7 @@ class Config(_Section):
     approvals: ApprovalsConfig = ApprovalsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     vault: VaultConfig = VaultConfig()
+    state: StateConfig = StateConfig()
     parts: PartsConfig = PartsConfig()
     install: InstallConfig = InstallConfig()
     security: SecurityConfig = SecurityConfig()

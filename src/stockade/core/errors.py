@@ -79,6 +79,9 @@ class ErrorType(StrEnum):
     WRONG_PASSPHRASE = ("WrongPassphrase", CAPABILITY_ERROR, 401)
     SECRET_NOT_FOUND = ("SecretNotFound", CAPABILITY_ERROR, 404)
     SECRET_NOT_IN_SCOPE = ("SecretNotInScope", CAPABILITY_ERROR, 403)
+    # agent state (state.*): the agent's keys or bytes quota is full; 507 Insufficient Storage
+    # (RFC 4918): the call was well-formed, retrying will not help until the agent frees space.
+    QUOTA_EXCEEDED = ("QuotaExceeded", CAPABILITY_ERROR, 507)
 
     @classmethod
     def of(cls, name: str) -> ErrorType | None:
@@ -102,6 +105,9 @@ _RECOVERY: dict[str, list[dict[str, str]]] = {
                              "The owner must approve this call; fetch the outcome later with approvals.status."),
     "RateLimited": _hint("wait", "Retry after 'retry_after' seconds."),
     "CapabilityNotFound": _hint("list_capabilities", "Call capabilities.list to see what this agent may use."),
+    "QuotaExceeded": _hint("free_space",
+                           "Delete keys you no longer need (state.list, state.delete) or ask the owner "
+                           "to raise the quota (stockade.yaml, state:)."),
     "Internal": _hint("retry_later",
                       "An internal error occurred; the owner can find details in the gateway log."),
 }

@@ -17,6 +17,9 @@ MAX_CONTAINER_ITEMS = 10_000
 # below the reader's decoder limit (`AUDIT_DECODE_DEPTH`).
 MAX_RECORD_DEPTH = MAX_JSON_DEPTH + 16
 AUDIT_DECODE_DEPTH = 400
+# Nesting of one value an agent stores with state.set (counted from the value itself); well
+# below the request's depth, so a stored value always fits back into a result and an audit record.
+MAX_STATE_VALUE_DEPTH = 32
 # What a refused call keeps of its arguments in the audit log (the rest becomes a digest).
 REFUSED_ARGS_PREFIX_BYTES = 4096
 
