@@ -49,8 +49,13 @@ PLANNED: dict[str, frozenset[str] | None] = {
                                        "max_redirects", "method", "sign", "timeout", "url"}),
     "network.port_check": frozenset({"host", "port", "timeout"}),
     "process.run": frozenset({"argv", "cwd", "env", "stdin", "timeout"}),
+    # agent state (in-process): listed so a policy naming them loads even without the registry
+    "state.delete": frozenset({"expected_version", "key"}),
+    "state.get": frozenset({"key"}),
+    "state.list": frozenset({"cursor", "limit", "prefix"}),
+    "state.set": frozenset({"expected_version", "key", "ttl_seconds", "value"}),
 }
-STRICT_CATEGORIES = frozenset({"filesystem", "process", "network", "system", "agent"})
+STRICT_CATEGORIES = frozenset({"filesystem", "process", "network", "system", "agent", "state"})
 
 
 @dataclass(frozen=True)
