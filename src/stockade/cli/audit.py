@@ -1,4 +1,4 @@
-"""`stockade audit verify|query|tail|export|reindex|checkpoint export` (DESIGN.md §6).
+"""`stockade audit verify|query|session|tail|export|reindex|replay|checkpoint export` (DESIGN.md §6).
 
 All of them work on a stopped home; with a server running, `verify` stops at the durable end
 the server reports (a batch being written is not a torn record) and `checkpoint export --fresh`
@@ -317,6 +317,70 @@ def reindex(home: str | None, as_json: bool) -> None:
     emit({"indexed": n, "undecodable": len(idx.bad)}, as_json,
          lambda d: click.echo(f"indexed {d['indexed']} records"))
     _exit_if_bad(idx.bad)
+
+
+@audit.command()
+@click.option("--policy", "policy_dir", required=True, type=click.Path(path_type=Path),
+              help="The candidate policy: a directory with org.yaml and/or agents/NAME.yaml.")
+@click.option("--since", help="Date or ISO time (UTC).")
+@click.option("--until", help="Date or ISO time (UTC), exclusive.")
+@click.option("--agent")
+@click.option("--examples", type=click.IntRange(0, 100_000), default=200, show_default=True,
+              help="Changed and undecidable calls listed in full per category (the counts are always complete).")
+@home_option
+@json_option
+def replay(policy_dir: Path, since: str | None, until: str | None, agent: str | None, examples: int,
+           home: str | None, as_json: bool) -> None:
+    """Decide every recorded decision again with a candidate policy; exit 1 if any call would be loosened."""
+    from stockade.audit import replay as rp
+    from stockade.cli.replay_policy import PolicyDecider, load_candidate
+    from stockade.core.errors import ConfigError
+
+    h = need_home(home)
+    f = rp.Filters(_parse_time(since, "--since"), _parse_time(until, "--until"), agent, examples)
+    try:
+        policy = load_candidate(policy_dir, h)
+    except ConfigError as e:
+        if as_json:
+            click.echo(json.dumps({"error": {"type": "ConfigError", "message": f"the policy in {policy_dir} does "
+                                             "not load", "errors": e.errors}}))
+        else:
+            click.echo(f"stockade: the policy in {sanitize(str(policy_dir))} does not load:", err=True)
+            for line in e.errors:
+                click.echo(sanitize(f"  {line}"), err=True)
+        sys.exit(EXIT_USAGE)
+    t = rp.run(h.audit_dir, lambda: PolicyDecider(policy), f)
+    out = rp.report(t)
+    out["policy_version"] = policy.version
+    emit(out, as_json, _render_replay)
+    for b in t.bad:
+        click.echo(sanitize(f"stockade: audit: {b.message()}"), err=True)
+    if out["loosened"]:
+        sys.exit(EXIT_CHECK_FAILED)
+    if t.bad:
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _render_replay(d: dict[str, Any]) -> None:
+    click.echo(f"replayed {d['replayed']} of {d['decisions']} recorded decisions with policy {d['policy_version']}: "
+               f"{d['unchanged']} unchanged, {d['loosened']} loosened, {d['tightened']} tightened")
+    if d["undecidable"]:
+        click.echo(f"{d['undecidable']} decision(s) cannot be re-decided (not guessed):")
+        for why, n in d["undecidable_reasons"].items():
+            click.echo(sanitize(f"  {n:>8}  {why}"))
+    if d["not_decided"]:
+        click.echo(f"{d['not_decided']} call(s) were refused before policy (never decided; not replayed)")
+    for kind in ("loosened", "tightened"):
+        if not d["changes"][kind]:
+            continue
+        click.echo(f"{kind.upper()}:")
+        for c in d["changes"][kind]:
+            click.echo(sanitize(f"  {c['calls']:>8}  {c['capability']}: {c['then']} -> {c['now']}"))
+        for ex in d["examples"][kind]:
+            then, now = ex["then"], ex["now"]
+            click.echo(sanitize(f"    seq {ex['seq']} {_iso(ex['ts'])} {ex['agent']} {ex['capability']}: "
+                                f"{then['tier']} ({then['layer']} rule {then['rule']}) -> "
+                                f"{now['tier']} ({now['layer']} rule {now['rule']})"))
 
 
 @audit.group()
