@@ -17,9 +17,10 @@ No clock reads here: callers pass `now`.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from stockade.core.encoding import canonical_json
 
 PENDING, APPROVED, RUNNING, EXECUTED, FAILED, REJECTED, EXPIRED = (
     "pending", "approved", "running", "executed", "failed", "rejected", "expired")
@@ -30,7 +31,7 @@ YES = (APPROVED, RUNNING, EXECUTED, FAILED)
 
 def canonical_args(args: Any) -> str:
     """JSON with sorted keys and no spaces: the form the approval hash is taken over."""
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return canonical_json(args, ascii=True)
 
 
 def args_hash(args: Any) -> str:

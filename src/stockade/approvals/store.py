@@ -23,6 +23,7 @@ from stockade.approvals.core import APPROVED, EXPIRED, PENDING
 from stockade.audit.redact import credential_warnings
 from stockade.core import agents as _agents
 from stockade.core import db as _db
+from stockade.core.encoding import canonical_json
 
 MAX_RESULT_BYTES = 1 << 20
 
@@ -143,7 +144,7 @@ class Grant:
 
 def encode_by(by: str | dict[str, Any]) -> str:
     """Who decided: a dict (peer credentials, dashboard session) is stored as JSON text."""
-    return by if isinstance(by, str) else json.dumps(by, sort_keys=True, separators=(",", ":"))
+    return by if isinstance(by, str) else canonical_json(by, ascii=True, allow_nan=True)
 
 
 def decode_by(raw: str | None) -> str | dict[str, Any] | None:

@@ -27,6 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from stockade.core.encoding import write_all
+
 PREFIX = b"stockade-audit-checkpoint/v1\n"
 PREFIX2 = b"stockade-audit-checkpoint/v2\n"
 SIGNED_EXTRA = frozenset({"retention_days", "record"})   # optional integer facts a v2 checkpoint signs
@@ -165,10 +167,7 @@ def append(path: Path, c: dict[str, Any]) -> None:
     created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        data = (json.dumps(c, sort_keys=True) + "\n").encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, (json.dumps(c, sort_keys=True) + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)

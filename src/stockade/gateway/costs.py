@@ -14,10 +14,10 @@ fill the disk. Two bounds close that:
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from stockade.core.encoding import canonical_json
 from stockade.core.limits import (
     FAILURE_BURST,
     FAILURE_COOLDOWN_SECONDS,
@@ -84,7 +84,7 @@ class FailureLimiter:
 def encode_args(args: Any) -> bytes:
     """Canonical bytes of arguments for a digest; never raises (odd values become their repr)."""
     try:
-        text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+        text = canonical_json(args, allow_nan=True, default=repr)
     except (ValueError, TypeError, RecursionError):
         text = f"<unencodable {type(args).__name__}>"
     return text.encode("utf-8", "backslashreplace")

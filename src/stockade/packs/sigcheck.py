@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from stockade.core.encoding import canonical_json
 from stockade.core.errors import StockadeError
 
 SIGNATURE_FORMAT = "stockade-pack-signature/1"
@@ -65,7 +66,7 @@ def build_manifest(name: str, version: str, files: dict[str, bytes], expires: st
 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(manifest, allow_nan=True).encode()
 
 
 def key_id(public: Ed25519PublicKey) -> str:

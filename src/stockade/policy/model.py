@@ -8,7 +8,6 @@ evaluator never parses anything per call.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stockade.core import yamlfile
 from stockade.core.config import parse_duration
+from stockade.core.encoding import canonical_json
 from stockade.core.errors import ConfigError
 from stockade.policy.conditions import Cond, compile_when
 from stockade.policy.facts import DEFAULT_FACTS, Facts
@@ -193,7 +193,7 @@ class PolicyFile:
 
 
 def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return canonical_json(obj, ascii=True, allow_nan=True, default=str)
 
 
 def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | None = None,

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import PurePosixPath
 from typing import Any
 
+from stockade.core.encoding import canonical_json
 from stockade.core.errors import err
 
 FORMAT = "stockade-release/1"
@@ -32,7 +33,7 @@ FileEntry = list[Any]   # [sha256 hex, size]
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+    return canonical_json(obj, ascii=True, allow_nan=True).encode() + b"\n"
 
 
 def norm_name(name: str) -> str:

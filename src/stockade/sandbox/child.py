@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from stockade.core.encoding import write_all as _write_all
 from stockade.sandbox import SANDBOX_GID, SANDBOX_UID, Profile, SandboxContext, landlock, libc, nftguard
 
 SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -43,13 +44,6 @@ class Prepared:
     etc_files: dict[str, bytes]    # minimal /etc content
     etc_links: dict[str, str]
     system_links: dict[str, str]   # e.g. bin -> usr/bin (merged /usr)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 # -- P: the sandboxed process -----------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stockade.core.encoding import write_all
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
 from stockade.sandbox import Profile, agentns
@@ -350,9 +351,7 @@ class SandboxExecutor:
         sr, sw = os.pipe2(os.O_CLOEXEC)      # the zygote's report once the child is reaped
         try:
             for fd, obj in ((memfd, env), (argfd, req.get("args", {}))):
-                view = memoryview(json.dumps(obj).encode())
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, json.dumps(obj).encode())
             async with self.lock:   # a restart holds it: calls wait for the new zygote
                 reply = await self._hand_off(loop, [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else []))
         except (OSError, ValueError) as e:

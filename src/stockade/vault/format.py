@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stockade.core.agents import check_name
+from stockade.core.encoding import canonical_json
 from stockade.core.errors import err
 
 KDF_ALG = "argon2id"
@@ -68,16 +69,15 @@ def parse_kdf(raw: Any) -> KdfParams:
 
 def aad(name: str, scope: list[str], hosts: list[str]) -> bytes:
     """Associated data: a row renamed, re-scoped or re-hosted no longer decrypts."""
-    return json.dumps({"hosts": hosts, "name": name, "scope": scope}, sort_keys=True,
-                      separators=(",", ":")).encode("utf-8")
+    return canonical_json({"hosts": hosts, "name": name, "scope": scope}, ascii=True, allow_nan=True).encode("utf-8")
 
 
 def aad_bound(name: str, scope: list[str], hosts: list[str], agents: list[str], disclosed: bool) -> bytes:
     """Format 2 associated data: also the agents a secret is bound to and whether the owner
     disclosed it to them, so a row re-bound to another agent or marked disclosed in the file
     no longer decrypts."""
-    return json.dumps({"agents": agents, "disclosed": disclosed, "hosts": hosts, "name": name, "scope": scope},
-                      sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return canonical_json({"agents": agents, "disclosed": disclosed, "hosts": hosts, "name": name, "scope": scope},
+                          ascii=True, allow_nan=True).encode("utf-8")
 
 
 def row_aad(name: str, scope: list[str], hosts: list[str], agents: list[str] | None, disclosed: bool) -> bytes:
