@@ -28,7 +28,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,8 @@ class Egress:
     guard: bool = False
     last_error: str | None = None
     resolve: Callable[[str], tuple[list[str], int]] | None = None
+    # principal (`<agent>.<pack>`) -> the entries the pack was granted at its last call
+    packs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     repairs: list[dict[str, Any]] = field(default_factory=list)   # kernel state restored (for health)
 
     @property
@@ -294,7 +296,7 @@ class Egress:
                 raise dns.DnsError(f"resolver answered rcode {ans.rcode}")
             return list(ans.addresses), ans.ttl
         infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
-        return sorted({i[4][0] for i in infos}), int(self.settings.refresh)
+        return sorted({str(i[4][0]) for i in infos}), int(self.settings.refresh)
 
     def _resolve_names(self, entries: list[Entry], forbidden: Forbidden, force: bool, now: float) -> bool:
         changed = False
@@ -320,6 +322,8 @@ class Egress:
 
     # -- the loop body ----------------------------------------------------------------------------
     def desired(self) -> dict[str, list[str]]:
+        """principal -> its egress list: each active agent's policy list, and for each pack that
+        ran for an agent the entries it was granted that the agent's list still holds."""
         out: dict[str, list[str]] = {}
         for a in active_agents(self.home):
             try:
@@ -329,7 +333,41 @@ class Egress:
                 prev = self.agents.get(a)
                 out[a] = list(prev.items) if prev else []
                 self.last_error = "; ".join(e.errors)[:500]
+        for principal, granted in list(self.packs.items()):
+            agent = netns.agent_of(principal)
+            if agent not in out:          # the agent is gone: so are its packs' namespaces
+                self.packs.pop(principal, None)
+                continue
+            out[principal] = [e for e in granted if e in out[agent]]
         return out
+
+    def pack_netns(self, agent: str, pack: str, granted: Iterable[str]) -> str:
+        """The namespace `pack`'s calls for `agent` run in, loaded with rules for exactly
+        `granted` (the pack's declared entries that the agent's policy allows).
+
+        Never the agent's namespace, whose rules allow the agent's whole list. Cheap when the
+        loaded rules already match (no lock, no kernel call: the child's guard checks the chain
+        per call); otherwise the pack is registered and everything reconciled at once.
+        """
+        principal = netns.pack_principal(agent, pack)
+        items = tuple(granted)
+        path = netns.netns_path(self.home, principal)
+        if self.packs.get(principal) == items and self._loaded(principal, items, path):
+            return path
+        with self.lock:
+            self.packs[principal] = items
+            self.reconcile()
+            if not items:   # nothing granted: a namespace with only `lo`
+                return netns.ensure_agent_netns(self.home, principal)
+            if not self._loaded(principal, items, path):
+                raise err("SandboxUnavailable", f"the egress rules of pack {pack!r} could not be loaded")
+            return path
+
+    def _loaded(self, principal: str, items: tuple[str, ...], path: str) -> bool:
+        st = self.agents.get(principal)
+        if not items:
+            return st is None and netns.is_netns(path)
+        return st is not None and st.items == items and st.netns == path and netns.is_netns(path)
 
     def reconcile(self, *, force_resolve: bool = False, deep: bool = False) -> dict[str, Any]:
         """Converge kernel state on the policy. Returns a summary of what changed."""
@@ -339,58 +377,13 @@ class Egress:
             local, lan, links = host_facts()
             forbidden = Forbidden().with_host(local, lan)
             changes: dict[str, Any] = {"added": [], "updated": [], "removed": [], "repaired": []}
-            host_dirty = deep
-            # 1. agents gone (removed/revoked) or without egress any more
             mine = self._my_veths(links)
-            for agent in sorted(set(self.agents) | set(mine)):
-                if want.get(agent):
-                    continue
-                self._teardown_links(agent, mine.get(agent))
-                self.agents.pop(agent, None)
-                self._drop_view(agent)
-                changes["removed"].append(agent)
-                host_dirty = True
-            for agent in netns.list_agent_netns(self.home):
-                if agent not in want:
-                    netns.remove_agent_netns(agent, self.home)
-                    self._drop_view(agent)
-            # 2. agents with egress
+            host_dirty = self._remove_unwanted(want, mine, changes) or deep
+            # 2. principals with egress
             for agent, items in sorted(want.items()):
-                if not items:
-                    continue
-                entries, errors = parse_entries(items)
-                self._resolve_names(entries, forbidden, force_resolve, now)
-                st = self.agents.get(agent)
-                new_st = st is None or st.items != tuple(items)
-                if new_st:
-                    st = AgentState(agent, tuple(items), tuple(entries), tuple(errors))
-                assert st is not None
-                allow = Allowlist(tuple(entries),
-                                  {h: self.names[h].allowed for h in {e.host for e in entries if e.host}},
-                                  {h: self.names[h].refused for h in {e.host for e in entries if e.host}},
-                                  forbidden)
-                elements = tuple(allow.nft_elements())
-                relink = new_st or deep or st.veth is None or not self._link_ok(st)
-                if relink:
-                    self._ensure_links(st, mine.get(agent))
+                if items and self._converge(agent, items, forbidden, mine.get(agent), deep, changes, force_resolve,
+                                            now):
                     host_dirty = True
-                # Checked on every pass: a table deleted behind our back is reloaded at once (calls
-                # fail closed meanwhile: the sandbox child checks the chain in the kernel per call).
-                vanished = not new_st and not relink and not self._ns_table_ok(st)
-                if vanished:
-                    changes["repaired"].append(agent)
-                if relink or vanished or elements != st.elements or st.allowlist is None \
-                        or st.allowlist.to_view() != allow.to_view():
-                    nft.run_in_netns(st.netns, [ruleset.ns_ruleset(list(elements), self.settings.resolver)])
-                    if elements != st.elements:
-                        host_dirty = True
-                    st.elements = elements
-                    st.allowlist = allow
-                    st.loaded_at = now
-                    self._write_view(st)
-                    if not vanished:
-                        changes["added" if new_st else "updated"].append(agent)
-                self.agents[agent] = st
             # 3. host table (and ip_forward)
             if not host_dirty and not self._host_table_ok():
                 changes["repaired"].append("host")
@@ -400,6 +393,59 @@ class Egress:
             if changes["repaired"]:
                 self.repairs = [*self.repairs[-19:], {"at": now, "repaired": list(changes["repaired"])}]
             return changes
+
+    def _remove_unwanted(self, want: dict[str, list[str]], mine: dict[str, str], changes: dict[str, Any]) -> bool:
+        """Step 1: principals gone (removed/revoked) or without egress any more. True if the host
+        table must be rewritten."""
+        dirty = False
+        for agent in sorted(set(self.agents) | set(mine)):
+            if want.get(agent):
+                continue
+            self._teardown_links(agent, mine.get(agent))
+            self.agents.pop(agent, None)
+            self._drop_view(agent)
+            changes["removed"].append(agent)
+            dirty = True
+        for agent in netns.list_agent_netns(self.home):
+            if agent not in want:
+                netns.remove_agent_netns(agent, self.home)
+                self._drop_view(agent)
+        return dirty
+
+    def _converge(self, agent: str, items: list[str], forbidden: Forbidden, veth: str | None, deep: bool,
+                  changes: dict[str, Any], force_resolve: bool, now: float) -> bool:
+        """Step 2 for one principal with egress: links, addresses, its namespace's table. True if
+        the host table must be rewritten."""
+        entries, errors = parse_entries(items)
+        self._resolve_names(entries, forbidden, force_resolve, now)
+        st = self.agents.get(agent)
+        new_st = st is None or st.items != tuple(items)
+        if st is None or new_st:
+            st = AgentState(agent, tuple(items), tuple(entries), tuple(errors))
+        hosts = {e.host for e in entries if e.host}
+        allow = Allowlist(tuple(entries), {h: self.names[h].allowed for h in hosts},
+                          {h: self.names[h].refused for h in hosts}, forbidden)
+        elements = tuple(allow.nft_elements())
+        dirty = False
+        # Checked on every pass: a table deleted behind our back is reloaded at once (calls fail
+        # closed meanwhile: the sandbox child checks the chain in the kernel per call).
+        vanished = not new_st and st.netns is not None and netns.is_netns(st.netns) and not self._ns_table_ok(st)
+        if vanished:
+            changes["repaired"].append(agent)
+        relink = new_st or deep or st.veth is None or not self._link_ok(st)
+        if relink:
+            self._ensure_links(st, veth)
+            dirty = True
+        changed = elements != st.elements or st.allowlist is None or st.allowlist.to_view() != allow.to_view()
+        if relink or vanished or changed:
+            nft.run_in_netns(st.netns, [ruleset.ns_ruleset(list(elements), self.settings.resolver)])
+            dirty = dirty or elements != st.elements
+            st.elements, st.allowlist, st.loaded_at = elements, allow, now
+            self._write_view(st)
+            if new_st or changed:
+                changes["added" if new_st else "updated"].append(agent)
+        self.agents[agent] = st
+        return dirty
 
     def teardown(self) -> None:
         """Remove everything of this home: host table, veths, namespaces, views."""

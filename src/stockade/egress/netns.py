@@ -30,6 +30,10 @@ NETNS_DIR = Path("/run/netns")
 LOCK_DIR = Path("/run/stockade")
 PREFIX = "stockade-"
 _AGENT_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+# A principal owns one namespace: an agent (`alice`), or one pack's calls for one agent
+# (`alice.exchange`): a pack never runs in its agent's namespace, whose rules allow the agent's
+# whole list, but in its own, whose rules allow only what the pack was granted.
+_PRINCIPAL_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}(\.[a-z][a-z0-9-]{0,47})?$")
 _lock = threading.Lock()
 
 
@@ -39,9 +43,22 @@ def home_tag(home: object) -> str:
     return hashlib.sha256(str(Path(str(root)).absolute()).encode()).hexdigest()[:6]
 
 
+def pack_principal(agent: str, pack: str) -> str:
+    """The principal of `pack`'s calls for `agent` (`<agent>.<pack>`): its own namespace."""
+    principal = f"{agent}.{pack}"
+    if not _AGENT_RE.match(agent or "") or not _PRINCIPAL_RE.match(principal):
+        raise err("InvalidInput", f"invalid agent or pack name {principal!r}")
+    return principal
+
+
+def agent_of(principal: str) -> str:
+    """The agent a principal belongs to (itself for an agent)."""
+    return principal.split(".", 1)[0]
+
+
 def netns_name(home: object, agent: str) -> str:
-    """`stockade-<hometag>-<agent>`: unique per (home, agent)."""
-    if not _AGENT_RE.match(agent or ""):
+    """`stockade-<hometag>-<principal>`: unique per (home, agent) and per (home, agent, pack)."""
+    if not _PRINCIPAL_RE.match(agent or ""):
         raise err("InvalidInput", f"invalid agent name {agent!r}")
     return f"{PREFIX}{home_tag(home)}-{agent}"
 
@@ -121,12 +138,16 @@ def ensure_agent_netns(home: object, agent: str) -> str:
 def remove_agent_netns(agent: str, home: object | None = None) -> bool:
     """Remove the agent's namespace (and with it any veth end inside it). True if one existed.
 
-    With `home` given, removes exactly that home's namespace; without it, every stockade
+    With `home` given, removes exactly that home's namespace (an agent's: with its packs'
+    namespaces); without it, every stockade
     namespace of that agent name (all homes). Egress rules inside the namespace die with it;
     host-side rules are removed by `stockade.egress` (which calls this).
     """
     if home is not None:
         names = [netns_name(home, agent)]
+        if "." not in agent:   # an agent's packs' namespaces go with it
+            pre = netns_name(home, agent) + "."
+            names += [p.name for p in _list_dir() if p.name.startswith(pre)]
     else:
         if not _AGENT_RE.match(agent or ""):
             raise err("InvalidInput", f"invalid agent name {agent!r}")
@@ -154,6 +175,6 @@ def _list_dir() -> list[Path]:
 
 
 def list_agent_netns(home: object) -> dict[str, str]:
-    """{agent: path} for this home's namespaces (doctor, restart cleanup)."""
+    """{principal: path} for this home's namespaces, agents' and packs' (doctor, restart cleanup)."""
     pre = f"{PREFIX}{home_tag(home)}-"
     return {p.name[len(pre):]: str(p) for p in _list_dir() if p.name.startswith(pre) and is_netns(p)}

@@ -21,12 +21,15 @@ from typing import Any
 from stockade.core.encoding import write_all
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
+from stockade.egress import netns
 from stockade.sandbox import Profile, agentns
 from stockade.sandbox.cgroups import block_devices
 from stockade.sandbox.profile import resolve
 
 # definition -> (the pack's store dir, ctx.extra for the child, the profile the pack asks for)
 PackInfo = Callable[[Any], tuple[str, dict[str, Any], dict[str, Any]]]
+# (agent, pack, granted egress entries) -> the path of the namespace the pack's calls join
+PackNetns = Callable[[str, str, tuple[str, ...]], str]
 
 DEFINITIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "capabilities", "definitions")
 SIGXCPU = 24
@@ -75,7 +78,7 @@ def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dic
         raise err("ResourceExhausted", f"the call hit the process limit ({profile.pids})",
                   resource="pids", limit=profile.pids)
     if isinstance(e, dict) and isinstance(e.get("type"), str):
-        data = e.get("data") if isinstance(e.get("data"), dict) else {}
+        data: dict[str, Any] = e["data"] if isinstance(e.get("data"), dict) else {}
         rec = e.get("recovery") if isinstance(e.get("recovery"), list) else None
         return _raise(StockadeError(e["type"], str(e.get("message", ""))[:2000], rec, data))
     if sig is not None:
@@ -112,7 +115,7 @@ class SandboxExecutor:
                  max_output_bytes: int = 1024 * 1024, cgroup_parent: str = "stockade",
                  cgroup_version: int | None = None, db: sqlite3.Connection | None = None,
                  policy: Any = None, pack_info: PackInfo | None = None,
-                 gateway_health: dict[str, Any] | None = None):
+                 gateway_health: dict[str, Any] | None = None, pack_netns: PackNetns | None = None):
         self.home = home
         self.host_uid = host_uid
         self.base = Profile(timeout=call_timeout, max_output_bytes=max_output_bytes)
@@ -128,6 +131,9 @@ class SandboxExecutor:
         self._agents: dict[str, dict[str, Any]] = {}
         # From the packs part: definition -> (store dir, ctx.extra, the pack's requested profile).
         self.pack_info = pack_info
+        # From the egress part: the pack's own namespace with rules for exactly its granted
+        # entries. Without it (no egress part running) a pack gets a namespace with only `lo`.
+        self.pack_netns: PackNetns = pack_netns or self._pack_netns_without_egress
         self._last_restart = 0.0
         self._restarts = 0
         self.handoff_timeout = HANDOFF_TIMEOUT
@@ -247,6 +253,19 @@ class SandboxExecutor:
                           _UNAVAILABLE) from None
         return a["netns"]
 
+    def _pack_netns_without_egress(self, agent: str, pack: str, _granted: tuple[str, ...]) -> str:
+        return agentns.ensure_agent_netns(self.home, netns.pack_principal(agent, pack))
+
+    async def _netns_of_pack(self, agent: str, pack: str, granted: tuple[str, ...]) -> str:
+        """A pack's calls never join the agent's namespace (its rules allow the agent's whole
+        list); they join the pack's own, whose rules allow exactly `granted`."""
+        try:
+            return await asyncio.to_thread(self.pack_netns, agent, pack, granted)
+        except Exception as e:
+            msg = e.message if isinstance(e, StockadeError) else str(e)
+            raise err("SandboxUnavailable", f"the pack's network namespace could not be set up ({msg})"[:300],
+                      _UNAVAILABLE) from None
+
     def profile(self, agent: str) -> Profile:
         try:
             return resolve(self.policy, agent, self.base)
@@ -297,16 +316,19 @@ class SandboxExecutor:
             binds["pack"] = host_path
             profile = intersect(profile, pack_profile)
         a = self._agent(agent)
-        netns = await self._netns(agent, a)
+        if getattr(definition, "pack", None):
+            netns_path = await self._netns_of_pack(agent, definition.pack, profile.egress)
+        else:
+            netns_path = await self._netns(agent, a)
         req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
-               "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns,
+               "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns_path,
                "io_devices": a["devices"],
                "binds": {"workspace": a["workspace"], "trash": a["trash"], **binds}}
         if extra:
             req["extra"] = extra
             req["handler"] = "pack"
         try:
-            netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise err("SandboxUnavailable", f"the agent's network namespace is missing ({e.strerror})",
                       _UNAVAILABLE) from None

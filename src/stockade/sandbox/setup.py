@@ -12,8 +12,9 @@ from typing import Any
 from stockade.capabilities.registry import Definition
 from stockade.core.home import Home
 from stockade.core.wiring import Gateway
+from stockade.egress import netns
 from stockade.packs.setup import pack_info
-from stockade.sandbox import cgroups, landlock, seccomp
+from stockade.sandbox import agentns, cgroups, landlock, seccomp
 from stockade.sandbox.executor import SandboxExecutor
 from stockade.sandbox.zygote import probe_userns
 
@@ -53,10 +54,17 @@ def prefork(gw: Gateway) -> None:
     def packs(definition: Definition) -> tuple[str, dict[str, Any], dict[str, Any]]:
         return pack_info(gw, definition)
 
+    def pack_netns(agent: str, pack: str, granted: tuple[str, ...]) -> str:
+        """The egress part in force at call time loads the pack's own rules; with none running
+        the pack gets a namespace with only `lo`."""
+        if gw.egress is not None:
+            return gw.egress.pack_netns(agent, pack, granted)
+        return agentns.ensure_agent_netns(gw.home, netns.pack_principal(agent, pack))
+
     ex = SandboxExecutor(gw.home, host_uid=cfg.host_uid, call_timeout=cfg.call_timeout,
                          max_output_bytes=cfg.max_output_bytes, cgroup_parent=cfg.cgroup_parent,
                          db=gw.pipeline.db, policy=_LivePolicy(gw), pack_info=packs,
-                         gateway_health=gw.pipeline.health)
+                         gateway_health=gw.pipeline.health, pack_netns=pack_netns)
     try:
         ex.start_zygote()
     except Exception as e:  # no zygote: every sandboxed call fails with SandboxUnavailable
