@@ -51,8 +51,9 @@ __all__ = ["KEY_PATTERN", "Entry", "Limits", "StateStore", "Usage", "check_key",
 # Printable ASCII without space, quotes, backslash, `%`, `*`, `?`, `#` and control characters:
 # readable in logs and the dashboard, no escaping anywhere, no Unicode look-alikes.
 KEY_MAX = 256
-KEY_PATTERN = r"^[A-Za-z0-9_.:/@+=,~-]{1,256}$"
-PREFIX_PATTERN = r"^[A-Za-z0-9_.:/@+=,~-]{0,256}$"
+# (matched with `fullmatch`: Python's `$` would also match before a trailing newline)
+KEY_PATTERN = r"[A-Za-z0-9_.:/@+=,~-]{1,256}"
+PREFIX_PATTERN = r"[A-Za-z0-9_.:/@+=,~-]{0,256}"
 _KEY_RE = re.compile(KEY_PATTERN)
 _PREFIX_RE = re.compile(PREFIX_PATTERN)
 _ABOVE_KEY_CHARS = "\x7f"              # sorts after every character a key may hold
@@ -138,14 +139,14 @@ def iso(ms: int | None) -> str | None:
 
 def check_key(key: Any) -> str:
     """A key, or InvalidInput (the schema says the same; this holds without it)."""
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise err("InvalidInput", f"key must be 1..{KEY_MAX} characters of A-Z a-z 0-9 _ . : / @ + = , ~ -",
                   argument="key")
     return key
 
 
 def check_prefix(prefix: Any) -> str:
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise err("InvalidInput", f"prefix must be 0..{KEY_MAX} characters a key may hold", argument="prefix")
     return prefix
 
@@ -206,7 +207,7 @@ def decode_cursor(cursor: Any) -> str:
         key = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise bad from None
-    if not _KEY_RE.match(key) or encode_cursor(key) != cursor:
+    if not _KEY_RE.fullmatch(key) or encode_cursor(key) != cursor:
         raise bad
     return key
 
