@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,7 +246,7 @@ def _rmtree(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def _tx(conn: sqlite3.Connection):  # type: ignore[no-untyped-def]
+def _tx(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield

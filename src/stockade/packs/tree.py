@@ -79,7 +79,8 @@ def read_dir(root: str | os.PathLike[str], *, skip: tuple[str, ...] = ()) -> tup
 
 
 def _read_all(fd: int, limit: int) -> bytes:
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         b = os.read(fd, 1 << 20)
         if not b:

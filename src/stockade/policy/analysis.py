@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from stockade.policy.conditions import PATH_ARGS, args_read
+from stockade.policy.conditions import args_read
 from stockade.policy.engine import LayerIndex, Policy, always_blocked, evaluate
+from stockade.policy.facts import PATH_ARGS
 from stockade.policy.loader import Catalog
 from stockade.policy.model import TIERS, PolicyFile, Rule
 
@@ -49,13 +50,13 @@ def warnings(pf: PolicyFile, cat: Catalog, higher: Policy | None = None, agent: 
         if r.when:
             caps = [r.pattern] if "*" not in r.pattern else _covered(r, cat)
             schemas = [(c, cat.args.get(c)) for c in caps]
-            schemas = [(c, a) for c, a in schemas if a is not None]
-            if not schemas:
+            known = [a for _, a in schemas if a is not None]
+            if not known:
                 continue
             for cond, needs in args_read(r.when).items():
                 if cond.endswith("path_touches"):
                     continue
-                if not any(set(needs) & a for _, a in schemas):
+                if not any(set(needs) & a for a in known):
                     names = ", ".join(needs) if needs != PATH_ARGS else "a path argument (" + ", ".join(needs) + ")"
                     what = r.pattern if "*" not in r.pattern else f"any capability matching {r.pattern}"
                     out.append(f"{r.file}:{r.line}: rule {r.label}: condition {cond} reads {names}, which "

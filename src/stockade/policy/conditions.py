@@ -27,7 +27,7 @@ from stockade.policy.facts import DEFAULT_FACTS, PATH_ARGS, Facts, PathScope, Re
 try:  # Python 3.11+: the parser moved; the old name still works but warns.
     from re import _parser as _sre_parse  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+    import sre_parse as _sre_parse
 
 Cond = Callable[[str, str, dict[str, Any]], bool]   # (agent, capability, args) -> matched
 
@@ -50,7 +50,7 @@ def canon_path(p: Any) -> str:
     p = posixpath.normpath(p)
     if p.startswith("//"):
         p = "/" + p.lstrip("/")
-    return p
+    return str(p)
 
 
 def is_under(path: str, base: str) -> bool:
@@ -362,7 +362,7 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
+    return bool(a == b)
 
 
 # Arguments each condition reads (for `policy validate` warnings).

@@ -313,7 +313,7 @@ class _Probe(dict):  # type: ignore[type-arg]
     def _no(self, *a: Any, **k: Any) -> Any:
         raise _ArgDependent
 
-    __contains__ = __getitem__ = get = keys = items = values = __iter__ = __len__ = _no  # type: ignore[assignment]
+    __contains__ = __getitem__ = get = keys = items = values = __iter__ = __len__ = _no
 
 
 def _static(r: Rule, agent: str, capability: str) -> bool | None:

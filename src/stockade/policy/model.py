@@ -249,8 +249,8 @@ def parse_data(data: Any, lines: yamlfile.Lines, fname: str, layer: str, *, ctx:
                                 permissive=RANK[rm.tier] < RANK["approval_required"])
         except ValueError as e:
             msg = str(e)
-            key = msg.split(":", 1)[0].split(".")
-            loc = ("rules", i, "when", *key[3:4])
+            parts = msg.split(":", 1)[0].split(".")
+            loc = ("rules", i, "when", *parts[3:4])
             errors.append(f"{fname}:{yamlfile.line_of(lines, loc)}: {msg}")
         rate = rm.rate_limit
         if rate is not None and RANK[rate.on_exceed] <= RANK[rm.tier]:
