@@ -90,6 +90,74 @@ def _naive_verify(d: Path) -> int:
     return n
 
 
+_REPLAY_ORG = """version: 1
+default: approval_required
+rules:
+  - {id: gateway-info, capability: "system.*", tier: autonomous}
+  - {id: fs-writes, capability: "filesystem.*", tier: notify}
+  - {id: fs-read, capability: filesystem.read, tier: autonomous}
+  - id: fs-large-write
+    capability: filesystem.write
+    tier: approval_required
+    when: {content_size_gte: 1024}
+  - {id: processes, capability: "process.*", tier: approval_required}
+  - id: network
+    capability: "network.*"
+    tier: approval_required
+    rate_limit: {max: 200, window: 1h, on_exceed: blocked}
+"""
+_REPLAY_CAPS = ("filesystem.read", "filesystem.write", "filesystem.list", "system.time", "process.run",
+                "network.http_request", "filesystem.read", "filesystem.stat")
+
+
+def _replay_log(d: Path, n: int) -> None:
+    """`n` call records (a mix of capabilities, agents and tiers) written straight as frames."""
+    prev, ts = R.ZERO_HASH, 1_767_229_200_000_000
+    out = bytearray()
+    for i in range(n):
+        cap = _REPLAY_CAPS[i % len(_REPLAY_CAPS)]
+        args: dict[str, Any] = {"path": f"/workspace/notes/{i}.md"}
+        if cap == "filesystem.write":
+            args["content"] = "x" * (i % 2000)
+        elif cap == "process.run":
+            args = {"argv": ["ls", "-l", f"/workspace/{i}"]}
+        elif cap == "network.http_request":
+            args = {"url": f"https://example.org/{i}", "method": "GET"}
+        rec = {**_rec(i), "agent": f"agent-{i % 7}", "capability": cap, "args": args,
+               "decision": {"tier": "autonomous", "rule": "x", "layer": "org", "policy": "0123456789abcdef"}}
+        ts += 5000
+        body, prev = R.build(rec, i + 1, ts, prev)
+        out += R.frame(body)
+    (d / f"{R.day_of(ts)}.log").write_bytes(bytes(out))
+
+
+def _replay_rows(root: Path, n: int) -> list[dict[str, Any]]:
+    from stockade.audit import replay as rp
+    from stockade.audit.index import iter_records
+    from stockade.cli.replay_policy import PolicyDecider, load_candidate
+    from stockade.core.home import Home
+
+    d = root / "replay"
+    d.mkdir()
+    pol = root / "replay-policy"
+    pol.mkdir()
+    (pol / "org.yaml").write_text(_REPLAY_ORG)
+    _replay_log(d, n)
+    policy = load_candidate(pol, Home(root))
+    t = time.perf_counter()
+    out = rp.report(rp.run(d, lambda: PolicyDecider(policy)))
+    dt = time.perf_counter() - t
+    assert out["decisions"] == n, out
+    t = time.perf_counter()
+    k = sum(1 for p in sorted(d.glob("*.log")) for _ in iter_records(p))
+    read_dt = time.perf_counter() - t
+    assert k == n
+    return [row(f"audit replay of {n} decisions (policy engine, rate limits, {os.cpu_count()} cores)",
+                [int(dt / n * 1e9)], per_s=n / dt, anchor="decode every record once (one core)",
+                anchor_ns=[int(read_dt / n * 1e9)], anchor_per_s=round(n / read_dt, 1), records=n,
+                seconds=round(dt, 2), loosened=out["loosened"], tightened=out["tightened"])]
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="stockade-bench-audit-"))
     results = []

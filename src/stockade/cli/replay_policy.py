@@ -10,7 +10,7 @@ from typing import Any
 from stockade.core.errors import ConfigError
 from stockade.core.home import Home
 from stockade.policy import loader
-from stockade.policy.engine import Policy, compile_policy, evaluate
+from stockade.policy.engine import Policy, _static, compile_policy, evaluate
 from stockade.policy.model import TIERS, PolicyFile, parse_policy
 from stockade.policy.ratelimit import RateLimiter
 from stockade.policy.runtime import PolicyEngine
@@ -73,8 +73,33 @@ class PolicyDecider:
         self.policy = policy
         self._at = 0.0
         self.engine = PolicyEngine(policy, RateLimiter(None), clock=lambda: self._at)
+        # (agent, capability) -> the verdict when no rule that could decide looks at the arguments
+        self._fixed: dict[tuple[str, str], Outcome | None] = {}
+        self._varies: set[tuple[str, str]] = set()
 
     def first(self, agent: str, capability: str, args: dict[str, Any]) -> Outcome | None:
+        key = (agent, capability)
+        if key in self._fixed:
+            return self._fixed[key]
+        out = self._first(agent, capability, args)
+        if key not in self._varies and len(self._varies) + len(self._fixed) < 100_000:
+            if self._argument_free(agent, capability):
+                self._fixed[key] = out
+            else:
+                self._varies.add(key)
+        return out
+
+    def _argument_free(self, agent: str, capability: str) -> bool:
+        """True when every rule that covers (agent, capability) decides without the arguments."""
+        for idx in self.policy.layers(agent):
+            if idx is None:
+                continue
+            for b in idx.buckets(capability):
+                if any(_static(r, agent, capability) is None for r in b.rules):
+                    return False
+        return True
+
+    def _first(self, agent: str, capability: str, args: dict[str, Any]) -> Outcome | None:
         v = evaluate(self.policy, agent, capability, args)
         for _, lv in v.layers:
             if lv.rated:
