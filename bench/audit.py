@@ -194,6 +194,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                            per_s=n_verify / dt, anchor="naive verify (canonical re-encode x2)",
                            anchor_ns=[int(naive_dt / n_verify * 1e9)], anchor_per_s=round(n_verify / naive_dt, 1),
                            records=n_verify))
+        results.extend(_replay_rows(root, 50_000 if quick else 1_000_000))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"bench": "audit", "results": results}
