@@ -45,8 +45,9 @@ def run(quick: bool) -> dict[str, Any]:
 async def _run(n: int) -> dict[str, Any]:
     from stockade.capabilities.registry import load_registry
     from stockade.core import agents
-    from stockade.core.home import Home, init_home
+    from stockade.core.home import Home
     from stockade.gateway.pipeline import Caller
+    from stockade.gateway.service import init_home
     from stockade.sandbox import Profile, SandboxContext, agentns, cgroups
     from stockade.sandbox.executor import SandboxExecutor
 

@@ -41,7 +41,8 @@ def setup(net, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     need_root()
     need(os.path.exists("/usr/bin/python3"), "needs /usr/bin/python3 for the sandboxed command")
     from stockade.core import agents
-    from stockade.core.home import Home, init_home
+    from stockade.core.home import Home
+    from stockade.gateway.service import init_home
     from stockade.sandbox.executor import SandboxExecutor
 
     home = Home.at(tmp_path / "home")

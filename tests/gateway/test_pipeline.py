@@ -17,11 +17,12 @@ import pytest
 from stockade.capabilities.registry import Registry, parse_definitions
 from stockade.core import agents
 from stockade.core.errors import ErrorType, StockadeError, err
-from stockade.core.home import Home, init_home
+from stockade.core.home import Home
 from stockade.core.limits import REFUSED_ARGS_PREFIX_BYTES
 from stockade.core.types import Caller, Decision
 from stockade.gateway.costs import FailureLimiter
 from stockade.gateway.pipeline import STAGES, MemoryAudit, Pipeline
+from stockade.gateway.service import init_home
 
 DEFS = """
 capabilities:

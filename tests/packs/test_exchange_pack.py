@@ -269,8 +269,9 @@ def test_vault_checks_a_pack_calls_base_url_against_the_secret_hosts(tmp_path: P
     from stockade.capabilities.registry import Registry, parse_definitions
     from stockade.core import agents
     from stockade.core.errors import StockadeError
-    from stockade.core.home import Home, init_home
+    from stockade.core.home import Home
     from stockade.gateway.pipeline import MemoryAudit, Pipeline
+    from stockade.gateway.service import init_home
     from stockade.vault import keys
     from stockade.vault.runtime import Vault
     from stockade.vault.store import VaultFile

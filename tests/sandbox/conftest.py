@@ -99,7 +99,8 @@ def sbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sbx]:
     switch = base / "layer-switch.json"
     switch.write_text("[]")
     from stockade.core import agents
-    from stockade.core.home import Home, init_home
+    from stockade.core.home import Home
+    from stockade.gateway.service import init_home
     from stockade.sandbox import agentns
 
     home = Home.at(base / "home")

@@ -121,7 +121,8 @@ def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from tests.sandbox.testing import TestingExecutor
 
     from stockade.core import agents
-    from stockade.core.home import Home, init_home
+    from stockade.core.home import Home
+    from stockade.gateway.service import init_home
     from stockade.sandbox import agentns
     from stockade.sandbox.executor import SandboxExecutor
 

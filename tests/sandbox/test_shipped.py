@@ -48,7 +48,8 @@ def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("STOCKADE_SANDBOX_TESTING", "1")
     monkeypatch.setenv("STOCKADE_SANDBOX_TEST_CANARY", str(canary))
     from stockade.core import agents
-    from stockade.core.home import Home, init_home
+    from stockade.core.home import Home
+    from stockade.gateway.service import init_home
     from stockade.sandbox import agentns
     from stockade.sandbox.executor import SandboxExecutor
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from stockade.approvals.service import ApprovalService
-from stockade.capabilities.registry import _IMPLS, DEFINITIONS_DIR, Registry, parse_definitions
+from stockade.capabilities.registry import DEFINITIONS_DIR, Registry, module_implementations, parse_definitions
 from stockade.core import agents
-from stockade.core.home import Home, init_home
+from stockade.core.home import Home
 from stockade.gateway.pipeline import Caller, Decision, MemoryAudit, Pipeline
+from stockade.gateway.service import init_home
 
 ECHO_YAML = """
 capabilities:
@@ -56,8 +57,8 @@ class Clock:
 
 def make_registry(runs: list[dict[str, Any]]) -> Registry:
     # Only the built-in system/agent capabilities plus a test one: independent of other parts.
-    import stockade.capabilities.impl.approvals  # noqa: F401
-    import stockade.capabilities.impl.system  # noqa: F401
+    import stockade.capabilities.impl.approvals
+    import stockade.capabilities.impl.system
 
     defs = []
     for f in ("system.yaml", "approvals.yaml"):
@@ -68,7 +69,9 @@ def make_registry(runs: list[dict[str, Any]]) -> Registry:
         runs.append(dict(args))
         return {"echo": args, "run": len(runs)}
 
-    impls = {d.name: _IMPLS[d.name] for d in defs if d.name in _IMPLS}
+    known = {**module_implementations(stockade.capabilities.impl.approvals),
+             **module_implementations(stockade.capabilities.impl.system)}
+    impls = {d.name: known[d.name] for d in defs if d.name in known}
     impls["test.echo"] = echo
     return Registry(defs, impls)
 

@@ -22,8 +22,9 @@ import pytest
 from stockade.capabilities.registry import Registry, parse_definitions
 from stockade.core import agents
 from stockade.core.errors import StockadeError, err
-from stockade.core.home import Home, init_home
+from stockade.core.home import Home
 from stockade.gateway.pipeline import MemoryAudit, Pipeline
+from stockade.gateway.service import init_home
 from stockade.vault import keys
 from stockade.vault.runtime import Vault
 from stockade.vault.store import VaultFile

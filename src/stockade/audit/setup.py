@@ -11,12 +11,11 @@ from stockade.audit.writer import AuditWriter, Settings
 from stockade.core import admin
 from stockade.core.admin import AdminCommand
 from stockade.core.errors import err
-from stockade.core.home import Home, on_init
+from stockade.core.home import Home
 from stockade.core.wiring import Gateway
 
 
-@on_init
-def _init(home: Home, policy_template: str) -> list[str]:
+def init(home: Home, policy_template: str) -> list[str]:
     home.audit_dir.mkdir(mode=0o700, exist_ok=True)
     return cp.create_keys(home.keys)
 

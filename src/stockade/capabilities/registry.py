@@ -13,33 +13,45 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stockade.capabilities import impl as impl_package
 from stockade.core import yamlfile
 from stockade.core.errors import ConfigError, err
 from stockade.core.types import CAPABILITY_NAME_PATTERN as NAME_PATTERN
 
-__all__ = ["NAME_PATTERN", "Definition", "Registry", "implements", "load_registry", "parse_definitions"]
+__all__ = ["NAME_PATTERN", "Definition", "Registry", "implementations", "implements", "load_registry",
+           "module_implementations", "parse_definitions"]
 DEFINITIONS_DIR = Path(__file__).parent / "definitions"
 
 Impl = Callable[..., Any]
-_IMPLS: dict[str, Impl] = {}
 
 
 def implements(name: str) -> Callable[[Impl], Impl]:
-    """Register `fn` as the implementation of capability `name`."""
+    """Mark `fn` as the implementation of capability `name`. Nothing is registered on import:
+    `implementations()` collects the marked functions of the implementation modules."""
 
     def deco(fn: Impl) -> Impl:
-        if name in _IMPLS and _IMPLS[name] is not fn:
-            raise RuntimeError(f"two implementations for {name}")
-        _IMPLS[name] = fn
         fn.capability = name  # type: ignore[attr-defined]
         return fn
 
     return deco
+
+
+def module_implementations(module: ModuleType) -> dict[str, Impl]:
+    """The capability functions a module defines (marked with `@implements`), by capability."""
+    found: dict[str, Impl] = {}
+    for fn in vars(module).values():
+        name = getattr(fn, "capability", None)
+        if callable(fn) and isinstance(name, str) and getattr(fn, "__module__", None) == module.__name__:
+            if name in found and found[name] is not fn:
+                raise RuntimeError(f"two implementations for {name} in {module.__name__}")
+            found[name] = fn
+    return found
 
 
 class _DefModel(BaseModel):
@@ -147,11 +159,17 @@ def parse_definitions(text: str, fname: str, pack: str | None = None) -> list[De
     return out
 
 
-def _import_implementations() -> None:
-    from stockade.capabilities import impl
-
-    for m in pkgutil.iter_modules(impl.__path__):
-        importlib.import_module(f"{impl.__name__}.{m.name}")
+def implementations() -> dict[str, Impl]:
+    """Every built-in implementation: each module of `stockade.capabilities.impl`, imported and
+    read for its `@implements` functions. Two modules implementing one capability is an error."""
+    impls: dict[str, Impl] = {}
+    for m in pkgutil.iter_modules(impl_package.__path__):
+        module = importlib.import_module(f"{impl_package.__name__}.{m.name}")
+        for name, fn in module_implementations(module).items():
+            if name in impls and impls[name] is not fn:
+                raise RuntimeError(f"two implementations for {name}")
+            impls[name] = fn
+    return impls
 
 
 class Registry:
@@ -203,7 +221,7 @@ class Registry:
 
 def load_registry(extra_dirs: list[Path] | None = None) -> Registry:
     """Built-in definitions + implementations (raises ConfigError listing every problem)."""
-    _import_implementations()
+    impls = implementations()
     defs: list[Definition] = []
     errors: list[str] = []
     for d in [DEFINITIONS_DIR, *(extra_dirs or [])]:
@@ -214,4 +232,4 @@ def load_registry(extra_dirs: list[Path] | None = None) -> Registry:
                 errors.extend(e.errors)
     if errors:
         raise ConfigError(errors)
-    return Registry(defs, _IMPLS)
+    return Registry(defs, impls)

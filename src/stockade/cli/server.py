@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -21,9 +21,8 @@ from stockade.cli.common import (
     json_option,
     need_home,
 )
-from stockade.core import agents
+from stockade.core import agents, logs
 from stockade.core.errors import ConfigError, StockadeError
-from stockade.core.home import init_home
 from stockade.gateway import service
 
 TEMPLATES = ("personal", "strict", "open")
@@ -38,9 +37,11 @@ def init(home: str | None, policy: str, as_json: bool) -> None:
     """Create a data home (idempotent): config, database, keys, policy template."""
     h = get_home(home)
     try:
-        created = init_home(h, policy)
+        created = service.init_home(h, policy)
     except (ConfigError, StockadeError) as e:
         fail_error(e, as_json)
+    except service.StartupFailed as e:   # a part that does not load: the home would be incomplete
+        fail(str(e), 3, as_json)
     emit({"home": str(h.root), "created": created}, as_json,
          lambda d: click.echo(f"stockade home ready at {d['home']}" +
                               "".join(f"\n  created {c}" for c in d["created"])))
@@ -61,8 +62,6 @@ def _check_public(host: str, public: bool, what: str) -> None:
 
 def _serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
            banner: Any = None, accept_install_mismatch: bool = False) -> None:
-    from stockade.gateway import service  # here, not at the top: every other command starts faster
-
     h = need_home(home)
     try:
         cfg = h.config()
@@ -109,9 +108,13 @@ def _serve(home: str | None, port: int | None, dashboard_port: int | None, publi
 @click.option("--public", is_flag=True, help="Allow binding a non-loopback address from stockade.yaml.")
 @click.option("--accept-install-mismatch", is_flag=True,
               help="Start although the install does not verify against its signed release (this start only; audited).")
-def serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
-          accept_install_mismatch: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="stderr log lines as text, or one JSON object per line (journald, a log shipper).")
+@click.pass_context
+def serve(ctx: click.Context, home: str | None, port: int | None, dashboard_port: int | None, public: bool,
+          accept_install_mismatch: bool, log_format: Literal["text", "json"]) -> None:
     """Run the gateway (and dashboard) in the foreground; writes run/ports.json when listening."""
+    logs.configure((ctx.obj or {}).get("log_level", "WARNING"), log_format)
     _serve(home, port, dashboard_port, public, accept_install_mismatch=accept_install_mismatch)
 
 
@@ -122,7 +125,7 @@ def serve(home: str | None, port: int | None, dashboard_port: int | None, public
 def demo(home: str | None, port: int, dashboard_port: int) -> None:
     """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key."""
     h = get_home(home)
-    init_home(h, "personal")
+    service.init_home(h, "personal")
     conn = h.db()
     try:
         key = agents.rotate(conn, "demo") if any(a.name == "demo" for a in agents.list_all(conn)) \
@@ -147,8 +150,6 @@ def demo(home: str | None, port: int, dashboard_port: int) -> None:
 
 def doctor_checks(home_path: str | None) -> dict[str, Any]:
     """Every layer's real status; parts add theirs through `<part>.setup.doctor(home)`."""
-    from stockade.gateway import service
-
     h = get_home(home_path)
     out: dict[str, Any] = {"home": str(h.root), "checks": {}}
     checks = out["checks"]

@@ -1,4 +1,4 @@
-"""The data home of DESIGN.md §3: layout, permissions and initialisation.
+"""The data home (docs/design.md, "The data home"): layout, permissions and initialisation.
 
 Directories are 0700 and files 0600, always: the home holds key hashes, the vault and the audit
 log, and nothing in it is for anyone but the owner (and root).
@@ -6,14 +6,15 @@ log, and nothing in it is for anyone but the owner (and root).
 
 from __future__ import annotations
 
-import importlib
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from stockade.core.config import DEFAULT_YAML, Config, load_config
+from stockade.core.db import connect as connect_db
+from stockade.core.encoding import write_all
 
 SUBDIRS = ("policies", "policies/agents", "audit", "keys", "workspaces", "shared", "packs", "trash", "run")
 
@@ -100,9 +101,7 @@ class Home:
         return load_config(self.config_path)
 
     def db(self) -> sqlite3.Connection:
-        from stockade.core import db
-
-        return db.connect(self.db_path)
+        return connect_db(self.db_path)
 
     # -- creation ------------------------------------------------------------------------
     def ensure_layout(self) -> None:
@@ -125,7 +124,7 @@ def write_private(path: Path, data: bytes | str, *, exist_ok: bool = True) -> No
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, raw)
+        write_all(fd, raw)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -135,10 +134,15 @@ def write_private(path: Path, data: bytes | str, *, exist_ok: bool = True) -> No
     os.replace(tmp, path)
 
 
-def init_home(home: Home, policy: str = "personal") -> list[str]:
-    """Create a home (idempotent). Returns what was created, for the CLI to show."""
-    from stockade.core import db
+# What a part adds to a new home (policy template, audit key, TLS cert, ...): `init(home,
+# policy_template) -> list[str]` in the part's setup module, passed in by the wiring
+# (`stockade.gateway.service.init_home`), which knows the parts; core does not.
+InitHook = Callable[[Home, str], list[str]]
 
+
+def init_home(home: Home, policy: str = "personal", hooks: Sequence[InitHook] = ()) -> list[str]:
+    """Create a home (idempotent): layout, config, database, then each part's `hooks`.
+    Returns what was created, for the CLI to show."""
     created: list[str] = []
     old = os.umask(0o077)
     try:
@@ -148,30 +152,10 @@ def init_home(home: Home, policy: str = "personal") -> list[str]:
             created.append(str(home.config_path))
         if not home.db_path.exists():
             created.append(str(home.db_path))
-        conn = db.connect(home.db_path)
+        conn = connect_db(home.db_path)
         conn.close()
-        _load_parts()
-        for hook in _INIT_HOOKS:
+        for hook in hooks:
             created.extend(hook(home, policy))
     finally:
         os.umask(old)
     return created
-
-
-# Parts (policy templates, audit key, TLS cert, ...) register what `init` must create, in the
-# module named here as `<part>.setup`. Every one must load: a part skipped here would leave a
-# home without its keys or policy.
-_PARTS = ("policy", "audit", "supervision", "vault", "packs", "perimeter", "sandbox")
-InitHook = Callable[[Home, str], list[str]]
-_INIT_HOOKS: list[InitHook] = []
-
-
-def _load_parts() -> None:
-    for part in _PARTS:
-        importlib.import_module(f"stockade.{part}.setup")
-
-
-def on_init(fn: InitHook) -> InitHook:
-    """Decorator: `fn(home, policy_template) -> list[str]` runs during `stockade init`."""
-    _INIT_HOOKS.append(fn)
-    return fn

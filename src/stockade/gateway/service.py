@@ -6,8 +6,9 @@ hook into the pipeline (audit before anything can call), the listeners bind, and
 `run/ports.json` is written once they accept connections. Shutdown runs `stop` in reverse.
 
 A part plugs in by providing `stockade/<part>/setup.py` with any of `prefork(gw)`,
-`async start(gw)`, `async stop(gw)`, and the tables `ADMIN_COMMANDS` (admin socket) and
-`RPC_METHODS` (JSON-RPC), which this wiring registers at start-up. Every part listed in `PARTS`
+`async start(gw)`, `async stop(gw)`, `init(home, policy_template)` (for `stockade init`), and
+the tables `ADMIN_COMMANDS` (admin socket) and `RPC_METHODS` (JSON-RPC), which this wiring
+registers at start-up. Every part listed in `PARTS`
 must load: one that fails to import stops `serve` (exit 3, naming it) unless the owner switched it
 off in `stockade.yaml` (`parts: {egress: off}`). Audit and policy cannot be switched off, and
 `serve` refuses to run without them: the pipeline's stand-ins would allow every call and keep
@@ -35,6 +36,7 @@ from stockade.core.config import Config
 from stockade.core.errors import ConfigError
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
+from stockade.core.home import init_home as core_init_home
 from stockade.core.limits import MAX_CONNECTIONS
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway, Listener
@@ -44,7 +46,7 @@ from stockade.gateway import server as gateway_server
 from stockade.gateway.pipeline import Pipeline
 from stockade.release import gate as install_gate
 
-__all__ = ["PARTS", "Gateway", "Listener", "StartupFailed", "build", "load_part", "parts", "serve"]
+__all__ = ["PARTS", "Gateway", "Listener", "StartupFailed", "build", "init_home", "load_part", "parts", "serve"]
 
 PARTS = ("sandbox", "audit", "policy", "egress", "vault", "approvals", "supervision", "packs",
          "perimeter")  # perimeter: doctor checks only (its daemon is `stockade perimeter serve`)
@@ -70,6 +72,14 @@ def load_part(part: str) -> ModuleType:
         return importlib.import_module(f"stockade.{part}.setup")
     except Exception as e:
         raise StartupFailed(f"part {part} cannot load: {type(e).__name__}: {e}") from e
+
+
+def init_home(home: Home, policy: str = "personal") -> list[str]:
+    """`stockade init`: the home's layout, config and database (core), then what each part adds
+    (its setup's `init(home, policy_template)`: policy template, audit key, TLS cert, ...).
+    Every part loads, whatever the config switches off: a home is complete or refused."""
+    loaded = parts(None)
+    return core_init_home(home, policy, [part.init for part in loaded if hasattr(part, "init")])
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -17,7 +17,7 @@ from typing import Any
 
 from stockade.capabilities.registry import Definition, Registry, load_registry, parse_definitions
 from stockade.core.errors import ConfigError
-from stockade.core.home import Home, on_init, write_private
+from stockade.core.home import Home, write_private
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway
 from stockade.policy import loader
@@ -46,8 +46,7 @@ def catalog(registry: Registry | None = None) -> loader.Catalog:
     return loader.catalog(defs)
 
 
-@on_init
-def init_policy(home: Home, template: str) -> list[str]:
+def init(home: Home, template: str) -> list[str]:
     """Write policies/org.yaml from the chosen template unless the owner already has one."""
     path = home.policies / "org.yaml"
     if path.exists():

@@ -12,7 +12,7 @@ from typing import Any
 from stockade.approvals import store as _approvals_store  # noqa: F401  (its tables, for agents.status)
 from stockade.core import agents
 from stockade.core.admin import AdminCommand
-from stockade.core.home import Home, on_init
+from stockade.core.home import Home
 from stockade.core.wiring import Gateway, Listener
 from stockade.supervision import tls, tokens
 from stockade.supervision.admin import AdminServer
@@ -22,8 +22,7 @@ from stockade.supervision.webhook import WebhookSender
 HEARTBEAT = 15.0
 
 
-@on_init
-def _init(home: Home, policy_template: str) -> list[str]:
+def init(home: Home, policy_template: str) -> list[str]:
     created = tls.ensure(home)
     conn = home.db()
     try:
