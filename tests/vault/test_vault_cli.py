@@ -7,8 +7,11 @@ import os
 import sqlite3
 from pathlib import Path
 
+import jsonschema
+import yaml
 from tests.conftest import cli_json, run_cli, start_server
 
+import stockade.vault as vault_pkg
 from stockade.core.home import Home
 from stockade.vault.setup import doctor
 
@@ -155,6 +158,11 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         lst = srv.invoke(key, "secrets.list")
         names = [s["name"] for s in lst["result"]["secrets"]]
         assert names == ["envtok", "other"] and VALUE not in json.dumps(lst)
+        # in-process built-ins skip output validation at run time: the declared contract must hold
+        out_schema = yaml.safe_load((Path(vault_pkg.__file__).parent / "capabilities.yaml").read_text())
+        (spec,) = [c for c in out_schema["capabilities"] if c["name"] == "secrets.list"]
+        jsonschema.validate(lst["result"], spec["output"])
+        assert all(s["disclosed"] is True for s in lst["result"]["secrets"])
 
         # an agent can ask for a secret: it becomes an approval item for the owner
         req = srv.invoke(key, "secrets.request", {"name": "github token", "reason": "push the release"})
