@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
@@ -165,10 +166,17 @@ class McpHttp:
 
         auth = headers.get("authorization")
         token = bearer({"authorization": auth} if auth else {})
+        client = scope.get("client")
         try:
-            caller = self.pipeline.authenticate(token, headers.get("mcp-session-id") or "mcp", "mcp-http")
+            caller = await self.pipeline.admit(token, headers.get("mcp-session-id") or "mcp", "mcp-http",
+                                               client[0] if client else None)
         except StockadeError as e:
-            await _respond(send, 401, _unauthorized(e.message), ((b"www-authenticate", b'Bearer realm="stockade"'),))
+            if e.type == "RateLimited":
+                retry = str(max(1, math.ceil(float(e.data.get("retry_after") or 1)))).encode()
+                await _respond(send, 429, _error_body(e), ((b"retry-after", retry),))
+            else:
+                await _respond(send, 401, _unauthorized(e.message),
+                               ((b"www-authenticate", b'Bearer realm="stockade"'),))
             return
         body = b""
         if scope.get("method") == "POST":
@@ -237,11 +245,14 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
         except (TimeoutError, StockadeError, WebSocketDisconnect, KeyError):
             token = None
     try:
-        caller = pipeline.authenticate(token, "pending", "mcp-ws")
+        client = websocket.client
+        caller = await pipeline.admit(token, "pending", "mcp-ws", client.host if client else None)
     except StockadeError as e:
+        throttled = e.type == "RateLimited"
         with contextlib.suppress(Exception):
-            await websocket.send_text(_unauthorized(e.message).decode())
-            await websocket.close(code=1008, reason="authentication failed")
+            await websocket.send_text((_error_body(e) if throttled else _unauthorized(e.message)).decode())
+            await websocket.close(code=1013 if throttled else 1008,
+                                  reason="too many failed authentications" if throttled else "authentication failed")
         return
     sid = sessions.create(pipeline.db, caller.agent, "mcp-ws")
     caller = Caller(caller.agent, caller.key_hash, sid, "mcp-ws")

@@ -40,6 +40,7 @@ from stockade.core.types import (  # noqa: F401  (re-exported for the transports
     progress_reporter,
     report_progress,
 )
+from stockade.edge.authlimit import AuthFailures, presented, source_key
 from stockade.gateway.costs import FailureLimiter, encode_args, refused_args
 
 log = logging.getLogger("stockade")
@@ -149,6 +150,7 @@ class Pipeline:
         self.sandbox: ExecutorHook = sandbox or NoSandbox()
         self.bus = bus or EventBus()
         self.failures = failures or FailureLimiter()
+        self.auth_failures = AuthFailures()
         self.clock = time.monotonic
         self.started = time.time()
         self.health: dict[str, Any] = {}   # parts report layer status here (system.health, doctor)
@@ -157,6 +159,55 @@ class Pipeline:
     def authenticate(self, key: str | None, session: str, transport: str) -> Caller:
         agent = agents.authenticate(self.db, key)
         return Caller(agent.name, agents.key_hash(key or ""), session, transport)
+
+    async def admit(self, key: str | None, session: str, transport: str, host: str | None) -> Caller:
+        """Authenticate a request from `host` on any transport, under the failed-authentication throttle.
+
+        A source whose failure bucket is empty is refused (`RateLimited`) before its key is looked
+        up, unless that key already authenticated from there. Each failure is counted; the
+        audit log gets the window's first failure described (never the key), a summary per window
+        and one `auth.burst` when the bucket empties, which is also a critical event for the owner.
+        """
+        source, now = source_key(host), self.clock()
+        digest = agents.key_hash(key or "")
+        wait = self.auth_failures.admits(source, digest, now)
+        if wait is not None:
+            await self._write_auth(self.auth_failures.throttled(source, transport, now))
+            raise err("RateLimited", "too many failed authentications from this address; try again later",
+                      retry_after=round(wait, 3), rule="auth-failures")
+        try:
+            caller = self.authenticate(key, session, transport)
+        except StockadeError:
+            reason, detail = self._unauthenticated_reason(key, digest)
+            out = self.auth_failures.failed(source, transport, reason, now, detail)
+            await self._write_auth([r for r in (out.first, out.burst) if r] + out.summaries)
+            if out.burst is not None:
+                self.bus.publish("auth.burst", {k: v for k, v in out.burst.items() if k != "kind"}, "critical")
+            raise
+        await self._write_auth(self.auth_failures.succeeded(source, digest, now))
+        return caller
+
+    def _unauthenticated_reason(self, key: str | None, digest: bytes) -> tuple[str, dict[str, Any]]:
+        """Why a key failed, for the owner: missing, malformed, unknown, or a revoked agent's (named)."""
+        detail = presented(key)
+        if key is None:
+            return "missing", detail
+        if not agents.KEY_RE.match(key):
+            return "malformed", detail
+        r = self.db.execute("SELECT name FROM agents WHERE key_hash=? AND revoked_at IS NOT NULL",
+                            (digest,)).fetchone()
+        if r is not None:
+            return "revoked", {**detail, "agent": r[0]}
+        return "unknown", detail
+
+    async def flush_auth(self, final: bool = False) -> None:
+        """Write the summaries of failed-authentication windows that ended (all of them when `final`)."""
+        now = self.clock()
+        await self._write_auth(self.auth_failures.flush(now) if final else self.auth_failures.due(now))
+
+    async def _write_auth(self, records: list[dict[str, Any]]) -> None:
+        for rec in records:
+            await self.audit.record(dict(rec))
 
     def _recheck(self, caller: Caller) -> None:
         r = self.db.execute("SELECT revoked_at FROM agents WHERE name=? AND key_hash=?",

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stockade.core.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
+from stockade.edge.authlimit import AuthFailures
 from stockade.edge.body import BodyTimeout, ClientGone, read_body
 from stockade.edge.security import GuardMiddleware
 from stockade.gateway import jsonrpc, sessions
-from stockade.gateway.pipeline import Caller, Pipeline
+from stockade.gateway.pipeline import Caller, Pipeline, log
 
 
 def bearer(headers: Any) -> str | None:
@@ -48,15 +53,25 @@ def _rpc_error(status: int, code: int, etype: str, message: str) -> JSONResponse
         status_code=status)
 
 
+def throttled_response(e: StockadeError) -> JSONResponse:
+    """429 for a source throttled after failed authentications (structured, with Retry-After)."""
+    retry = max(1, math.ceil(float(e.data.get("retry_after") or 1)))
+    return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": e.code, "message": e.message,
+                                                                 "data": e.to_dict()}},
+                        status_code=429, headers={"retry-after": str(retry)})
+
+
 def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None) -> Any:
     async def rpc(request: Request) -> Response:
         # The caller is known from the headers before a byte of the body is read (401 at once).
         try:
-            caller = pipeline.authenticate(bearer(request.headers),
-                                           request.headers.get("stockade-session") or "rpc", "jsonrpc")
+            caller = await pipeline.admit(bearer(request.headers), request.headers.get("stockade-session") or "rpc",
+                                          "jsonrpc", request.client.host if request.client else None)
             if caller.session != "rpc":
                 sessions.check(pipeline.db, caller.agent, caller.session)
         except StockadeError as e:
+            if e.type == "RateLimited":
+                return throttled_response(e)
             status = 401 if e.type == "Unauthenticated" else 400
             return _rpc_error(status, AUTH_FAILED if status == 401 else e.code, e.type, e.message)
         try:
@@ -76,12 +91,43 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    limits = pipeline.home.config().gateway
+    pipeline.auth_failures = AuthFailures(burst=limits.auth_failure_burst,
+                                          per_second=1.0 / limits.auth_failure_refill_seconds)
     routes: list[Any] = [Route("/rpc", rpc, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
     from stockade.gateway import mcp_transport
 
     routes.extend(mcp_transport.routes(pipeline, max_body))
-    app = Starlette(routes=routes, lifespan=mcp_transport.lifespan(pipeline))
+    app = Starlette(routes=routes, lifespan=_lifespan(pipeline, mcp_transport.lifespan(pipeline)))
     return GuardMiddleware(app, extra_origins or [])
+
+
+AUTH_FLUSH_SECONDS = 5.0
+
+
+def _lifespan(pipeline: Pipeline, inner: Any) -> Any:
+    """The MCP session manager's lifespan, plus the writer of failed-authentication summaries
+    (each window's count is written when it ends, and every open one at shutdown)."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async def flusher() -> None:
+            while True:
+                await anyio.sleep(AUTH_FLUSH_SECONDS)
+                try:
+                    await pipeline.flush_auth()
+                except Exception:   # the audit writer refused (disk full...): it reports that itself
+                    log.exception("writing failed-authentication summaries failed")
+
+        async with inner(app), anyio.create_task_group() as tg:
+            tg.start_soon(flusher)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await pipeline.flush_auth(final=True)
+
+    return lifespan
 
 
 __all__ = ["bearer", "build_app"]
