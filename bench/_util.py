@@ -1,4 +1,4 @@
-"""Helpers for benchmarks: percentiles and a result row in the DESIGN.md §11 shape."""
+"""Helpers for benchmarks: percentiles and a result row in the docs/design.md "Benchmarks" shape."""
 
 from __future__ import annotations
 

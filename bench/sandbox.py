@@ -1,9 +1,9 @@
 """Sandbox overhead (issue 6): per-call cost of the full five-layer sandbox.
 
-Cases, interleaved round-robin so load drift hits all alike (DESIGN.md §11, research §6):
+Cases, interleaved round-robin so load drift hits all alike (docs/design.md "Benchmarks", research §6):
 * `filesystem.stat` through the sandbox executor vs the same handler called in-process;
 * `process.run ["/bin/true"]` through the sandbox executor vs hardened Debian `bwrap` spawning
-  /bin/true (flags from research/sandbox.md §8) vs a plain `/bin/true` spawn.
+  /bin/true (the sandbox's clone flags) vs a plain `/bin/true` spawn.
 Needs root (namespaces, cgroups); rows that cannot run are reported with an `error` field.
 """
 

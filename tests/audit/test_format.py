@@ -1,4 +1,4 @@
-"""The on-disk format is DESIGN.md §6, checked by an independent verifier (cbor2 + hashlib only)."""
+"""The on-disk format is docs/design.md "Formats", checked by an independent verifier (cbor2 + hashlib only)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from stockade.audit import record as R
 
 
 def independent_verify(files: list[Path]) -> int:
-    """DESIGN.md §6 with nothing but cbor2 and hashlib: returns the number of records."""
+    """docs/design.md "Formats" with nothing but cbor2 and hashlib: returns the number of records."""
     prev = bytes(32)
     expected_seq = 1
     for path in files:

@@ -1,4 +1,4 @@
-"""Semantics of DESIGN.md §5, one rule at a time, and the system layer's built-in protections."""
+"""Semantics of docs/design.md "Policy", one rule at a time, and the system layer's built-in protections."""
 
 from __future__ import annotations
 

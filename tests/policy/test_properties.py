@@ -1,4 +1,4 @@
-"""Property tests of the layered semantics (DESIGN.md §5) over generated policies.
+"""Property tests of the layered semantics (docs/design.md "Policy") over generated policies.
 
 Each example generates a system, an org and an agent layer (random patterns, tiers, conditions,
 defaults) and checks every capability of a small universe against several argument sets, so a

@@ -1,4 +1,4 @@
-"""The escape suite (issue 6 acceptance): one test per attack class of research/sandbox.md §3.
+"""The escape suite (issue 6 acceptance): one test per attack class (docs/design.md "Sandbox").
 
 Every attack runs as Python inside the sandbox child, sent through the real gateway over HTTP
 JSON-RPC. Each test then switches off the layer(s) that stop the attack (test-only switch) and

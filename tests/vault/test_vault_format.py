@@ -1,4 +1,4 @@
-"""vault.db is recoverable with standard tools, exactly as DESIGN.md §3 documents it.
+"""vault.db is recoverable with standard tools, exactly as docs/design.md "Formats" documents it.
 
 The decryptor below uses nothing of stockade: sqlite3, argon2-cffi, cryptography, the passphrase.
 """
@@ -27,7 +27,7 @@ VALUE = "sk_live_\x01\"quoted\" ✓ value"
 
 
 def independent_decrypt(db: Path, name: str, passphrase: str, mutate=None) -> bytes:  # type: ignore[no-untyped-def]
-    """DESIGN.md §3, by hand. `mutate(field, value) -> value` lets a test corrupt one field."""
+    """docs/design.md "Formats", by hand. `mutate(field, value) -> value` lets a test corrupt one field."""
     m = mutate or (lambda f, v: v)
     c = sqlite3.connect(db)
     kdf = json.loads(m("kdf", c.execute("SELECT value FROM vault_meta WHERE key='kdf'").fetchone()[0]))

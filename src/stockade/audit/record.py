@@ -1,4 +1,4 @@
-"""The audit record format of DESIGN.md §6, as pure functions over bytes.
+"""The audit record format of docs/design.md "Formats", as pure functions over bytes.
 
 A day file is a sequence of frames: 4-byte big-endian length N, then N bytes of deterministic
 CBOR (RFC 8949 §4.2.1 core deterministic encoding: shortest heads, definite lengths, map keys

@@ -1,4 +1,4 @@
-"""`stockade agent create|list|revoke|rotate|reactivate` (DESIGN.md §4).
+"""`stockade agent create|list|revoke|rotate|reactivate` (docs/design.md "Agents and keys").
 
 Works on a stopped home (writes stockade.db directly) and on a running one (the server reads
 the same database on every call, so a revoke takes effect at the next request). A revoke ends the

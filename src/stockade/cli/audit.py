@@ -1,4 +1,4 @@
-"""`stockade audit verify|query|session|tail|export|reindex|replay|checkpoint export` (DESIGN.md §6).
+"""`stockade audit verify|query|session|tail|export|reindex|replay|checkpoint export` (docs/design.md "Formats").
 
 All of them work on a stopped home; with a server running, `verify` stops at the durable end
 the server reports (a batch being written is not a torn record) and `checkpoint export --fresh`

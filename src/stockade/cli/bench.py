@@ -1,4 +1,4 @@
-"""`stockade bench [NAME] --json`: run the benchmarks in bench/ (DESIGN.md §11).
+"""`stockade bench [NAME] --json`: run the benchmarks in bench/ (docs/design.md "Benchmarks").
 
 Each `bench/<name>.py` exposes `run(quick: bool) -> dict` returning
 `{"bench": name, "results": [{"case", "p50_us", "p99_us", "per_s"?, "anchor"?, "anchor_p50_us"?, "ratio"?}]}`;

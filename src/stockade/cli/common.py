@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: --home/--json options, output, exit codes (DESIGN.md §10)."""
+"""Shared CLI plumbing: --home/--json options, output, exit codes (docs/design.md "CLI")."""
 
 from __future__ import annotations
 

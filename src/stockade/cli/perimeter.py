@@ -1,4 +1,4 @@
-"""`stockade perimeter serve|keygen|status` and `stockade knock` (DESIGN.md §8)."""
+"""`stockade perimeter serve|keygen|status` and `stockade knock` (docs/design.md "Perimeter")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`stockade policy validate | explain | diff` (DESIGN.md §5). All offline: no server needed."""
+"""`stockade policy validate | explain | diff` (docs/design.md "Policy"). All offline: no server needed."""
 
 from __future__ import annotations
 

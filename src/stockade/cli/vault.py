@@ -1,4 +1,4 @@
-"""`stockade vault init|unseal|seal|status|set|rotate|list|remove|rekey` (issue 8, DESIGN.md §3).
+"""`stockade vault init|unseal|seal|status|set|rotate|list|remove|rekey` (issue 8, docs/design.md "Formats").
 
 Passphrases come from `--passphrase-file`, `STOCKADE_VAULT_PASSPHRASE` or a hidden prompt on the
 terminal; secret values from `--value-file`, stdin or a hidden prompt: never from argv (argv is

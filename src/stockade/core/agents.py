@@ -1,4 +1,4 @@
-"""Agents and their keys (DESIGN.md §4).
+"""Agents and their keys (docs/design.md "Agents and keys").
 
 A key is `stk_` + 43 chars of base64url (32 random bytes), shown once. Only SHA-256 of it is
 stored; lookup is by hash (an index probe, so no timing signal about other keys) and the found

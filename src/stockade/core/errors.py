@@ -25,6 +25,22 @@ AUTH_FAILED = -32003
 CAPABILITY_ERROR = -32010
 
 
+class RpcCode:
+    """The JSON-RPC codes under names of their own: inside `ErrorType`'s body a member such as
+    `INVALID_REQUEST` hides the module constant of the same name from the members after it."""
+
+    PARSE_ERROR = PARSE_ERROR
+    INVALID_REQUEST = INVALID_REQUEST
+    METHOD_NOT_FOUND = METHOD_NOT_FOUND
+    INVALID_PARAMS = INVALID_PARAMS
+    INTERNAL_ERROR = INTERNAL_ERROR
+    RATE_LIMITED = RATE_LIMITED
+    POLICY_DENIED = POLICY_DENIED
+    APPROVAL_PENDING = APPROVAL_PENDING
+    AUTH_FAILED = AUTH_FAILED
+    CAPABILITY_ERROR = CAPABILITY_ERROR
+
+
 class ErrorType(StrEnum):
     """Every error type an agent or the owner can see, with its JSON-RPC code and HTTP status.
 
@@ -43,45 +59,45 @@ class ErrorType(StrEnum):
         return obj
 
     # protocol and edge
-    PARSE_ERROR = ("ParseError", PARSE_ERROR, 400)
-    INVALID_REQUEST = ("InvalidRequest", INVALID_REQUEST, 400)
-    METHOD_NOT_FOUND = ("MethodNotFound", METHOD_NOT_FOUND, 404)
-    INVALID_INPUT = ("InvalidInput", INVALID_PARAMS, 400)
-    PAYLOAD_TOO_LARGE = ("PayloadTooLarge", INVALID_REQUEST, 413)
-    UNAUTHENTICATED = ("Unauthenticated", AUTH_FAILED, 401)
-    FORBIDDEN = ("Forbidden", AUTH_FAILED, 403)
-    NOT_FOUND = ("NotFound", CAPABILITY_ERROR, 404)
-    INTERNAL = ("Internal", INTERNAL_ERROR, 500)
+    PARSE_ERROR = ("ParseError", RpcCode.PARSE_ERROR, 400)
+    INVALID_REQUEST = ("InvalidRequest", RpcCode.INVALID_REQUEST, 400)
+    METHOD_NOT_FOUND = ("MethodNotFound", RpcCode.METHOD_NOT_FOUND, 404)
+    INVALID_INPUT = ("InvalidInput", RpcCode.INVALID_PARAMS, 400)
+    PAYLOAD_TOO_LARGE = ("PayloadTooLarge", RpcCode.INVALID_REQUEST, 413)
+    UNAUTHENTICATED = ("Unauthenticated", RpcCode.AUTH_FAILED, 401)
+    FORBIDDEN = ("Forbidden", RpcCode.AUTH_FAILED, 403)
+    NOT_FOUND = ("NotFound", RpcCode.CAPABILITY_ERROR, 404)
+    INTERNAL = ("Internal", RpcCode.INTERNAL_ERROR, 500)
     # decisions
-    POLICY_DENIED = ("PolicyDenied", POLICY_DENIED, 403)
-    RATE_LIMITED = ("RateLimited", RATE_LIMITED, 429)
-    APPROVAL_PENDING = ("ApprovalPending", APPROVAL_PENDING, 202)
-    APPROVAL_NOT_FOUND = ("ApprovalNotFound", CAPABILITY_ERROR, 404)
-    APPROVAL_REJECTED = ("ApprovalRejected", CAPABILITY_ERROR, 403)
-    APPROVAL_EXPIRED = ("ApprovalExpired", CAPABILITY_ERROR, 409)
-    CAPABILITY_NOT_FOUND = ("CapabilityNotFound", METHOD_NOT_FOUND, 404)
-    CONFLICT = ("Conflict", CAPABILITY_ERROR, 409)
+    POLICY_DENIED = ("PolicyDenied", RpcCode.POLICY_DENIED, 403)
+    RATE_LIMITED = ("RateLimited", RpcCode.RATE_LIMITED, 429)
+    APPROVAL_PENDING = ("ApprovalPending", RpcCode.APPROVAL_PENDING, 202)
+    APPROVAL_NOT_FOUND = ("ApprovalNotFound", RpcCode.CAPABILITY_ERROR, 404)
+    APPROVAL_REJECTED = ("ApprovalRejected", RpcCode.CAPABILITY_ERROR, 403)
+    APPROVAL_EXPIRED = ("ApprovalExpired", RpcCode.CAPABILITY_ERROR, 409)
+    CAPABILITY_NOT_FOUND = ("CapabilityNotFound", RpcCode.METHOD_NOT_FOUND, 404)
+    CONFLICT = ("Conflict", RpcCode.CAPABILITY_ERROR, 409)
     # execution
-    SANDBOX_UNAVAILABLE = ("SandboxUnavailable", CAPABILITY_ERROR, 503)
-    RESOURCE_EXHAUSTED = ("ResourceExhausted", CAPABILITY_ERROR, 400)
-    TIMEOUT = ("Timeout", CAPABILITY_ERROR, 400)
-    FILE_NOT_FOUND = ("FileNotFound", CAPABILITY_ERROR, 400)
-    PATH_DENIED = ("PathDenied", CAPABILITY_ERROR, 400)
-    PATH_WRITE_PROTECTED = ("PathWriteProtected", CAPABILITY_ERROR, 400)
-    NETWORK_ERROR = ("NetworkError", CAPABILITY_ERROR, 400)
-    UNREACHABLE = ("Unreachable", CAPABILITY_ERROR, 400)
-    EGRESS_DENIED = ("EgressDenied", CAPABILITY_ERROR, 400)
+    SANDBOX_UNAVAILABLE = ("SandboxUnavailable", RpcCode.CAPABILITY_ERROR, 503)
+    RESOURCE_EXHAUSTED = ("ResourceExhausted", RpcCode.CAPABILITY_ERROR, 400)
+    TIMEOUT = ("Timeout", RpcCode.CAPABILITY_ERROR, 400)
+    FILE_NOT_FOUND = ("FileNotFound", RpcCode.CAPABILITY_ERROR, 400)
+    PATH_DENIED = ("PathDenied", RpcCode.CAPABILITY_ERROR, 400)
+    PATH_WRITE_PROTECTED = ("PathWriteProtected", RpcCode.CAPABILITY_ERROR, 400)
+    NETWORK_ERROR = ("NetworkError", RpcCode.CAPABILITY_ERROR, 400)
+    UNREACHABLE = ("Unreachable", RpcCode.CAPABILITY_ERROR, 400)
+    EGRESS_DENIED = ("EgressDenied", RpcCode.CAPABILITY_ERROR, 400)
     # vault
-    VAULT_SEALED = ("VaultSealed", CAPABILITY_ERROR, 503)
-    VAULT_CORRUPT = ("VaultCorrupt", CAPABILITY_ERROR, 500)
-    VAULT_EXISTS = ("VaultExists", CAPABILITY_ERROR, 409)
-    VAULT_NOT_INITIALIZED = ("VaultNotInitialized", CAPABILITY_ERROR, 400)
-    WRONG_PASSPHRASE = ("WrongPassphrase", CAPABILITY_ERROR, 401)
-    SECRET_NOT_FOUND = ("SecretNotFound", CAPABILITY_ERROR, 404)
-    SECRET_NOT_IN_SCOPE = ("SecretNotInScope", CAPABILITY_ERROR, 403)
+    VAULT_SEALED = ("VaultSealed", RpcCode.CAPABILITY_ERROR, 503)
+    VAULT_CORRUPT = ("VaultCorrupt", RpcCode.CAPABILITY_ERROR, 500)
+    VAULT_EXISTS = ("VaultExists", RpcCode.CAPABILITY_ERROR, 409)
+    VAULT_NOT_INITIALIZED = ("VaultNotInitialized", RpcCode.CAPABILITY_ERROR, 400)
+    WRONG_PASSPHRASE = ("WrongPassphrase", RpcCode.CAPABILITY_ERROR, 401)
+    SECRET_NOT_FOUND = ("SecretNotFound", RpcCode.CAPABILITY_ERROR, 404)
+    SECRET_NOT_IN_SCOPE = ("SecretNotInScope", RpcCode.CAPABILITY_ERROR, 403)
     # agent state (state.*): the agent's keys or bytes quota is full; 507 Insufficient Storage
     # (RFC 4918): the call was well-formed, retrying will not help until the agent frees space.
-    QUOTA_EXCEEDED = ("QuotaExceeded", CAPABILITY_ERROR, 507)
+    QUOTA_EXCEEDED = ("QuotaExceeded", RpcCode.CAPABILITY_ERROR, 507)
 
     @classmethod
     def of(cls, name: str) -> ErrorType | None:

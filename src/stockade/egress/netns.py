@@ -6,7 +6,7 @@ child can open and `setns(fd, CLONE_NEWNET)` into (a bind-mounted namespace file
 for agents whose profile has egress. `remove_agent_netns(agent, home)` tears it down.
 
 Why long-lived: creating a namespace per call costs 1-10 ms under churn (rtnl held by async
-teardown); joining an existing one costs ~0.2 ms (research/sandbox.md §6).
+teardown); joining an existing one costs ~0.2 ms (docs/design.md "Sandbox").
 
 The name carries a short hash of the data home so two homes on one machine (tests under xdist,
 or two gateways) never share an agent's namespace. The path lives in the host mount namespace:

@@ -1,4 +1,4 @@
-"""The pack format (DESIGN.md §7) as pure functions over bytes.
+"""The pack format (docs/design.md "Formats") as pure functions over bytes.
 
 A pack is `pack.yaml` + `src/**.py` + optional `requirements.lock` + `SIGNATURE`. The signature
 covers a canonical manifest: the pack's name, version, optional expiry and, for every file except

@@ -1,4 +1,4 @@
-"""The perimeter (DESIGN.md §8): Single Packet Authorization in front of an nftables drop policy.
+"""The perimeter (docs/design.md "Perimeter"): Single Packet Authorization in front of an nftables drop policy.
 
 Layout (functional core, imperative shell):
 - `codec`, `fwknop`, `native`, `verify`: pure parsing/verification of SPA packets.

@@ -1,6 +1,6 @@
 """The fwknop-compatible SPA profile: fwknop 2.x Rijndael (AES-256-CBC) + HMAC-SHA256.
 
-Wire format (research/anchors.md §1.1), as produced by Debian's `fwknop --use-hmac`:
+Wire format (docs/perimeter.md, "Packet formats"), as produced by Debian's `fwknop --use-hmac`:
     B64(Salted__ || salt8 || AES-256-CBC(plaintext)) with `=` stripped and the constant first 10
     characters `U2FsdGVkX1` removed, immediately followed by the 43-character B64 HMAC-SHA256 over
     the prefix-restored ciphertext string.

@@ -1,4 +1,4 @@
-"""The policy engine (DESIGN.md §5): layered YAML tiers compiled into an index, decided by a pure
+"""The policy engine (docs/design.md "Policy"): layered YAML tiers compiled into an index, decided by a pure
 function, with rate limits persisted in SQLite and hot reload.
 
 - `model`: the file format and loader (file:line errors);

@@ -1,7 +1,7 @@
 """Rule conditions: compiled once at load into small closures, evaluated per call.
 
 A condition returns True/False or raises `CannotEvaluate` (missing or mistyped argument). The
-engine turns "cannot evaluate" into a verdict that never loosens anything (DESIGN.md §5); any
+engine turns "cannot evaluate" into a verdict that never loosens anything (docs/design.md "Policy"); any
 other exception raised here is treated the same way (fail closed).
 
 Paths are canonicalised *lexically* inside the sandbox view: a relative path is relative to

@@ -1,4 +1,4 @@
-"""The compiled policy and the pure evaluator (DESIGN.md §5).
+"""The compiled policy and the pure evaluator (docs/design.md "Policy").
 
 `compile_policy` turns parsed layers into an index (per layer: dict by exact name, dict by
 prefix, the `*` bucket), so a decision looks at a handful of buckets whatever the rule count.

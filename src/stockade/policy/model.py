@@ -1,4 +1,4 @@
-"""The policy file format (DESIGN.md §5) and its loader: YAML text -> validated rules.
+"""The policy file format (docs/design.md "Policy") and its loader: YAML text -> validated rules.
 
 Everything an owner can get wrong is refused here, once, with `file:line` (unknown keys, wrong
 types, bad tiers, invalid or catastrophic regexes, unknown capabilities, duplicate ids), so the
@@ -201,7 +201,7 @@ def parse_policy(text: str, fname: str, layer: str, *, ctx: dict[str, str] | Non
     """Pure: YAML text -> PolicyFile, or ConfigError listing every problem with file:line.
 
     `known(name)` says whether an exact capability name exists; when given, an unknown name is
-    refused (DESIGN.md §5: typos must not silently leave a capability unpoliced).
+    refused (docs/design.md "Policy": typos must not silently leave a capability unpoliced).
     """
     data, lines = yamlfile.loads(text, fname)
     return parse_data(data, lines, fname, layer, ctx=ctx, known=known,

@@ -1,4 +1,4 @@
-"""The per-call Linux sandbox (DESIGN.md §2, issue 6).
+"""The per-call Linux sandbox (docs/design.md "Sandbox", issue 6).
 
 Handler interface (the contract for `execution: sandbox` capabilities)
 ----------------------------------------------------------------------
@@ -31,16 +31,20 @@ An implementation is a plain function registered like any other capability::
   handler may spawn `/bin/sh` etc. (process.run). The `strict` profile denies execve/execveat/
   fork/vfork: such handlers then get EPERM (OSError) and should map it to an error.
 * Limits: the call must finish within `ctx.profile.timeout` seconds (wall clock) or the whole
-  pid namespace is killed and the caller gets `Timeout`. The agent's cgroup caps memory (no swap),
-  pids, CPU and io in aggregate for all of its concurrent calls. `ctx.deadline` is the
+  pid namespace is killed and the caller gets `Timeout`. The call's own cgroup leaf caps its
+  memory (no swap), pids and io at `ctx.profile`; the agent's group above it caps memory, pids,
+  CPU and io in aggregate for all of its concurrent calls. `ctx.deadline` is the
   `time.monotonic()` value at which the call will be killed (handlers running a command should
   use a smaller timeout so they can report partial output themselves).
-* The network is the agent's own namespace (only `lo` unless the egress part added a route);
+* The network is the agent's own namespace, or for a pack the pack's own (only `lo` unless the
+  egress part added a route);
   TCP bind is denied by Landlock and TCP connect is limited to the profile's egress ports.
 
-This package: `zygote` (fork server), `child` (per-call layer setup), `landlock` (ctypes),
-`seccomp` (libseccomp allowlists), `cgroups` (v1 + v2), `mounts` (minimal root), `executor`
-(gateway side), `probe` (layer status for doctor/health), `setup` (part hooks).
+This package: `zygote` (fork server), `child` (per-call layer setup, minimal root included),
+`libc` (raw syscalls), `landlock` (ctypes), `seccomp` (libseccomp allowlists), `cgroups` (v1 + v2),
+`nftguard` (per-call check that the agent's egress rules are loaded), `agentns` (the agents'
+network namespaces, from egress), `profile` (the policy's `sandbox:` section), `executor`
+(gateway side), `setup` (part hooks, layer status for doctor).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ SANDBOX_GID = 1100
 
 @dataclass(frozen=True)
 class Profile:
-    """Per-agent sandbox profile (DESIGN.md §5 `sandbox:`), plus the per-call bounds."""
+    """Per-agent sandbox profile (docs/design.md "Policy" `sandbox:`), plus the per-call bounds."""
 
     cpu: float = 0.5                       # cores (aggregate for the agent)
     memory: int = 512 * 1024 * 1024        # bytes, no swap

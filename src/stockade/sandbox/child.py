@@ -1,7 +1,9 @@
 """One sandboxed call: the child P, forked by the zygote as pid 1 of a new pid namespace.
 
-    zygote: unshare(CLONE_NEWPID), fork -> P, setns back to its own pid ns, watch P (pidfd)
-    P:      setns(agent netns), join the agent cgroup, unshare(mount|uts|ipc|cgroup),
+    zygote: one raw clone(CLONE_NEWPID) -> P, a pidfd on P, the call's cgroup leaf made and P
+            moved into it, then P's gate opened; watch P (pidfd)
+    P:      read its arguments, setns(agent netns), wait on the gate (now in the call's
+            cgroup), unshare(mount|uts|ipc|cgroup),
             minimal root from the template, pivot_root, /proc, hostname,
             drop to the agent's host uid, unshare(user) + uid map 1100,
             drop caps, no_new_privs, close fds, setsid, rlimits,

@@ -1,4 +1,4 @@
-"""Pure parsing of the policy's `sandbox:` section (DESIGN.md §5) into a `Profile`."""
+"""Pure parsing of the policy's `sandbox:` section (docs/design.md "Policy") into a `Profile`."""
 
 from __future__ import annotations
 

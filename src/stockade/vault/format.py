@@ -1,4 +1,4 @@
-"""The vault.db format of DESIGN.md §3, as pure functions (no I/O, no clock, no randomness).
+"""The vault.db format of docs/design.md "Formats", as pure functions (no I/O, no clock, no randomness).
 
 Everything an owner needs to recover a secret with standard tools is here: the KDF JSON, the
 associated data, the nonce/ciphertext layout and the verifier.
@@ -41,7 +41,7 @@ class KdfParams:
     p: int = PARALLELISM
 
     def to_json(self) -> str:
-        """The `vault_meta.kdf` value, exactly as DESIGN.md §3 shows it."""
+        """The `vault_meta.kdf` value, exactly as docs/design.md "Formats" shows it."""
         return json.dumps({"alg": KDF_ALG, "m_kib": self.m_kib, "t": self.t, "p": self.p,
                            "salt": base64.b64encode(self.salt).decode()})
 

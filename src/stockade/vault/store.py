@@ -1,4 +1,4 @@
-"""vault.db: the SQLite shell around the format (DESIGN.md §3).
+"""vault.db: the SQLite shell around the format (docs/design.md "Formats").
 
 Every write that changes key material is one SQLite transaction (BEGIN IMMEDIATE ... COMMIT):
 `init`, `put`, `rekey`. A kill -9 at any instant leaves the previous or the next state, never a
