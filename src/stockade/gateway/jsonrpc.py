@@ -1,14 +1,15 @@
 """JSON-RPC 2.0 over `POST /rpc`: parsing is pure, dispatch goes to the pipeline.
 
 `parse(body)` turns bytes into a list of `Request` (or one ready error); `handle` runs them in
-order and returns the response bytes (None for a batch of only notifications). Method handlers
-live in METHODS so other parts (approvals) can add theirs.
+order and returns the response bytes (None for a batch of only notifications). This module's own
+methods are in METHODS; the wiring hands `handle` the gateway's whole table: these plus each
+part's `RPC_METHODS` (approvals), collected at start-up.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,7 @@ def method(name: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-async def handle(ctx: Any, body: bytes) -> bytes | None:
+async def handle(ctx: Any, body: bytes, methods: Mapping[str, Handler] = METHODS) -> bytes | None:
     """Run the requests in `body` for the authenticated caller in `ctx`; every refusal is audited."""
     entries, is_batch = parse(body)
     out: list[dict[str, Any]] = []
@@ -125,7 +126,7 @@ async def handle(ctx: Any, body: bytes) -> bytes | None:
                                       {"type": "InvalidInput", "message": entry.message, "recovery": refusal.recovery,
                                        "reason": refusal.data["reason"]}))
             continue
-        resp = await _dispatch(ctx, entry)
+        resp = await _dispatch(ctx, entry, methods)
         if not entry.is_notification:
             out.append(resp)
     if not out:
@@ -133,16 +134,16 @@ async def handle(ctx: Any, body: bytes) -> bytes | None:
     return json.dumps(out if is_batch else out[0], separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def _dispatch(ctx: Any, req: Request) -> dict[str, Any]:
+async def _dispatch(ctx: Any, req: Request, methods: Mapping[str, Handler]) -> dict[str, Any]:
     rid = None if req.is_notification else req.id
-    fn = METHODS.get(req.method)
+    fn = methods.get(req.method)
     if fn is None:
         await ctx.pipeline.refuse(ctx.caller, err("MethodNotFound", f"unknown method {req.method!r}"),
                                   encode_args({"method": req.method, "params": req.params}))
         return error_response(rid, METHOD_NOT_FOUND, f"method not found: {req.method}",
                               {"type": "MethodNotFound", "message": f"unknown method {req.method!r}",
                                "recovery": [{"action": "list_methods",
-                                             "description": "Methods: " + ", ".join(sorted(METHODS))}]})
+                                             "description": "Methods: " + ", ".join(sorted(methods))}]})
     try:
         result = await fn(ctx, req.params)
     except StockadeError as e:
@@ -164,6 +165,21 @@ def _only(params: dict[str, Any], allowed: set[str]) -> None:
         raise err("InvalidInput", f"unknown params {sorted(extra)}")
 
 
+# KruxOS-shaped clients name the same parameters differently (docs/gateway.md, "KruxOS clients").
+ALIASES = {"capability": "name", "session_id": "session"}
+
+
+def _unalias(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with KruxOS names turned into stockade's; both spellings at once is ambiguous."""
+    out = dict(params)
+    for alias, name in ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise err("InvalidInput", f"params.{alias} is an alias of params.{name}: send one of them")
+            out[name] = out.pop(alias)
+    return out
+
+
 @method("capabilities.list")
 async def _list(ctx: Any, params: dict[str, Any]) -> Any:
     _only(params, set())
@@ -180,6 +196,7 @@ async def _describe(ctx: Any, params: dict[str, Any]) -> Any:
 @method("capabilities.invoke")
 async def _invoke(ctx: Any, params: dict[str, Any]) -> Any:
     try:
+        params = _unalias(params)
         _only(params, {"name", "arguments", "session"})
         name = _str_param(params, "name")
         args = params.get("arguments", {})
@@ -202,6 +219,7 @@ async def _session_create(ctx: Any, params: dict[str, Any]) -> Any:
 
 @method("session.end")
 async def _session_end(ctx: Any, params: dict[str, Any]) -> Any:
+    params = _unalias(params)
     _only(params, {"session"})
     ctx.end_session(_str_param(params, "session"))
     return {"ended": True}
