@@ -8,7 +8,6 @@ the shipped sandbox executor runs `process.run` in that namespace with Landlock 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,11 +69,7 @@ def setup(net, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     finally:
         ex.stop()
         eg.teardown()
-        info = cgroups.detect()
-        cgroups.AgentCgroup(info, parent, name).remove()
-        for m in info.v1.values():
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(m, parent))
+        cgroups.remove_tree(cgroups.detect(), parent)
         db.close()
 
 

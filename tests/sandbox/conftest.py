@@ -77,9 +77,10 @@ class Sbx:
         return {"_error": out["error"]["data"]}
 
     def cgroup_procs(self, agent: str = "a") -> list[int]:
+        from stockade.egress.netns import home_tag
         from stockade.sandbox.cgroups import AgentCgroup, detect
 
-        return AgentCgroup(detect(), self.cgroup_parent, self.agents[agent]).procs()
+        return AgentCgroup(detect(), self.cgroup_parent, self.agents[agent], home_tag(self.home)).procs()
 
 
 def _write(p: Path, text: str) -> None:
@@ -155,14 +156,9 @@ sandbox:
         log.close()
         for n in names.values():
             agentns.remove(n, home)
-        from stockade.sandbox.cgroups import AgentCgroup, detect
+        from stockade.sandbox.cgroups import detect, remove_tree
 
-        info = detect()
-        for n in names.values():
-            AgentCgroup(info, parent, n).remove()
-        for m in info.v1.values():
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(m, parent))
+        remove_tree(detect(), parent)
 
 
 @pytest.fixture

@@ -420,7 +420,9 @@ def _throttled(sbx, key: str = "nr_throttled") -> int:  # type: ignore[no-untype
     from stockade.sandbox.cgroups import detect
 
     info = detect()
-    path = os.path.join(info.v1["cpu"], sbx.cgroup_parent, sbx.agents["a"], "cpu.stat")
+    from stockade.egress.netns import home_tag
+
+    path = os.path.join(info.v1["cpu"], sbx.cgroup_parent, home_tag(sbx.home), sbx.agents["a"], "cpu.stat")
     with open(path) as f:
         text = f.read()
     for line in text.splitlines():

@@ -20,6 +20,7 @@ from tests.sandbox import attack_caps
 from tests.sandbox.conftest import ATTACK_FILE, PRELUDE
 
 from stockade.core.errors import StockadeError
+from stockade.egress.netns import home_tag
 from stockade.gateway.pipeline import Caller
 from stockade.sandbox import Profile, cgroups
 
@@ -157,11 +158,7 @@ def direct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         for ex in made:
             ex.stop()
         agentns.remove(name, home)
-        info = cgroups.detect()
-        cgroups.AgentCgroup(info, f"stockade-rt-{os.getpid()}", name).remove()
-        for m in info.v1.values():
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(m, f"stockade-rt-{os.getpid()}"))
+        cgroups.remove_tree(cgroups.detect(), f"stockade-rt-{os.getpid()}")
         db.close()
 
 
@@ -289,7 +286,7 @@ def test_failed_cgroup_attach_leaves_no_child_and_no_fd(direct) -> None:  # type
     assert call(ex, "result = {'x': 1}") == {"x": 1}
     zpid = ex.proc.pid
     fds = len(os.listdir(f"/proc/{zpid}/fd"))
-    ex.faults = {"attach"}          # the test zygote's injected failure of AgentCgroup.attach
+    ex.faults = {"attach"}          # the test zygote's injected failure of CallCgroup.attach
     for _ in range(3):
         with pytest.raises(StockadeError) as ei:
             call(ex, "result = {'ran': True}")
@@ -310,7 +307,7 @@ def test_removed_cgroup_is_recreated_and_reported(direct) -> None:  # type: igno
     gh: dict[str, Any] = {}
     ex = make(gateway_health=gh)
     assert call(ex, "result = {'x': 1}") == {"x": 1}
-    g = cgroups.AgentCgroup(cgroups.detect(), f"stockade-rt-{os.getpid()}", name)
+    g = cgroups.AgentCgroup(cgroups.detect(), f"stockade-rt-{os.getpid()}", name, home_tag(ex.home))
     dirs = list(g.dirs().values())
     assert dirs and all(os.path.isdir(d) for d in dirs)
     g.remove()

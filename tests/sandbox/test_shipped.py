@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -84,11 +83,7 @@ def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     finally:
         ex.stop()
         agentns.remove(name, home)
-        info = cgroups.detect()
-        cgroups.AgentCgroup(info, parent, name).remove()
-        for m in info.v1.values():
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(m, parent))
+        cgroups.remove_tree(cgroups.detect(), parent)
         db.close()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stockade.sandbox import child, landlock, libc, nftguard, zygote  # noqa: E402
-from stockade.sandbox.cgroups import AgentCgroup  # noqa: E402
+from stockade.sandbox.cgroups import CallCgroup  # noqa: E402
 
 OFF: set[str] = set()        # layers switched off for the request being forked
 FAULTS: set[str] = set()     # injected failures for that request ("attach": cgroup attach fails)
@@ -40,7 +40,7 @@ def install(config: dict[str, Any]) -> None:
     """Wrap the layer steps and the request parser of the shipped zygote (this process only)."""
     parse, prepare = zygote._parse_request, zygote.prepare
     clone_fork, setns, spec, cgroup, attach = (libc.clone_fork, libc.setns, child.landlock_spec,
-                                               zygote.Zygote._cgroup, AgentCgroup.attach)
+                                               zygote.Zygote._cgroup, CallCgroup.attach)
 
     def parse_request(fds: list[int]) -> Any:
         r = parse(fds)
@@ -85,7 +85,7 @@ def install(config: dict[str, Any]) -> None:
     zygote._parse_request = parse_request
     zygote.prepare = prepared
     zygote.Zygote._cgroup = _skip_when("cgroup", cgroup)  # type: ignore[method-assign]
-    AgentCgroup.attach = failing_attach  # type: ignore[method-assign]
+    CallCgroup.attach = failing_attach  # type: ignore[method-assign]
     libc.clone_fork = fork
     libc.setns = join
     nftguard.check_output_guard = _skip_when("netns", nftguard.check_output_guard)  # part of that layer

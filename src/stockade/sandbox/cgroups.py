@@ -1,8 +1,18 @@
-"""Per-agent cgroups, written straight to cgroupfs: v1 (memory, pids, cpu, blkio) or v2.
+"""Per-call cgroups under a per-home, per-agent parent, written straight to cgroupfs (v1 or v2).
 
-Limits are on the agent's group (`<parent>/<agent>`), and every call of that agent joins it, so
-N concurrent calls share one allowance. The limit values are computed by pure functions
-(`v1_limits`, `v2_limits`); the rest is a thin shell over files.
+    <controller>/<cgroup_parent>/<home tag>/<agent>/c<pid>     (v1: memory, pids, blkio; cpu: agent)
+    <cgroup2>/<cgroup_parent>/<home tag>/<agent>/c<pid>        (v2)
+
+The agent's group carries the agent's aggregate limits (its policy profile): all of its
+concurrent calls together stay inside them. Each call gets a leaf of its own with that call's
+exact limits (memory and swap, pids, io; a pack call's profile can be smaller than its agent's),
+so concurrent calls never share or overwrite each other's limit, and an OOM or pids kill is
+counted in the leaf of the call it hit. The home tag keeps two data homes apart. CPU is a share
+of the agent (`cpu:` is per agent), so on v1 the call stays in the agent's cpu group.
+
+The limit values are computed by pure functions (`v1_limits`, `v2_limits`); the rest is a thin
+shell over files. I/O limits that apply (a block device behind the workspace) but cannot be
+written fail the call: they are never a silent warning.
 """
 
 from __future__ import annotations
@@ -165,13 +175,42 @@ def _kv(text: str, key: str) -> int:
     return 0
 
 
-class AgentCgroup:
-    """The agent's group in one layout; `ensure` is idempotent and re-applies limits."""
+class IoUnavailable(OSError):
+    """I/O limits apply (a block device behind the workspace) but cannot be set."""
 
-    def __init__(self, info: CgroupInfo, parent: str, agent: str):
+
+def _io_controller_v1(info: CgroupInfo, devices: list[str]) -> None:
+    if devices and "blkio" not in info.v1:
+        raise IoUnavailable(95, "io limits configured but not available (no blkio controller mounted)")
+
+
+def _fresh_dir(d: str) -> None:
+    """A new, empty group: one left by an earlier call with the same name (its removal failed)
+    is replaced, so its counters never count against this call. FileNotFoundError when the
+    agent's group is gone."""
+    try:
+        os.mkdir(d, 0o755)
+    except FileExistsError:
+        os.rmdir(d)
+        os.mkdir(d, 0o755)
+
+
+def remove_tree(info: CgroupInfo, cgroup_parent: str) -> bool:
+    """Remove every empty group under `cgroup_parent` and the parent itself (tests, uninstall)."""
+    return _Group(info, cgroup_parent).remove()
+
+
+def agent_rel(cgroup_parent: str, home_tag: str, agent: str) -> str:
+    """Pure: the agent's group, relative to a hierarchy's root (one per home and agent)."""
+    return os.path.join(cgroup_parent, home_tag, agent) if home_tag else os.path.join(cgroup_parent, agent)
+
+
+class _Group:
+    """One group (a relative path) in every hierarchy of a layout."""
+
+    def __init__(self, info: CgroupInfo, rel: str):
         self.info = info
-        self.rel = os.path.join(parent, agent)
-        self.parent = parent
+        self.rel = rel
         self.warnings: list[str] = []
 
     def dirs(self) -> dict[str, str]:
@@ -181,56 +220,37 @@ class AgentCgroup:
             return {"v2": os.path.join(self.info.v2_root, self.rel)}
         return {}
 
-    def ensure(self, p: Profile, devices: list[str]) -> None:
-        """Create the group and write the limits (raises OSError when a limit cannot be set)."""
-        self.warnings = []
-        if self.info.version == 1:
-            lim = v1_limits(p, devices)
-            for ctrl, d in self.dirs().items():
-                os.makedirs(d, mode=0o755, exist_ok=True)
-                for fname, value in lim.get(ctrl, []):
-                    try:
-                        _write(os.path.join(d, fname), value)
-                    except OSError as e:
-                        if ctrl == "blkio" or fname in ("memory.swappiness",) or (
-                                fname == "memory.memsw.limit_in_bytes" and not os.path.exists(os.path.join(d, fname))):
-                            self.warnings.append(f"{fname}: {e.strerror}")
-                            continue
-                        raise
-        elif self.info.version == 2:
-            root = self.info.v2_root or ""
-            parent_dir = os.path.join(root, self.parent)
-            os.makedirs(parent_dir, mode=0o755, exist_ok=True)
-            enable = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in self.info.v2_controllers)
-            if enable:
-                # every level from the root down must delegate the controllers
-                level = root
-                for part in [*self.parent.split("/")]:
-                    with contextlib.suppress(OSError):
-                        _write(os.path.join(level, "cgroup.subtree_control"), enable)
-                    level = os.path.join(level, part)
-                with contextlib.suppress(OSError):
-                    _write(os.path.join(level, "cgroup.subtree_control"), enable)
-            d = self.dirs()["v2"]
-            os.makedirs(d, mode=0o755, exist_ok=True)
-            for fname, value in v2_limits(p, devices):
-                path = os.path.join(d, fname)
-                if not os.path.exists(path):
-                    if fname.startswith("io."):
-                        self.warnings.append(f"{fname}: controller not available")
-                        continue
-                    raise OSError(2, f"{fname} missing: controller not enabled in this cgroup2 hierarchy")
-                _write(path, value)
-        else:
-            raise OSError(95, "no usable cgroup hierarchy")
+    def _write_v1(self, ctrl: str, d: str, limits: list[tuple[str, str]]) -> None:
+        for fname, value in limits:
+            try:
+                _write(os.path.join(d, fname), value)
+            except OSError as e:
+                if ctrl == "blkio":
+                    raise IoUnavailable(e.errno or 5, f"io limits configured but not available ({fname}: "
+                                                      f"{e.strerror})") from None
+                if fname == "memory.swappiness" or (
+                        fname == "memory.memsw.limit_in_bytes" and not os.path.exists(os.path.join(d, fname))):
+                    self.warnings.append(f"{fname}: {e.strerror}")
+                    continue
+                raise
+
+    def _write_v2(self, d: str, limits: list[tuple[str, str]]) -> None:
+        for fname, value in limits:
+            path = os.path.join(d, fname)
+            if not os.path.exists(path):
+                if fname.startswith("io."):
+                    raise IoUnavailable(95, "io limits configured but not available (no io controller in "
+                                            "this cgroup2 hierarchy)")
+                raise OSError(2, f"{fname} missing: controller not enabled in this cgroup2 hierarchy")
+            _write(path, value)
 
     def attach(self, pid: int = 0) -> None:
-        """Move `pid` (0 = the caller) into the agent's group in every controller."""
+        """Move `pid` (0 = the caller) into this group in every controller."""
         for _ctrl, d in self.dirs().items():
             _write(os.path.join(d, "cgroup.procs"), str(pid))
 
     def counters(self) -> dict[str, int]:
-        """oom kills and pid-limit hits so far (to attribute a child's death)."""
+        """oom kills and pid-limit hits in this group so far (to attribute a child's death)."""
         dirs = self.dirs()
         if self.info.version == 1:
             return {"oom_kill": _kv(_read(os.path.join(dirs.get("memory", ""), "memory.oom_control")), "oom_kill"),
@@ -242,10 +262,12 @@ class AgentCgroup:
         return {"oom_kill": 0, "pids_max": 0}
 
     def procs(self) -> list[int]:
+        """Every process in this group and the groups below it."""
         out: set[int] = set()
         for d in self.dirs().values():
-            for tok in _read(os.path.join(d, "cgroup.procs")).split():
-                out.add(int(tok))
+            for root, _subdirs, _files in os.walk(d):
+                for tok in _read(os.path.join(root, "cgroup.procs")).split():
+                    out.add(int(tok))
         return sorted(out)
 
     def kill_all(self) -> None:
@@ -258,7 +280,103 @@ class AgentCgroup:
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
 
-    def remove(self) -> None:
+    def remove(self) -> bool:
+        """Remove this group and any empty group below it. True when nothing is left."""
+        left = False
         for d in self.dirs().values():
+            for root, _subdirs, _files in os.walk(d, topdown=False):
+                with contextlib.suppress(FileNotFoundError):
+                    try:
+                        os.rmdir(root)
+                    except OSError:
+                        left = True
+        return not left
+
+
+class AgentCgroup(_Group):
+    """The agent's group (aggregate limits); `ensure` is idempotent and re-applies them."""
+
+    def __init__(self, info: CgroupInfo, parent: str, agent: str, home_tag: str = ""):
+        super().__init__(info, agent_rel(parent, home_tag, agent))
+        self.parent = os.path.dirname(self.rel)
+
+    def ensure(self, p: Profile, devices: list[str]) -> None:
+        """Create the group and write the limits (raises OSError when a limit cannot be set)."""
+        self.warnings = []
+        if self.info.version == 1:
+            _io_controller_v1(self.info, devices)
+            lim = v1_limits(p, devices)
+            for ctrl, d in self.dirs().items():
+                os.makedirs(d, mode=0o755, exist_ok=True)
+                self._write_v1(ctrl, d, lim.get(ctrl, []))
+        elif self.info.version == 2:
+            self._delegate()
+            self._write_v2(self.dirs()["v2"], v2_limits(p, devices))
+        else:
+            raise OSError(95, "no usable cgroup hierarchy")
+
+    def _delegate(self) -> None:
+        """v2: create the agent's group and delegate the controllers at every level down to it
+        (its calls' leaves need them; the agent's group itself holds no process)."""
+        root = self.info.v2_root or ""
+        os.makedirs(os.path.join(root, self.rel), mode=0o755, exist_ok=True)
+        enable = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in self.info.v2_controllers)
+        if not enable:
+            return
+        level = root
+        for part in ["", *self.rel.split("/")]:
+            level = os.path.join(level, part) if part else level
             with contextlib.suppress(OSError):
+                _write(os.path.join(level, "cgroup.subtree_control"), enable)
+
+    def call(self, name: str) -> CallCgroup:
+        return CallCgroup(self, name)
+
+
+class CallCgroup(_Group):
+    """One call's leaf below its agent's group, with the call's own limits."""
+
+    # v1 controllers with a leaf per call; cpu stays the agent's (a share of the agent)
+    V1_LEAF = ("memory", "pids", "blkio")
+
+    def __init__(self, agent: AgentCgroup, name: str):
+        super().__init__(agent.info, os.path.join(agent.rel, name))
+        self.agent = agent
+
+    def dirs(self) -> dict[str, str]:
+        d = super().dirs()
+        if self.info.version == 1:
+            return {c: (v if c in self.V1_LEAF else os.path.join(self.info.v1[c], self.agent.rel))
+                    for c, v in d.items()}
+        return d
+
+    def leaf_dirs(self) -> dict[str, str]:
+        """The directories this call owns (created per call and removed after it)."""
+        d = self.dirs()
+        return {c: v for c, v in d.items() if self.info.version != 1 or c in self.V1_LEAF}
+
+    def create(self, p: Profile, devices: list[str]) -> None:
+        """Make the leaf and write the call's limits. FileNotFoundError: the agent's group is gone."""
+        if self.info.version == 1:
+            _io_controller_v1(self.info, devices)
+            lim = v1_limits(p, devices)
+            for ctrl, d in self.leaf_dirs().items():
+                _fresh_dir(d)
+                self._write_v1(ctrl, d, [x for x in lim.get(ctrl, []) if x[0] != "memory.swappiness"])
+        elif self.info.version == 2:
+            d = self.dirs()["v2"]
+            _fresh_dir(d)
+            self._write_v2(d, [x for x in v2_limits(p, devices) if not x[0].startswith("cpu.")])
+        else:
+            raise OSError(95, "no usable cgroup hierarchy")
+
+    def remove(self) -> bool:
+        left = False
+        for d in self.leaf_dirs().values():
+            try:
                 os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left = True
+        return not left

@@ -139,6 +139,7 @@ class SandboxExecutor:
         self.handoff_timeout = HANDOFF_TIMEOUT
         self.stalls = 0
         self.repairs: list[dict[str, Any]] = []   # what the zygote re-created (last 20)
+        self.kills: list[dict[str, Any]] = []     # OOM / pids-limit kills, by call (last 20)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def zygote_command(self, fd: int) -> list[str]:
@@ -162,6 +163,7 @@ class SandboxExecutor:
             shared.mkdir(mode=0o755, parents=True, exist_ok=True)
             os.chmod(shared, 0o755)  # noqa: S103 - the home above stays 0700; the sandbox uid must list it
         parent.send(json.dumps({"cgroup_parent": self.cgroup_parent, "cgroup_version": self.cgroup_version,
+                                "home_tag": netns.home_tag(self.home),
                                 "shared": str(shared) if shared.is_dir() else None,
                                 "definitions": DEFINITIONS_DIR}).encode())
         parent.settimeout(60)
@@ -216,6 +218,7 @@ class SandboxExecutor:
             "zygote_restarts": self._restarts,
             "zygote_stalls": self.stalls,
             "repairs": self.repairs[-5:],
+            "kills": self.kills[-5:],
         }
 
     # -- per agent -----------------------------------------------------------------------------
@@ -306,7 +309,7 @@ class SandboxExecutor:
             raise err("SandboxUnavailable", "the sandbox is not available: " + "; ".join(problems)[:400],
                       _UNAVAILABLE)
         agent = caller.agent
-        profile = self.profile(agent)
+        profile = agent_profile = self.profile(agent)
         binds = {}
         extra: dict[str, Any] = {}
         if getattr(definition, "pack", None):
@@ -321,7 +324,8 @@ class SandboxExecutor:
         else:
             netns_path = await self._netns(agent, a)
         req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
-               "profile": profile.to_dict(), "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns_path,
+               "profile": profile.to_dict(), "agent_profile": agent_profile.to_dict(),
+               "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns_path,
                "io_devices": a["devices"],
                "binds": {"workspace": a["workspace"], "trash": a["trash"], **binds}}
         if extra:
@@ -426,7 +430,17 @@ class SandboxExecutor:
         except ValueError:
             header = {"status": "setup_error", "error": "no report from the zygote"}
         header["overflow"] = overflow
+        self._note_kills(req, header)
         return map_outcome(header, payload if not overflow else b"", profile)
+
+    def _note_kills(self, req: dict[str, Any], header: dict[str, Any]) -> None:
+        """A kill counted in the call's own cgroup leaf belongs to that call: keep it for health."""
+        oom, pids = _int(header.get("oom_kill")), _int(header.get("pids_max"))
+        if oom or pids:
+            kill = {"at": time.time(), "agent": req.get("agent"), "call_id": req.get("call_id"),
+                    "capability": req.get("capability"), "oom_kill": oom, "pids_max": pids}
+            self.kills = [*self.kills[-19:], kill]
+            self.publish_health()
 
 
 async def _read_all(fd: int, cap: int, on_overflow: Any = None) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from typing import Any
 
 # Calls a handler, a shell and coreutils need. Everything else gets EPERM, including the seed
 # deny list: mount umount2 pivot_root ptrace process_vm_* init/finit/delete_module kexec_*
@@ -56,7 +57,7 @@ TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 
 
-def _export(f) -> bytes:  # type: ignore[no-untyped-def]
+def _export(f: Any) -> bytes:
     r, w = os.pipe()
     try:
         with os.fdopen(w, "wb", closefd=False) as fh:

@@ -207,7 +207,7 @@ def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 def _read_fd(fd: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         b = os.read(fd, 1 << 20)
         if not b:
@@ -239,27 +239,31 @@ class _Call:
     pidfd: int
     status_w: int
     deadline: float
-    cg: Any
-    before: dict[str, int]
+    leaf: Any                 # the call's own cgroup (None with the cgroup layer off in tests)
     timeout: bool = False
 
 
-def _finish(c: _Call) -> None:
-    """P exited (pidfd readable): reap it, attribute the death, report on the status pipe."""
+def _finish(c: _Call) -> bool:
+    """P exited (pidfd readable): reap it, attribute the death, report on the status pipe.
+
+    The counters are the call's own leaf's (fresh for this call): a kill in a concurrent call
+    of the same agent is never reported here. The leaf is removed; False if that failed.
+    """
     _, status = os.waitpid(c.pid, 0)
     h: dict[str, Any] = {"status": "done", "timeout": c.timeout}
     if os.WIFSIGNALED(status):
         h["signal"] = os.WTERMSIG(status)
     else:
         h["code"] = os.WEXITSTATUS(status)
-    if c.cg is not None:
-        after = c.cg.counters()
-        h["oom_kill"] = after.get("oom_kill", 0) - c.before.get("oom_kill", 0)
-        h["pids_max"] = after.get("pids_max", 0) - c.before.get("pids_max", 0)
+    removed = True
+    if c.leaf is not None:
+        h.update(c.leaf.counters())
+        removed = c.leaf.remove()
     with contextlib.suppress(OSError):
         os.write(c.status_w, json.dumps(h).encode())
     os.close(c.status_w)
     os.close(c.pidfd)
+    return removed
 
 
 class _BadRequest(Exception):
@@ -271,7 +275,8 @@ class _Request:
     """One parsed call request and the fds that came with it (owned until handed on)."""
 
     req: dict[str, Any]
-    profile: Any
+    profile: Any              # the call's (its leaf's limits)
+    agent_profile: Any        # the agent's (its group's aggregate limits)
     args_fd: int
     out_w: int
     status_w: int
@@ -295,25 +300,29 @@ def _parse_request(fds: list[int]) -> _Request:
     try:
         req = json.loads(_read_fd(req_fd))
         prof = Profile.from_dict(req["profile"])
+        agent_prof = Profile.from_dict(req["agent_profile"]) if req.get("agent_profile") else prof
     except Exception:
         for x in fds:
             os.close(x)
         raise _BadRequest from None
     os.close(req_fd)
-    return _Request(req, prof, args_fd, out_w, status_w, fds[4] if len(fds) == 5 else -1)
+    return _Request(req, prof, agent_prof, args_fd, out_w, status_w, fds[4] if len(fds) == 5 else -1)
 
 
 class Zygote:
     """The serving state: the socket, what `prepare` built, the agents' cgroups, running calls."""
 
-    def __init__(self, sock: socket.socket, prep: Any, impls: dict[str, Any], info: Any, parent: str):
+    def __init__(self, sock: socket.socket, prep: Any, impls: dict[str, Any], info: Any, parent: str,
+                 home_tag: str = ""):
         self.sock = sock
         self.prep = prep
         self.impls = impls
         self.info = info
         self.parent = parent
+        self.home_tag = home_tag       # cgroups are per home: two homes never share an agent's group
         self.groups: dict[str, tuple[str, Any]] = {}
         self.calls: dict[int, _Call] = {}
+        self.stale: list[Any] = []     # leaves whose removal failed, retried on the next request
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
@@ -325,7 +334,9 @@ class Zygote:
                 for fd, _ev in self.poller.poll(self._kill_overdue()):
                     if fd in self.calls:
                         self.poller.unregister(fd)
-                        _finish(self.calls.pop(fd))
+                        c = self.calls.pop(fd)
+                        if not _finish(c):
+                            self.stale.append(c.leaf)
                     elif not self._accept():
                         return
         finally:
@@ -352,10 +363,10 @@ class Zygote:
         except _BadRequest:
             self.sock.send(b'{"error": "bad request"}')
             return True
+        self.stale = [leaf for leaf in self.stale if not leaf.remove()]
         try:
             cg = self._cgroup(r)
-            before = cg.counters() if cg is not None else {}
-            pid, pidfd, repaired = self._fork(r, cg)
+            pid, pidfd, leaf, repaired = self._fork(r, cg)
         except OSError as e:
             r.close()
             self.sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
@@ -364,32 +375,34 @@ class Zygote:
         os.close(r.args_fd)
         if r.netns_fd >= 0:
             os.close(r.netns_fd)
-        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, cg, before)
+        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, leaf)
         self.poller.register(pidfd, select.POLLIN)
         self.sock.send(json.dumps({"pid": pid, **({"repaired": repaired} if repaired else {})}).encode())
         return True
 
     # -- stages --------------------------------------------------------------------------------
     def _cgroup(self, r: _Request) -> Any:
-        """Stage 2: the agent's group with this profile's limits (written when they change)."""
+        """Stage 2: the agent's group with the agent's aggregate limits (written when they change)."""
         from stockade.sandbox.cgroups import AgentCgroup
 
-        prof, agent = r.profile, r.req["agent"]
+        prof, agent = r.agent_profile, r.req["agent"]
         key = json.dumps([prof.cpu, prof.memory, prof.pids, prof.io_read, prof.io_write, r.req.get("io_devices")])
         cached = self.groups.get(agent)
         if cached is None or cached[0] != key:
-            g = AgentCgroup(self.info, self.parent, agent)
+            g = AgentCgroup(self.info, self.parent, agent, self.home_tag)
             g.ensure(prof, r.req.get("io_devices") or [])
             self.groups[agent] = (key, g)
         return self.groups[agent][1]
 
-    def _fork(self, r: _Request, cg: Any) -> tuple[int, int, str | None]:
-        """Stage 3: clone P into a new pid namespace, move it into `cg`, open its gate.
+    def _fork(self, r: _Request, cg: Any) -> tuple[int, int, Any, str | None]:
+        """Stage 3: clone P into a new pid namespace, move it into its own leaf below `cg`, open
+        its gate.
 
-        The zygote moves the child into the agent's cgroup while the child reads its arguments
-        and joins the netns (two cores: in parallel); the child waits on the gate before
-        anything that must run inside the cgroup. If anything fails here, P is killed and
-        reaped and its pidfd closed before the error goes back: nothing of the call is left.
+        The zygote makes the call's leaf and moves the child into it while the child reads its
+        arguments and joins the netns (two cores: in parallel); the child waits on the gate
+        before anything that must run inside the cgroup. If anything fails here, P is killed and
+        reaped, its leaf removed and its pidfd closed before the error goes back: nothing of the
+        call is left.
         """
         from stockade.sandbox import child, libc
 
@@ -406,29 +419,37 @@ class Zygote:
             self._in_child(r, gate_r, gate_w)
         os.close(gate_r)
         pidfd = -1
+        leaf = cg.call(f"c{pid}") if cg is not None else None
         repaired = None
         try:
             pidfd = os.pidfd_open(pid)
-            if cg is not None:
-                repaired = self._attach(cg, r, pid)
+            if leaf is not None:
+                repaired = self._place(cg, leaf, r, pid)
             with contextlib.suppress(BrokenPipeError):   # P already failed: its error is on the result pipe
                 os.write(gate_w, b"1")
         except OSError:
             _kill_and_reap(pid, pidfd)
+            if leaf is not None and not leaf.remove():
+                self.stale.append(leaf)
             raise
         finally:
             os.close(gate_w)
-        return pid, pidfd, repaired
+        return pid, pidfd, leaf, repaired
 
-    def _attach(self, cg: Any, r: _Request, pid: int) -> str | None:
-        """Move P into the agent's group. A group removed behind our back is re-created (with the
-        call's limits) and the repair reported to the gateway, which shows it in health."""
+    def _place(self, cg: Any, leaf: Any, r: _Request, pid: int) -> str | None:
+        """Make the call's leaf with the call's limits and move P into it. An agent group removed
+        behind our back is re-created (with the agent's limits) and the repair reported to the
+        gateway, which shows it in health."""
+        devices = r.req.get("io_devices") or []
         try:
-            cg.attach(pid)
+            leaf.create(r.profile, devices)
+            leaf.attach(pid)
             return None
         except FileNotFoundError:
-            cg.ensure(r.profile, r.req.get("io_devices") or [])
-            cg.attach(pid)
+            leaf.remove()
+            cg.ensure(r.agent_profile, devices)
+            leaf.create(r.profile, devices)
+            leaf.attach(pid)
             return "cgroup"
 
     def _in_child(self, r: _Request, gate_r: int, gate_w: int) -> None:
@@ -476,7 +497,7 @@ def start(sock: socket.socket) -> Zygote:
     init = json.loads(msg or b"{}")
     prep, impls, status = prepare(init)
     info = status.pop("cgroup_info")
-    z = Zygote(sock, prep, impls, info, init.get("cgroup_parent", "stockade"))
+    z = Zygote(sock, prep, impls, info, init.get("cgroup_parent", "stockade"), str(init.get("home_tag") or ""))
     sock.send(json.dumps(status).encode())
     gc.collect()
     gc.freeze()    # forked children then share the heap without GC-induced copy-on-write
