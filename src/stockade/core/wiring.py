@@ -58,6 +58,8 @@ class Gateway:
     pipeline: Pipeline
     bus: EventBus
     admin_commands: AdminCommands = field(default_factory=AdminCommands)
+    # The JSON-RPC methods of this gateway (the transport's own + each part's `RPC_METHODS`).
+    rpc_methods: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Any]]] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     stopping: asyncio.Event | None = None

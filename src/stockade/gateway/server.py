@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,11 @@ def throttled_response(e: StockadeError) -> JSONResponse:
                         status_code=429, headers={"retry-after": str(retry)})
 
 
-def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None) -> Any:
+def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None,
+              methods: Mapping[str, jsonrpc.Handler] | None = None) -> Any:
+    """`methods`: the JSON-RPC table the wiring built (default: the gateway's own methods only)."""
+    rpc_methods = jsonrpc.METHODS if methods is None else methods
+
     async def rpc(request: Request) -> Response:
         # The caller is known from the headers before a byte of the body is read (401 at once).
         try:
@@ -83,7 +87,7 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
             return _rpc_error(408, INVALID_REQUEST, "InvalidInput", "the request body did not arrive in time")
         except ClientGone:
             return Response(status_code=400)
-        out = await jsonrpc.handle(RpcContext(pipeline, caller), body)
+        out = await jsonrpc.handle(RpcContext(pipeline, caller), body, rpc_methods)
         if out is None:
             return Response(status_code=204)
         return Response(out, media_type="application/json")

@@ -147,14 +147,22 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
     registry = load_registry()
     bus = EventBus()
     pipeline = Pipeline(home, registry, db, bus=bus)
-    gw = Gateway(home, config, pipeline, bus)
+    gw = Gateway(home, config, pipeline, bus, rpc_methods=dict(jsonrpc.METHODS))
     for part in loaded:
         gw.admin_commands.register(getattr(part, "ADMIN_COMMANDS", {}), part.__name__)
-        jsonrpc.METHODS.update(getattr(part, "RPC_METHODS", {}))
+        _add_methods(gw, getattr(part, "RPC_METHODS", {}), part.__name__)
     for part in loaded:
         if hasattr(part, "prefork"):
             part.prefork(gw)
     return gw
+
+
+def _add_methods(gw: Gateway, table: dict[str, Any], owner: str) -> None:
+    """A part's JSON-RPC methods; one name claimed twice is a wiring bug, refused at start."""
+    for name, fn in table.items():
+        if name in gw.rpc_methods:
+            raise StartupFailed(f"JSON-RPC method {name!r} of {owner} is already registered")
+        gw.rpc_methods[name] = fn
 
 
 def _check_required(gw: Gateway) -> None:
@@ -187,7 +195,8 @@ async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.T
     """Bind every listener and return once all of them accept connections."""
     cfg = gw.config.gateway
     gw.listeners.insert(0, Listener("gateway", gateway_server.build_app(
-        gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins), cfg.host, cfg.port))
+        gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins, methods=gw.rpc_methods),
+        cfg.host, cfg.port))
     gw.tools_changed = mcp_transport.SESSIONS[id(gw.pipeline)].tools_changed
     for li in gw.listeners:
         try:
