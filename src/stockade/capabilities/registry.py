@@ -137,7 +137,8 @@ def parse_definitions(text: str, fname: str, pack: str | None = None) -> list[De
             except jsonschema.SchemaError as e:
                 line = yamlfile.line_of(lines, ("capabilities", i, key, *e.path))
                 errors.append(f"{fname}:{line}: capabilities.{i}.{key}: invalid JSON Schema: {e.message}")
-        props = d.input.get("properties") if isinstance(d.input.get("properties"), dict) else {}
+        declared = d.input.get("properties")
+        props: dict[str, Any] = declared if isinstance(declared, dict) else {}
         for arg, when in d.acts_below.items():
             if arg not in props or (isinstance(when, str) and (props.get(when) or {}).get("type") != "boolean"):
                 errors.append(f"{fname}:{yamlfile.line_of(lines, ('capabilities', i, 'acts_below'))}: "
