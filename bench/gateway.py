@@ -1,5 +1,7 @@
 """`stockade bench gateway`: system.time through the full pipeline (JSON-RPC and MCP Streamable
-HTTP) against a bare MCP SDK server's no-op tool, side by side in the same run.
+HTTP) against a bare MCP SDK server's no-op tool, side by side in the same run; then agent state
+(`state.set`, `state.get`) through the same full pipeline: a set is a side-effect call (two audit
+records, intent and outcome) plus a synced SQLite commit in stockade.db.
 
 Both servers are separate processes on loopback, driven by the same client code one call at a
 time, so the ratio is the per-call cost of stockade's pipeline (auth, schema, policy, audit
@@ -40,23 +42,25 @@ def _wait_file(p: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> s
     raise RuntimeError("server did not start")
 
 
-async def _mcp_calls(url: str, headers: dict[str, str], tool: str, n: int) -> list[int]:
+async def _mcp_calls(url: str, headers: dict[str, str], tool: str, n: int,
+                     args: dict[str, Any] | None = None) -> list[int]:
     samples = []
     async with Client(streamable_http_client(url, http_client=create_mcp_http_client(headers=headers)),
                       mode="legacy") as c:
         for _ in range(max(5, n // 10)):  # warm-up
-            await c.call_tool(tool, {})
+            await c.call_tool(tool, args or {})
         for _ in range(n):
             t = time.perf_counter_ns()
-            r = await c.call_tool(tool, {})
+            r = await c.call_tool(tool, args or {})
             samples.append(time.perf_counter_ns() - t)
             assert not r.is_error
     return samples
 
 
-def _rpc_calls(url: str, key: str, n: int) -> list[int]:
+def _rpc_calls(url: str, key: str, n: int, name: str = "system.time",
+               args: dict[str, Any] | None = None) -> list[int]:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "capabilities.invoke",
-                       "params": {"name": "system.time"}}).encode()
+                       "params": {"name": name, "arguments": args or {}}}).encode()
     samples = []
     with httpx.Client(headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as c:
         for _ in range(max(5, n // 10)):
@@ -67,6 +71,26 @@ def _rpc_calls(url: str, key: str, n: int) -> list[int]:
             samples.append(time.perf_counter_ns() - t)
             assert "result" in r.json(), r.text
     return samples
+
+
+# A small JSON document an agent might keep between sessions (~200 bytes as canonical JSON).
+STATE_VALUE = {"task": "weekly report", "done": ["fetch", "summarise"], "next": "send", "attempts": 2,
+               "notes": "the owner prefers bullet points; keep it under one page"}
+
+
+def _state_rows(gw: str, auth: dict[str, str], key: str, n: int) -> list[tuple[str, list[int]]]:
+    """state.set then state.get of one key, over MCP Streamable HTTP and JSON-RPC."""
+    set_args = {"key": "bench/progress", "value": STATE_VALUE}
+    get_args = {"key": "bench/progress"}
+    return [
+        ("mcp_streamable_http state.set (full pipeline, audited write)",
+         asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "state__set", n // 2, set_args))),
+        ("mcp_streamable_http state.get (full pipeline)",
+         asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "state__get", n // 2, get_args))),
+        ("jsonrpc state.set (full pipeline, audited write)",
+         _rpc_calls(f"{gw}/rpc", key, n // 2, "state.set", set_args)),
+        ("jsonrpc state.get (full pipeline)", _rpc_calls(f"{gw}/rpc", key, n // 2, "state.get", get_args)),
+    ]
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -96,12 +120,14 @@ def run(quick: bool = False) -> dict[str, Any]:
             anchor += asyncio.run(_mcp_calls(f"http://127.0.0.1:{bare_port}/mcp", {}, "noop", n // 2))
             mcp_ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "system__time", n // 2))
             rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
+        state = _state_rows(gw, auth, key, n)
         per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
         return {"bench": "gateway", "results": [
             row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor=ANCHOR,
                 anchor_ns=anchor, per_s=per_s(mcp_ours)),
             row("jsonrpc system.time (full pipeline)", rpc, anchor=ANCHOR,
                 anchor_ns=anchor, per_s=per_s(rpc)),
+            *(row(case, s, anchor=ANCHOR, anchor_ns=anchor, per_s=per_s(s)) for case, s in state),
         ]}
     finally:
         for p in (ours, bare):
