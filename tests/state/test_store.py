@@ -26,7 +26,12 @@ from stockade.capabilities.statestore import (
     prefix_bounds,
 )
 from stockade.core.errors import StockadeError
+from stockade.core.home import Home
 from stockade.core.limits import MAX_STATE_VALUE_DEPTH
+from stockade.core.types import TIERS
+from stockade.policy.engine import evaluate
+from stockade.policy.loader import TEMPLATES_DIR, load_home
+from stockade.policy.setup import catalog
 
 
 def _fails(type_: str, fn: Any, *a: Any) -> StockadeError:
@@ -343,3 +348,23 @@ def test_a_refused_write_changes_nothing(db_path: Path) -> None:
     got = s.get("alice", "k")
     assert got is not None and (got.value, got.version) == ("before", v.version)
     assert s.usage("alice") == Usage(1, 1 + len('"before"'))
+
+
+# -- default tiers of the shipped templates -----------------------------------------------------
+@pytest.mark.parametrize(("template", "reads", "writes"), [
+    ("personal", "autonomous", "autonomous"),
+    ("strict", "autonomous", "approval_required"),
+    ("open", "autonomous", "autonomous"),
+])
+def test_templates_give_state_their_documented_tiers(tmp_path: Path, template: str, reads: str,
+                                                     writes: str) -> None:
+    home = Home(tmp_path / "home")
+    (home.policies).mkdir(parents=True)
+    (home.policies / "org.yaml").write_text((TEMPLATES_DIR / f"{template}.yaml").read_text())
+    policy = load_home(home, catalog())
+    args = {"state.get": {"key": "k"}, "state.list": {}, "state.set": {"key": "k", "value": 1},
+            "state.delete": {"key": "k"}}
+    tiers = {cap: TIERS[evaluate(policy, "agent", cap, a).tier] for cap, a in args.items()}
+    assert tiers == {"state.get": reads, "state.list": reads, "state.set": writes, "state.delete": writes}
+    # the system layer blocks naming another agent, whatever the template says
+    assert TIERS[evaluate(policy, "agent", "state.get", {"key": "k", "agent": "other"}).tier] == "blocked"
