@@ -112,7 +112,8 @@ def test_value_depth_is_bounded_by_core_limits() -> None:
     assert _fails("InvalidInput", encode_value, {"a": ok}, 1 << 20).data["reason"] == "depth"
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, b"x", object()])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, b"x", object(), "\ud800", {"\udfff": 1},
+                                   pytest.param(10 ** 5000, id="huge-int"), {(1,): 1}])
 def test_values_that_are_not_json_are_refused(value: Any) -> None:
     _fails("InvalidInput", encode_value, value, 1 << 20)
 

@@ -184,9 +184,9 @@ def encode_value(value: Any, max_bytes: int) -> str:
                   argument="value", reason="depth", max_depth=MAX_STATE_VALUE_DEPTH)
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        size = len(text.encode("utf-8"))     # strict: a lone surrogate is not storable text
+    except (TypeError, ValueError) as e:     # (UnicodeEncodeError is a ValueError)
         raise err("InvalidInput", f"value is not JSON: {e}"[:200], argument="value") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         raise err("InvalidInput", f"value is {size} bytes as canonical JSON; at most {max_bytes} are allowed",
                   argument="value", reason="too_large", bytes=size, max_value_bytes=max_bytes)
@@ -336,7 +336,7 @@ class StateStore:
         """Write `value` under `key` (atomically checked against `expected_version` and the quota)."""
         check_key(key)
         text = encode_value(value, self.limits.max_value_bytes)
-        size = len(key) + len(text.encode("utf-8", "surrogatepass"))
+        size = len(key) + len(text.encode("utf-8"))
         now = self._now_ms()
         expires = ttl_expiry(now, ttl_seconds)
         with self._write() as c:
