@@ -34,7 +34,8 @@ SCHEMA = (
         status TEXT,
         phase TEXT,
         call TEXT,
-        tier TEXT
+        tier TEXT,
+        session TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS records_ts ON records(ts)",
     "CREATE INDEX IF NOT EXISTS records_agent ON records(agent, ts)",
@@ -54,12 +55,13 @@ def _text(v: Any) -> str | None:
 
 
 def row_fields(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """(kind, agent, capability, status, phase, call, tier) of a record (or of writer input)."""
+    """(kind, agent, capability, status, phase, call, tier, session) of a record (or of writer input)."""
     o, d = rec.get("outcome"), rec.get("decision")
     outcome: dict[str, Any] = o if isinstance(o, dict) else {}
     decision: dict[str, Any] = d if isinstance(d, dict) else {}
     return (_text(rec.get("kind")) or "call", _text(rec.get("agent")), _text(rec.get("capability")),
-            _text(outcome.get("status")), _text(rec.get("phase")), _text(rec.get("call")), _text(decision.get("tier")))
+            _text(outcome.get("status")), _text(rec.get("phase")), _text(rec.get("call")), _text(decision.get("tier")),
+            _text(rec.get("session")))
 
 
 class Index:
@@ -75,20 +77,31 @@ class Index:
         self.conn.execute("PRAGMA journal_size_limit=4194304")   # the WAL never keeps more than 4 MiB
         for stmt in SCHEMA:
             self.conn.execute(stmt)
+        self.stale = self._migrate()
         for suffix in ("-wal", "-shm"):
             side = Path(str(path) + suffix)
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(side, 0o600)
 
+    def _migrate(self) -> bool:
+        """Add columns an older index lacks; True when its rows must be rebuilt to fill them."""
+        cols = {r[1] for r in self.conn.execute("PRAGMA table_info(records)")}
+        stale = False
+        if "session" not in cols:
+            self.conn.execute("ALTER TABLE records ADD COLUMN session TEXT")
+            stale = self.conn.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
+        self.conn.execute("CREATE INDEX IF NOT EXISTS records_session ON records(session, seq)")
+        return stale
+
     def close(self) -> None:
         self.conn.close()
 
     def add(self, rows: list[Row]) -> None:
-        """rows: (seq, ts, file, offset, length, kind, agent, capability, status, phase, call, tier)."""
+        """rows: (seq, ts, file, offset, length, kind, agent, capability, status, phase, call, tier, session)."""
         if not rows:
             return
         with self._tx():
-            self.conn.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self.conn.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -114,6 +127,9 @@ class Index:
         """Index records past the high-water mark; rebuild if the mark no longer matches the log."""
         from stockade.audit.verify import day_files
 
+        if self.stale:
+            self.stale = False
+            return self.rebuild()
         hw = self.high_water()
         files = day_files(self.audit_dir)
         if hw is None:
@@ -169,10 +185,12 @@ class Index:
     # -- queries ----------------------------------------------------------------------------
     def query(self, *, agent: str | None = None, capability: str | None = None, outcome: str | None = None,
               kind: str | None = None, since_us: int | None = None, until_us: int | None = None,
-              limit: int = 100, newest_first: bool = False) -> list[tuple[str, int, int]]:
+              limit: int = 100, newest_first: bool = False, session: str | None = None,
+              call: str | None = None) -> list[tuple[str, int, int]]:
         where: list[str] = []
         args: list[Any] = []
-        for col, val in (("agent", agent), ("capability", capability), ("status", outcome), ("kind", kind)):
+        for col, val in (("agent", agent), ("capability", capability), ("status", outcome), ("kind", kind),
+                         ("session", session), ("call", call)):
             if val is not None:
                 where.append(f"{col} = ?")
                 args.append(val)

@@ -171,19 +171,20 @@ def _read_checkpoints(path: Path) -> list[dict[str, Any]]:
 @click.option("--capability")
 @click.option("--outcome", help="ok | error | started")
 @click.option("--kind", help="call, or an event kind such as agent.created")
+@click.option("--session", help="Records of one session (see `audit session` for its timeline).")
 @click.option("--since", help="Date or ISO time (UTC).")
 @click.option("--until", help="Date or ISO time (UTC), exclusive.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
 @home_option
 @json_option
-def query(agent: str | None, capability: str | None, outcome: str | None, kind: str | None, since: str | None,
-          until: str | None, limit: int, home: str | None, as_json: bool) -> None:
-    """Search the log through the index (by time, agent, capability, outcome)."""
+def query(agent: str | None, capability: str | None, outcome: str | None, kind: str | None, session: str | None,
+          since: str | None, until: str | None, limit: int, home: str | None, as_json: bool) -> None:
+    """Search the log through the index (by time, agent, capability, outcome, session)."""
     h = need_home(home)
     idx = _index(h)
     try:
         idx.catch_up()
-        hits = idx.query(agent=agent, capability=capability, outcome=outcome, kind=kind,
+        hits = idx.query(agent=agent, capability=capability, outcome=outcome, kind=kind, session=session,
                          since_us=_parse_time(since, "--since"), until_us=_parse_time(until, "--until"), limit=limit)
         bad = idx.undecodable()
     finally:
@@ -201,6 +202,46 @@ def query(agent: str | None, capability: str | None, outcome: str | None, kind: 
 
     emit({"records": [jsonable(r) for r in recs]}, as_json, render)
     _exit_if_bad(bad)
+
+
+@audit.command("session")
+@click.argument("session_id")
+@home_option
+@json_option
+def session_cmd(session_id: str, home: str | None, as_json: bool) -> None:
+    """Every call of one session in order: decision, approval, outcome, duration."""
+    from stockade.audit import session as sess
+
+    h = need_home(home)
+    idx = _index(h)
+    try:
+        idx.catch_up()
+        recs, bad = sess.load(idx, h.audit_dir, session_id)
+        bad = idx.undecodable() + bad
+    finally:
+        idx.close()
+    entries = sess.timeline(recs)
+    if not entries and not bad:
+        fail(f"no records for session {session_id!r}", EXIT_CHECK_FAILED, as_json)
+    emit({"session": session_id, "calls": entries}, as_json, _render_session)
+    _exit_if_bad(bad)
+
+
+def _render_session(d: dict[str, Any]) -> None:
+    click.echo(sanitize(f"session {d['session']}: {len(d['calls'])} entr{'y' if len(d['calls']) == 1 else 'ies'}"))
+    for e in d["calls"]:
+        if "kind" in e:
+            click.echo(sanitize(f"{e['seq']:>8} {_iso(e['ts'])} {e.get('agent')} {e['kind']}"))
+            continue
+        dec = e.get("decision") or {}
+        out = e.get("outcome") or {}
+        status = str(out.get("status", "?")) + (f" ({out['error']})" if out.get("error") else "")
+        appr = e.get("approval")
+        a = f" approval {appr.get('status')}" + (f" by {json.dumps(appr['by'])}" if appr.get("by") else "") \
+            if appr else ""
+        dur = f" {e['duration_us'] / 1000:.1f} ms" if isinstance(e.get("duration_us"), int) else ""
+        click.echo(sanitize(f"{e['seq']:>8} {_iso(e['ts'])} {e.get('agent')} {e.get('capability')} "
+                            f"{dec.get('tier')} (rule {dec.get('rule')}){a} -> {status}{dur}"))
 
 
 def _exit_if_bad(bad: list[BadFrame]) -> None:

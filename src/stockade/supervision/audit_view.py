@@ -37,7 +37,8 @@ def _time_us(v: str | None, name: str) -> int | None:
 
 async def query(gw: Gateway, filters: dict[str, Any]) -> list[dict[str, Any]]:
     audit_dir = gw.home.audit_dir
-    kw = {"agent": filters.get("agent"), "capability": filters.get("capability"), "kind": filters.get("kind"),
+    kw: dict[str, Any] = {"agent": filters.get("agent"), "capability": filters.get("capability"),
+          "kind": filters.get("kind"),
           "since_us": _time_us(filters.get("since"), "since"), "until_us": _time_us(filters.get("until"), "until"),
           "limit": int(filters.get("limit", 100)), "newest_first": True}
 
@@ -48,6 +49,26 @@ async def query(gw: Gateway, filters: dict[str, Any]) -> list[dict[str, Any]]:
         finally:
             idx.close()
         return [jsonable(r) for r in (read_record(audit_dir, *h) for h in hits) if r is not None]
+
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+async def session(gw: Gateway, session_id: str) -> dict[str, Any]:
+    """One session's calls in order (decision, approval, outcome, duration): `audit.session.timeline`."""
+    from stockade.audit import session as sess
+
+    if not session_id or len(session_id) > 200:
+        raise err("InvalidInput", "session: 1 to 200 characters")
+    audit_dir = gw.home.audit_dir
+
+    def work() -> dict[str, Any]:
+        idx = Index(audit_dir)
+        try:
+            idx.catch_up()
+            recs, bad = sess.load(idx, audit_dir, session_id, limit=10_000)
+        finally:
+            idx.close()
+        return {"session": session_id, "calls": sess.timeline(recs), "undecodable": [b.message() for b in bad]}
 
     return await asyncio.get_running_loop().run_in_executor(None, work)
 

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from stockade.capabilities.impl.system import capability_outlook
 from stockade.core import agents as agents_mod
 from stockade.core.errors import StockadeError, err
 from stockade.core.types import Tier
@@ -214,11 +215,12 @@ class Dashboard:
         out = []
         for a in agents_mod.list_all(self.db):
             tiers: dict[str, str] = {}
+            ranges: dict[str, dict[str, Any]] = {}      # capabilities whose arguments decide the tier
             for d in p.registry.all():
-                try:
-                    tiers[d.name] = p.policy.peek(a.name, d.name, {}).tier
-                except Exception:
-                    tiers[d.name] = "approval_required"
+                look = capability_outlook(p.policy, a.name, d, owner=True)
+                tiers[d.name] = look["tier"]
+                if look.get("depends_on_arguments"):
+                    ranges[d.name] = look
             pending = self.db.execute("SELECT count(*) FROM approvals WHERE agent=? AND status='pending'",
                                       (a.name,)).fetchone()[0]
             sandbox = None
@@ -230,7 +232,8 @@ class Dashboard:
                 except Exception:
                     sandbox = None
             out.append({"name": a.name, "status": "active" if a.active else "revoked", "created": a.created_at,
-                        "revoked": a.revoked_at, "pending": pending, "tiers": tiers, "sandbox": sandbox})
+                        "revoked": a.revoked_at, "pending": pending, "tiers": tiers, "ranges": ranges,
+                        "sandbox": sandbox})
         return out
 
     # audit: optional part (the dashboard works before/without it)
@@ -255,6 +258,11 @@ class Dashboard:
             return await audit_view.query(self.gw, filters)
         recs = await audit_view.query(self.gw, {**filters, "limit": 1000})
         return [r for r in recs if record_tier(r) == tier][: filters["limit"]]
+
+    async def audit_session(self, session_id: str) -> dict[str, Any]:
+        if not audit_view.available(self.gw):
+            return {"available": False, "session": session_id, "calls": []}
+        return {"available": True, **await audit_view.session(self.gw, session_id)}
 
     async def audit_verify(self) -> dict[str, Any]:
         if not audit_view.available(self.gw):
@@ -364,6 +372,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/agents/{name}/revoke", "page", "revoke_agent_confirm"),
     ("POST", "/agents/{name}/revoke", "action", "revoke_agent"),
     ("GET", "/audit", "page", "audit"),
+    ("GET", "/audit/session/{id}", "page", "audit_session"),
     ("POST", "/audit/verify", "action", "verify"),
     ("GET", "/secrets", "page", "secrets"),
     ("GET", "/packs", "page", "packs"),
@@ -380,6 +389,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/api/agents", "api", "api_agents"),
     ("POST", "/api/agents/{name}/revoke", "api_write", "api_revoke_agent"),
     ("GET", "/api/audit", "api", "api_audit"),
+    ("GET", "/api/audit/session/{id}", "api", "api_audit_session"),
     ("POST", "/api/audit/verify", "api_write", "api_verify"),
     ("GET", "/api/events", "api", "api_events"),
     ("GET", "/static/{name}", "open", "static"),
@@ -556,6 +566,9 @@ class DashboardApp:
     async def audit(self, request: Request, s: Session) -> Response:
         return _html(views.audit(await self.d.audit_query(_filters(request.query_params)), s.csrf))
 
+    async def audit_session(self, request: Request, s: Session) -> Response:
+        return _html(views.session_page(await self.d.audit_session(request.path_params["id"]), s.csrf))
+
     async def secrets(self, request: Request, s: Session) -> Response:
         return _html(views.secrets(self.d.secrets_data(), s.csrf))
 
@@ -631,6 +644,9 @@ class DashboardApp:
 
     async def api_audit(self, request: Request, body: dict[str, Any]) -> Any:
         return await self.d.audit_query(_filters(request.query_params))
+
+    async def api_audit_session(self, request: Request, body: dict[str, Any]) -> Any:
+        return await self.d.audit_session(request.path_params["id"])
 
     async def api_verify(self, request: Request, body: dict[str, Any]) -> Any:
         return await self.d.audit_verify()

@@ -232,7 +232,8 @@ health alerts, policy reloads. <span id="conn" class="badge b-unknown">connectin
 def agents(rows: list[dict[str, Any]], csrf: str) -> str:
     out = []
     for r in rows:
-        tiers = "".join(f"<tr><td>{esc(c)}</td><td>{badge(t)}</td></tr>" for c, t in sorted(r["tiers"].items()))
+        tiers = "".join(f"<tr><td>{esc(c)}</td><td>{_tier_cell(t, r.get('ranges', {}).get(c))}</td></tr>"
+                        for c, t in sorted(r["tiers"].items()))
         revoke = "" if r["status"] != "active" else (
             f"<a class='button danger' href='/agents/{attr(quote(str(r['name']), safe=''))}/revoke'>Revoke key…</a>")
         profile = f"<pre class='args'>{pretty(r['sandbox'])}</pre>" if r.get("sandbox") else \
@@ -243,6 +244,17 @@ def agents(rows: list[dict[str, Any]], csrf: str) -> str:
 <details><summary>Sandbox profile</summary>{profile}</details></article>""")
     return layout("Agents", "".join(out) or "<p class='empty'>No agents yet (stockade agent create NAME).</p>",
                   csrf=csrf, active="/agents")
+
+
+def _tier_cell(tier: Any, look: dict[str, Any] | None) -> str:
+    """One tier, or where the arguments decide: the range and the rules that decide it."""
+    if not look:
+        return badge(tier)
+    rules = "".join(f"<li>{badge(x.get('tier'))} <code>{esc(x.get('rule'))}</code> when "
+                    f"<code>{esc(show_json(x.get('when'), indent=None).text)}</code>"
+                    f"{' · ' + esc(x['reason']) if x.get('reason') else ''}</li>" for x in look.get("rules", []))
+    return (f"{badge(look.get('min_tier'))} to {badge(look.get('max_tier'))} <small>depends on arguments</small>"
+            f"<details><summary>rules that decide</summary><ul class='rules'>{rules}</ul></details>")
 
 
 def revoke_confirm(name: str, csrf: str) -> str:
@@ -270,7 +282,8 @@ def audit(d: dict[str, Any], csrf: str) -> str:
                    f"<td>{esc(r.get('kind') or 'call')}</td><td>{esc(r.get('agent'))}</td>"
                    f"<td>{esc(r.get('capability'))}</td><td>{esc(_sub(r, 'decision', 'tier'))}</td>"
                    f"<td>{esc(_sub(r, 'outcome', 'status'))}</td>"
-                   f"<td><details><summary>record</summary><pre class='args'>{pretty(r)}</pre></details></td></tr>"
+                   f"<td><details><summary>record</summary><pre class='args'>{pretty(r)}</pre>{_session_link(r)}"
+                   f"</details></td></tr>"
                    for r in d.get("records", []))
     verify = d.get("verify")
     vres = f"<pre class='args'>{pretty(verify)}</pre>" if verify else ""
@@ -287,6 +300,43 @@ def audit(d: dict[str, Any], csrf: str) -> str:
 <table><thead><tr><th>seq</th><th>time</th><th>kind</th><th>agent</th><th>capability</th><th>tier</th><th>outcome</th>
 <th></th></tr></thead><tbody>{rows or '<tr><td colspan=8>no records</td></tr>'}</tbody></table>""",
                   csrf=csrf, active="/audit")
+
+
+def _session_link(r: dict[str, Any]) -> str:
+    sid = r.get("session")
+    if not isinstance(sid, str) or not sid:
+        return ""
+    return f"<a href='/audit/session/{attr(quote(sid, safe=''))}'>session {esc(sid)}: timeline</a>"
+
+
+def session_page(d: dict[str, Any], csrf: str) -> str:
+    """One session's calls in order: decision, approval, outcome, duration."""
+    sid = d.get("session", "")
+    if not d.get("available"):
+        return layout("Session", "<p class='empty'>audit not available on this gateway.</p>", csrf=csrf,
+                      active="/audit")
+    rows = []
+    for e in d.get("calls", []):
+        if "kind" in e:
+            rows.append(f"<tr><td>{esc(e.get('seq'))}</td><td>{esc(ts((e.get('ts') or 0) / 1e6))}</td>"
+                        f"<td colspan=5>{esc(e['kind'])}</td><td><details><summary>record</summary>"
+                        f"<pre class='args'>{pretty(e.get('record'))}</pre></details></td></tr>")
+            continue
+        dec, out, appr = e.get("decision") or {}, e.get("outcome") or {}, e.get("approval") or {}
+        status = f"{out.get('status', '?')}" + (f" ({out['error']})" if out.get("error") else "")
+        who = f" by {show_json(appr['by']).text}" if appr.get("by") else ""
+        dur = f"{e['duration_us'] / 1000:.1f} ms" if isinstance(e.get("duration_us"), int) else ""
+        rows.append(f"<tr><td>{esc(e.get('seq'))}</td><td>{esc(ts((e.get('ts') or 0) / 1e6))}</td>"
+                    f"<td>{esc(e.get('capability'))}</td><td>{esc(dec.get('tier'))} <small>{esc(dec.get('rule'))}"
+                    f"</small></td><td>{esc((appr.get('status') or '') + who)}</td><td>{esc(status)}</td>"
+                    f"<td>{esc(dur)}</td><td><details><summary>arguments</summary>"
+                    f"<pre class='args'>{pretty(e.get('args'))}</pre></details></td></tr>")
+    bad = "".join(f"<p class='warn'>{esc(m)}</p>" for m in d.get("undecodable", []))
+    return layout(f"Session {sid}", f"""<p class="hint">Every call of session <code>{esc(sid)}</code> in order
+(<a href="/audit">all records</a>).</p>{bad}
+<table><thead><tr><th>seq</th><th>time</th><th>capability</th><th>decision</th><th>approval</th><th>outcome</th>
+<th>duration</th><th></th></tr></thead><tbody>{''.join(rows) or '<tr><td colspan=8>no calls</td></tr>'}</tbody>
+</table>""", csrf=csrf, active="/audit")
 
 
 def vault_state(d: dict[str, Any]) -> str:
