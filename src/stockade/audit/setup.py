@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
 from stockade.audit import checkpoint as cp
+from stockade.audit.forward import Forwarder, JsonlFiles, Limits, SyslogTLS
 from stockade.audit.verify import day_files, verify_dir
 from stockade.audit.writer import AuditWriter, Settings
 from stockade.core import admin
@@ -30,10 +33,55 @@ async def start(gw: Gateway) -> None:
     await writer.open()
     gw.audit = writer
     gw.pipeline.audit = writer      # the pipeline's audit hook: `record` returns once durable
+    fwd = gw.config.audit.forward
+    if fwd is not None:
+        writer.forwarders = _forwarders(gw, writer, fwd)
+        for f in writer.forwarders:
+            f.start()
+
+
+def _forwarders(gw: Gateway, writer: AuditWriter, cfg: Any) -> list[Forwarder]:
+    """One thread per configured sink, reading the day files up to the writer's durable end."""
+    loop = asyncio.get_running_loop()
+    health = gw.pipeline.health
+    sinks: dict[str, dict[str, Any]] = {}
+
+    def head() -> tuple[int, str | None, int]:
+        d = writer.durable                     # one attribute read: a consistent (seq, file, size)
+        return d.seq, d.file, d.size
+
+    def report(name: str, status: dict[str, Any], changed: bool) -> None:
+        sinks[name] = status
+        order = {"ok": 0, "degraded": 1, "critical": 2}
+        worst = max((s["status"] for s in sinks.values()), key=lambda x: order.get(x, 2), default="ok")
+        health["audit_forward"] = {"status": worst, "sinks": dict(sinks)}
+        if changed:
+            sev = "critical" if status["status"] == "critical" else "warning" if status["status"] != "ok" else "info"
+            loop.call_soon_threadsafe(_publish, gw, {"sink": name, **status}, sev)
+
+    out: list[Forwarder] = []
+    for sink_cfg, make in ((cfg.syslog, SyslogTLS), (cfg.jsonl, JsonlFiles)):
+        if sink_cfg is None:
+            continue
+        try:
+            sink = make(sink_cfg, gw.home.root)
+        except (OSError, ValueError) as e:
+            raise err("Internal", f"audit.forward.{make.name}: {e}") from None
+        lim = Limits(cfg.lag_alert_records, cfg.lag_alert_seconds, cfg.poll_seconds, cfg.retry_seconds,
+                     getattr(sink_cfg, "max_batch", 2000))
+        out.append(Forwarder(gw.home.audit_dir, sink, head, report, lim))
+    return out
+
+
+def _publish(gw: Gateway, data: dict[str, Any], severity: str) -> None:
+    with contextlib.suppress(Exception):
+        gw.bus.publish("health.audit_forward", data, severity)
 
 
 async def stop(gw: Gateway) -> None:
     if gw.audit is not None:
+        for f in gw.audit.forwarders:
+            await asyncio.get_running_loop().run_in_executor(None, f.stop)
         await gw.audit.close()
 
 

@@ -388,6 +388,7 @@ class AuditWriter:
         self._budget = ByteBudget(self.settings.agent_budget_bytes, self.settings.agent_budget_seconds)
         self._anchor = Anchor(0, 0.0)
         self._skew_reported = False
+        self.forwarders: list[Any] = []      # audit.forward sinks (threads reading the day files)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self, *, lock_timeout: float = 30.0) -> None:
@@ -823,7 +824,8 @@ class AuditWriter:
     def status(self) -> dict[str, Any]:
         return {"seq": self.durable.seq, "hash": self.durable.hash.hex(), "file": self.durable.file,
                 "size": self.durable.size, "queued": len(self._queue), "failed": self.failed,
-                "disk_full": bool(self.disk_full), "last_checkpoint": self._last_cp, **self.stats}
+                "disk_full": bool(self.disk_full), "last_checkpoint": self._last_cp, **self.stats,
+                **({"forward": {f.sink.name: f.status() for f in self.forwarders}} if self.forwarders else {})}
 
 
 # -- offline writers ---------------------------------------------------------------------------------

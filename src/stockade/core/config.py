@@ -74,6 +74,38 @@ class DashboardConfig(_Section):
     session_minutes: int = Field(720, ge=1)
 
 
+class SyslogForwardConfig(_Section):
+    """RFC 5425 (syslog over TLS) to a SIEM; the record as JSON in an RFC 5424 message."""
+
+    host: str
+    port: int = Field(6514, ge=1, le=65535)
+    ca_file: str                                  # the CA that signed the receiver's certificate
+    server_name: str | None = None                # certificate name to check (default: host)
+    cert_file: str | None = None                  # client certificate, if the receiver asks for one
+    key_file: str | None = None
+    facility: int = Field(13, ge=0, le=23)        # 13: log audit
+    app_name: str = Field("stockade", min_length=1, max_length=48)
+    max_batch: int = Field(2000, ge=1, le=100_000)
+    connect_timeout: float = Field(10.0, gt=0)
+
+
+class JsonlForwardConfig(_Section):
+    """A rotating JSONL file (one record per line) for log shippers."""
+
+    dir: str                                      # relative paths are under the data home
+    max_bytes: int = Field(100 << 20, ge=4096)
+    keep: int = Field(10, ge=1)
+
+
+class AuditForwardConfig(_Section):
+    syslog: SyslogForwardConfig | None = None
+    jsonl: JsonlForwardConfig | None = None
+    lag_alert_records: int = Field(10_000, ge=1)  # a sink this far behind the log is a health alert
+    lag_alert_seconds: float = Field(300.0, gt=0)  # ... or whose oldest unsent record is this old
+    poll_seconds: float = Field(0.2, gt=0)
+    retry_seconds: float = Field(2.0, gt=0)
+
+
 class AuditConfig(_Section):
     checkpoint_every: int = Field(1000, ge=1)
     retention_days: int = Field(90, ge=1)
@@ -83,6 +115,7 @@ class AuditConfig(_Section):
     agent_budget_bytes: int = Field(64 << 20, ge=4096)    # audit bytes one agent may cause per window
     agent_budget_seconds: float = Field(60.0, gt=0)
     reserve_bytes: int = Field(4 << 20, ge=0)             # preallocated: records stay durable on a full disk
+    forward: AuditForwardConfig | None = None              # streaming to a SIEM / log shipper (docs/audit.md)
 
 
 class ApprovalsConfig(_Section):
