@@ -238,3 +238,58 @@ def test_jsonl_sink_full_disk_is_a_health_error_and_resumes(home: Path, tmp_path
     uniq = sorted(set(seqs))
     assert uniq[0] == 1 and uniq[-1] >= last - 2 and uniq == list(range(1, uniq[-1] + 1))
     assert seqs == sorted(seqs)                                 # in order
+
+
+def test_forwarder_checks_the_chain_of_what_it_sends(tmp_path: Path) -> None:
+    from tests.audit.helpers import frames, write_log
+
+    from stockade.audit.forward import ChainBreak, read_next
+
+    audit = tmp_path / "audit"
+    write_log(audit, None, days=("2026-01-01",), per_day=6)
+    day = next(audit.glob("*.log"))
+    limit = (day.name, day.stat().st_size)
+    items = read_next(audit, None, limit, 100)
+    assert [i.rec["seq"] for i in items] == [1, 2, 3, 4, 5, 6]
+    assert [i.rec["seq"] for i in read_next(audit, items[2].after, limit, 100)] == [4, 5, 6]
+    data = bytearray(day.read_bytes())
+    off, n = frames(day)[3]
+    tampered = bytearray(data)
+    tampered[off + n - 40] ^= 1                                   # a byte of seq 4
+    day.write_bytes(bytes(tampered))
+    with pytest.raises(ChainBreak):
+        read_next(audit, items[2].after, limit, 100)
+    day.write_bytes(bytes(data[:off] + data[off + n:]))          # seq 4 deleted
+    with pytest.raises(ChainBreak, match="expected seq 4"):
+        read_next(audit, items[2].after, (day.name, len(data) - n), 100)
+
+
+def test_lag_above_the_threshold_is_a_health_alert(tmp_path: Path) -> None:
+    from tests.audit.helpers import write_log
+
+    from stockade.audit.forward import Forwarder, Limits, SinkError
+
+    audit = tmp_path / "audit"
+    write_log(audit, None, days=("2026-01-01",), per_day=30)
+    day = next(audit.glob("*.log"))
+
+    class Down:
+        name = "syslog"
+
+        def send(self, items: list[Any]) -> None:
+            raise SinkError("receiver down")
+
+        def acknowledge(self) -> None: ...
+
+        def reset(self) -> None: ...
+
+    reports: list[tuple[dict[str, Any], bool]] = []
+    f = Forwarder(audit, Down(), lambda: (30, day.name, day.stat().st_size),
+                  lambda n, s, changed: reports.append((s, changed)), Limits(lag_alert_records=10))
+    with pytest.raises(SinkError):
+        f._step()
+    f.error = "receiver down"
+    s = f.status()
+    assert s["status"] == "critical" and s["lag_records"] == 30 and s["acknowledged_seq"] == 0
+    f.lim = Limits(lag_alert_records=100, lag_alert_seconds=1e12)
+    assert f.status()["status"] == "degraded"                     # an error, not yet past the threshold
