@@ -85,7 +85,7 @@ def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     def make(egress: list[str], resolver: str | None = None) -> Egress:
         home = make_home(tmp_path, egress, resolver)
-        eg = Egress(home, load_settings(home), profile_source(None, home))
+        eg = Egress(home, load_settings(home), profile_source(home))
         made.append(eg)
         return eg
 

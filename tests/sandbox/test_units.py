@@ -46,19 +46,12 @@ def test_policy_profile_defaults_and_overrides() -> None:
     assert p.egress_ports() == [443, 8080]
 
 
-class _Pol:
-    def __init__(self, d: object):
-        self.d = d
-
-    def sandbox_profile(self, agent: str) -> object:
-        return self.d
-
-
-def test_resolve_uses_policy_part() -> None:
-    assert resolve(_Pol({"pids": 7}), "a", Profile()).pids == 7
-    assert resolve(object(), "a", Profile(pids=3)).pids == 3
+def test_resolve_takes_the_policy_mapping() -> None:
+    assert resolve({"pids": 7}, Profile()).pids == 7
+    assert resolve(None, Profile(pids=3)).pids == 3
+    assert resolve({}, Profile(pids=3)).pids == 3
     with pytest.raises(ValueError):
-        resolve(_Pol({"seccomp": "off"}), "a", Profile())
+        resolve({"seccomp": "off"}, Profile())
 
 
 @settings(max_examples=150, deadline=None)

@@ -128,17 +128,11 @@ def read_egress_from_files(home: Home, agent: str) -> list[str]:
     return out
 
 
-def profile_source(gw: Any | None, home: Home) -> Callable[[str], list[str]]:
-    """A function agent -> egress list, from the live policy hook when it offers one (looked up on
-    every call, so a replaced or swapped policy engine is always the one asked)."""
+def profile_source(home: Home) -> Callable[[str], list[str]]:
+    """agent -> its egress list, read from the policy files (CLI, tests: no gateway running; the
+    gateway asks the live policy engine instead, egress.setup)."""
 
     def source(agent: str) -> list[str]:
-        pol = getattr(getattr(gw, "pipeline", None), "policy", None) if gw is not None else None
-        for obj in (pol, getattr(pol, "policy", None)):
-            for attr in ("profile", "sandbox_profile"):
-                fn = getattr(obj, attr, None)
-                if callable(fn):
-                    return [str(x) for x in ((fn(agent) or {}).get("egress") or [])]
         return read_egress_from_files(home, agent)
 
     return source

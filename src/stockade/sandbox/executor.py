@@ -15,8 +15,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from stockade.core.encoding import write_all
 from stockade.core.errors import StockadeError, err
@@ -30,6 +30,12 @@ from stockade.sandbox.profile import resolve
 PackInfo = Callable[[Any], tuple[str, dict[str, Any], dict[str, Any]]]
 # (agent, pack, granted egress entries) -> the path of the namespace the pack's calls join
 PackNetns = Callable[[str, str, tuple[str, ...]], str]
+
+
+class ProfileSource(Protocol):
+    """The policy part as the sandbox sees it: the agent's `sandbox:` mapping (None: nothing set)."""
+
+    def sandbox_profile(self, agent: str) -> Mapping[str, Any] | None: ...
 
 DEFINITIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "capabilities", "definitions")
 SIGXCPU = 24
@@ -114,7 +120,7 @@ class SandboxExecutor:
     def __init__(self, home: Home, *, host_uid: int = 100_000, call_timeout: float = 30.0,
                  max_output_bytes: int = 1024 * 1024, cgroup_parent: str = "stockade",
                  cgroup_version: int | None = None, db: sqlite3.Connection | None = None,
-                 policy: Any = None, pack_info: PackInfo | None = None,
+                 policy: ProfileSource | None = None, pack_info: PackInfo | None = None,
                  gateway_health: dict[str, Any] | None = None, pack_netns: PackNetns | None = None):
         self.home = home
         self.host_uid = host_uid
@@ -125,7 +131,7 @@ class SandboxExecutor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.lock: asyncio.Lock | None = None
-        self.policy: Any = policy           # asked for an agent's profile (`profile(agent)`)
+        self.policy = policy                # asked for an agent's profile at each call
         self.db = db                        # the agents table: an agent's index gives its host uid
         self.gateway_health = gateway_health  # the gateway's health map, kept truthful on failures
         self._agents: dict[str, dict[str, Any]] = {}
@@ -271,7 +277,7 @@ class SandboxExecutor:
 
     def profile(self, agent: str) -> Profile:
         try:
-            return resolve(self.policy, agent, self.base)
+            return resolve(self.policy.sandbox_profile(agent) if self.policy is not None else None, self.base)
         except (ValueError, TypeError) as e:
             raise err("SandboxUnavailable", f"the agent's sandbox profile is invalid ({e})", _UNAVAILABLE) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -68,19 +69,7 @@ def from_policy(d: dict[str, Any] | None, base: Profile) -> Profile:
     return p
 
 
-def resolve(policy: Any, agent: str, base: Profile) -> Profile:
-    """Ask the policy part for the agent's profile (`profile(agent)` or `sandbox_profile(agent)`)."""
-    fn = getattr(policy, "profile", None) or getattr(policy, "sandbox_profile", None)
-    if fn is None:
-        return base
-    got = fn(agent)
-    if got is None:
-        return base
-    if isinstance(got, Profile):
-        return got
-    if hasattr(got, "model_dump"):
-        got = got.model_dump(exclude_none=True)
-    elif not isinstance(got, dict):
-        got = {k: getattr(got, k) for k in ("cpu", "memory", "pids", "io", "tmpfs", "seccomp", "egress")
-               if getattr(got, k, None) is not None}
-    return from_policy(got, base)
+def resolve(spec: Mapping[str, Any] | None, base: Profile) -> Profile:
+    """The agent's profile from the policy's `sandbox:` mapping for it (`PolicyEngine.sandbox_profile`),
+    over `base`. One shape in: the mapping, or None when the policy says nothing."""
+    return from_policy(dict(spec) if spec else None, base)

@@ -25,7 +25,7 @@ class _LivePolicy:
     def __init__(self, gw: Gateway):
         self.gw = gw
 
-    def profile(self, agent: str) -> dict[str, Any] | None:
+    def sandbox_profile(self, agent: str) -> dict[str, Any] | None:
         return self.gw.policy.sandbox_profile(agent) if self.gw.policy is not None else None
 
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from stockade.capabilities.paths import Resolver, Root
@@ -147,51 +148,84 @@ class _Stream:
         return b.decode("utf-8", "replace")
 
 
-@implements("process.run")
-def process_run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
-    argv = _check_argv(args.get("argv"))
-    stdin = args.get("stdin")
-    stdin_b = b""
-    if stdin is not None:
-        if not isinstance(stdin, str):
-            raise err("InvalidInput", "stdin must be a string")
-        stdin_b = stdin.encode("utf-8", "replace")
-        if len(stdin_b) > MAX_STDIN_BYTES:
-            raise err("InvalidInput", f"stdin larger than {MAX_STDIN_BYTES} bytes")
-    req_t = args.get("timeout")
-    if req_t is not None and (isinstance(req_t, bool) or not isinstance(req_t, (int, float)) or req_t <= 0):
+@dataclass
+class _Plan:
+    """A checked process.run request: what to run, where, with what, for how long."""
+
+    argv: list[str]
+    stdin: bytes | None          # None: the command's stdin is /dev/null
+    timeout: float               # the command's own, inside the sandbox's deadline
+    cap: int                     # bytes kept of stdout and of stderr each
+    env: dict[str, str]
+    cwd_fd: int                  # the resolved cwd (an fd: no path re-lookup, no race)
+
+
+def _parse_stdin(stdin: Any) -> bytes | None:
+    if stdin is None:
+        return None
+    if not isinstance(stdin, str):
+        raise err("InvalidInput", "stdin must be a string")
+    data = stdin.encode("utf-8", "replace")
+    if len(data) > MAX_STDIN_BYTES:
+        raise err("InvalidInput", f"stdin larger than {MAX_STDIN_BYTES} bytes")
+    return data
+
+
+def _timeout(ctx: Any, requested: Any) -> float:
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, (int, float))
+                                  or requested <= 0):
         raise err("InvalidInput", "timeout must be a positive number of seconds")
     deadline = getattr(ctx, "deadline", 0.0) or 0.0
     left = deadline - time.monotonic() if deadline else None
-    timeout = effective_timeout(req_t, float(_profile(ctx, "timeout", 30.0)), left)
-    # stdout + stderr + JSON overhead must fit the sandbox's result cap.
-    cap = max(1024, (int(_profile(ctx, "max_output_bytes", 1024 * 1024)) - 4096) // 3)
+    return effective_timeout(requested, float(_profile(ctx, "timeout", 30.0)), left)
 
+
+def _open_cwd(ctx: Any, cwd: Any) -> tuple[int, str]:
+    """The cwd resolved beneath the workspace (or /tmp, /shared) like any other path."""
     roots = [Root("/workspace", ctx.workspace, True), Root("/tmp", getattr(ctx, "tmp", "/tmp"), True)]
     shared = getattr(ctx, "shared", None)
     if shared and os.path.isdir(shared):
         roots.append(Root("/shared", shared, False))
     with Resolver(roots) as res:
-        cwd_t = res.parse(args.get("cwd", "."))
-        cwd_fd = res.open(cwd_t, os.O_RDONLY | os.O_DIRECTORY)
-    env = build_env(ctx, args.get("env"), cwd_t.display)
+        cwd_t = res.parse(cwd)
+        return res.open(cwd_t, os.O_RDONLY | os.O_DIRECTORY), cwd_t.display
 
-    prog = argv[0]
-    if "/" not in prog and shutil.which(prog, path=env.get("PATH", "")) is None:
-        os.close(cwd_fd)
-        raise err("FileNotFound", f"command not found: {prog[:200]}",
-                  [{"action": "check_command", "description": "Use a command installed in the sandbox "
-                    "(PATH is " + env.get("PATH", "")[:300] + ") or an absolute path."}],
-                  command=prog[:200], reason="command_not_found")
 
-    # The child inherits our cwd: chdir to the fd we resolved (no path re-lookup, no race).
-    saved = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    t0 = time.monotonic()
+def _not_found(prog: str, path: str) -> Exception:
+    return err("FileNotFound", f"command not found: {prog[:200]}",
+               [{"action": "check_command", "description": "Use a command installed in the sandbox "
+                 "(PATH is " + path[:300] + ") or an absolute path."}],
+               command=prog[:200], reason="command_not_found")
+
+
+def _plan(ctx: Any, args: dict[str, Any]) -> _Plan:
+    """Stage 1: check every argument; resolve the cwd and the environment; find the program."""
+    argv = _check_argv(args.get("argv"))
+    stdin = _parse_stdin(args.get("stdin"))
+    timeout = _timeout(ctx, args.get("timeout"))
+    # stdout + stderr + JSON overhead must fit the sandbox's result cap.
+    cap = max(1024, (int(_profile(ctx, "max_output_bytes", 1024 * 1024)) - 4096) // 3)
+    cwd_fd, cwd_display = _open_cwd(ctx, args.get("cwd", "."))
     try:
-        os.fchdir(cwd_fd)
-        proc = subprocess.Popen(  # noqa: S603 - argv is the agent's command, run inside the sandbox
-            argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True,
+        env = build_env(ctx, args.get("env"), cwd_display)
+        prog = argv[0]
+        if "/" not in prog and shutil.which(prog, path=env.get("PATH", "")) is None:
+            raise _not_found(prog, env.get("PATH", ""))
+    except BaseException:
+        os.close(cwd_fd)
+        raise
+    return _Plan(argv, stdin, timeout, cap, env, cwd_fd)
+
+
+def _spawn(plan: _Plan) -> subprocess.Popen[bytes]:
+    """Stage 2: start the command in its own session, in the resolved cwd. Closes `cwd_fd`."""
+    prog = plan.argv[0]
+    saved = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(plan.cwd_fd)   # the child inherits our cwd
+        return subprocess.Popen(  # noqa: S603 - argv is the agent's command, run inside the sandbox
+            plan.argv, stdin=subprocess.PIPE if plan.stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=plan.env, close_fds=True,
             start_new_session=True, restore_signals=True)
     except FileNotFoundError:
         raise err("FileNotFound", f"command not found: {prog[:200]}", command=prog[:200],
@@ -201,89 +235,109 @@ def process_run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         raise err("PathDenied", f"not allowed to execute {prog[:200]} (not executable, or this agent's "
                   "sandbox profile does not allow running commands)", command=prog[:200]) from None
     except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.ENOMEM):
-            res_name = "pids" if e.errno == errno.EAGAIN else "memory"
-            raise err("ResourceExhausted", f"could not start the command ({e.strerror})",
-                      resource=res_name) from None
-        if e.errno == errno.E2BIG:
-            raise err("InvalidInput", "argv and environment too large") from None
-        if e.errno == errno.ENOEXEC:
-            raise err("InvalidInput", f"{prog[:200]} is not an executable format") from None
-        raise err("Internal", f"could not start the command ({e.strerror})") from None
+        raise _spawn_error(e, prog) from None
     finally:
         os.fchdir(saved)
         os.close(saved)
-        os.close(cwd_fd)
+        os.close(plan.cwd_fd)
 
-    out, errs = _Stream(cap), _Stream(cap)
-    timed_out = False
-    sel = selectors.DefaultSelector()
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        for f, s in ((proc.stdout, out), (proc.stderr, errs)):
+
+def _spawn_error(e: OSError, prog: str) -> Exception:
+    if e.errno in (errno.EAGAIN, errno.ENOMEM):
+        res_name = "pids" if e.errno == errno.EAGAIN else "memory"
+        return err("ResourceExhausted", f"could not start the command ({e.strerror})", resource=res_name)
+    if e.errno == errno.E2BIG:
+        return err("InvalidInput", "argv and environment too large")
+    if e.errno == errno.ENOEXEC:
+        return err("InvalidInput", f"{prog[:200]} is not an executable format")
+    return err("Internal", f"could not start the command ({e.strerror})")
+
+
+class _Pump:
+    """Stage 3: feed stdin and drain stdout/stderr (capped, never blocking) until the command and
+    its pipes are done or the timeout passes."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], plan: _Plan, t0: float):
+        self.proc = proc
+        self.out, self.errs = _Stream(plan.cap), _Stream(plan.cap)
+        self.pending = memoryview(plan.stdin or b"")
+        self.end = t0 + plan.timeout
+        self.sel = selectors.DefaultSelector()
+        assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - both are PIPE
+        for f, s in ((proc.stdout, self.out), (proc.stderr, self.errs)):
             os.set_blocking(f.fileno(), False)
-            sel.register(f.fileno(), selectors.EVENT_READ, s)
-        pending = memoryview(stdin_b)
+            self.sel.register(f.fileno(), selectors.EVENT_READ, s)
         if proc.stdin is not None:
             os.set_blocking(proc.stdin.fileno(), False)
-            if pending:
-                sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, None)
+            if self.pending:
+                self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, None)
             else:
                 proc.stdin.close()
-        end = t0 + timeout
+
+    def run(self) -> bool:
+        """True if the command timed out."""
+        proc = self.proc
         exited_at: float | None = None
-        while sel.get_map():
+        while self.sel.get_map():
             now = time.monotonic()
-            if now >= end:
-                timed_out = proc.poll() is None
-                break
+            if now >= self.end:
+                return proc.poll() is None
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
                 _kill_group(proc)   # background children must not keep the pipes open
-            for key, _ in sel.select(timeout=min(0.05 if exited_at is None else 0.01, end - now)):
-                if key.data is None:     # stdin
-                    try:
-                        n = os.write(key.fd, pending[:_READ])
-                        pending = pending[n:]
-                    except BlockingIOError:
-                        continue
-                    except OSError:      # EPIPE: the command does not read its input
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(key.fd)
-                        assert proc.stdin is not None
-                        with contextlib.suppress(OSError):
-                            proc.stdin.close()
-                    continue
-                try:
-                    chunk = os.read(key.fd, _READ)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if chunk:
-                    key.data.feed(chunk)
-                else:
-                    sel.unregister(key.fd)
+            for key, _ in self.sel.select(timeout=min(0.05 if exited_at is None else 0.01, self.end - now)):
+                self._write_stdin(key.fd) if key.data is None else self._read(key.fd, key.data)
             if exited_at is not None and time.monotonic() - exited_at > 1.0:
                 break   # something outside our group holds the pipes; stop waiting
-        if not timed_out and proc.poll() is None:
+        if proc.poll() is None:
             # The command closed its output but is still running: wait for it up to the timeout.
             try:
-                proc.wait(timeout=max(0.0, end - time.monotonic()))
+                proc.wait(timeout=max(0.0, self.end - time.monotonic()))
             except subprocess.TimeoutExpired:
-                timed_out = True
-    finally:
-        sel.close()
-        _kill_group(proc)
+                return True
+        return False
+
+    def _write_stdin(self, fd: int) -> None:
+        try:
+            n = os.write(fd, self.pending[:_READ])
+            self.pending = self.pending[n:]
+        except BlockingIOError:
+            return
+        except OSError:      # EPIPE: the command does not read its input
+            self.pending = self.pending[:0]
+        if not self.pending:
+            self.sel.unregister(fd)
+            assert self.proc.stdin is not None  # noqa: S101 - registered only with a stdin pipe
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def _read(self, fd: int, stream: _Stream) -> None:
+        try:
+            chunk = os.read(fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            stream.feed(chunk)
+        else:
+            self.sel.unregister(fd)
+
+    def close(self) -> None:
+        """Stage 4: whatever happened, the group is killed, the leader reaped, the pipes closed."""
+        self.sel.close()
+        _kill_group(self.proc)
         with contextlib.suppress(subprocess.TimeoutExpired):   # unkillable (D state): give up
-            proc.wait(timeout=5)
-        for f in (proc.stdin, proc.stdout, proc.stderr):
+            self.proc.wait(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.close()
-    duration_ms = int((time.monotonic() - t0) * 1000)
-    rc = proc.returncode
+
+
+def _outcome(ctx: Any, pump: _Pump, timeout: float, timed_out: bool, duration_ms: int) -> dict[str, Any]:
+    """Stage 5: the result (or Timeout with the tails of the output)."""
+    out, errs, rc = pump.out, pump.errs, pump.proc.returncode
     if timed_out:
         raise err("Timeout", f"the command did not finish within {timeout:g} s; it and its children were killed",
                   [{"action": "raise_timeout", "description": "Pass a larger timeout (up to the sandbox profile's), "
@@ -303,6 +357,25 @@ def process_run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         "timeout_s": round(timeout, 3),
     }
     return fit_output(result, int(_profile(ctx, "max_output_bytes", 1024 * 1024)) - 1024)
+
+
+@implements("process.run")
+def process_run(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """Check, spawn, pump, reap, report: one stage each."""
+    plan = _plan(ctx, args)
+    t0 = time.monotonic()
+    proc = _spawn(plan)
+    try:
+        pump = _Pump(proc, plan, t0)
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    try:
+        timed_out = pump.run()
+    finally:
+        pump.close()
+    return _outcome(ctx, pump, plan.timeout, timed_out, int((time.monotonic() - t0) * 1000))
 
 
 def fit_output(result: dict[str, Any], budget: int) -> dict[str, Any]:
