@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade.core import db as _db
+from stockade.core.encoding import canonical_json
 from stockade.core.errors import err
 from stockade.core.limits import MAX_STATE_VALUE_DEPTH
 
@@ -183,7 +184,7 @@ def encode_value(value: Any, max_bytes: int) -> str:
         raise err("InvalidInput", f"value is nested deeper than {MAX_STATE_VALUE_DEPTH} levels",
                   argument="value", reason="depth", max_depth=MAX_STATE_VALUE_DEPTH)
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = canonical_json(value)
         size = len(text.encode("utf-8"))     # strict: a lone surrogate is not storable text
     except (TypeError, ValueError) as e:     # (UnicodeEncodeError is a ValueError)
         raise err("InvalidInput", f"value is not JSON: {e}"[:200], argument="value") from None
