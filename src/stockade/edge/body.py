@@ -58,8 +58,10 @@ async def read_body(scope: MutableMapping[str, Any], receive: Receive, limit: in
         raise BodyTimeout from None
 
 
-def replay(body: bytes) -> Receive:
-    """A `receive` that hands an already-read body to the next ASGI app, then waits for disconnect."""
+def replay(body: bytes, upstream: Receive | None = None) -> Receive:
+    """A `receive` that hands an already-read body to the next ASGI app, then passes on the
+    connection's own messages (`http.disconnect`: a long response such as an SSE stream learns
+    that its client left) or, without `upstream`, waits for ever."""
     sent = False
 
     async def receive() -> MutableMapping[str, Any]:
@@ -67,6 +69,8 @@ def replay(body: bytes) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if upstream is not None:
+            return await upstream()
         await anyio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 

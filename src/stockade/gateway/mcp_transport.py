@@ -21,6 +21,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from starlette.routing import Route, WebSocketRoute
@@ -65,10 +66,15 @@ class _Server(Server[Any]):
 
 
 class _Sessions:
-    """Open MCP sessions we can notify (`notifications/tools/list_changed`), newest 1,000."""
+    """Who hears `notifications/tools/list_changed`: open 2025-11-25 and WebSocket sessions (newest
+    1,000) and, for stateless 2026-07-28 clients, their `subscriptions/listen` streams."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Any] = {}
+        self.listen_bus = InMemorySubscriptionBus()
+        # Acknowledges first, stamps the subscription id on every frame, delivers only the kinds
+        # the client asked for (SEP-2575); at most 256 open streams, each with a bounded backlog.
+        self.listen = ListenHandler(self.listen_bus, max_subscriptions=256, max_buffered_events=64)
 
     def note(self, ctx: Any) -> None:
         req = getattr(ctx, "request", None)
@@ -90,7 +96,19 @@ class _Sessions:
                 sent += 1
             except Exception:
                 self._by_id.pop(sid, None)   # gone; forget it
+        await self.listen_bus.publish(ToolsListChanged())
         return sent
+
+    async def follow_policy(self, bus: Any) -> None:
+        """A policy reload may hide or show capabilities: tell every listener to list again."""
+        sub = bus.subscribe()
+        try:
+            while True:
+                ev = await sub.get(timeout=None)
+                if ev is not None and ev.kind == "policy.reloaded":
+                    await self.tools_changed()
+        finally:
+            sub.close()
 
 
 SESSIONS: dict[int, _Sessions] = {}
@@ -134,7 +152,7 @@ def build_server(pipeline: Pipeline) -> Server[Any]:
         )
 
     return _Server("stockade", version=__version__, instructions=INSTRUCTIONS,
-                   on_list_tools=list_tools, on_call_tool=call_tool)
+                   on_list_tools=list_tools, on_call_tool=call_tool, on_subscriptions_listen=sessions_.listen)
 
 
 def _unauthorized(message: str) -> bytes:
@@ -193,7 +211,7 @@ class McpHttp:
                 await self.pipeline.refuse(caller, e, b"" if e.type == "PayloadTooLarge" else body)
                 await _respond(send, e.http_status, _error_body(e))
                 return
-            receive = replay(body)
+            receive = replay(body, receive)
         scope = dict(scope)
         scope[CALLER_KEY] = caller
         # The SDK binds each session to the credential that opened it (a stolen session id is
@@ -321,9 +339,15 @@ def lifespan(pipeline: Pipeline) -> Any:
     @contextlib.asynccontextmanager
     async def _lifespan(app: Any) -> AsyncIterator[None]:
         _, manager = _STATE[id(pipeline)]
+        notify = SESSIONS[id(pipeline)]
         try:
-            async with manager.run():
-                yield
+            async with manager.run(), anyio.create_task_group() as tg:
+                tg.start_soon(notify.follow_policy, pipeline.bus)
+                try:
+                    yield
+                finally:
+                    notify.listen.close()
+                    tg.cancel_scope.cancel()
         finally:
             _STATE.pop(id(pipeline), None)
             SESSIONS.pop(id(pipeline), None)
