@@ -49,7 +49,7 @@ from stockade.release import gate as install_gate
 __all__ = ["PARTS", "Gateway", "Listener", "StartupFailed", "build", "init_home", "load_part", "parts", "serve"]
 
 PARTS = ("sandbox", "audit", "policy", "egress", "vault", "approvals", "supervision", "packs",
-         "perimeter")  # perimeter: doctor checks only (its daemon is `stockade perimeter serve`)
+         "upstream", "perimeter")  # perimeter: doctor checks only (its daemon is `stockade perimeter serve`)
 REQUIRED = ("audit", "policy")   # without them a call would be allowed by default or not recorded
 
 

@@ -251,6 +251,27 @@ class Vault:
             scrub.extend(SecretValue(e, name) for e in refs.encodings(v))
         return out, scrub
 
+    def values_for(self, agent: str, scope: str, names: list[str]) -> dict[str, str]:
+        """Secret values given to a component at its start, never to the agent (an upstream MCP
+        server's environment: scope `upstream.<server>`). Each secret must be bound to `agent`
+        and have `scope` in its scopes, as for a call."""
+        out: dict[str, str] = {}
+        with self._lock:
+            key = self.key()
+            for name in sorted(set(names)):
+                row = self.file.row(name)
+                if row is None:
+                    raise err("SecretNotFound", f"no secret named {name!r} in the vault")
+                if not row.bound_to(agent) or scope not in row.scope:
+                    raise _not_in_scope(f"secret {name!r} may not be given to {scope} for agent {agent!r}")
+                pt = self._decrypt(key, row)
+                try:
+                    out[name] = _usable(name, pt, scope)
+                finally:
+                    keys.wipe(pt)
+                self._used[name] = int(time.time())
+        return out
+
     def _decrypt(self, key: keys.KeyBuffer, row: Row) -> bytearray:
         try:
             return self.file.decrypt(key, row)

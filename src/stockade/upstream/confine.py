@@ -1,0 +1,119 @@
+"""Where an upstream server instance runs: its uid, network namespace, cgroup and view.
+
+An instance for agent A runs as A's sandbox uid (the same unprivileged host uid A's per-call
+sandboxes use), in its own network namespace (the egress part's namespace for the principal
+`A.up-<server>`, loaded with exactly the server's allowlist that A's policy also allows; only
+`lo` without egress), in its own cgroup leaf with the server's limits, seeing only the
+directories its config names plus a private state directory `/data` for (server, agent).
+Tool discovery at start runs one instance as the base uid (no agent's), in a namespace with
+only `lo` and nothing writable but /tmp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from stockade.core.home import Home
+from stockade.egress import netns
+from stockade.sandbox import Profile, cgroups
+from stockade.sandbox.longlived import Bind, Spec
+from stockade.upstream.config import ServerConfig
+
+DATA = "/data"            # where an instance sees its private state directory
+DISCOVERY = ""            # the agent name of a discovery instance
+CGROUP_PARENT = "stockade-upstream"
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+
+
+@dataclass
+class Placement:
+    """What the gateway set up for one instance (removed when it stops)."""
+
+    spec: Spec
+    cgroup: cgroups.CallCgroup | None
+    data_dir: str | None
+
+
+def principal_pack(server: str) -> str:
+    """The pack-like second half of the instance's egress principal (`<agent>.up-<server>`)."""
+    return "up-" + server.replace("_", "-")
+
+
+def profile(cfg: ServerConfig) -> Profile:
+    return Profile(cpu=cfg.cpu, memory=cfg.memory, pids=cfg.pids, egress=tuple(cfg.egress),
+                   timeout=cfg.timeout, max_output_bytes=cfg.max_output_bytes)
+
+
+def discovery_netns(home: Home) -> str:
+    """A namespace with only `lo`, outside the egress part's names (its reconcile never owns it)."""
+    name = f"stockade-upd-{netns.home_tag(home)}"
+    path = f"/run/netns/{name}"
+    if not os.path.exists(path):
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
+    return path
+
+
+def agent_netns(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig) -> str:
+    pack = principal_pack(server)
+    if egress is not None:
+        return str(egress.pack_netns(agent, pack, tuple(cfg.egress)))
+    return netns.ensure_agent_netns(home, netns.pack_principal(agent, pack))
+
+
+def cgroup_leaf(home: Home, agent: str, server: str, cfg: ServerConfig) -> cgroups.CallCgroup:
+    info = cgroups.detect()
+    group = cgroups.AgentCgroup(info, CGROUP_PARENT, f"{agent or 'discovery'}.{server}", netns.home_tag(home))
+    p = profile(cfg)
+    group.ensure(p, [])
+    leaf = group.call("server")
+    leaf.create(p, [])
+    return leaf
+
+
+def data_dir(home: Home, agent: str, server: str, uid: int) -> str:
+    """The instance's private state directory (its `/data`), owned by the agent's sandbox uid."""
+    d = home.root / "upstream" / "data" / server / agent
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(d)
+    if st.st_uid != uid:
+        os.chown(d, uid, uid)
+    os.chmod(d, 0o700)
+    return str(d)
+
+
+def spec(cfg: ServerConfig, env: dict[str, str], uid: int, netns_path: str, cgroup_procs: tuple[str, ...],
+         data: str | None) -> Spec:
+    """Pure: the launch spec of one instance."""
+    binds = [Bind(f.path, f.mode == "ro") for f in cfg.filesystem]
+    if data is not None:
+        binds.append(Bind(data, False, DATA))
+    return Spec(argv=(cfg.command, *cfg.args), env={**BASE_ENV, **({"STOCKADE_DATA": DATA} if data else {}), **env},
+                uid=uid, gid=uid, netns=netns_path, cgroup_procs=cgroup_procs, binds=tuple(binds),
+                connect_ports=tuple(Profile(egress=tuple(cfg.egress)).egress_ports()))
+
+
+def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, uid: int,
+          env: dict[str, str]) -> Placement:
+    """Set up namespace, cgroup and state directory for an instance (blocking: run in a thread)."""
+    if agent == DISCOVERY:
+        path = discovery_netns(home)
+        data = None
+    else:
+        path = agent_netns(home, egress, agent, server, cfg)
+        data = data_dir(home, agent, server, uid)
+    leaf = cgroup_leaf(home, agent, server, cfg)
+    procs = tuple(os.path.join(d, "cgroup.procs") for d in leaf.dirs().values())
+    return Placement(spec(cfg, env, uid, path, procs, data), leaf, data)
+
+
+def release(p: Placement) -> None:
+    """After the instance's processes are gone: kill stragglers, remove its cgroup leaf."""
+    if p.cgroup is not None:
+        with contextlib.suppress(OSError):
+            p.cgroup.kill_all()
+        p.cgroup.remove()

@@ -1,0 +1,202 @@
+"""Upstream wiring: at start, discover each configured server's tools in its sandbox and register
+them as capabilities (`NAME.tool`, execution `upstream`) whose implementation calls the server
+through the supervisor; keep `system.health` truthful; announce tool-list changes; stop every
+server at shutdown. Admin commands: `upstream.status`, `upstream.restart`, `upstream.logs`,
+`upstream.reload` (what the CLI uses against a running gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from stockade.core.admin import AdminCommand
+from stockade.core.errors import ConfigError, StockadeError, err
+from stockade.core.home import Home
+from stockade.core.wiring import Gateway
+from stockade.upstream import config, confine, tools
+from stockade.upstream.supervisor import Supervisor
+from stockade.vault.refs import REF
+
+log = logging.getLogger("stockade.upstream")
+DEFAULT_HOST_UID = 100_000
+_SUPERVISORS: dict[int, Supervisor] = {}       # id(gateway) -> its supervisor
+
+
+def supervisor(gw: Gateway) -> Supervisor | None:
+    return _SUPERVISORS.get(id(gw))
+
+
+def _uid_of(gw: Gateway, base: int) -> Callable[[str], int]:
+    """An agent's sandbox host uid: the same the per-call sandbox gives it (base + agent row)."""
+
+    def uid(agent: str) -> int:
+        row = gw.pipeline.db.execute("SELECT rowid FROM agents WHERE name=? AND revoked_at IS NULL",
+                                     (agent,)).fetchone()
+        if row is None:
+            raise err("SandboxUnavailable", f"agent {agent!r} has no sandbox identity")
+        return base + int(row[0])
+
+    return uid
+
+
+def _env_of(gw: Gateway) -> Callable[[str, str, config.ServerConfig], tuple[dict[str, str], list[str]]]:
+    """A server's environment with `${secret:NAME}` resolved from the vault (scope
+    `upstream.<server>`, bound to the instance's agent). Discovery instances (no agent) get only
+    secrets bound to every agent; a placeholder they may not have leaves its variable unset."""
+
+    def env(server: str, agent: str, cfg: config.ServerConfig) -> tuple[dict[str, str], list[str]]:
+        names = cfg.secret_names()
+        if not names:
+            return dict(cfg.env), []
+        vault = gw.vault
+        if vault is None or vault.sealed:
+            if agent == confine.DISCOVERY:
+                return {k: v for k, v in cfg.env.items() if not REF.search(v)}, []
+            raise err("VaultSealed", f"upstream server {server} needs secrets and the vault is sealed")
+        try:
+            values = vault.values_for(agent, f"upstream.{server}", names)
+        except StockadeError:
+            if agent != confine.DISCOVERY:
+                raise
+            return {k: v for k, v in cfg.env.items() if not REF.search(v)}, []
+        out = {k: REF.sub(lambda m: values[m.group(1)], v) for k, v in cfg.env.items()}
+        return out, list(values.values())
+
+    return env
+
+
+def _publish(gw: Gateway) -> Callable[[], None]:
+    def publish() -> None:
+        sup = supervisor(gw)
+        if sup is not None:
+            gw.pipeline.health["upstream"] = {**sup.health(), "skipped": _SKIPPED.get(id(gw), {})}
+    return publish
+
+
+_SKIPPED: dict[int, dict[str, Any]] = {}
+
+
+def _impl(sup: Supervisor, server: str, tool: str) -> Callable[..., Any]:
+    async def call(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+        return await sup.call(server, tool, ctx.caller.agent, args)
+    return call
+
+
+async def register(gw: Gateway, sup: Supervisor, server: str) -> list[str]:
+    """(Re)discover `server`'s tools and put them in the registry; returns the capability names."""
+    reg = gw.pipeline.registry
+    skipped = _SKIPPED.setdefault(id(gw), {})
+    try:
+        listed = await sup.discover(server)
+    except StockadeError as e:
+        skipped[server] = [f"discovery failed: {e.message}"[:300]]
+        reg.remove([d.name for d in reg.all() if d.source == f"upstream:{server}"])
+        return []
+    m = tools.mirror(server, listed)
+    builtin = {d.name.split(".", 1)[0] for d in reg.all() if not d.source.startswith("upstream:")}
+    if server in builtin:
+        skipped[server] = [f"server name {server!r} is a built-in or pack namespace"]
+        return []
+    reg.remove([d.name for d in reg.all() if d.source == f"upstream:{server}"])
+    reg.add(list(m.definitions), {d.name: _impl(sup, server, m.tool_of[d.name]) for d in m.definitions})
+    skipped[server] = list(m.skipped)
+    return [d.name for d in m.definitions]
+
+
+async def start(gw: Gateway) -> None:
+    try:
+        servers = config.load(gw.home)
+    except ConfigError as e:
+        gw.pipeline.health["upstream"] = {"status": "critical", "error": "; ".join(e.errors)[:500]}
+        raise
+    base = gw.sandbox.host_uid if gw.sandbox is not None else DEFAULT_HOST_UID
+
+    async def tools_changed(server: str) -> None:
+        await register(gw, sup, server)
+        if gw.tools_changed is not None:
+            await gw.tools_changed()
+
+    sup = Supervisor(gw.home, servers, uid_of=_uid_of(gw, base), base_uid=base, env_of=_env_of(gw),
+                     egress=lambda: gw.egress, on_change=_publish(gw), on_tools_changed=tools_changed)
+    _SUPERVISORS[id(gw)] = sup
+    await asyncio.gather(*(register(gw, sup, name) for name in servers))
+    _publish(gw)()
+
+
+async def stop(gw: Gateway) -> None:
+    sup = _SUPERVISORS.pop(id(gw), None)
+    if sup is not None:
+        await sup.stop()
+        gw.pipeline.registry.remove([d.name for d in gw.pipeline.registry.all() if d.source.startswith("upstream:")])
+    _SKIPPED.pop(id(gw), None)
+
+
+# -- admin commands (the CLI against a running gateway) ------------------------------------------
+def _sup(gw: Gateway) -> Supervisor:
+    sup = supervisor(gw)
+    if sup is None:
+        raise err("Internal", "upstream servers are not running in this gateway")
+    return sup
+
+
+def _server_arg(sup: Supervisor, args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str) or name not in sup.servers:
+        raise err("InvalidInput", f"no upstream server named {name!r}")
+    return name
+
+
+async def _status(gw: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    return _sup(gw).health()
+
+
+async def _restart(gw: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    sup = _sup(gw)
+    name = _server_arg(sup, args)
+    stopped = await sup.restart(name)
+    await gw.pipeline.record_event("upstream.restarted", server=name, instances=stopped)
+    return {"server": name, "stopped": stopped}
+
+
+async def _logs(gw: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    sup = _sup(gw)
+    return {"server": (name := _server_arg(sup, args)), "logs": sup.logs(name)}
+
+
+async def _reload(gw: Gateway, args: dict[str, Any]) -> dict[str, Any]:
+    """Re-read upstream.yaml: removed servers stop and lose their tools, others are rediscovered."""
+    sup = _sup(gw)
+    servers = config.load(gw.home)
+    for gone in set(sup.servers) - set(servers):
+        await sup.restart(gone)
+        gw.pipeline.registry.remove([d.name for d in gw.pipeline.registry.all() if d.source == f"upstream:{gone}"])
+    changed = [n for n in servers if sup.servers.get(n) != servers[n]]
+    for n in changed:
+        await sup.restart(n)
+    sup.servers = servers
+    for n in changed:
+        await register(gw, sup, n)
+    if gw.tools_changed is not None:
+        await gw.tools_changed()
+    await gw.pipeline.record_event("upstream.reloaded", servers=sorted(servers), changed=sorted(changed))
+    _publish(gw)()
+    return {"servers": sorted(servers), "changed": sorted(changed)}
+
+
+ADMIN_COMMANDS = {
+    "upstream.status": AdminCommand(_status),
+    "upstream.restart": AdminCommand(_restart),
+    "upstream.logs": AdminCommand(_logs),
+    "upstream.reload": AdminCommand(_reload),
+}
+
+
+def doctor(home: Home) -> dict[str, Any]:
+    try:
+        servers = config.load(home)
+    except ConfigError as e:
+        return {"upstream": {"ok": False, "errors": e.errors[:10]}}
+    return {"upstream": {"ok": True, "servers": sorted(servers)}}
