@@ -59,12 +59,12 @@ def authenticate(wire: bytes, ring: Keyring) -> SpaRequest:
         name, key = hit
         return native.parse_plaintext(native.open_packet(wire, key), name)
     s = fwknop.precheck(wire)
-    for name, key, hkey in ring.fwknop:
+    for name, enc_key, hkey in ring.fwknop:
         try:
             body = fwknop.check_hmac(s, hkey)
         except Reject:
             continue
-        return fwknop.parse_plaintext(fwknop.decrypt(body, key), name)
+        return fwknop.parse_plaintext(fwknop.decrypt(body, enc_key), name)
     raise Reject("bad_hmac")
 
 

@@ -742,13 +742,13 @@ def fs_search_content(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
                 for lineno, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
                     if not rx.search(line):
                         continue
-                    e = {"path": display, "line": lineno, "text": line[:LINE_MAX_CHARS]}
-                    cost = len(json.dumps(e)) + 2
+                    hit = {"path": display, "line": lineno, "text": line[:LINE_MAX_CHARS]}
+                    cost = len(json.dumps(hit)) + 2
                     if len(out) >= max_results or used + cost > budget:
                         truncated = True
                         break
                     used += cost
-                    out.append(e)
+                    out.append(hit)
                 if truncated:
                     break
         finally:

@@ -100,7 +100,7 @@ class _Guard:
 def _connect(url: Url, allow: Allowlist, deadline: float) -> tuple[socket.socket, str]:
     """Connect to an address checked for (url.host, url.port); never a DNS lookup."""
     addrs = allow.targets(url.host, url.port)
-    last: Exception | None = None
+    last: OSError | None = None
     for ip in addrs:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -291,7 +291,8 @@ def dns_lookup(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         raise err("NetworkError", f"DNS lookup of {name} failed: {e}") from None
     except OSError as e:
         raise err("NetworkError", f"DNS lookup of {name} failed: {e.strerror or e}") from None
-    ok, bad = [], []
+    ok: list[str] = []
+    bad: list[str] = []
     for a in sorted(set(ans.addresses)):
         (bad if allow.forbidden.reason(ipaddress.IPv4Address(a)) else ok).append(a)
     return {"name": name, "addresses": ok, "refused": bad, "reachable": list(allow.resolved.get(name, ())),
