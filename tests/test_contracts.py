@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from stockade.core.errors import ErrorType
@@ -72,6 +73,16 @@ def test_import_layering_contracts_are_kept() -> None:
     p = subprocess.run([str(lint_imports)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "0 broken" in p.stdout
+
+
+def test_every_part_has_a_place_in_the_layers() -> None:
+    """A new part (a package under stockade/) left out of the layers contract escapes it."""
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        contracts = tomllib.load(fh)["tool"]["importlinter"]["contracts"]
+    layers = next(c["layers"] for c in contracts if c["type"] == "layers")
+    listed = {name.strip().removeprefix("stockade.") for layer in layers for name in layer.split("|")}
+    parts = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
+    assert parts == listed
 
 
 def _references() -> list[tuple[str, str]]:
