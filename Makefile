@@ -21,7 +21,17 @@ venv: deps $(BIN)/.locked
 run: venv
 	@$(BIN)/stockade demo --home $(DEMO_HOME)
 
-test: venv
+# Third-party MCP servers the upstream tests drive (tests/upstream), pinned by hash, in their own
+# venv and node_modules (a node from npm comes with them).
+SERVERS := .test-servers
+$(SERVERS)/.locked: tests/upstream/requirements.lock tests/upstream/package.json tests/upstream/package-lock.json
+	@test -x $(SERVERS)/py/bin/python || $(PY) -m venv $(SERVERS)/py
+	@$(SERVERS)/py/bin/pip install -q --disable-pip-version-check --require-hashes -r tests/upstream/requirements.lock
+	@mkdir -p $(SERVERS)/node && cp tests/upstream/package.json tests/upstream/package-lock.json $(SERVERS)/node/
+	@cd $(SERVERS)/node && npm ci --no-audit --no-fund --silent
+	@touch $@
+
+test: venv $(SERVERS)/.locked
 	@$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests collected: failing" >&2; exit 1; fi; exit $$rc
 
