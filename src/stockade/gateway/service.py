@@ -32,6 +32,7 @@ import uvicorn
 
 from stockade.audit.writer import append_offline_or_admin
 from stockade.capabilities.registry import load_registry
+from stockade.core.admin import running as admin_running
 from stockade.core.config import Config
 from stockade.core.errors import ConfigError
 from stockade.core.events import EventBus
@@ -133,6 +134,8 @@ def check_install(home: Home, config: Config, override: bool) -> None:
 def build(home: Home, *, port: int | None = None, dashboard_port: int | None = None,
           accept_install_mismatch: bool = False) -> Gateway:
     """Synchronous construction, before the loop: install check, config, db, registry, pipeline, prefork hooks."""
+    if admin_running(home):   # said at once, before a zygote is forked for nothing (the audit lock still decides)
+        raise StartupFailed(f"another stockade serve is running on {home.root} (its admin socket answers)")
     config = home.config()
     check_install(home, config, accept_install_mismatch)
     if port is not None:
