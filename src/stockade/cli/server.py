@@ -95,7 +95,7 @@ def _serve(home: str | None, port: int | None, dashboard_port: int | None, publi
         fail(f"cannot listen: {e}", 3)
     except (ConfigError, StockadeError) as e:
         fail_error(e)
-    dropped = getattr(gw.audit, "dropped", 0)
+    dropped = gw.audit.dropped if gw.audit is not None else 0
     if dropped:
         fail(f"stopped, but {dropped} audit records could not be written (see above); their calls were refused", 3)
     click.echo("stockade stopped cleanly.")
