@@ -32,6 +32,7 @@ import uvicorn
 
 from stockade.audit.writer import append_offline_or_admin
 from stockade.capabilities.registry import load_registry
+from stockade.core import sdnotify
 from stockade.core.admin import running as admin_running
 from stockade.core.config import Config
 from stockade.core.errors import ConfigError
@@ -45,6 +46,7 @@ from stockade.edge.http import GuardedH11
 from stockade.gateway import jsonrpc, mcp_transport
 from stockade.gateway import server as gateway_server
 from stockade.gateway.pipeline import Pipeline
+from stockade.gateway.reload import Reloader
 from stockade.release import gate as install_gate
 
 __all__ = ["PARTS", "Gateway", "Listener", "StartupFailed", "build", "init_home", "load_part", "parts", "serve"]
@@ -197,10 +199,11 @@ def _part_name(part: ModuleType) -> str:
 async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.Task[Any]]) -> None:
     """Bind every listener and return once all of them accept connections."""
     cfg = gw.config.gateway
+    mcp = mcp_transport.McpTransport(gw.pipeline, cfg.max_body_bytes)
     gw.listeners.insert(0, Listener("gateway", gateway_server.build_app(
-        gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins, methods=gw.rpc_methods),
-        cfg.host, cfg.port))
-    gw.tools_changed = mcp_transport.SESSIONS[id(gw.pipeline)].tools_changed
+        gw.pipeline, max_body=cfg.max_body_bytes, extra_origins=cfg.allowed_origins, methods=gw.rpc_methods,
+        mcp=mcp), cfg.host, cfg.port))
+    gw.tools_changed = mcp.tools_changed
     for li in gw.listeners:
         try:
             li.sock = _bind(li.host, li.port)
@@ -228,6 +231,8 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    reloader = Reloader.of(gw)   # SIGHUP: policy and stockade.yaml now (systemctl reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gw.tasks.append(loop.create_task(reloader.reload())))
     started: list[ModuleType] = []
     servers: list[_Server] = []
     listening: list[asyncio.Task[Any]] = []
@@ -243,8 +248,10 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
             raise StartupFailed(f"cannot write {gw.home.ports_file}: {e}") from e
         if on_ready:
             on_ready(gw)
+        sdnotify.ready("serving " + ", ".join(f"{name} {gw.url(name)}" for name in gw.ports))  # Type=notify
         await stopping.wait()
     finally:
+        sdnotify.stopping()
         stopping.set()      # part loops (egress reconcile, approvals release) end with it
         for s in servers:
             s.should_exit = True
@@ -259,7 +266,7 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
                 except Exception:  # keep stopping the others; the owner sees why
                     log.exception("stopping %s failed", part.__name__)
         await _cancel(gw.tasks)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
 
