@@ -32,6 +32,7 @@ def test_templates_give_the_promised_tiers(tmp_path: Path) -> None:
     for name in ("personal", "strict", "open"):
         homes[name] = tmp_path / name
         run_cli("init", "--policy", name, home=homes[name])
+        run_cli("agent", "create", "a", home=homes[name])
     read = ("filesystem.read", {"path": "a.txt"})
     write = ("filesystem.write", {"path": "a.txt", "content": "x"})
     run = ("process.run", {"argv": ["ls"]})
@@ -81,6 +82,8 @@ def test_validate_agent_file_against_the_homes_org(home: Path) -> None:
 
 
 def test_explain_offline(home: Path) -> None:
+    for agent in ("a", "bob"):
+        run_cli("agent", "create", agent, home=home)
     (home / "policies" / "agents" / "alice.yaml").write_text(
         "version: 1\nrules:\n  - {id: no-net, capability: network.http_request, tier: blocked,"
         " when: {url_host_in: [evil.example]}}\n")
@@ -135,3 +138,24 @@ def test_doctor_reports_policy(home: Path) -> None:
     p = run_cli("doctor", "--json", home=home, check=False)
     pol = json.loads(p.stdout)["checks"]["policy"]
     assert pol["status"] == "critical" and any("org.yaml:3:" in e for e in pol["errors"])
+
+
+def test_explain_names_the_nearest_known_agent_and_capability(home: Path) -> None:
+    run_cli("agent", "create", "bob", home=home)
+    p = run_cli("policy", "explain", "--agent", "bobb", "--capability", "system.time", home=home, check=False)
+    assert p.returncode == 2 and "unknown agent 'bobb'" in p.stderr and "did you mean 'bob'" in p.stderr
+    p = run_cli("policy", "explain", "--agent", "bob", "--capability", "filesystem.wirte", home=home, check=False)
+    assert p.returncode == 2 and "did you mean 'filesystem.write'" in p.stderr
+    p = run_cli("policy", "explain", "--agent", "nobody-like-this", "--capability", "system.time", "--json",
+                home=home, check=False)
+    assert p.returncode == 2 and "stockade agent list" in json.loads(p.stdout)["error"]["message"]
+
+
+def test_validate_counts_in_words(tmp_path: Path) -> None:
+    bad = tmp_path / "org.yaml"
+    bad.write_text("version: 1\nrules:\n  - {capability: system.time, tier: sometimes}\n")
+    p = run_cli("policy", "validate", str(bad), check=False)
+    assert "(1 error)" in p.stdout and "errors)" not in p.stdout
+    good = tmp_path / "ok.yaml"
+    good.write_text("version: 1\nrules:\n  - {capability: system.time, tier: autonomous}\n")
+    assert "(1 rule, layer org)" in run_cli("policy", "validate", str(good)).stdout

@@ -20,6 +20,7 @@ from stockade.cli.common import (
     json_option,
     sanitize,
 )
+from stockade.cli.names import plural
 from stockade.core.errors import ConfigError
 from stockade.core.home import Home
 
@@ -50,9 +51,10 @@ def validate(file: str, layer: str | None, home: str | None, as_json: bool) -> N
     path = Path(file)
     if not path.is_file():
         fail(f"no such file: {file}", EXIT_USAGE, as_json)
-    h = get_home(home) if home else None
+    h = get_home(home)
+    h = h if h.exists() else None
     lay = _layer_of(path, layer)
-    cat = policy_setup.catalog()
+    cat = policy_setup.home_catalog(h)
     try:
         pf = loader.load_file(path, lay, home=h, cat=cat)
     except ConfigError as e:
@@ -76,10 +78,10 @@ def _render_validate(d: dict[str, Any]) -> None:
     for w in d["warnings"]:
         click.echo(f"warning: {sanitize(w)}", err=True)
     if d["valid"]:
-        click.echo(f"{sanitize(d['file'])}: valid ({d['rules']} rules, layer {d['layer']}"
-                   f"{', ' + str(len(d['warnings'])) + ' warnings' if d['warnings'] else ''})")
+        click.echo(f"{sanitize(d['file'])}: valid ({plural(d['rules'], 'rule')}, layer {d['layer']}"
+                   f"{', ' + plural(len(d['warnings']), 'warning') if d['warnings'] else ''})")
     else:
-        click.echo(f"{sanitize(d['file'])}: invalid ({len(d['errors'])} errors)")
+        click.echo(f"{sanitize(d['file'])}: invalid ({plural(len(d['errors']), 'error')})")
 
 
 def _load_home_policy(h: Home, as_json: bool) -> Any:
@@ -87,7 +89,7 @@ def _load_home_policy(h: Home, as_json: bool) -> Any:
     from stockade.policy import setup as policy_setup
 
     try:
-        return loader.load_home(h, policy_setup.catalog())
+        return loader.load_home(h, policy_setup.home_catalog(h))
     except ConfigError as e:
         fail_error(e, as_json)
 
@@ -95,25 +97,88 @@ def _load_home_policy(h: Home, as_json: bool) -> Any:
 @policy.command()
 @click.option("--agent", "agent", required=True, help="Agent name.")
 @click.option("--capability", "capability", required=True, help="Capability name, e.g. filesystem.write.")
-@click.option("--args", "args_json", default="{}", help="Arguments as a JSON object.")
+@click.option("--args", "args_json", default=None,
+              help="Arguments as a JSON object. Without it: the range of tiers the capability can take "
+                   "and the rules on its arguments that decide.")
 @home_option
 @json_option
-def explain(agent: str, capability: str, args_json: str, home: str | None, as_json: bool) -> None:
+def explain(agent: str, capability: str, args_json: str | None, home: str | None, as_json: bool) -> None:
     """Which tier a call would get, which rule decides it (file:line), every layer's verdict and
     the rate-limit state. Reads the home's files and counters; counts nothing."""
-    from stockade.policy.ratelimit import RateLimiter
-    from stockade.policy.runtime import PolicyEngine
+    from stockade.policy import setup as policy_setup
 
+    args = _explain_args(args_json, as_json)
+    h = get_home(home)
+    if not h.policies.is_dir():
+        fail(f"no stockade home at {h.root} (run: stockade init --home {h.root})", EXIT_USAGE, as_json)
+    pol = _load_home_policy(h, as_json)
+    cat = policy_setup.home_catalog(h)
+    _known_names(h, agent, capability, cat, as_json)
+    out = _explain_call(h, pol, agent, capability, args if args is not None else {})
+    if args is None:
+        from stockade.policy.engine import outlook
+        from stockade.policy.runtime import describe_outlook
+
+        look = describe_outlook(outlook(pol, agent, capability, cat.args.get(capability)), owner=True)
+        if look["depends_on_arguments"]:
+            # The verdict for a call without arguments would be a fiction (the system rules fail
+            # closed on a missing path): say what the arguments decide instead.
+            out = {k: out[k] for k in ("agent", "capability", "visible", "version", "default")}
+            out.update(tier=look["tier"], outlook=look)
+    emit(out, as_json, _render_explain)
+
+
+def _explain_args(args_json: str | None, as_json: bool) -> dict[str, Any] | None:
+    if args_json is None:
+        return None
     try:
         args = json.loads(args_json)
     except json.JSONDecodeError as e:
         fail(f"--args is not valid JSON: {e}", EXIT_USAGE, as_json)
     if not isinstance(args, dict):
         fail("--args must be a JSON object", EXIT_USAGE, as_json)
-    h = get_home(home)
-    if not h.policies.is_dir():
-        fail(f"no stockade home at {h.root} (run: stockade init --home {h.root})", EXIT_USAGE, as_json)
-    pol = _load_home_policy(h, as_json)
+    return args
+
+
+def _known_names(h: Home, agent: str, capability: str, cat: Any, as_json: bool) -> None:
+    """An unknown agent or capability is an error naming the nearest known one, not an answer
+    about a name nobody has (a typo would read as "this is what bob gets")."""
+    from stockade.cli.names import unknown
+
+    category = capability.split(".", 1)[0]
+    if not cat.exists(capability) and (not cat.known(capability) or
+                                       any(n.split(".", 1)[0] == category for n in cat.names())):
+        # A name in a category that exists (filesystem.wirte, exchange.get_balanse) is a typo; a
+        # name in no installed category (vault.get) may still be asked about: the system rules cover it.
+        fail(unknown("capability", capability, cat.names(), "stockade pack list"), EXIT_USAGE, as_json)
+    agents = _agent_names(h)
+    if agents is not None and agent not in agents:
+        fail(unknown("agent", agent, agents, "stockade agent list; an agent needs a key or a policy file "
+                     "in policies/agents/"), EXIT_USAGE, as_json)
+
+
+def _agent_names(h: Home) -> set[str] | None:
+    """Agents with a key or a policy file (None: this home has no agents store to ask)."""
+    names = {p.stem for p in (h.policies / "agents").glob("*.yaml")} if (h.policies / "agents").is_dir() else set()
+    if not h.db_path.exists():
+        return names or None
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{h.db_path}?mode=ro", uri=True)
+        try:
+            names |= {r[0] for r in conn.execute("SELECT name FROM agents")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return names or None
+    return names
+
+
+def _explain_call(h: Home, pol: Any, agent: str, capability: str, args: dict[str, Any]) -> dict[str, Any]:
+    from stockade.policy.ratelimit import RateLimiter
+    from stockade.policy.runtime import PolicyEngine
+
     conn = None
     if h.db_path.exists():
         import sqlite3
@@ -131,15 +196,30 @@ def explain(agent: str, capability: str, args_json: str, home: str | None, as_js
         visible = engine.visible(agent, capability)
     finally:
         limiter.close()
-    out = {"tier": d.tier, "agent": agent, "capability": capability, "rule": d.rule, "layer": d.layer,
-           "file": d.file, "line": d.line, "reason": d.reason, "retry_after": d.retry_after,
-           "visible": visible, "version": d.layers.get("version"),
-           "layers": {k: d.layers.get(k) for k in ("system", "org", "agent") if k in d.layers},
-           "default": d.layers.get("default"), "rate_limits": d.layers.get("rate_limits", [])}
-    emit(out, as_json, _render_explain)
+    return {"tier": d.tier, "agent": agent, "capability": capability, "rule": d.rule, "layer": d.layer,
+            "file": d.file, "line": d.line, "reason": d.reason, "retry_after": d.retry_after,
+            "visible": visible, "version": d.layers.get("version"),
+            "layers": {k: d.layers.get(k) for k in ("system", "org", "agent") if k in d.layers},
+            "default": d.layers.get("default"), "rate_limits": d.layers.get("rate_limits", [])}
+
+
+def _render_outlook(d: dict[str, Any]) -> None:
+    look = d["outlook"]
+    click.echo(f"tier: {look['tier']}: from {look['min_tier']} to {look['max_tier']}")
+    click.echo("decided by these rules on the arguments (pass --args '{...}' to decide one call):")
+    for r in look["rules"]:
+        when = sanitize(json.dumps(r.get("when"), sort_keys=True))
+        click.echo(f"  {r['layer']:<7} {r['tier']:<18} {sanitize(r['rule'])} when {when} "
+                   f"({sanitize(str(r.get('file')))}:{r.get('line')})")
+        if r.get("reason"):
+            click.echo(f"          {sanitize(r['reason'])}")
+    click.echo(f"  default {d['default']}")
 
 
 def _render_explain(d: dict[str, Any]) -> None:
+    if "outlook" in d:
+        _render_outlook(d)
+        return
     where = f" ({d['file']}:{d['line']})" if d.get("file") else ""
     click.echo(f"tier: {d['tier']}")
     click.echo(f"decided by: {d['layer']} {sanitize(str(d['rule'] or '(default)'))}{sanitize(where)}")

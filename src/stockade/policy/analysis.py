@@ -8,6 +8,7 @@ the tier to approval_required), or a capability no installed part provides yet.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,8 +39,10 @@ def warnings(pf: PolicyFile, cat: Catalog, higher: Policy | None = None, agent: 
                            f"at least as restrictive ({TIERS[b.uncond.tier]})")
     for r in pf.rules:
         if "*" not in r.pattern and not cat.exists(r.pattern):
-            out.append(f"{r.file}:{r.line}: capability {r.pattern!r} is not provided by any installed part "
-                       f"(a pack may provide it later)")
+            near = difflib.get_close_matches(r.pattern, cat.names(), n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            out.append(f"{r.file}:{r.line}: capability {r.pattern!r} is not provided by any installed part or "
+                       f"pack ({hint}a pack installed later may provide it)")
         elif "*" in r.pattern and r.pattern != "*" and not _covered(r, cat):
             out.append(f"{r.file}:{r.line}: pattern {r.pattern!r} matches no known capability")
         if higher is not None and "*" not in r.pattern and pf.layer != "system":

@@ -367,3 +367,111 @@ def always_blocked(policy: Policy, agent: str, capability: str) -> bool:
         policy._visible.clear()
     policy._visible[key] = not blocked
     return blocked
+
+
+# -- what a capability can be, before its arguments are known ------------------------------------
+class _SchemaProbe(dict):  # type: ignore[type-arg]
+    """Arguments of a capability whose argument names are known, values not: reading a name the
+    capability takes is argument-dependent; a name it does not take is simply absent."""
+
+    def __init__(self, names: frozenset[str]):
+        super().__init__()
+        self.names = names
+
+    def _no(self, *a: Any, **k: Any) -> Any:
+        raise _ArgDependent
+
+    def __contains__(self, k: object) -> bool:
+        if k in self.names:
+            raise _ArgDependent
+        return False
+
+    def __getitem__(self, k: Any) -> Any:
+        if k in self.names:
+            raise _ArgDependent
+        raise KeyError(k)
+
+    def get(self, k: Any, default: Any = None) -> Any:
+        if k in self.names:
+            raise _ArgDependent
+        return default
+
+    keys = items = values = __iter__ = __len__ = _no
+
+
+def _static_for(r: Rule, agent: str, capability: str, argnames: frozenset[str] | None) -> bool | None:
+    """Like `_static`, but a capability's known argument names let conditions on arguments it
+    does not take be decided (the data-home rule cannot fire on `system.time`)."""
+    if r.cond is None:
+        return True
+    probe: dict[str, Any] = _Probe() if argnames is None else _SchemaProbe(argnames)
+    try:
+        return bool(r.cond(agent, capability, probe))
+    except _ArgDependent:
+        return None
+    except Exception:  # noqa: BLE001 - cannot evaluate without arguments: it depends on them
+        return None
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """The tiers a capability can take for an agent over every possible argument: `lo` is the
+    least restrictive, `hi` the most; `deciding` are the argument-dependent rules in between."""
+
+    lo: int
+    hi: int
+    deciding: tuple[Rule, ...]
+
+    @property
+    def depends(self) -> bool:
+        return self.lo != self.hi
+
+
+def _layer_outlook(idx: LayerIndex, agent: str, capability: str,
+                   argnames: frozenset[str] | None) -> tuple[int | None, int | None, bool, list[Rule]]:
+    """(lowest, highest, may abstain, argument-dependent rules) of one layer's verdict."""
+    lo: int | None = None
+    hi: int | None = None
+    deciding: list[Rule] = []
+    for b in idx.buckets(capability):
+        always = [r for r in b.rules if _static_for(r, agent, capability, argnames) is True]
+        maybe = [r for r in b.rules if _static_for(r, agent, capability, argnames) is None]
+        floor = max((r.tier for r in always), default=-1)
+        live = [r for r in maybe if r.tier > floor]   # a rule at or below the floor changes nothing
+        deciding.extend(live)
+        tops = [floor, *(r.tier for r in live)]
+        hi = max(hi if hi is not None else -1, *tops)
+        if always:
+            lo = floor if lo is None else min(lo, floor)
+            return lo, hi, False, deciding
+        if maybe:
+            t = min(r.tier for r in maybe)
+            lo = t if lo is None else min(lo, t)
+    return lo, hi, True, deciding
+
+
+def outlook(policy: Policy, agent: str, capability: str, argnames: frozenset[str] | None = None) -> Outlook:
+    """Pure: the range of tiers `capability` can take for `agent` whatever its arguments, and the
+    rules that decide where in that range a call falls (rate limits aside: they are temporary).
+    `argnames`: the arguments the capability takes (None: unknown, any rule on arguments counts)."""
+    los: list[int] = []
+    his: list[int] = []
+    definite = -1
+    all_abstain = True
+    deciding: list[Rule] = []
+    for idx in policy.layers(agent):
+        if idx is None:
+            continue
+        lo, hi, may_abstain, rules = _layer_outlook(idx, agent, capability, argnames)
+        deciding.extend(rules)
+        if not may_abstain:
+            all_abstain = False
+            definite = max(definite, lo if lo is not None else -1)
+        if lo is not None:
+            los.append(lo)
+        if hi is not None:
+            his.append(hi)
+    d = policy.default(agent)
+    low = min([d, *los]) if all_abstain else definite
+    high = max([low, *his, *([d] if all_abstain else [])])
+    return Outlook(low, high, tuple(deciding) if low != high else ())

@@ -12,7 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 from stockade.core.types import Decision
-from stockade.policy.engine import Policy, RateState, Verdict, always_blocked, escalate, evaluate, window_state
+from stockade.policy.engine import (
+    Outlook,
+    Policy,
+    RateState,
+    Verdict,
+    always_blocked,
+    escalate,
+    evaluate,
+    outlook,
+    window_state,
+)
 from stockade.policy.model import BLOCKED, TIERS
 from stockade.policy.ratelimit import RateLimiter
 
@@ -58,6 +68,23 @@ def to_decision(policy: Policy, base: Verdict, v: Verdict, retry: float | None, 
                     rule.file if rule else None, rule.line if rule else None, retry_after, layers)
 
 
+DEPENDS = "depends on arguments"
+
+
+def describe_outlook(o: Outlook, owner: bool = False) -> dict[str, Any]:
+    """An `engine.Outlook` as the owner and the agent read it: one tier when the arguments cannot
+    change it; otherwise `tier` says so, with the range and each rule that decides within it.
+    Only the owner's view names the rule's file and line (a path inside the data home)."""
+    out: dict[str, Any] = {"tier": TIERS[o.lo] if not o.depends else DEPENDS, "min_tier": TIERS[o.lo],
+                           "max_tier": TIERS[o.hi], "depends_on_arguments": o.depends}
+    if o.depends:
+        out["rules"] = [{"rule": r.label, "layer": r.layer, "tier": TIERS[r.tier], "when": r.when,
+                         **({"reason": r.reason} if r.reason else {}),
+                         **({"file": r.file, "line": r.line} if owner else {})}
+                        for r in o.deciding]
+    return out
+
+
 class PolicyEngine:
     """Implements the pipeline's PolicyHook over a swappable compiled policy."""
 
@@ -88,6 +115,12 @@ class PolicyEngine:
 
     def visible(self, agent: str, capability: str) -> bool:
         return not always_blocked(self.policy, agent, capability)
+
+    def outlook(self, agent: str, capability: str, argnames: frozenset[str] | None = None,
+                owner: bool = False) -> dict[str, Any]:
+        """What a capability can be for `agent` before its arguments are known (docs/policy.md
+        "Before the arguments are known"): `describe_outlook` of the pure `engine.outlook`."""
+        return describe_outlook(outlook(self.policy, agent, capability, argnames), owner)
 
     def sandbox_profile(self, agent: str) -> dict[str, Any]:
         return self.policy.sandbox_profile(agent)

@@ -20,6 +20,9 @@ from stockade.core.errors import ConfigError
 from stockade.core.home import Home, write_private
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway
+from stockade.packs import setup as packs_setup
+from stockade.packs import store as packs_store
+from stockade.packs.manifest import parse_pack_yaml
 from stockade.policy import loader
 from stockade.policy.facts import gateway_facts
 from stockade.policy.ratelimit import RateLimiter
@@ -44,6 +47,35 @@ def catalog(registry: Registry | None = None) -> loader.Catalog:
         with contextlib.suppress(OSError, ConfigError):   # without the vault part there is nothing to add
             defs += parse_definitions(VAULT_CAPABILITIES.read_text(), str(VAULT_CAPABILITIES))
     return loader.catalog(defs)
+
+
+def home_catalog(home: Home | None) -> loader.Catalog:
+    """`catalog()` plus the capabilities of the packs installed in `home` (offline commands:
+    `policy validate | explain` must know a pack's names as the running gateway does)."""
+    cat = catalog()
+    if home is None or not home.db_path.exists():
+        return cat
+    for d in _pack_definitions(home):
+        props = d.input_schema.get("properties")
+        cat.args[d.name] = frozenset(props) if isinstance(props, dict) else None
+    return cat
+
+
+def _pack_definitions(home: Home) -> list[Definition]:
+    out: list[Definition] = []
+    try:
+        conn = home.db()
+        try:
+            packs = packs_store.installed(conn)
+        finally:
+            conn.close()
+    except Exception:  # noqa: BLE001 - a home without the packs table has no packs
+        return out
+    for pk in packs:
+        path = pk.path(home) / "pack.yaml"
+        with contextlib.suppress(Exception):   # a broken pack is `pack verify`'s business, not policy's
+            out += packs_setup.definitions(parse_pack_yaml(path.read_text(), str(path)), str(path))
+    return out
 
 
 def init(home: Home, template: str) -> list[str]:

@@ -53,14 +53,35 @@ def agent_whoami(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 @implements("agent.capabilities")
 def agent_capabilities(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """Each visible capability with the tier it runs at, or, where the arguments decide (a write
+    inside /workspace runs, outside it is blocked), the range of tiers and the rules that decide."""
     p = ctx.pipeline
     out = []
     for d in p.visible(ctx.caller):
-        try:
-            tier = p.policy.peek(ctx.caller.agent, d.name, {}).tier
-        except Exception:
-            tier = "approval_required"
-        if tier == "blocked":
+        entry = {"name": d.name, **capability_outlook(p.policy, ctx.caller.agent, d), "purpose": d.purpose}
+        if entry["min_tier"] == "blocked":
             continue  # argument-independent blocks are hidden already; this is belt and braces
-        out.append({"name": d.name, "tier": tier, "purpose": d.purpose})
+        out.append(entry)
     return {"capabilities": out}
+
+
+def argument_names(d: Any) -> frozenset[str] | None:
+    """The arguments a definition's schema names (None: it does not say)."""
+    props = (d.input_schema or {}).get("properties")
+    return frozenset(props) if isinstance(props, dict) else None
+
+
+def capability_outlook(policy: Any, agent: str, d: Any, owner: bool = False) -> dict[str, Any]:
+    """The policy's outlook for one capability (`owner`: with the rules' file:line); a policy hook
+    without one (no policy part) is asked about a call without arguments."""
+    look = getattr(policy, "outlook", None)
+    if callable(look):
+        try:
+            return dict(look(agent, d.name, argument_names(d), owner=owner))
+        except Exception:  # noqa: BLE001 - a broken rule must not hide the rest of the list
+            pass
+    try:
+        tier = policy.peek(agent, d.name, {}).tier
+    except Exception:  # noqa: BLE001
+        tier = "approval_required"
+    return {"tier": tier, "min_tier": tier, "max_tier": tier, "depends_on_arguments": False}
