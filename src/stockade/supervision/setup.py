@@ -14,7 +14,7 @@ from stockade.core import agents
 from stockade.core.admin import AdminCommand
 from stockade.core.home import Home
 from stockade.core.wiring import Gateway, Listener
-from stockade.supervision import tls, tokens
+from stockade.supervision import status, tls, tokens
 from stockade.supervision.admin import AdminServer
 from stockade.supervision.dashboard.app import build_app
 from stockade.supervision.webhook import WebhookSender
@@ -116,4 +116,4 @@ async def _agents_status(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 ADMIN_COMMANDS = {"ping": AdminCommand(_ping), "watch": AdminCommand(_watch, stream=True),
-                  "agents.status": AdminCommand(_agents_status)}
+                  "agents.status": AdminCommand(_agents_status), "status": AdminCommand(status.command)}
