@@ -111,12 +111,11 @@ class _Sessions:
             sub.close()
 
 
-SESSIONS: dict[int, _Sessions] = {}
-
-
-def build_server(pipeline: Pipeline) -> Server[Any]:
-    """An SDK low-level server whose handlers are thin adapters onto the pipeline."""
-    sessions_ = SESSIONS.setdefault(id(pipeline), _Sessions())
+def build_server(pipeline: Pipeline, sessions_: _Sessions | None = None) -> Server[Any]:
+    """An SDK low-level server whose handlers are thin adapters onto the pipeline; `sessions_`
+    learns who to tell when the tool list changes."""
+    if sessions_ is None:
+        sessions_ = _Sessions()
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         caller = _caller_of(ctx)
@@ -312,44 +311,37 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
             await websocket.close()
 
 
-_STATE: dict[int, tuple[Server[Any], StreamableHTTPSessionManager]] = {}
+class McpTransport:
+    """One gateway's MCP side, made by the app that serves it (no module-level state): the SDK
+    server, its Streamable HTTP session manager (which runs once, inside the app's lifespan) and
+    the sessions that hear `tools/list_changed` (`tools_changed`, which the wiring calls)."""
 
+    def __init__(self, pipeline: Pipeline, max_body: int) -> None:
+        self.pipeline = pipeline
+        self.max_body = max_body
+        self.sessions = _Sessions()
+        self.server = build_server(pipeline, self.sessions)
+        self.manager = StreamableHTTPSessionManager(app=self.server, json_response=False, stateless=False,
+                                                    security_settings=None, max_request_body_size=max_body)
+        self.tools_changed = self.sessions.tools_changed
 
-def _server_for(pipeline: Pipeline, max_body: int) -> tuple[Server[Any], StreamableHTTPSessionManager]:
-    key = id(pipeline)
-    if key not in _STATE:
-        server = build_server(pipeline)
-        manager = StreamableHTTPSessionManager(app=server, json_response=False, stateless=False,
-                                               security_settings=None, max_request_body_size=max_body)
-        _STATE[key] = (server, manager)
-    return _STATE[key]
+    def routes(self) -> list[Any]:
+        app = McpHttp(self.pipeline, self.manager, self.max_body)
 
+        async def ws(websocket: WebSocket) -> None:
+            await _ws_endpoint(websocket, self.pipeline, self.server)
 
-def routes(pipeline: Pipeline, max_body: int) -> list[Any]:
-    server, manager = _server_for(pipeline, max_body)
-    app = McpHttp(pipeline, manager, max_body)
+        return [Route("/mcp", app, methods=["GET", "POST", "DELETE"]), WebSocketRoute("/mcp/ws", ws)]
 
-    async def ws(websocket: WebSocket) -> None:
-        await _ws_endpoint(websocket, pipeline, server)
-
-    return [Route("/mcp", app, methods=["GET", "POST", "DELETE"]), WebSocketRoute("/mcp/ws", ws)]
-
-
-def lifespan(pipeline: Pipeline) -> Any:
-    @contextlib.asynccontextmanager
-    async def _lifespan(app: Any) -> AsyncIterator[None]:
-        _, manager = _STATE[id(pipeline)]
-        notify = SESSIONS[id(pipeline)]
-        try:
-            async with manager.run(), anyio.create_task_group() as tg:
-                tg.start_soon(notify.follow_policy, pipeline.bus)
+    def lifespan(self) -> Any:
+        @contextlib.asynccontextmanager
+        async def _lifespan(app: Any) -> AsyncIterator[None]:
+            async with self.manager.run(), anyio.create_task_group() as tg:
+                tg.start_soon(self.sessions.follow_policy, self.pipeline.bus)
                 try:
                     yield
                 finally:
-                    notify.listen.close()
+                    self.sessions.listen.close()
                     tg.cancel_scope.cancel()
-        finally:
-            _STATE.pop(id(pipeline), None)
-            SESSIONS.pop(id(pipeline), None)
 
-    return _lifespan
+        return _lifespan

@@ -62,8 +62,9 @@ def throttled_response(e: StockadeError) -> JSONResponse:
 
 
 def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None,
-              methods: Mapping[str, jsonrpc.Handler] | None = None) -> Any:
-    """`methods`: the JSON-RPC table the wiring built (default: the gateway's own methods only)."""
+              methods: Mapping[str, jsonrpc.Handler] | None = None, mcp: Any = None) -> Any:
+    """`methods`: the JSON-RPC table the wiring built (default: the gateway's own methods only);
+    `mcp`: the app's `mcp_transport.McpTransport` (default: a new one)."""
     rpc_methods = jsonrpc.METHODS if methods is None else methods
 
     async def rpc(request: Request) -> Response:
@@ -101,8 +102,10 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
     routes: list[Any] = [Route("/rpc", rpc, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
     from stockade.gateway import mcp_transport
 
-    routes.extend(mcp_transport.routes(pipeline, max_body))
-    app = Starlette(routes=routes, lifespan=_lifespan(pipeline, mcp_transport.lifespan(pipeline)))
+    if mcp is None:
+        mcp = mcp_transport.McpTransport(pipeline, max_body)
+    routes.extend(mcp.routes())
+    app = Starlette(routes=routes, lifespan=_lifespan(pipeline, mcp.lifespan()))
     return GuardMiddleware(app, extra_origins or [])
 
 
