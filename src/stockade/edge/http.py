@@ -23,7 +23,7 @@ class GuardedH11(H11Protocol):
     header_seconds = HEADER_READ_SECONDS
     _head_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm()
 
