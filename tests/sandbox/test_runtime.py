@@ -367,3 +367,16 @@ def test_stopped_zygote_hand_off_has_a_deadline(direct) -> None:  # type: ignore
             os.kill(old, signal.SIGCONT)
     assert call(ex, "result = {'x': 3}") == {"x": 3}      # replaced
     assert ex.status["pid"] != old and gh["sandbox"]["status"] != "critical"
+
+
+def test_os_fork_is_a_constructor_parameter_not_an_env_switch(direct) -> None:  # type: ignore[no-untyped-def]
+    """The os.fork path is chosen by test code through the zygote's constructor; the shipped
+    zygote reads no environment switch (its source names none)."""
+    import stockade.sandbox.zygote as zy
+
+    assert "os.environ" not in Path(zy.__file__).read_text() and "getenv" not in Path(zy.__file__).read_text()
+    make, call, _ = direct
+    code = "result['pid1'] = os.getpid() == 1; result['ppid'] = os.getppid()"
+    for os_fork in (False, True):
+        r = call(make(os_fork=os_fork), code)
+        assert r == {"pid1": True, "ppid": 0}

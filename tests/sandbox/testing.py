@@ -24,16 +24,17 @@ class TestingExecutor(SandboxExecutor):
     __test__ = False
 
     def __init__(self, *a: Any, switch: str | None = None, modules: tuple[str, ...] = (),
-                 canary: str | None = None, **kw: Any):
+                 canary: str | None = None, os_fork: bool = False, **kw: Any):
         super().__init__(*a, **kw)
         self.switch = switch
+        self.os_fork = os_fork
         self.modules = modules
         self.canary = canary
         self.off: set[str] = set()
         self.faults: set[str] = set()
 
     def zygote_command(self, fd: int) -> list[str]:
-        cfg = {"modules": list(self.modules), "canary": self.canary}
+        cfg = {"modules": list(self.modules), "canary": self.canary, "os_fork": self.os_fork}
         return [sys.executable, "-I", "-B", ZYGOTE_ENTRY, str(fd), json.dumps(cfg)]
 
     def _read_switch(self) -> None:

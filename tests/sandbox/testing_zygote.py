@@ -8,7 +8,8 @@ the layer. The shipped zygote has no such list: it applies every layer whatever 
 
 CONFIG (JSON): `modules`, test capability files loaded into the zygote (their `implements`
 registers into the zygote's implementation table); `canary`, a host file kept open (inheritable)
-so the fd layer has something to catch.
+so the fd layer has something to catch; `os_fork`, fork with os.fork instead of the raw clone
+(the zygote's constructor parameter: the shipped zygote reads no environment switch).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def install(config: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    install(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})
+    cfg = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    install(cfg)
     sys.argv = sys.argv[:2]
-    zygote.main()
+    zygote.main(raw_clone=not cfg.get("os_fork"))

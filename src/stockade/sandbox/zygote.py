@@ -217,9 +217,6 @@ def _read_fd(fd: int) -> bytes:
 
 TITLE = b"stockade-sandbox"
 
-# One raw clone(CLONE_NEWPID) per call instead of unshare + os.fork + setns: no at-fork hooks.
-RAW_CLONE = os.environ.get("STOCKADE_SANDBOX_OSFORK") != "1"
-
 
 def _py_fork(flags: int, own_pidns: int) -> int:
     from stockade.sandbox import libc
@@ -313,8 +310,11 @@ class Zygote:
     """The serving state: the socket, what `prepare` built, the agents' cgroups, running calls."""
 
     def __init__(self, sock: socket.socket, prep: Any, impls: dict[str, Any], info: Any, parent: str,
-                 home_tag: str = ""):
+                 home_tag: str = "", raw_clone: bool = True):
         self.sock = sock
+        # One raw clone(CLONE_NEWPID) per call instead of unshare + os.fork + setns: no at-fork
+        # hooks. False (os.fork) only where test code constructs the zygote that way.
+        self.raw_clone = raw_clone
         self.prep = prep
         self.impls = impls
         self.info = info
@@ -409,7 +409,7 @@ class Zygote:
         gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
         child.FORK_NS = time.monotonic_ns()
         try:
-            pid = libc.clone_fork(libc.CLONE_NEWPID) if RAW_CLONE else _py_fork(libc.CLONE_NEWPID,
+            pid = libc.clone_fork(libc.CLONE_NEWPID) if self.raw_clone else _py_fork(libc.CLONE_NEWPID,
                                                                                  self.own_pidns)
         except OSError:
             os.close(gate_r)
@@ -457,7 +457,7 @@ class Zygote:
         from stockade.sandbox import child
 
         try:
-            if RAW_CLONE:
+            if self.raw_clone:
                 random.seed()        # no at-fork hooks ran: never share the zygote's state
             self.sock.close()
             os.close(gate_w)
@@ -491,13 +491,17 @@ def _kill_and_reap(pid: int, pidfd: int) -> None:
         os.close(pidfd)
 
 
-def start(sock: socket.socket) -> Zygote:
-    """The handshake: read the gateway's init message, prepare everything, report the probes."""
+def start(sock: socket.socket, raw_clone: bool = True) -> Zygote:
+    """The handshake: read the gateway's init message, prepare everything, report the probes.
+
+    `raw_clone=False` forks with os.fork (at-fork hooks run): a parameter for test code, never
+    read from the environment."""
     msg, _ = _recv(sock)
     init = json.loads(msg or b"{}")
     prep, impls, status = prepare(init)
     info = status.pop("cgroup_info")
-    z = Zygote(sock, prep, impls, info, init.get("cgroup_parent", "stockade"), str(init.get("home_tag") or ""))
+    z = Zygote(sock, prep, impls, info, init.get("cgroup_parent", "stockade"), str(init.get("home_tag") or ""),
+               raw_clone)
     sock.send(json.dumps(status).encode())
     gc.collect()
     gc.freeze()    # forked children then share the heap without GC-induced copy-on-write
@@ -505,12 +509,12 @@ def start(sock: socket.socket) -> Zygote:
     return z
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, raw_clone: bool = True) -> None:
     """The event loop: requests on `sock`, one pidfd per running call, deadlines."""
-    start(sock).serve_forever()
+    start(sock, raw_clone).serve_forever()
 
 
-def main() -> None:
+def main(raw_clone: bool = True) -> None:
     from stockade.sandbox import libc
 
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)  # the gateway died: so do we
@@ -519,7 +523,7 @@ def main() -> None:
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C goes to the gateway; it closes us
-    serve(sock)
+    serve(sock, raw_clone)
 
 
 if __name__ == "__main__":
