@@ -22,6 +22,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,15 @@ class _Call:
     approved: bool = False              # approved calls report their outcome back to the hook
     secret_values: list[str] = field(default_factory=list)
     started: bool = False               # the "decision" record (intent) is written
+    marks: list[tuple[str, int]] = field(default_factory=list)   # (stage, entered at ns): stage latencies
+
+    def enter(self, stage: str) -> str:
+        self.marks.append((stage, time.perf_counter_ns()))
+        return stage
+
+    def stage_seconds(self) -> dict[str, float]:
+        ends = [t for _, t in self.marks[1:]] + [time.perf_counter_ns()]
+        return {stage: (end - t) / 1e9 for (stage, t), end in zip(self.marks, ends, strict=True)}
 
     @property
     def base(self) -> dict[str, Any]:
@@ -154,6 +164,8 @@ class Pipeline:
         self.clock = time.monotonic
         self.started = time.time()
         self.health: dict[str, Any] = {}   # parts report layer status here (system.health, doctor)
+        # Told of every call's final record and its stage latencies (metrics); must not raise or block.
+        self.observers: list[Callable[[dict[str, Any], dict[str, float]], None]] = []
 
     # -- authentication ---------------------------------------------------------------------
     def authenticate(self, key: str | None, session: str, transport: str) -> Caller:
@@ -234,22 +246,22 @@ class Pipeline:
     async def invoke(self, caller: Caller, capability: str, args: Any) -> dict[str, Any]:
         """Run one call through every stage. Raises StockadeError; returns the shaped result."""
         call = _Call(caller, capability, args, uuid.uuid4().hex, time.perf_counter_ns())
-        stage = STAGES[0]
+        stage = call.enter(STAGES[0])
         try:
             self._recheck(caller)
-            stage = "cost"
+            stage = call.enter("cost")
             await self._charge(caller)
-            stage = "validate"
+            stage = call.enter("validate")
             call.definition = self._validate(capability, args)
-            stage = "policy"
+            stage = call.enter("policy")
             call.decision = self._decide(call, call.definition)
-            stage = "approval"
+            stage = call.enter("approval")
             await self._approve(call, call.definition, call.decision)
-            stage = "reauthenticate"
+            stage = call.enter("reauthenticate")
             self._recheck(caller)        # the key may have been revoked while the call waited
-            stage = "secrets"
+            stage = call.enter("secrets")
             run_args = self._resolve(call, call.definition)
-            stage = "execute"
+            stage = call.enter("execute")
             result = await self._run(call, call.definition, call.decision, run_args)
         except StockadeError as e:
             raise await self._fail(call, stage, _scrub(e, call.secret_values)) from None
@@ -394,6 +406,9 @@ class Pipeline:
                "decision": decision.audit() if decision else {"tier": None, "rule": None, "layer": None},
                "outcome": outcome, "duration_us": (time.perf_counter_ns() - call.t0) // 1000}
         await self.audit.record(rec)
+        if phase != "decision":
+            for observe in self.observers:
+                observe(rec, call.stage_seconds())
 
     async def refuse(self, caller: Caller, e: StockadeError, raw: bytes | str) -> None:
         """Audit a request the edge refused after authenticating it (not JSON, too deep, NaN...).

@@ -43,6 +43,8 @@ async def start(gw: Gateway) -> None:
     cfg = gw.config.dashboard
     gw.listeners.append(Listener("dashboard", build_app(gw), cfg.host, cfg.port,
                                  ssl_certfile=str(crt), ssl_keyfile=str(key)))
+    if gw.dashboard is not None:
+        gw.dashboard.metrics.start()     # /metrics: fed by the pipeline's observers and the bus
     if gw.config.webhook:
         wh = WebhookSender(gw.bus, gw.config.webhook)
         wh.start()

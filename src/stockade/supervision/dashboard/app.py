@@ -37,6 +37,8 @@ from stockade.edge.bounded import parse_json
 from stockade.edge.security import GuardMiddleware
 from stockade.supervision import audit_view, securitytxt, tokens
 from stockade.supervision.dashboard import views
+from stockade.supervision.metrics import CONTENT_TYPE as METRICS_TYPE
+from stockade.supervision.metrics import Metrics
 from stockade.supervision.shown import event_display
 
 COOKIE = "__Host-stockade"
@@ -158,6 +160,7 @@ class Dashboard:
         self.sessions = Sessions(gw.config.dashboard.session_minutes)
         self.last_verify: dict[str, Any] | None = None
         self._fails: list[float] = []
+        self.metrics = Metrics(gw)
 
     # -- auth helpers --------------------------------------------------------------------------
     def session(self, request: Request) -> Session | None:
@@ -392,6 +395,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/api/audit/session/{id}", "api", "api_audit_session"),
     ("POST", "/api/audit/verify", "api_write", "api_verify"),
     ("GET", "/api/events", "api", "api_events"),
+    ("GET", "/metrics", "api", "metrics"),     # Prometheus text format; admin token (Bearer) or session
     ("GET", "/static/{name}", "open", "static"),
     ("GET", "/.well-known/security.txt", "open", "security_txt"),
 )
@@ -660,6 +664,9 @@ class DashboardApp:
     async def api_events(self, request: Request, body: dict[str, Any]) -> Any:
         return StreamingResponse(event_stream(self.gw, request), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    async def metrics(self, request: Request, body: dict[str, Any]) -> Any:
+        return Response(self.d.metrics.render(), media_type=METRICS_TYPE)
 
     # -- what no route matched, and bugs -----------------------------------------------------------
     async def not_found(self, request: Request, exc: Exception) -> Response:
