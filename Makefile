@@ -18,8 +18,11 @@ $(BIN)/.locked: requirements.lock pyproject.toml
 
 venv: deps $(BIN)/.locked
 
+# make run PORT=7701 DASHBOARD_PORT=7801 (ROTATE=1 gives the demo agent a new key)
+PORT ?= 7700
+DASHBOARD_PORT ?= 7800
 run: venv
-	@$(BIN)/stockade demo --home $(DEMO_HOME)
+	@$(BIN)/stockade demo --home $(DEMO_HOME) --port $(PORT) --dashboard-port $(DASHBOARD_PORT) $(if $(ROTATE),--rotate-key)
 
 # Third-party MCP servers the upstream tests drive (tests/upstream), pinned by hash, in their own
 # venv and node_modules (a node from npm comes with them).

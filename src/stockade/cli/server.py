@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sys
 from typing import Any, Literal
 
@@ -23,9 +24,11 @@ from stockade.cli.common import (
 )
 from stockade.core import agents, logs
 from stockade.core.errors import ConfigError, StockadeError
+from stockade.core.home import write_private
 from stockade.gateway import service
 
 TEMPLATES = ("personal", "strict", "open")
+DEMO_KEY_FILE = "demo-agent.key"
 
 
 @click.command()
@@ -122,19 +125,19 @@ def serve(ctx: click.Context, home: str | None, port: int | None, dashboard_port
 @home_option
 @click.option("--port", type=int, default=7700, show_default=True)
 @click.option("--dashboard-port", type=int, default=7800, show_default=True)
-def demo(home: str | None, port: int, dashboard_port: int) -> None:
-    """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key."""
+@click.option("--rotate-key", is_flag=True, help="Give the demo agent a new key (the old one stops working).")
+def demo(home: str | None, port: int, dashboard_port: int, rotate_key: bool) -> None:
+    """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key.
+
+    The demo agent's key is kept in the demo home (demo-agent.key, 0600), so a client configured
+    with it keeps working across restarts; `--rotate-key` replaces it."""
     h = get_home(home)
     service.init_home(h, "personal")
-    conn = h.db()
-    try:
-        key = agents.rotate(conn, "demo") if any(a.name == "demo" for a in agents.list_all(conn)) \
-            else agents.create(conn, "demo")
-    finally:
-        conn.close()
+    key = _demo_key(h, rotate_key)
 
     def banner(g: Any) -> None:
         click.echo(f"stockade demo home: {h.root}")
+        click.echo(f"  export STOCKADE_HOME={shlex.quote(str(h.root))}   # then every stockade command uses it")
         click.echo(f"  gateway     {g.url('gateway')}  (JSON-RPC at /rpc, MCP at /mcp, /mcp/ws)")
         if "dashboard" in g.ports:
             click.echo(f"  dashboard   {g.url('dashboard')}  (login: stockade admin token --home {h.root})")
@@ -146,6 +149,30 @@ def demo(home: str | None, port: int, dashboard_port: int) -> None:
         click.echo("Ctrl-C to stop.")
 
     _serve(str(h.root), port, dashboard_port, False, banner)
+
+
+def _demo_key(h: Any, rotate: bool) -> str:
+    """The demo agent's key: the one kept in the demo home while it still authenticates, else a
+    new one (created or rotated) written there 0600 before it is shown."""
+    path = h.root / DEMO_KEY_FILE
+    conn = h.db()
+    try:
+        if not rotate and path.exists():
+            kept = path.read_text().strip()
+            try:
+                if agents.authenticate(conn, kept).name == "demo":
+                    return kept
+            except StockadeError:
+                pass       # revoked or rotated elsewhere: issue a fresh one below
+        exists = any(a.name == "demo" for a in agents.list_all(conn))
+        try:   # a demo agent the owner revoked stays revoked (agent reactivate demo brings it back)
+            key = agents.rotate(conn, "demo") if exists else agents.create(conn, "demo")
+        except StockadeError as e:
+            fail_error(e)
+    finally:
+        conn.close()
+    write_private(path, key + "\n")
+    return key
 
 
 def doctor_checks(home_path: str | None) -> dict[str, Any]:
