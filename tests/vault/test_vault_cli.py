@@ -37,12 +37,12 @@ def test_offline_lifecycle(home: Path, tmp_path: Path) -> None:
     # the trailing newline of stdin was stripped; --raw keeps it
     vf = tmp_path / "v.txt"
     vf.write_bytes(b"raw\n")
-    cli_json("vault", "set", "raw", "--all-agents", "--disclose-to-agent", "--scope", "process.run,pack.tool",
+    cli_json("vault", "set", "raw", "--all-agents", "--disclose-to-agent", "--scope", "process.run,filesystem.read",
              "--value-file", str(vf), "--raw",
              home=home, env=ENV)
     listed = cli_json("vault", "list", home=home)
     assert [s["name"] for s in listed["secrets"]] == ["exchange key", "raw"]
-    assert listed["secrets"][1]["scope"] == ["pack.tool", "process.run"]
+    assert listed["secrets"][1]["scope"] == ["filesystem.read", "process.run"]
     text = run_cli("vault", "list", home=home).stdout
     for blob in (json.dumps(listed), text):
         assert VALUE not in blob and "raw\n" not in blob.replace("raw ", "")
@@ -215,3 +215,21 @@ def test_doctor_flags_mode_and_damage(home: Path) -> None:
     assert d["status"] == "critical" and "checksum" in d["detail"]
     full = cli_json("doctor", home=home, check=False)
     assert full["checks"]["vault"]["status"] == "critical"
+
+
+def test_unknown_scope_or_agent_is_refused_with_the_nearest_name(home: Path) -> None:
+    vinit(home)
+    run_cli("agent", "create", "trader", home=home)
+    for extra, said in ((["--scope", "filesystem.raed", "--all-agents"], "did you mean 'filesystem.read'"),
+                        (["--scope", "filesystem.read", "--agent", "trader2"], "did you mean 'trader'")):
+        p = run_cli("vault", "set", "k", *extra, home=home, env=ENV, input="v", check=False)
+        assert p.returncode == 2 and said in p.stderr, p.stderr
+    assert cli_json("vault", "list", home=home, env=ENV)["secrets"] == []
+
+
+def test_owner_errors_carry_no_agent_hints(home: Path) -> None:
+    p = run_cli("agent", "rotate", "ghost", "--json", home=home, check=False)
+    e = json.loads(p.stdout)["error"]
+    assert p.returncode == 2 and "input schema" not in p.stdout and "unknown agent 'ghost'" in e["message"]
+    p = run_cli("agent", "revoke", "ghost", home=home, check=False)
+    assert p.returncode == 2 and "stockade agent list" in p.stderr

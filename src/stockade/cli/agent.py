@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 import click
 
 import stockade.approvals.store  # noqa: F401  (its ON_REVOKE hook: a revoke ends approvals and grants)
-from stockade.cli.common import emit, fail_error, home_option, json_option, need_home
+from stockade.cli.common import EXIT_USAGE, emit, fail, fail_error, home_option, json_option, need_home
+from stockade.cli.names import unknown
 from stockade.core import admin, agents
 from stockade.core.errors import StockadeError
 from stockade.core.home import Home
@@ -81,6 +82,7 @@ def list_(home: str | None, as_json: bool) -> None:
 def revoke(name: str, home: str | None, as_json: bool) -> None:
     """Revoke an agent's key at once; its waiting approvals expire and its grants end."""
     h = need_home(home)
+    _known_agent(h, name, as_json)
     try:
         if admin.running(h):
             out = admin.call(h, "agents.revoke", {"name": name})
@@ -98,8 +100,16 @@ def revoke(name: str, home: str | None, as_json: bool) -> None:
         f"{len(d['ended_grants'])} grants ended)"))
 
 
+def _known_agent(h: Home, name: str, as_json: bool) -> None:
+    """An unknown name is the owner's typo: say so with the nearest agent, not a schema hint."""
+    known = [a.name for a in agents.list_all(h.db())]
+    if name not in known:
+        fail(unknown("agent", name, known, "stockade agent list"), EXIT_USAGE, as_json)
+
+
 def _new_key(name: str, home: str | None, as_json: bool, reactivate: bool) -> None:
     h = need_home(home)
+    _known_agent(h, name, as_json)
     try:
         key = agents.rotate(h.db(), name, reactivate=reactivate)
     except StockadeError as e:

@@ -26,6 +26,7 @@ from stockade.cli.common import (
 )
 from stockade.core import admin as admin_client
 from stockade.core.errors import StockadeError
+from stockade.supervision.shown import who_text
 
 
 def _call(home: str | None, cmd: str, args: dict[str, Any], as_json: bool) -> Any:
@@ -50,11 +51,12 @@ def _show(a: dict[str, Any]) -> None:
     click.echo(f"approval   {sanitize(a['approval'])}  [{a['status']}]")
     click.echo(f"agent      {sanitize(a['agent'])} (session {sanitize(str(a.get('session')))})")
     click.echo(f"capability {sanitize(a['capability'])}")
-    click.echo(f"rule       {sanitize(str(a.get('rule')))} ({sanitize(str(a.get('layer')))})"
+    rule = f"rule {a['rule']}" if a.get("rule") else "no rule matched (the default tier)"
+    click.echo(f"decided by {sanitize(rule)} ({sanitize(str(a.get('layer') or 'default'))} layer)"
                + (f": {sanitize(a['policy_reason'])}" if a.get("policy_reason") else ""))
     click.echo(f"requested  {_ts(a.get('created'))}   expires {_ts(a.get('expires'))}")
     if a.get("decided"):
-        click.echo(f"decided    {_ts(a['decided'])} by {sanitize(str(a.get('decided_by')))}")
+        click.echo(f"decided    {_ts(a['decided'])} by {who_text(a.get('decided_by'))}")
     if a.get("reason"):
         click.echo(f"reason     {sanitize(a['reason'])}")
     click.echo(f"args sha256 {a['args_hash']}")

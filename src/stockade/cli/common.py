@@ -80,7 +80,10 @@ def fail_error(e: StockadeError | ConfigError, as_json: bool = False) -> NoRetur
         sys.exit(EXIT_USAGE)
     code = EXIT_UNREACHABLE if e.type in ("Unreachable", "VaultSealed") else EXIT_USAGE
     if as_json:
-        click.echo(json.dumps({"error": e.to_dict()}))
+        d = e.to_dict()
+        if e.recovery == StockadeError(e.type, "").recovery:
+            d.pop("recovery", None)     # the type's stock hint speaks to an agent, not to the owner
+        click.echo(json.dumps({"error": d}))
     else:
         click.echo(f"stockade: {e.type}: {sanitize(e.message)}", err=True)
     sys.exit(code)

@@ -29,7 +29,8 @@ from stockade.cli.common import (
     need_home,
     sanitize,
 )
-from stockade.core import admin
+from stockade.cli.names import unknown
+from stockade.core import admin, agents
 from stockade.core.errors import StockadeError
 from stockade.core.home import Home
 from stockade.vault import keys
@@ -234,6 +235,22 @@ def _set_common(h: Home, name: str, scope: tuple[str, ...], hosts: tuple[str, ..
     return row.public()
 
 
+def _known_names(h: Home, scopes: list[str], agent_names: list[str], as_json: bool) -> None:
+    """A scope must name a capability that exists (built-in, the vault's or an installed pack's)
+    and an agent one that has a key: a typo would store a secret nothing can ever use."""
+    from stockade.policy.setup import home_catalog
+
+    cat = home_catalog(h)
+    for s in scopes:
+        if not cat.exists(s):
+            fail(unknown("capability", s, cat.names(), "stockade pack list; install a pack before scoping a "
+                         "secret to its capabilities"), EXIT_USAGE, as_json)
+    known = [a.name for a in agents.list_all(h.db())]
+    for a in agent_names:
+        if a not in known:
+            fail(unknown("agent", a, known, "stockade agent list"), EXIT_USAGE, as_json)
+
+
 @vault.command("set")
 @click.argument("name")
 @click.option("--scope", multiple=True, required=True, help="Capability that may use it (repeat or comma-separate).")
@@ -264,6 +281,7 @@ def set_(name: str, scope: tuple[str, ...], hosts: tuple[str, ...], agent_names:
              EXIT_USAGE, as_json)
     binding = {"agents": [a for part in agent_names for a in part.split(",") if a], "all_agents": all_agents,
                "disclose_to_agent": disclose_to_agent}
+    _known_names(h, sorted(s for s in scopes if s), binding["agents"], as_json)
     value = _value(value_file, raw, as_json)
     try:
         res = _set_common(h, name, scope, hosts, value, passphrase_file, as_json, rotate=False, binding=binding)

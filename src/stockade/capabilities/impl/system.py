@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -76,10 +77,8 @@ def capability_outlook(policy: Any, agent: str, d: Any, owner: bool = False) -> 
     without one (no policy part) is asked about a call without arguments."""
     look = getattr(policy, "outlook", None)
     if callable(look):
-        try:
+        with contextlib.suppress(Exception):   # a broken rule must not hide the rest of the list
             return dict(look(agent, d.name, argument_names(d), owner=owner))
-        except Exception:  # noqa: BLE001 - a broken rule must not hide the rest of the list
-            pass
     try:
         tier = policy.peek(agent, d.name, {}).tier
     except Exception:  # noqa: BLE001

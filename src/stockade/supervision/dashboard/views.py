@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from stockade.core.display import WARNING, Shown, escape_parts, show_json, show_text
+from stockade.supervision.shown import who_text
 
 TIERS = ("autonomous", "notify", "approval_required", "blocked")
 NAV = (("/", "Overview"), ("/approvals", "Approvals"), ("/activity", "Live activity"), ("/agents", "Agents"),
@@ -152,7 +153,8 @@ def approvals(items: list[dict[str, Any]], grants: list[dict[str, Any]], csrf: s
     cards = "".join(approval_card(a, csrf) for a in pending) or '<p class="empty">Nothing is waiting for you.</p>'
     rows = "".join(f"<tr><td><a href='/approvals/{esc(a['approval'])}'>{esc(a['approval'])}</a></td>"
                    f"<td>{esc(a['agent'])}</td><td>{esc(a['capability'])}</td><td>{badge(a['status'])}</td>"
-                   f"<td>{esc(ts(a.get('decided') or a.get('finished')))}</td><td>{esc(a.get('decided_by'))}</td></tr>"
+                   f"<td>{esc(ts(a.get('decided') or a.get('finished')))}</td>"
+                   f"<td>{esc(who_text(a.get('decided_by')))}</td></tr>"
                    for a in done[:100])
     grows = "".join(f"<tr><td>{esc(g['grant'])}</td><td>{esc(g['agent'])}</td><td>{esc(g['capability'])}</td>"
                     f"<td>{esc(ts(g['expires']))}</td><td><form method=post action='/grants/{esc(g['grant'])}/revoke'>"
