@@ -443,7 +443,8 @@ def checkpoint_export(fresh: bool, home: str | None, as_json: bool) -> None:
             fail_error(e, as_json)
     c = cp.latest(h.audit_dir / cp.LOG_NAME)
     if c is None:
-        fail("no checkpoint yet (the log is empty, or run with --fresh)", EXIT_CHECK_FAILED, as_json)
+        fail("no checkpoint yet: the gateway signs one every audit.checkpoint_every records and at shutdown; "
+             "sign the current head now with: stockade audit checkpoint export --fresh", EXIT_CHECK_FAILED, as_json)
     if as_json:
         click.echo(json.dumps(c, sort_keys=True))
     else:
