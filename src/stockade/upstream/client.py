@@ -193,6 +193,10 @@ class Connection:
             if self.overflow:
                 raise err("ResourceExhausted", f"upstream server {self.label} sent a message over "
                           f"{self.max_line} bytes; it was stopped", resource="output", limit=self.max_line) from None
+            # A server that died mid-call closes the connection before it is reaped: give the
+            # exit a moment to be seen, so the agent learns the server stopped (not a server error).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exited.wait(), 2.0)
             if not self.alive or self.exited.is_set():
                 raise err("Unreachable", f"upstream server {self.label} stopped during the call; it is restarted",
                           [{"action": "retry", "description": "Call again once the server is back (system.health "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from stockade.upstream.config import ServerConfig
 DATA = "/data"            # where an instance sees its private state directory
 DISCOVERY = ""            # the agent name of a discovery instance
 CGROUP_PARENT = "stockade-upstream"
+_NETNS_LOCK = threading.Lock()
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
 
 
@@ -52,9 +54,10 @@ def discovery_netns(home: Home) -> str:
     """A namespace with only `lo`, outside the egress part's names (its reconcile never owns it)."""
     name = f"stockade-upd-{netns.home_tag(home)}"
     path = f"/run/netns/{name}"
-    if not os.path.exists(path):
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
-    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
+    with _NETNS_LOCK:   # discoveries run concurrently: one creates it
+        if not netns.is_netns(path):
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=10)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
     return path
 
 

@@ -89,6 +89,10 @@ async def register(gw: Gateway, sup: Supervisor, server: str) -> list[str]:
     """(Re)discover `server`'s tools and put them in the registry; returns the capability names."""
     reg = gw.pipeline.registry
     skipped = _SKIPPED.setdefault(id(gw), {})
+    builtin = {d.name.split(".", 1)[0] for d in reg.all() if not d.source.startswith("upstream:")}
+    if server in builtin:
+        skipped[server] = [f"server name {server!r} is a built-in or pack namespace"]
+        return []
     try:
         listed = await sup.discover(server)
     except StockadeError as e:
@@ -96,10 +100,6 @@ async def register(gw: Gateway, sup: Supervisor, server: str) -> list[str]:
         reg.remove([d.name for d in reg.all() if d.source == f"upstream:{server}"])
         return []
     m = tools.mirror(server, listed)
-    builtin = {d.name.split(".", 1)[0] for d in reg.all() if not d.source.startswith("upstream:")}
-    if server in builtin:
-        skipped[server] = [f"server name {server!r} is a built-in or pack namespace"]
-        return []
     reg.remove([d.name for d in reg.all() if d.source == f"upstream:{server}"])
     reg.add(list(m.definitions), {d.name: _impl(sup, server, m.tool_of[d.name]) for d in m.definitions})
     skipped[server] = list(m.skipped)
@@ -122,8 +122,25 @@ async def start(gw: Gateway) -> None:
     sup = Supervisor(gw.home, servers, uid_of=_uid_of(gw, base), base_uid=base, env_of=_env_of(gw),
                      egress=lambda: gw.egress, on_change=_publish(gw), on_tools_changed=tools_changed)
     _SUPERVISORS[id(gw)] = sup
-    await asyncio.gather(*(register(gw, sup, name) for name in servers))
+    found = await asyncio.gather(*(register(gw, sup, name) for name in servers))
     _publish(gw)()
+    failed = [n for n, names in zip(servers, found, strict=True) if not names]
+    if failed:
+        gw.tasks.append(asyncio.create_task(_rediscover(gw, sup, failed), name="upstream-rediscover"))
+
+
+async def _rediscover(gw: Gateway, sup: Supervisor, failed: list[str]) -> None:
+    """Servers whose tools could not be listed at start are tried again (backoff to 5 min);
+    agents hear of their tools through tools/list_changed."""
+    delay = 5.0
+    while failed and not sup.stopping:
+        await asyncio.sleep(delay)
+        delay = min(300.0, delay * 2)
+        got = [n for n in failed if n in sup.servers and await register(gw, sup, n)]
+        failed = [n for n in failed if n not in got and n in sup.servers]
+        _publish(gw)()
+        if got and gw.tools_changed is not None:
+            await gw.tools_changed()
 
 
 async def stop(gw: Gateway) -> None:
