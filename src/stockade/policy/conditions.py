@@ -18,6 +18,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from stockade.core.errors import StockadeError
@@ -372,8 +373,9 @@ CONDITION_ARGS: dict[str, tuple[str, ...]] = {
     "url_host_in": ("url",),
 }
 KEYS = ("path_under", "path_outside", "path_touches", "path_glob", "path_args", "content_size_lt",
-        "content_size_gte", "arg_equals", "argv_match", "env_allow", "url_host_in", "arg_not_caller", "name_match",
-        "not")
+        "content_size_gte", "arg_equals", "arg_lt", "arg_gt", "arg_between", "argv_match", "env_allow",
+        "url_host_in", "arg_not_caller", "name_match", "not")
+NUMERIC = ("arg_lt", "arg_gt", "arg_between")
 MODIFIERS = ("path_args", "env_allow")
 
 
@@ -523,6 +525,8 @@ def _one(key: str, v: Any, w: str, c: Compile) -> Cond:
                     return False
             return True
         return arg_equals
+    if key in NUMERIC:
+        return _numeric(key, v, w)
     if key == "argv_match":
         rx = compile_regex(v.replace("{home_re}", re.escape(ctx.get("home", "/var/lib/stockade")))
                            if isinstance(v, str) else v)
@@ -571,6 +575,88 @@ def _one(key: str, v: Any, w: str, c: Compile) -> Cond:
     raise ValueError(f"{w}: unknown condition")  # pragma: no cover
 
 
+# -- numbers ---------------------------------------------------------------------------------------
+_DECIMAL = re.compile(r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?$")
+MAX_POINTER = 256
+
+
+def pointer(p: Any, w: str) -> tuple[str, ...]:
+    """An RFC 6901 JSON pointer into the arguments (`/amount`, `/order/qty`) -> its tokens."""
+    if not isinstance(p, str) or not p.startswith("/") or len(p) > MAX_POINTER or p == "/":
+        raise ValueError(f"{w}: {p!r}: expected a JSON pointer like /amount or /order/qty")
+    return tuple(t.replace("~1", "/").replace("~0", "~") for t in p[1:].split("/"))
+
+
+def number(v: Any) -> Decimal:
+    """A JSON number, or a plain decimal string (exchange APIs send "0.25"), as an exact Decimal.
+    Anything else (bool, NaN, 1e999, "1e3", " 5", a list) cannot be compared: the caller fails closed."""
+    if isinstance(v, bool):
+        raise CannotEvaluate("a boolean is not a number")
+    if isinstance(v, int):
+        return Decimal(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise CannotEvaluate("not a finite number")
+        return Decimal(repr(v))
+    if isinstance(v, str) and _DECIMAL.match(v):
+        return Decimal(v)
+    raise CannotEvaluate("not a number or a plain decimal string")
+
+
+def _at(args: dict[str, Any], path: tuple[str, ...]) -> Any:
+    cur: Any = args
+    for t in path:
+        if isinstance(cur, dict) and t in cur:
+            cur = cur[t]
+        elif isinstance(cur, list) and t.isdigit() and (t == "0" or not t.startswith("0")) and int(t) < len(cur):
+            cur = cur[int(t)]
+        else:
+            raise CannotEvaluate(f"argument /{'/'.join(path)} missing")
+    return cur
+
+
+def _bound(v: Any, w: str) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{w}: expected a finite number")
+    return number(v)
+
+
+def _numeric(key: str, v: Any, w: str) -> Cond:
+    """`arg_lt`/`arg_gt: {/pointer: n}` (strict), `arg_between: {/pointer: [lo, hi]}` (inclusive).
+    Every pointer must hold a number; one missing or not a number cannot be evaluated (the rule
+    then never loosens anything)."""
+    if not isinstance(v, dict) or not v:
+        raise ValueError(f"{w}: expected a mapping {{/json/pointer: number}}")
+    checks: list[tuple[tuple[str, ...], Decimal, Decimal | None]] = []
+    for p, bound in v.items():
+        path = pointer(p, w)
+        if key == "arg_between":
+            if not isinstance(bound, list) or len(bound) != 2:
+                raise ValueError(f"{w}.{p}: expected [low, high]")
+            lo, hi = _bound(bound[0], f"{w}.{p}"), _bound(bound[1], f"{w}.{p}")
+            if lo > hi:
+                raise ValueError(f"{w}.{p}: low {bound[0]} is above high {bound[1]}")
+            checks.append((path, lo, hi))
+        else:
+            checks.append((path, _bound(bound, f"{w}.{p}"), None))
+    items = tuple(checks)
+
+    def compare(agent: str, cap: str, args: dict[str, Any]) -> bool:
+        failed: CannotEvaluate | None = None     # a definite False wins, whatever the order
+        for path, a, b in items:
+            try:
+                x = number(_at(args, path))
+            except CannotEvaluate as e:
+                failed = e
+                continue
+            if not (x < a if key == "arg_lt" else x > a if key == "arg_gt" else a <= x <= (b if b is not None else a)):
+                return False
+        if failed is not None:
+            raise failed
+        return True
+    return compare
+
+
 def args_read(when: Any) -> dict[str, tuple[str, ...]]:
     """Condition key -> the arguments it reads (one of them must exist), for validation warnings."""
     out: dict[str, tuple[str, ...]] = {}
@@ -586,6 +672,10 @@ def args_read(when: Any) -> dict[str, tuple[str, ...]]:
         elif k == "arg_equals" and isinstance(v, dict):
             for name in v:
                 out[f"arg_equals.{name}"] = (str(name),)
+        elif k in NUMERIC and isinstance(v, dict):
+            for p in v:
+                if isinstance(p, str) and p.startswith("/"):
+                    out[f"{k}.{p}"] = (p[1:].split("/", 1)[0].replace("~1", "/").replace("~0", "~"),)
         elif k == "not":
             out.update({f"not.{kk}": vv for kk, vv in args_read(v).items()})
     return out
