@@ -35,6 +35,18 @@ def _spawn_ns(argv: list[str]) -> int:
     return time.perf_counter_ns() - t
 
 
+def _zygote_size(status: dict[str, Any]) -> dict[str, Any]:
+    """What every per-call clone copies: the zygote's resident and anonymous memory (kB)."""
+    out: dict[str, Any] = {"case": "zygote resident size (what each clone starts from)",
+                           "implementations": len(status.get("implementations") or [])}
+    with contextlib.suppress(OSError), open(f"/proc/{status['pid']}/status") as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmPTE"):
+                out[f"{key.lower()}_kb"] = int(val.split()[0])
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"bench": "sandbox", "results": [{"case": "sandbox", "error": "needs root"}]}
@@ -62,7 +74,8 @@ async def _run(n: int) -> dict[str, Any]:
     ex.db = db
     results: list[dict[str, Any]] = []
     try:
-        ex.start_zygote()
+        zst = ex.start_zygote()
+        results.append(_zygote_size(zst))
         reg = load_registry()
         caller = Caller(name, b"", "bench", "bench")
         ws = home.workspace(name)

@@ -380,3 +380,22 @@ def test_os_fork_is_a_constructor_parameter_not_an_env_switch(direct) -> None:  
     for os_fork in (False, True):
         r = call(make(os_fork=os_fork), code)
         assert r == {"pid1": True, "ppid": 0}
+
+
+def test_zygote_imports_only_sandboxed_implementations(direct) -> None:  # type: ignore[no-untyped-def]
+    """The zygote holds every `execution: sandbox` implementation and none of the in-process
+    ones (their imports, e.g. sqlite3 and asyncio for state.*, would only grow every clone);
+    its resident size is reported in health."""
+    from stockade.capabilities.registry import load_registry
+
+    make, call, _ = direct
+    ex = make()
+    reg = load_registry()
+    held = set(ex.status["implementations"])
+    sandboxed = {d.name for d in reg.all() if d.execution == "sandbox"}
+    inprocess = {d.name for d in reg.all() if d.execution != "sandbox"}
+    assert sandboxed and sandboxed <= held
+    assert not (inprocess & held), sorted(inprocess & held)
+    assert ex.health()["zygote_rss_kb"] > 0
+    mods = call(ex, "import sys; result['m'] = sorted(m for m in ('sqlite3', 'asyncio') if m in sys.modules)")
+    assert mods == {"m": []}

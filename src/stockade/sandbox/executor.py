@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from stockade.capabilities.registry import load_registry
 from stockade.core.encoding import write_all
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
@@ -44,6 +45,17 @@ ZYGOTE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _UNAVAILABLE = [{"action": "check_health",
                  "description": "Call system.health (or run `stockade doctor`) to see which sandbox layer is missing."}]
+
+
+def sandbox_modules() -> list[str] | None:
+    """The implementation modules that hold an `execution: sandbox` capability: the only ones
+    the zygote imports (a smaller heap for every per-call clone). None (import them all) when
+    the registry does not load; the gateway reports that problem itself."""
+    try:
+        reg = load_registry()
+    except Exception:   # noqa: BLE001 - the gateway's own load reports the problem
+        return None
+    return sorted({reg.impl(d.name).__module__ for d in reg.all() if d.execution == "sandbox"})
 
 
 def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dict[str, Any]:
@@ -171,7 +183,8 @@ class SandboxExecutor:
         parent.send(json.dumps({"cgroup_parent": self.cgroup_parent, "cgroup_version": self.cgroup_version,
                                 "home_tag": netns.home_tag(self.home),
                                 "shared": str(shared) if shared.is_dir() else None,
-                                "definitions": DEFINITIONS_DIR}).encode())
+                                "definitions": DEFINITIONS_DIR,
+                                "modules": sandbox_modules()}).encode())
         parent.settimeout(60)
         msg = parent.recv(1 << 20)
         if not msg:
@@ -221,6 +234,7 @@ class SandboxExecutor:
             "user_namespaces": s.get("userns"),
             "cgroup": s.get("cgroup"),
             "zygote_pid": s.get("pid"),
+            "zygote_rss_kb": s.get("rss_kb"),
             "zygote_restarts": self._restarts,
             "zygote_stalls": self.stalls,
             "repairs": self.repairs[-5:],

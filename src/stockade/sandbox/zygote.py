@@ -81,12 +81,18 @@ def probe_userns() -> bool:
     return os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
 
 
-def _import_implementations(problems: list[str]) -> dict[str, Any]:
-    """Import every implementation module with a featherweight `registry` in place.
+IMPL_PACKAGE = "stockade.capabilities.impl"
+
+
+def _import_implementations(problems: list[str], only: list[str] | None = None) -> dict[str, Any]:
+    """Import the implementation modules with a featherweight `registry` in place.
 
     Implementations only need `@implements`; the real registry module pulls in pydantic,
     jsonschema and YAML (about 20 MB), which would make every per-call fork and exit slower.
-    The gateway validates definitions against implementations with the real registry.
+    The gateway validates definitions against implementations with the real registry, and
+    names in `only` the modules that hold an `execution: sandbox` capability: in-process-only
+    modules (state: sqlite3 + asyncio; approvals; system) are never imported here, so every
+    clone copies a smaller heap. `only=None` imports every module (an older gateway).
     """
     import pkgutil
     import types
@@ -111,11 +117,14 @@ def _import_implementations(problems: list[str]) -> dict[str, Any]:
     sys.modules["stockade.capabilities.registry"] = stub
     from stockade.capabilities import impl
 
-    for m in pkgutil.iter_modules(impl.__path__):
+    names = [m.name for m in pkgutil.iter_modules(impl.__path__)]
+    if only is not None:
+        names = [n for n in names if f"{IMPL_PACKAGE}.{n}" in only]
+    for name in names:
         try:
-            importlib.import_module(f"{impl.__name__}.{m.name}")
+            importlib.import_module(f"{impl.__name__}.{name}")
         except Exception as e:  # the gateway reports the same problem with the real registry
-            problems.append(f"implementation {m.name}: {type(e).__name__}: {e}"[:300])
+            problems.append(f"implementation {name}: {type(e).__name__}: {e}"[:300])
     return impls
 
 
@@ -125,7 +134,7 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
 
     status: dict[str, Any] = {"pid": os.getpid()}
     problems: list[str] = []
-    impls = _import_implementations(problems)
+    impls = _import_implementations(problems, init.get("modules"))
     for m in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(m)
@@ -169,7 +178,18 @@ def prepare(init: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     prep = child.Prepared(root_dir, bpf, abi, libc.last_cap(), etc_files, etc_links, sys_links)
     status["root_dir"] = root_dir
     status["cgroup_info"] = info
+    status["implementations"] = sorted(impls)
+    status["rss_kb"] = _rss_kb()
     return prep, impls, status
+
+
+def _rss_kb() -> int:
+    """This process's resident set (kB): what every per-call clone starts from."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _remove_stale_roots(parent: str) -> None:
