@@ -57,6 +57,9 @@ _RESUME: contextvars.ContextVar[str | None] = contextvars.ContextVar("stockade_a
 # While a call is held, the client hears about it every PROGRESS_EVERY seconds (MCP progress
 # notifications through `pipeline.report_progress`, a no-op on transports without them).
 PROGRESS_EVERY = 10.0
+# How long the transport wants a call held (None: `approvals.hold_seconds`). An MCP client that
+# negotiated the Tasks extension gets its task handle at once (0) instead of a held request.
+HOLD_OVERRIDE: contextvars.ContextVar[float | None] = contextvars.ContextVar("stockade_approval_hold", default=None)
 FINAL = (EXECUTED, FAILED, REJECTED, EXPIRED)
 By = str | dict[str, Any]
 
@@ -229,7 +232,8 @@ class ApprovalService:
     async def _hold(self, a: store.Approval, ev: asyncio.Event, call_id: str, key_hash: bytes) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()     # durations on the monotonic clock; expiry on the wall clock
-        total = max(0.0, min(self.hold_seconds, a.expires_at - self.clock()))
+        hold = HOLD_OVERRIDE.get()
+        total = max(0.0, min(self.hold_seconds if hold is None else hold, a.expires_at - self.clock()))
         cancelled = False
         message = f"waiting for the owner to approve {a.capability} (approval {a.id})"
         try:
@@ -430,6 +434,28 @@ class ApprovalService:
         for aid in approvals:
             await self._notify(aid)
         return {"name": name, "status": "revoked", "expired_approvals": approvals, "ended_grants": grants}
+
+    async def withdraw(self, agent: str, aid: Any) -> dict[str, Any]:
+        """The agent takes back its own request while the owner has not decided (MCP `tasks/cancel`):
+        audited, then ended like an expiry (it can never be approved or run). Another agent's id,
+        or an unknown one, is ApprovalNotFound; a request already decided is left as it is."""
+        async with self._decide_lock:
+            a = store.get(self.db, aid) if isinstance(aid, str) and aid else None
+            if a is None or a.agent != agent:   # other agents' approvals do not exist for you
+                raise err("ApprovalNotFound", f"no approval with id {aid!r}")
+            changed = False
+            if a.status == PENDING:
+                now = self.clock()
+                await self.pipeline.record_event("approval.withdrawn", approval=a.id, agent=a.agent,
+                                                 session=a.session, capability=a.capability,
+                                                 args_hash=a.args_hash, by={"agent": agent}, call=a.call_id)
+                changed = store.set_status(self.db, a.id, EXPIRED, only_from=PENDING, args_json=None,
+                                           finished_at=now, reason=store.WITHDRAWN_REASON)
+                self.bus.publish("approval.expired", {"approval": a.id, "agent": a.agent, "capability": a.capability,
+                                                      "reason": store.WITHDRAWN_REASON})
+        if changed:
+            await self._notify(a.id)
+        return {**(await self.status(agent, a.id)), "changed": changed}
 
     # -- reading -------------------------------------------------------------------------------
     def show(self, aid: str) -> dict[str, Any]:

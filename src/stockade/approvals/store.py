@@ -67,6 +67,8 @@ _db.SCHEMA.append("""CREATE TABLE IF NOT EXISTS approval_keys (
     key_hash BLOB NOT NULL
 )""")
 REVOKED_REASON = "agent revoked"
+# An agent withdrew its own request (MCP `tasks/cancel`): ended like an expiry, never approvable again.
+WITHDRAWN_REASON = "withdrawn by the agent"
 
 _COLS = ("id", "agent", "session", "capability", "args_hash", "args_json", "args_redacted", "tier", "rule",
          "layer", "policy_reason", "call_id", "created_at", "expires_at", "status", "decided_at", "decided_by",

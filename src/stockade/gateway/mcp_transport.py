@@ -4,7 +4,8 @@ revision, both served by the official SDK's session manager) and WebSocket at `/
 The SDK owns the protocol (handshake, sessions, SSE, version negotiation, `server/discover`);
 stockade owns authentication and what a tool call does: every `tools/call` ends in
 `Pipeline.invoke`, every `tools/list` in `Pipeline.visible`. Tool names map `filesystem.read`
-<-> `filesystem__read`.
+<-> `filesystem__read`. A client that declared the MCP Tasks extension gets a task handle for a
+call that waits for the owner (`gateway.tasks`), and `tasks/get|update|cancel` on its own tasks.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared._context_streams import create_context_streams
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ConfigDict
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stockade import __version__
+from stockade.approvals.service import HOLD_OVERRIDE
 from stockade.capabilities.registry import tool_to_capability
 from stockade.core.errors import StockadeError, err
 from stockade.edge.body import BodyTimeout, ClientGone, read_body, replay
 from stockade.edge.bounded import parse_json
+from stockade.gateway import tasks
 from stockade.gateway.pipeline import Caller, Pipeline, progress_reporter
 
 CALLER_KEY = "stockade.caller"
@@ -111,6 +117,44 @@ class _Sessions:
             sub.close()
 
 
+class _TaskParams(types.RequestParams):
+    """`tasks/*` params: checked by `gateway.tasks` after the extension gate, not before it."""
+
+    model_config = ConfigDict(**types.RequestParams.model_config, extra="allow")
+
+
+class _TaskHandle(Exception):  # noqa: N818 - a result carried past the SDK's legacy sieve, not an error
+    """A CreateTaskResult for a 2025-11-25 session: the SDK shapes legacy `tools/call` results as
+    CallToolResult (dropping the handle), so `_deliver_task_handles` returns it as it is."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("task handle")
+        self.result = result
+
+
+async def _deliver_task_handles(ctx: Any, call_next: Any) -> Any:
+    try:
+        return await call_next(ctx)
+    except _TaskHandle as h:
+        return h.result
+
+
+def _mcp_error(e: StockadeError) -> MCPError:
+    return MCPError(code=e.code, message=e.message, data=e.to_dict())
+
+
+def _session_extensions(ctx: Any) -> Any:
+    caps = ctx.session.client_capabilities
+    return caps.extensions if caps is not None else None
+
+
+def _wants_tasks(ctx: Any) -> bool:
+    try:
+        return tasks.declared(ctx.params, _session_extensions(ctx))
+    except StockadeError as e:
+        raise tasks.invalid(e) from None
+
+
 def build_server(pipeline: Pipeline, sessions_: _Sessions | None = None) -> Server[Any]:
     """An SDK low-level server whose handlers are thin adapters onto the pipeline; `sessions_`
     learns who to tell when the tool list changes."""
@@ -133,25 +177,57 @@ def build_server(pipeline: Pipeline, sessions_: _Sessions | None = None) -> Serv
         ]
         return types.ListToolsResult(tools=tools)
 
-    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
         caller = _caller_of(ctx)
         sessions_.note(ctx)
+        want_task = _wants_tasks(ctx)
         token = progress_reporter.set(ctx.session.report_progress)
+        # A Tasks client is not held: it gets its handle as soon as the approval is durable.
+        hold = HOLD_OVERRIDE.set(0.0 if want_task else None)
         try:
             result = await pipeline.invoke(caller, tool_to_capability(params.name), dict(params.arguments or {}))
         except StockadeError as e:
+            if want_task and e.type == "ApprovalPending" and isinstance(e.data.get("approval"), str):
+                return await _task_handle(ctx, caller, e.data["approval"])
             body = e.to_dict()
             return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(body))],
                                         is_error=True)
         finally:
+            HOLD_OVERRIDE.reset(hold)
             progress_reporter.reset(token)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=json.dumps(result, ensure_ascii=False))],
             structured_content=result,
         )
 
-    return _Server("stockade", version=__version__, instructions=INSTRUCTIONS,
-                   on_list_tools=list_tools, on_call_tool=call_tool, on_subscriptions_listen=sessions_.listen)
+    async def _task_handle(ctx: Any, caller: Caller, aid: str) -> dict[str, Any]:
+        view = await tasks.service(pipeline.approvals).status(caller.agent, aid)
+        await pipeline.record_event("task.created", task=aid, approval=aid, agent=caller.agent,
+                                    session=caller.session, capability=view["capability"])
+        handle = tasks.created(view)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return handle
+        raise _TaskHandle(handle)
+
+    def tasks_method(op: Any) -> Any:
+        async def handler(ctx: Any, params: Any) -> dict[str, Any]:
+            caller = _caller_of(ctx)
+            try:
+                pipeline._recheck(caller)
+            except StockadeError as e:
+                raise _mcp_error(e) from None
+            if not _wants_tasks(ctx):
+                raise tasks.missing_extension()
+            return await op(pipeline.approvals, caller.agent, ctx.params)
+        return handler
+
+    server = _Server("stockade", version=__version__, instructions=INSTRUCTIONS,
+                     on_list_tools=list_tools, on_call_tool=call_tool, on_subscriptions_listen=sessions_.listen)
+    server.extensions[tasks.EXTENSION] = {}
+    for method, op in (("tasks/get", tasks.get), ("tasks/update", tasks.update), ("tasks/cancel", tasks.cancel)):
+        server.add_request_handler(method, _TaskParams, tasks_method(op))
+    server.middleware.append(_deliver_task_handles)
+    return server
 
 
 def _unauthorized(message: str) -> bytes:
