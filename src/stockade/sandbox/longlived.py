@@ -89,7 +89,7 @@ def check_bind(path: str) -> str | None:
     if not path.startswith("/") or "\0" in path:
         return "must be an absolute path"
     norm = os.path.normpath(path)
-    if norm != path.rstrip("/") and path != "/":
+    if norm != path:
         return f"must be written in normal form ({norm})"
     for r in RESERVED:
         if norm == r or (r != "/" and norm.startswith(r + "/") and r != "/tmp"):
@@ -101,10 +101,11 @@ def landlock_paths(binds: tuple[Bind, ...], system_links: dict[str, str]) -> lis
     """Pure: the Landlock rules of a long-lived sandbox (writable directories are not executable)."""
     from stockade.sandbox import child, landlock
 
+    WRITABLE = landlock.RW & ~landlock.EXECUTE   # noqa: N806 - what a server writes it cannot run
     paths: list[tuple[str, int]] = [(f"/{d}", landlock.RX) for d in child.SYSTEM_DIRS if d not in system_links]
     paths += [("/", landlock.READ_DIR), ("/etc", landlock.RO), ("/proc", landlock.RO),
-              ("/dev", landlock.READ_FILE | landlock.WRITE_FILE | landlock.READ_DIR), ("/tmp", landlock.RW)]
-    paths += [(b.target, landlock.RX if b.ro else landlock.RW) for b in binds]
+              ("/dev", landlock.READ_FILE | landlock.WRITE_FILE | landlock.READ_DIR), ("/tmp", WRITABLE)]
+    paths += [(b.target, landlock.RX if b.ro else WRITABLE) for b in binds]
     return paths
 
 
@@ -193,6 +194,7 @@ def _server(spec: Spec, root: str, bpf: list[bytes], abi: int, etc_files: dict[s
         libc.sethostname("upstream")
         step = "identity"
         child._become_sandbox_user(spec.uid, spec.gid)
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)   # a uid change cleared it
         step = "caps"
         libc.drop_all_caps(libc.last_cap())
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)

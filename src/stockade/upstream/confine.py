@@ -115,8 +115,21 @@ def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, u
 
 
 def release(p: Placement) -> None:
-    """After the instance's processes are gone: kill stragglers, remove its cgroup leaf."""
+    """After the instance's processes are gone: kill stragglers, remove its cgroup leaf and group."""
     if p.cgroup is not None:
         with contextlib.suppress(OSError):
             p.cgroup.kill_all()
         p.cgroup.remove()
+        p.cgroup.agent.remove()
+
+
+def forget(home: Home, agent: str, server: str) -> None:
+    """At shutdown: the instance's network namespace (a discovery instance: the shared one)."""
+    with contextlib.suppress(Exception):
+        if agent == DISCOVERY:
+            name = f"stockade-upd-{netns.home_tag(home)}"
+            if os.path.exists(f"/run/netns/{name}"):
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+            cgroups.remove_tree(cgroups.detect(), os.path.join(CGROUP_PARENT, netns.home_tag(home)))
+        else:
+            netns.remove_agent_netns(netns.pack_principal(agent, principal_pack(server)), home)

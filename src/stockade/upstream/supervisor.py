@@ -219,6 +219,8 @@ class Supervisor:
         self.stopping = True
         for inst in list(self.instances.values()):
             await self.stop_instance(inst)
+        for server, agent in [*self.instances, *((s, confine.DISCOVERY) for s in self.servers)]:
+            await asyncio.to_thread(confine.forget, self.home, agent, server)
         self.instances.clear()
 
     # -- calls -------------------------------------------------------------------------------

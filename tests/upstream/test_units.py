@@ -1,0 +1,131 @@
+"""The pure parts of upstream: upstream.yaml parsing, tool mirroring, result shaping, the launch
+spec, the long-lived sandbox's Landlock rules, the restart backoff."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stockade.core.errors import ConfigError
+from stockade.sandbox import landlock
+from stockade.sandbox.longlived import Bind, Spec, check_bind, landlock_paths
+from stockade.upstream import config, confine, tools
+from stockade.upstream.supervisor import backoff
+
+OBJ = {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
+
+
+def _tool(name: str, schema: object = OBJ, **kw: object) -> dict[str, object]:
+    return {"name": name, "inputSchema": schema, **kw}
+
+
+def test_tools_become_namespaced_capabilities_with_their_schema() -> None:
+    m = tools.mirror("git", [_tool("git_status", annotations={"readOnlyHint": True}), _tool("Git-Commit")])
+    names = [d.name for d in m.definitions]
+    assert names == ["git.git_commit", "git.git_status"]
+    assert m.tool_of == {"git.git_status": "git_status", "git.git_commit": "Git-Commit"}
+    status, commit = m.definitions[1], m.definitions[0]
+    assert status.input_schema == OBJ and status.execution == "upstream" and status.source == "upstream:git"
+    assert not status.side_effects and status.default_tier == "notify"
+    assert commit.side_effects and commit.default_tier == "approval_required"
+    assert status.validator.is_valid({"x": "a"}) and not status.validator.is_valid({"x": 1})
+
+
+@pytest.mark.parametrize("tool, why", [
+    (_tool("a b"), "not usable"),
+    (_tool("ok", {"type": "string"}), "not an object schema"),
+    (_tool("ok", {"type": "object", "properties": {"x": {"$ref": "https://evil.example/s.json"}}}), "outside"),
+    (_tool("ok", {"type": "object", "properties": {"x": {"type": 5}}}), "invalid JSON Schema"),
+    (_tool("ok", {"type": "object", "description": "x" * 70000}), "larger than"),
+    (_tool("ok", None), "not an object schema"),
+])
+def test_unusable_tools_are_left_out_and_reported(tool: dict[str, object], why: str) -> None:
+    m = tools.mirror("srv", [tool, _tool("fine")])
+    assert [d.name for d in m.definitions] == ["srv.fine"]
+    assert len(m.skipped) == 1 and why in m.skipped[0]
+
+
+def test_tools_sharing_a_capability_name_are_both_left_out() -> None:
+    m = tools.mirror("s", [_tool("read-file"), _tool("read_file"), _tool("other")])
+    assert [d.name for d in m.definitions] == ["s.other"] and "two tools" in m.skipped[0]
+
+
+def test_the_tool_list_is_bounded() -> None:
+    m = tools.mirror("s", [_tool(f"t{i}") for i in range(tools.MAX_TOOLS + 5)])
+    assert len(m.definitions) == tools.MAX_TOOLS and "5 tools past" in m.skipped[-1]
+
+
+def test_results_keep_only_object_content_and_report_their_size() -> None:
+    raw = {"content": [{"type": "text", "text": "hi"}, "junk", 3], "isError": True,
+           "structuredContent": {"a": 1}, "_meta": {"x": "y"}}
+    out, size = tools.shape_result(raw, 100)
+    assert out == {"content": [{"type": "text", "text": "hi"}], "is_error": True, "structured": {"a": 1}}
+    assert size == len(json.dumps(out, separators=(",", ":")))
+    assert tools.definition("s", "s.t", _tool("t")).output_validator.is_valid(out)
+    out, _ = tools.shape_result({"content": "nope", "structuredContent": [1]}, 100)
+    assert out == {"content": [], "is_error": False}
+
+
+GOOD = """\
+servers:
+  time:
+    command: /opt/venv/bin/mcp-server-time
+    args: [--local-timezone, UTC]
+    env: {TOKEN: "Bearer ${secret:time_token}", PLAIN: x}
+    egress: ["api.example.org:443"]
+    filesystem: [{path: /opt/venv}, {path: /srv/data, mode: rw}]
+    max_output_bytes: 64KiB
+"""
+
+
+def test_upstream_yaml_parses_and_renders_back() -> None:
+    servers = config.parse(GOOD)
+    t = servers["time"]
+    assert t.max_output_bytes == 65536 and t.instances == "per-agent"
+    assert t.secret_names() == ["time_token"]
+    assert config.parse(config.render(servers)) == servers
+
+
+@pytest.mark.parametrize("text, where", [
+    ("servers: {Time: {command: /bin/true}}", "server name"),
+    ("servers: {t: {command: bin/true}}", "absolute"),
+    ("servers: {t: {command: /bin/true, filesystem: [{path: /etc}]}}", "sandbox's own root"),
+    ("servers: {t: {command: /bin/true, filesystem: [{path: /proc/1/root}]}}", "sandbox's own root"),
+    ("servers: {t: {command: /bin/true, filesystem: [{path: /srv/../etc}]}}", "normal form"),
+    ("servers: {t: {command: /bin/true, env: {'A B': x}}}", "env"),
+    ("servers: {t: {command: /bin/true, nope: 1}}", "nope"),
+    ("servers: {t: {command: /bin/true, instances: global}}", "instances"),
+])
+def test_bad_upstream_yaml_is_refused_with_its_line(text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "upstream.yaml")
+    assert any(where in x and x.startswith("upstream.yaml:1") for x in e.value.errors), e.value.errors
+
+
+@pytest.mark.parametrize("path, ok", [("/srv/x", True), ("/tmp/a/b", True), ("/tmp", False), ("/", False),
+                                      ("/usr/local", False), ("relative", False), ("/etc/ssl", False),
+                                      ("/srv//x", False), ("/srv/x/", False)])
+def test_which_directories_a_server_may_see(path: str, ok: bool) -> None:
+    assert (check_bind(path) is None) is ok
+
+
+def test_launch_spec_round_trips_and_holds_only_what_it_is_given() -> None:
+    cfg = config.parse(GOOD)["time"]
+    s = confine.spec(cfg, {"TOKEN": "Bearer v"}, 100005, "/run/netns/x", ("/sys/fs/cgroup/a/cgroup.procs",), "/d")
+    assert Spec.from_json(s.to_json()) == s
+    assert s.argv == ("/opt/venv/bin/mcp-server-time", "--local-timezone", "UTC")
+    assert s.env == {**confine.BASE_ENV, "STOCKADE_DATA": "/data", "TOKEN": "Bearer v"}
+    assert s.binds == (Bind("/opt/venv", True), Bind("/srv/data", False), Bind("/d", False, "/data"))
+    assert s.connect_ports == (443,) and s.uid == s.gid == 100005
+
+
+def test_writable_directories_are_not_executable() -> None:
+    rules = dict(landlock_paths((Bind("/opt/venv", True), Bind("/srv/data", False)), {}))
+    assert rules["/opt/venv"] == landlock.RX
+    assert rules["/srv/data"] == landlock.RW & ~landlock.EXECUTE
+    assert not rules["/tmp"] & landlock.EXECUTE and not rules["/etc"] & landlock.WRITE_FILE
+
+
+def test_restart_backoff_doubles_to_a_minute() -> None:
+    assert [backoff(n) for n in (1, 2, 3, 4, 7, 8, 50)] == [1, 2, 4, 8, 60, 60, 60]
