@@ -14,7 +14,7 @@ from stockade.core.home import Home
 from stockade.core.wiring import Gateway
 from stockade.egress import netns
 from stockade.packs.setup import pack_info
-from stockade.sandbox import agentns, cgroups, landlock, seccomp
+from stockade.sandbox import agentns, cgroups, landlock, leftovers, seccomp
 from stockade.sandbox.executor import SandboxExecutor
 from stockade.sandbox.zygote import probe_userns
 
@@ -48,8 +48,12 @@ def nftables_status() -> dict[str, Any]:
 
 
 def prefork(gw: Gateway) -> None:
-    """Spawn the zygote while the gateway is still single-threaded and holds no secrets."""
+    """Spawn the zygote while the gateway is still single-threaded and holds no secrets.
+
+    First, what a killed gateway of this home left in the kernel (namespaces, veths, its host
+    nftables table, cgroups) is reclaimed, so this start builds on a clean slate."""
     cfg = gw.config.sandbox
+    gw.pipeline.health["leftovers"] = leftovers.reclaim(gw.home, [cfg.cgroup_parent]).health()
 
     def packs(definition: Definition) -> tuple[str, dict[str, Any], dict[str, Any]]:
         return pack_info(gw, definition)
