@@ -54,6 +54,7 @@ rules:
   - {id: no-log, capability: git.git_log, tier: blocked, reason: history stays private}
   - {id: fs, capability: "fs.*", tier: autonomous}
   - {id: probe, capability: "probe.*", tier: autonomous}
+  - {id: clock, capability: "clock.*", tier: autonomous}
 """
 
 
@@ -266,3 +267,24 @@ def test_killed_mid_call_gives_a_structured_error_and_a_restart(gw: Server) -> N
     assert after["restarts"] == before["restarts"] + 1 and after["pid"] != before["pid"], (before, after)
     recs = [x for x in audit_records(gw.home) if x.get("capability") == "probe.sleep" and x.get("phase")]
     assert recs[-1]["outcome"]["status"] == "error", recs[-1]
+
+
+def test_cli_adds_lists_restarts_shows_logs_and_removes_on_a_running_gateway(gw: Server) -> None:
+    key = gw.agent("alice")
+    out = json.loads(run_cli("upstream", "add", "clock", "--shared", "--json", "--home", str(gw.home), "--",
+                             str(PY / "mcp-server-time"), "--local-timezone", "UTC", timeout=300).stdout)
+    assert out["reloaded"]["changed"] == ["clock"]
+    assert {"path": str(PY.parent), "mode": "ro"} in out["config"]["filesystem"]   # its venv, found
+    bad, r = _run(_call(gw, key, "clock__get_current_time", {"timezone": "UTC"}))
+    assert not bad and r["structured"]["timezone"] == "UTC", r
+    listed = {s["name"]: s for s in cli_json("upstream", "list", home=gw.home)["servers"]}
+    assert listed["clock"]["instances"] == "shared" and listed["clock"]["running"]["(shared)"]["state"] == "running"
+    assert cli_json("upstream", "restart", "clock", home=gw.home)["stopped"] == 1
+    assert "clock" in cli_json("upstream", "logs", "clock", home=gw.home)["server"]
+    bad, r = _run(_call(gw, key, "clock__get_current_time", {"timezone": "UTC"}))
+    assert not bad, r                                # started again on the next call
+    cli_json("upstream", "remove", "clock", home=gw.home)
+    bad, r = _run(_call(gw, key, "clock__get_current_time", {"timezone": "UTC"}))
+    assert bad and r["type"] == "CapabilityNotFound", r
+    kinds = {x.get("kind") for x in audit_records(gw.home)}
+    assert {"upstream.reloaded", "upstream.restarted"} <= kinds
