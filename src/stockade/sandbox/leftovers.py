@@ -214,8 +214,8 @@ def execute(p: Plan, tag: str, roots: list[str]) -> Report:
     def done(kind: str, name: str, ok: bool, detail: str = "") -> None:
         item = f"{kind} {name}"
         (rep.removed if ok else rep.failed).append(item)
-        if ok:
-            log.info("reclaimed crash leftover of home %s: %s", tag, item)
+        if ok:   # a warning: it says the last stop of this home was not clean
+            log.warning("reclaimed crash leftover of home %s: %s", tag, item)
         else:
             log.warning("could not reclaim crash leftover of home %s: %s %s", tag, item, detail)
 
