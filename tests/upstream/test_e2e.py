@@ -55,7 +55,10 @@ rules:
   - {id: fs, capability: "fs.*", tier: autonomous}
   - {id: probe, capability: "probe.*", tier: autonomous}
   - {id: clock, capability: "clock.*", tier: autonomous}
+  - {id: sprobe, capability: "sprobe.*", tier: autonomous}
 """
+VAULT_PW = "upstream test passphrase"
+TOKEN = "UPSTREAM-CANARY-7f3e9d21c4b8a6"
 
 
 def _fs(*dirs: Path | str) -> list[dict[str, str]]:
@@ -74,6 +77,8 @@ def _upstream(repo: Path) -> dict[str, Any]:
         "fs": {"command": node, "args": [str(FS_SERVER), "/"], "filesystem": _fs(NODE_DIR), "startup_timeout": 120},
         "probe": {"command": str(PY / "python"), "args": [str(PROBE)], "filesystem": _fs(*py, PROBE.parent),
                   "max_output_bytes": 4096, "timeout": 60, "startup_timeout": 120},
+        "sprobe": {"command": str(PY / "python"), "args": [str(PROBE)], "filesystem": _fs(*py, PROBE.parent),
+                   "env": {"PROBE_TOKEN": "Bearer ${secret:probe_token}"}, "startup_timeout": 120},
     }}
 
 
@@ -98,8 +103,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     run_cli("init", home=home)
     (home / "policies" / "org.yaml").write_text(ORG)
     (home / "upstream.yaml").write_text(yaml.safe_dump(_upstream(repo)))
-    s = start_server(home, timeout=120)
+    vault = {"STOCKADE_VAULT_PASSPHRASE": VAULT_PW}
+    cli_json("vault", "init", home=home, env=vault)
+    cli_json("vault", "set", "probe_token", "--all-agents", "--scope", "upstream.sprobe", home=home, env=vault,
+             input=TOKEN)
+    s = start_server(home, timeout=180)
     try:
+        run_cli("vault", "unseal", home=home, env=vault)
         yield s
     finally:
         s.stop()
@@ -288,3 +298,17 @@ def test_cli_adds_lists_restarts_shows_logs_and_removes_on_a_running_gateway(gw:
     assert bad and r["type"] == "CapabilityNotFound", r
     kinds = {x.get("kind") for x in audit_records(gw.home)}
     assert {"upstream.reloaded", "upstream.restarted"} <= kinds
+
+
+def test_a_secret_reaches_the_server_never_the_agent(gw: Server) -> None:
+    key = gw.agent("gus")
+    bad, out = _run(_call(gw, key, "sprobe__whoami", {}))
+    assert not bad, out
+    blob = json.dumps(out)
+    assert TOKEN not in blob and "Bearer ${secret:probe_token}" in blob, out   # the server had it
+    bad, out = _run(_call(gw, key, "sprobe__read", {"path": "/proc/self/environ"}))
+    assert not bad and "read:" in _text(out), out
+    recs = [r for r in audit_records(gw.home) if str(r.get("capability", "")).startswith("sprobe.")]
+    assert recs and TOKEN not in json.dumps(recs)
+    listed = cli_json("vault", "list", home=gw.home)
+    assert any(x["name"] == "probe_token" and x["scope"] == ["upstream.sprobe"] for x in listed["secrets"]), listed

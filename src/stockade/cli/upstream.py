@@ -46,6 +46,15 @@ def _save(home: Home, servers: dict[str, config.ServerConfig]) -> None:
     write_private(config.path(home), text)
 
 
+def upstream_scope(home: Home, scope: str) -> bool:
+    """`upstream.NAME` names a declared server: the scope of secrets it is given at start."""
+    prefix, _, name = scope.partition(".")
+    try:
+        return prefix == "upstream" and name in config.load(home)
+    except ConfigError:
+        return False
+
+
 @click.group()
 def upstream() -> None:
     """MCP servers behind the pipeline, each confined in its own long-lived sandbox."""

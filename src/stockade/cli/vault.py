@@ -238,11 +238,12 @@ def _set_common(h: Home, name: str, scope: tuple[str, ...], hosts: tuple[str, ..
 def _known_names(h: Home, scopes: list[str], agent_names: list[str], as_json: bool) -> None:
     """A scope must name a capability that exists (built-in, the vault's or an installed pack's)
     and an agent one that has a key: a typo would store a secret nothing can ever use."""
+    from stockade.cli.upstream import upstream_scope
     from stockade.policy.setup import home_catalog
 
     cat = home_catalog(h)
     for s in scopes:
-        if not cat.exists(s):
+        if not cat.exists(s) and not upstream_scope(h, s):
             fail(unknown("capability", s, cat.names(), "stockade pack list; install a pack before scoping a "
                          "secret to its capabilities"), EXIT_USAGE, as_json)
     known = [a.name for a in agents.list_all(h.db())]

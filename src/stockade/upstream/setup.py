@@ -12,13 +12,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from stockade.audit.redact import SecretValue
 from stockade.core.admin import AdminCommand
 from stockade.core.errors import ConfigError, StockadeError, err
 from stockade.core.home import Home
 from stockade.core.wiring import Gateway
 from stockade.upstream import config, confine, tools
 from stockade.upstream.supervisor import Supervisor
-from stockade.vault.refs import REF
+from stockade.vault.refs import REF, encodings
 
 log = logging.getLogger("stockade.upstream")
 DEFAULT_HOST_UID = 100_000
@@ -63,7 +64,8 @@ def _env_of(gw: Gateway) -> Callable[[str, str, config.ServerConfig], tuple[dict
                 raise
             return {k: v for k, v in cfg.env.items() if not REF.search(v)}, []
         out = {k: REF.sub(lambda m: values[m.group(1)], v) for k, v in cfg.env.items()}
-        return out, list(values.values())
+        # each value and its encodings, named: what the server says back shows ${secret:NAME}
+        return out, [SecretValue(e, n) for n, v in values.items() for e in encodings(v)]
 
     return env
 

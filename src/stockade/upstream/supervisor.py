@@ -244,7 +244,13 @@ class Supervisor:
         cfg = self.servers[server]
         inst = await self.ensure(server, agent)
         assert inst.conn is not None  # noqa: S101
-        raw = await inst.conn.call(tool, args, cfg.timeout)
+        try:
+            raw = await inst.conn.call(tool, args, cfg.timeout)
+        except StockadeError as e:
+            if not inst.secrets:
+                raise
+            raise StockadeError(e.type, redact(e.message, inst.secrets), e.recovery,
+                                redact(e.data, inst.secrets)) from None
         out, size = shape_result(raw, cfg.max_output_bytes)
         if size > cfg.max_output_bytes:
             raise err("ResourceExhausted", f"the result of {server}.{tool} exceeded {cfg.max_output_bytes} bytes",
