@@ -164,7 +164,7 @@ class Connection:
     async def _message(self, message: Any) -> None:
         method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
         if method == "notifications/tools/list_changed" and self.on_tools_changed is not None:
-            asyncio.get_running_loop().create_task(self.on_tools_changed())
+            asyncio.ensure_future(self.on_tools_changed())   # any awaitable, on the running loop
 
     async def tools(self) -> list[dict[str, Any]]:
         """Every tool (all pages, at most 20), as JSON."""

@@ -80,8 +80,10 @@ def cgroup_leaf(home: Home, agent: str, server: str, cfg: ServerConfig) -> cgrou
 
 def data_dir(home: Home, agent: str, server: str, uid: int) -> str:
     """The instance's private state directory (its `/data`), owned by the agent's sandbox uid."""
-    d = home.root / "upstream" / "data" / server / agent
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d = home.root
+    for part in ("upstream", "data", server, agent):   # every level 0700, like the rest of the home
+        d = d / part
+        d.mkdir(mode=0o700, exist_ok=True)
     st = os.lstat(d)
     if st.st_uid != uid:
         os.chown(d, uid, uid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -217,5 +218,7 @@ def doctor(home: Home) -> dict[str, Any]:
     try:
         servers = config.load(home)
     except ConfigError as e:
-        return {"upstream": {"ok": False, "errors": e.errors[:10]}}
-    return {"upstream": {"ok": True, "servers": sorted(servers)}}
+        return {"upstream": {"status": "critical", "errors": e.errors[:10]}}
+    missing = sorted(n for n, s in servers.items() if not os.access(s.command, os.X_OK))
+    return {"upstream": {"status": "degraded" if missing else "ok", "servers": sorted(servers),
+                         **({"missing_command": missing} if missing else {})}}
