@@ -93,6 +93,53 @@ def _state_rows(gw: str, auth: dict[str, str], key: str, n: int) -> list[tuple[s
     ]
 
 
+UPSTREAM = "benchup"
+UP_ANCHOR = "the same MCP server over stdio, called directly with the SDK's stdio client"
+
+
+def _upstream_config() -> str:
+    """upstream.yaml for the bench: _stdio_mcp.py run by this interpreter, which the long-lived
+    sandbox sees through its venv, the Python it was made from and this directory (read-only)."""
+    from stockade.upstream.config import runtime_dirs
+
+    dirs = sorted({*runtime_dirs(sys.executable), str(HERE)})
+    return json.dumps({"servers": {UPSTREAM: {"command": sys.executable, "args": [str(HERE / "_stdio_mcp.py")],
+                                              "filesystem": [{"path": d} for d in dirs],
+                                              "startup_timeout": 120}}})
+
+
+async def _stdio_calls(n: int) -> list[int]:
+    """The anchor: the upstream's tool over stdio, no stockade (no sandbox, pipeline or HTTP)."""
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(command=sys.executable, args=[str(HERE / "_stdio_mcp.py")])
+    samples = []
+    async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+        await s.initialize()
+        for _ in range(max(5, n // 10)):
+            await s.call_tool("echo", {"text": "hi"})
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            res = await s.call_tool("echo", {"text": "hi"})
+            samples.append(time.perf_counter_ns() - t)
+            assert not res.is_error
+    return samples
+
+
+def _upstream_rows(gw: str, auth: dict[str, str], n: int) -> list[dict[str, Any]]:
+    """An upstream server's trivial tool through stockade (MCP HTTP -> pipeline -> the server in
+    its sandbox over stdio) next to the same tool called directly over stdio."""
+    direct: list[int] = []
+    ours: list[int] = []
+    for _ in range(2):
+        direct += asyncio.run(_stdio_calls(n // 4))
+        ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, f"{UPSTREAM}__echo", n // 4, {"text": "hi"}))
+    per_s = 1e9 / (sum(ours) / len(ours))
+    return [row(f"mcp_streamable_http {UPSTREAM}.echo (upstream stdio server, full pipeline, sandboxed)", ours,
+                anchor=UP_ANCHOR, anchor_ns=direct, per_s=per_s)]
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     n = 100 if quick else 1000
     tmp = Path(tempfile.mkdtemp(prefix="stockade-bench-gw-"))
@@ -100,6 +147,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     env = {**os.environ}
     py = [sys.executable, "-m", "stockade"]
     subprocess.run([*py, "init", "--home", str(home), "--policy", "open"], check=True, capture_output=True)
+    upstream = os.geteuid() == 0          # the long-lived sandbox needs root (namespaces, cgroups)
+    if upstream:
+        (home / "upstream.yaml").write_text(_upstream_config())
     key = json.loads(subprocess.run([*py, "agent", "create", "bench", "--json", "--home", str(home)], check=True,
                                     capture_output=True, text=True).stdout)["key"]
     ours = subprocess.Popen([*py, "serve", "--home", str(home), "--port", "0", "--dashboard-port", "0"],
@@ -121,6 +171,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             mcp_ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "system__time", n // 2))
             rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
         state = _state_rows(gw, auth, key, n)
+        up = _upstream_rows(gw, auth, n) if upstream else []
         per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
         return {"bench": "gateway", "results": [
             row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor=ANCHOR,
@@ -128,6 +179,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             row("jsonrpc system.time (full pipeline)", rpc, anchor=ANCHOR,
                 anchor_ns=anchor, per_s=per_s(rpc)),
             *(row(case, s, anchor=ANCHOR, anchor_ns=anchor, per_s=per_s(s)) for case, s in state),
+            *up,
         ]}
     finally:
         for p in (ours, bare):

@@ -1,0 +1,21 @@
+"""Upstream for `stockade bench gateway`: an MCP SDK server over stdio with one trivial read-only
+tool. The bench calls it directly (the SDK's stdio client) and through stockade (as the upstream
+server `benchup`, confined in its long-lived sandbox). Run as `python bench/_stdio_mcp.py`.
+"""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
+
+server = MCPServer("bench-upstream")
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+if __name__ == "__main__":
+    server.run("stdio")
