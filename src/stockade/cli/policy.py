@@ -51,8 +51,8 @@ def validate(file: str, layer: str | None, home: str | None, as_json: bool) -> N
     path = Path(file)
     if not path.is_file():
         fail(f"no such file: {file}", EXIT_USAGE, as_json)
-    h = get_home(home)
-    h = h if h.exists() else None
+    h: Home | None = get_home(home)
+    h = h if h is not None and h.exists() else None
     lay = _layer_of(path, layer)
     cat = policy_setup.home_catalog(h)
     try:

@@ -280,8 +280,8 @@ def set_(name: str, scope: tuple[str, ...], hosts: tuple[str, ...], agent_names:
     if bool(agent_names) == all_agents:
         fail("bind the secret to agents: --agent NAME (repeatable) or --all-agents (one of the two)",
              EXIT_USAGE, as_json)
-    binding = {"agents": [a for part in agent_names for a in part.split(",") if a], "all_agents": all_agents,
-               "disclose_to_agent": disclose_to_agent}
+    binding: dict[str, Any] = {"agents": [a for part in agent_names for a in part.split(",") if a],
+                               "all_agents": all_agents, "disclose_to_agent": disclose_to_agent}
     _known_names(h, sorted(s for s in scopes if s), binding["agents"], as_json)
     value = _value(value_file, raw, as_json)
     try:

@@ -233,4 +233,5 @@ def _add_mounts(root: str, spec: Spec) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)
