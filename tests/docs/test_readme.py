@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from tests.conftest import STOCKADE, Server, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
