@@ -58,6 +58,25 @@ class Handler(BaseHTTPRequestHandler):
                          "server_time": int(time.time() * 1000)})
 
 
+    def do_POST(self) -> None:  # noqa: N802
+        """POST /api/v1/order: a signed JSON limit order -> {order_id, status}; logged `order N`."""
+        LOG.write(f"conn {self.server.server_address[1]} {self.path}\n")
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(min(n, 65536)).decode()
+        key, ts, sig = (self.headers.get(h, "") for h in ("X-Api-Key", "X-Timestamp", "X-Signature"))
+        want = hmac.new(SECRET.encode(), "\n".join(["POST", self.path, "", ts, body]).encode(),
+                        hashlib.sha256).hexdigest()
+        fresh = ts.isdigit() and abs(int(ts) - time.time() * 1000) < 30_000
+        if self.path != "/api/v1/order" or not hmac.compare_digest(key, KEY) or not fresh \
+                or not hmac.compare_digest(sig, want):
+            LOG.write("reject\n")
+            self._send(401, {"error": "invalid signature"})
+            return
+        order = json.loads(body)
+        LOG.write(f"order {order['notional']}\n")
+        self._send(200, {"order_id": f"ord-{int(time.time() * 1000)}", "status": "accepted"})
+
+
 if __name__ == "__main__":
     for port in sys.argv[3:]:
         srv = ThreadingHTTPServer(("0.0.0.0", int(port)), Handler)  # noqa: S104 - inside a test netns

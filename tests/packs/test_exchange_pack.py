@@ -33,6 +33,7 @@ API_KEY = "EXKEY-3b7e91c04d2a-Zq"
 API_SECRET = "EXSECRET-f0a8c6e2d4b1977355aa/+="
 WRONG_SECRET = "EXWRONG-61c2aa09d8e4-Qv"
 CAP = "exchange.get_balance"
+ORDER = "exchange.place_order"
 pytestmark = pytest.mark.xdist_group("packs-exchange")
 
 
@@ -134,7 +135,8 @@ def _home(tmp_path: Path) -> Path:
     for name, value, hosts in (("EXCHANGE_KEY", API_KEY, f"http://{IP}"), ("EXCHANGE_SECRET", API_SECRET, f"http://{IP}"),
                                ("EXCHANGE_SECRET_OLD", WRONG_SECRET, f"http://{IP}"),
                                ("EXCHANGE_KEY_8443", API_KEY, f"http://{IP}:{PORT}")):
-        cli_json("vault", "set", name, "--all-agents", "--scope", CAP, "--host", hosts, home=h, env=env, input=value)
+        cli_json("vault", "set", name, "--all-agents", "--scope", f"{CAP},{ORDER}", "--host", hosts, home=h, env=env,
+                 input=value)
     return h
 
 
@@ -302,3 +304,58 @@ def test_vault_checks_a_pack_calls_base_url_against_the_secret_hosts(tmp_path: P
         v.seal()
     assert ok, out
     assert got[0]["k"] in (API_KEY, API_SECRET)
+
+
+# -- orders: a numeric policy condition decides (issue 18, traders) -------------------------------------
+def _order(qty: str, price: str, notional: str) -> dict[str, Any]:
+    return {"base_url": f"http://{IP}:{PORT}", "symbol": "BTC-USDT", "side": "buy", "quantity": qty,
+            "price": price, "notional": notional, "api_key": "${secret:EXCHANGE_KEY}",
+            "api_secret": "${secret:EXCHANGE_SECRET}"}
+
+
+def test_check_order_binds_notional_to_the_order() -> None:
+    s = _signing()
+    assert s.check_order(_order("0.001", "50000", "50"))["notional"] == "50"
+    for bad in (_order("1", "50000", "50"), _order("0.001", "50000", "50.0000001"), _order("-1", "5", "-5"),
+                _order("1e3", "1", "1000"), {**_order("1", "1", "1"), "side": "short"}):
+        with pytest.raises(s.PackError):
+            s.check_order(bad)
+
+
+def test_small_orders_run_large_ones_wait(exchange, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The example's own policy (examples/policies/trader.yaml) with the test exchange's
+    address: an order under 100 runs on its own, one over 100 waits for the owner and never reaches
+    the exchange, a lie about the notional is refused by the pack before any connection."""
+    host, log = exchange
+    home = _home(tmp_path)
+    policy = (EXAMPLE.parents[1] / "policies" / "trader.yaml").read_text()
+    policy = policy.replace("api.exchange.example:443", f"{IP}:{PORT}")
+    agent_file = home / "policies" / "agents" / "trader.yaml"
+    agent_file.write_text(policy)
+    cfg = home / "stockade.yaml"
+    cfg.write_text(cfg.read_text().replace("hold_seconds: 120", "hold_seconds: 0.2"))
+    v = cli_json("policy", "validate", str(agent_file), home=home)
+    assert v["valid"] and not any("not provided" in w for w in v["warnings"]), v   # the pack's names are known
+    srv = start_server(home)
+    try:
+        key = cli_json("agent", "create", "trader", home=home)["key"]
+        run_cli("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
+        caps = {c["name"]: c for c in srv.invoke(key, "agent.capabilities")["result"]["capabilities"]}
+        assert caps[ORDER]["tier"] == "depends on arguments" and caps[ORDER]["min_tier"] == "notify"  # pack floor
+        assert caps[ORDER]["max_tier"] == "approval_required"
+        deadline = time.monotonic() + 30        # the agent's egress rules load within egress.poll
+        while True:
+            r = srv.invoke(key, ORDER, _order("0.001", "50000", "50"))
+            if "result" in r or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert r["result"]["status"] == "accepted" and r["result"]["notional"] == "50", r
+        assert log.read_text().count("order 50\n") == 1
+        r = srv.invoke(key, ORDER, _order("0.01", "50000", "500"))
+        assert _etype(r) == "ApprovalPending", r
+        r = srv.invoke(key, ORDER, _order("1", "50000", "50"))          # claims 50, is worth 50000
+        assert _etype(r) == "InvalidInput" and "notional must equal" in r["error"]["message"], r
+        assert "order 500" not in log.read_text() and "order 50000" not in log.read_text()
+        assert log.read_text().count("order ") == 1
+    finally:
+        srv.stop()

@@ -1,4 +1,4 @@
-"""exchange.get_balance: one signed GET to an exchange-style API.
+"""exchange.get_balance and exchange.place_order: one signed request to an exchange-style API.
 
 The request carries `X-Api-Key`, `X-Timestamp` (ms since the epoch) and `X-Signature` (hex
 HMAC-SHA256 of METHOD\\nPATH\\nQUERY\\nTIMESTAMP\\nBODY with the API secret). The key and the
@@ -12,7 +12,7 @@ import re
 import time
 from urllib.parse import urlencode
 
-from .signing import PackError, message, parse_base_url, signature
+from .signing import PackError, check_order, message, parse_base_url, signature
 
 PATH = "/api/v1/balance"
 CONNECT_TIMEOUT = 5.0      # seconds, connect and each read
@@ -27,11 +27,12 @@ def _header_value(name: str, v: str) -> str:
     return v
 
 
-def _fetch(scheme: str, host: str, port: int, target: str, headers: dict[str, str]) -> tuple[int, bytes]:
+def _fetch(scheme: str, host: str, port: int, target: str, headers: dict[str, str],
+           method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
     cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = cls(host, port, timeout=CONNECT_TIMEOUT)
     try:
-        conn.request("GET", target, headers=headers)
+        conn.request(method, target, body=body, headers=headers)
         resp = conn.getresponse()
         length = resp.getheader("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > MAX_RESPONSE):
@@ -81,3 +82,33 @@ def get_balance(args: dict) -> dict:
             raise PackError("UpstreamError", "the exchange's answer holds a malformed balance")
         out[asset] = amount
     return {"account": args["account"], "balances": out, "server_time": server_time}
+
+
+ORDER_PATH = "/api/v1/order"
+_ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def place_order(args: dict) -> dict:
+    """A signed POST of one limit order. `notional` must equal quantity x price exactly
+    (check_order): the owner's policy decides on it, so it must be what the order is worth."""
+    scheme, host, port = parse_base_url(args["base_url"])
+    order = check_order(args)
+    key = _header_value("api_key", args["api_key"])
+    body = json.dumps(order, sort_keys=True, separators=(",", ":"))
+    ts = str(int(time.time() * 1000))
+    sig = signature(args["api_secret"], message("POST", ORDER_PATH, "", ts, body))
+    headers = {"X-Api-Key": key, "X-Timestamp": ts, "X-Signature": sig, "Content-Type": "application/json",
+               "Accept": "application/json", "Accept-Encoding": "identity", "Connection": "close"}
+    status, data = _fetch(scheme, host, port, ORDER_PATH, headers, "POST", body.encode())
+    if status == 401:
+        raise PackError("UpstreamError", "the exchange refused the credentials (HTTP 401: bad key or signature)")
+    if status != 200:
+        raise PackError("UpstreamError", f"the exchange answered HTTP {status}")
+    try:
+        doc = json.loads(data)
+        order_id, state = doc["order_id"], doc["status"]
+        if not (isinstance(order_id, str) and _ORDER_ID.match(order_id) and state in ("accepted", "filled")):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise PackError("UpstreamError", "the exchange's answer is not an order confirmation") from None
+    return {"order_id": order_id, "status": state, **order}

@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import re
 from urllib.parse import urlsplit
 
 # Where this pack may send the key (scheme, host, port). Mirrors pack.yaml sandbox.egress: the
@@ -50,3 +51,38 @@ def message(method: str, path: str, query: str, timestamp: str, body: str) -> by
 def signature(secret: str, msg: bytes) -> str:
     """Lower-case hex HMAC-SHA256."""
     return hmac.new(secret.encode("utf-8"), msg, hashlib.sha256).hexdigest()
+
+
+_DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,12})?$")
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,12}-[A-Z0-9]{2,12}$")
+
+
+def _amount(name: str, v: object) -> tuple[int, int]:
+    """A positive plain decimal string as an exact (digits, scale): "0.25" -> (25, 2). Integer
+    arithmetic only (the sandbox's stdlib subset has no decimal module)."""
+    if not isinstance(v, str) or not _DECIMAL.match(v):
+        raise PackError("InvalidInput", f"{name}: a positive plain decimal string like \"0.25\"")
+    whole, _, frac = v.partition(".")
+    digits = int(whole + frac)
+    if digits <= 0:
+        raise PackError("InvalidInput", f"{name}: must be more than 0")
+    return digits, len(frac)
+
+
+def _same_value(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] * 10 ** b[1] == b[0] * 10 ** a[1]
+
+
+def check_order(args: dict) -> dict:
+    """The order to send, checked: positive decimal quantity and price, and `notional` equal to
+    quantity x price exactly, so a policy rule on /notional decides on what the order is worth
+    (an agent cannot claim a small notional for a large order)."""
+    side, symbol = args.get("side"), args.get("symbol")
+    if side not in ("buy", "sell") or not isinstance(symbol, str) or not _SYMBOL.match(symbol):
+        raise PackError("InvalidInput", "side must be buy or sell and symbol like BTC-USDT")
+    qty, price, notional = (_amount(n, args.get(n)) for n in ("quantity", "price", "notional"))
+    product = (qty[0] * price[0], qty[1] + price[1])
+    if not _same_value(product, notional):
+        raise PackError("InvalidInput", "notional must equal quantity x price exactly")
+    return {"symbol": symbol, "side": side, "quantity": args["quantity"], "price": args["price"],
+            "notional": args["notional"]}

@@ -66,6 +66,24 @@ def agent_capabilities(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"capabilities": out}
 
 
+_ORDER = ("autonomous", "notify", "approval_required", "blocked")
+
+
+def pack_floor(look: dict[str, Any], d: Any) -> dict[str, Any]:
+    """A pack's declared tier is a floor the pipeline applies after policy: show it here too."""
+    floor = getattr(d, "default_tier", None) if getattr(d, "pack", None) else None
+    if floor not in _ORDER:
+        return look
+    up = {k: max(look[k], floor, key=_ORDER.index) for k in ("min_tier", "max_tier") if look.get(k) in _ORDER}
+    look.update(up)
+    if look.get("depends_on_arguments") and look["min_tier"] == look["max_tier"]:
+        look.update(depends_on_arguments=False, tier=look["min_tier"])
+        look.pop("rules", None)
+    elif look.get("tier") in _ORDER:
+        look["tier"] = max(look["tier"], floor, key=_ORDER.index)
+    return look
+
+
 def argument_names(d: Any) -> frozenset[str] | None:
     """The arguments a definition's schema names (None: it does not say)."""
     props = (d.input_schema or {}).get("properties")
@@ -78,7 +96,7 @@ def capability_outlook(policy: Any, agent: str, d: Any, owner: bool = False) -> 
     look = getattr(policy, "outlook", None)
     if callable(look):
         with contextlib.suppress(Exception):   # a broken rule must not hide the rest of the list
-            return dict(look(agent, d.name, argument_names(d), owner=owner))
+            return pack_floor(dict(look(agent, d.name, argument_names(d), owner=owner)), d)
     try:
         tier = policy.peek(agent, d.name, {}).tier
     except Exception:  # noqa: BLE001
