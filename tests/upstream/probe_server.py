@@ -9,7 +9,7 @@ import os
 import socket
 import time
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("probe")
 
@@ -51,6 +51,14 @@ def sleep(seconds: float) -> str:
     """Sleep, then answer (a call to kill the server in the middle of)."""
     time.sleep(seconds)
     return "slept"
+
+
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool called `name` (it answers 'grown') and tell the client the list changed."""
+    server.add_tool(lambda: "grown", name=name, description="added at run time")
+    await ctx.session.send_tool_list_changed()
+    return "added"
 
 
 @server.tool()

@@ -312,3 +312,21 @@ def test_a_secret_reaches_the_server_never_the_agent(gw: Server) -> None:
     assert recs and TOKEN not in json.dumps(recs)
     listed = cli_json("vault", "list", home=gw.home)
     assert any(x["name"] == "probe_token" and x["scope"] == ["upstream.sprobe"] for x in listed["secrets"]), listed
+
+
+def test_a_tool_list_change_upstream_reaches_the_registry_and_is_audited(gw: Server) -> None:
+    key = gw.agent("hal")
+    bad, out = _run(_call(gw, key, "probe__grow", {"name": "fresh_tool"}))
+    assert not bad and "added" in _text(out), out
+
+    async def names() -> set[str]:
+        async with _client(gw, key) as c:
+            return {t.name for t in (await c.list_tools()).tools}
+
+    deadline = time.monotonic() + 60
+    while "probe__fresh_tool" not in _run(names()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    bad, out = _run(_call(gw, key, "probe__fresh_tool", {}))
+    assert not bad and "grown" in _text(out), out
+    changed = [r for r in audit_records(gw.home) if r.get("kind") == "upstream.tools_changed"]
+    assert changed and "probe.fresh_tool" in changed[-1]["added"], changed

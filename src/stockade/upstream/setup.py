@@ -88,8 +88,9 @@ def _impl(sup: Supervisor, server: str, tool: str) -> Callable[..., Any]:
     return call
 
 
-async def register(gw: Gateway, sup: Supervisor, server: str) -> list[str]:
-    """(Re)discover `server`'s tools and put them in the registry; returns the capability names."""
+async def register(gw: Gateway, sup: Supervisor, server: str,
+                   listed: list[dict[str, Any]] | None = None) -> list[str]:
+    """Put `server`'s tools (`listed`, else discovered now) in the registry; returns their names."""
     reg = gw.pipeline.registry
     skipped = _SKIPPED.setdefault(id(gw), {})
     builtin = {d.name.split(".", 1)[0] for d in reg.all() if not d.source.startswith("upstream:")}
@@ -97,7 +98,7 @@ async def register(gw: Gateway, sup: Supervisor, server: str) -> list[str]:
         skipped[server] = [f"server name {server!r} is a built-in or pack namespace"]
         return []
     try:
-        listed = await sup.discover(server)
+        listed = listed if listed is not None else await sup.discover(server)
     except StockadeError as e:
         skipped[server] = [f"discovery failed: {e.message}"[:300]]
         reg.remove([d.name for d in reg.all() if d.source == f"upstream:{server}"])
@@ -117,8 +118,12 @@ async def start(gw: Gateway) -> None:
         raise
     base = gw.sandbox.host_uid if gw.sandbox is not None else DEFAULT_HOST_UID
 
-    async def tools_changed(server: str) -> None:
-        await register(gw, sup, server)
+    async def tools_changed(server: str, listed: list[dict[str, Any]]) -> None:
+        before = {d.name for d in gw.pipeline.registry.all() if d.source == f"upstream:{server}"}
+        after = await register(gw, sup, server, listed)
+        await gw.pipeline.record_event("upstream.tools_changed", server=server,
+                                       added=sorted(set(after) - before), removed=sorted(before - set(after)))
+        _publish(gw)()
         if gw.tools_changed is not None:
             await gw.tools_changed()
 

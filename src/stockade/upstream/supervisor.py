@@ -21,13 +21,14 @@ from stockade.audit.redact import redact
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
 from stockade.upstream import confine
-from stockade.upstream.client import Connection
+from stockade.upstream.client import LAUNCHER, Connection
 from stockade.upstream.config import ServerConfig
 from stockade.upstream.tools import shape_result
 
 log = logging.getLogger("stockade.upstream")
 BACKOFF_MIN, BACKOFF_MAX, STABLE_AFTER = 1.0, 60.0, 60.0
 LINE_SLACK = 64 * 1024
+RELIST_EVERY = 1.0
 
 # (agent) -> that agent's sandbox host uid; (server, agent) -> env values with secrets resolved
 UidOf = Callable[[str], int]
@@ -71,7 +72,7 @@ class Supervisor:
     def __init__(self, home: Home, servers: dict[str, ServerConfig], *, uid_of: UidOf, base_uid: int,
                  env_of: EnvOf | None = None, egress: Callable[[], Any] = lambda: None,
                  on_change: Callable[[], None] = lambda: None,
-                 on_tools_changed: Callable[[str], Awaitable[None]] | None = None,
+                 on_tools_changed: Callable[[str, list[dict[str, Any]]], Awaitable[None]] | None = None,
                  launcher: tuple[str, ...] | None = None):
         self.home = home
         self.servers = dict(servers)
@@ -104,10 +105,9 @@ class Supervisor:
             raise err("SandboxUnavailable", f"upstream server {inst.server}: its sandbox could not be set up "
                       f"({type(e).__name__}: {e})"[:400]) from None
         label = inst.server if inst.agent == confine.DISCOVERY else f"{inst.server}[{inst.agent}]"
-        kw = {"launcher": self.launcher} if self.launcher else {}
         conn = Connection(label, inst.placement.spec, max_line=cfg.max_output_bytes * 2 + LINE_SLACK,
-                          startup_timeout=cfg.startup_timeout, on_tools_changed=self._tools_changed(inst.server),
-                          **kw)
+                          startup_timeout=cfg.startup_timeout, launcher=self.launcher or LAUNCHER)
+        conn.on_tools_changed = self._tools_changed(inst.server, conn)
         inst.conn = conn
         await conn.start()
         inst.state, inst.started_at, inst.last_error = "running", time.monotonic(), None
@@ -115,11 +115,36 @@ class Supervisor:
         inst.watcher = asyncio.create_task(self._watch(inst, conn), name=f"upstream-watch-{label}")
         self.on_change()
 
-    def _tools_changed(self, server: str) -> Callable[[], Awaitable[None]]:
+    def _tools_changed(self, server: str, conn: Connection) -> Callable[[], Awaitable[None]]:
+        """The server said its tool list changed: list it again from that instance. A flood of
+        notifications costs at most one listing per second (they are coalesced)."""
+        state = {"busy": False, "again": False}
+
         async def changed() -> None:
-            if self.on_tools_changed is not None:
-                await self.on_tools_changed(server)
+            if state["busy"]:
+                state["again"] = True
+                return
+            state["busy"] = True
+            try:
+                while True:
+                    state["again"] = False
+                    await self._relist(server, conn)
+                    await asyncio.sleep(RELIST_EVERY)
+                    if not state["again"]:
+                        return
+            finally:
+                state["busy"] = False
         return changed
+
+    async def _relist(self, server: str, conn: Connection) -> None:
+        if self.on_tools_changed is None or self.stopping or not conn.alive:
+            return
+        try:
+            listed = await asyncio.wait_for(conn.tools(), self.servers[server].startup_timeout)
+        except (StockadeError, TimeoutError) as e:
+            log.warning("upstream %s: listing its changed tools failed: %s", server, e)
+            return
+        await self.on_tools_changed(server, listed)
 
     async def ensure(self, server: str, agent: str) -> Instance:
         """The running instance of `server` for `agent` (started, or waited for)."""
