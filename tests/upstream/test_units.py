@@ -112,7 +112,8 @@ def test_which_directories_a_server_may_see(path: str, ok: bool) -> None:
 
 def test_launch_spec_round_trips_and_holds_only_what_it_is_given() -> None:
     cfg = config.parse(GOOD)["time"]
-    s = confine.spec(cfg, {"TOKEN": "Bearer v"}, 100005, "/run/netns/x", ("/sys/fs/cgroup/a/cgroup.procs",), "/d")
+    s = confine.spec(cfg, {"TOKEN": "Bearer v"}, 100005, "/run/netns/x", ("/sys/fs/cgroup/a/cgroup.procs",), "/d",
+                     ("api.example.org:443",))
     assert Spec.from_json(s.to_json()) == s
     assert s.argv == ("/opt/venv/bin/mcp-server-time", "--local-timezone", "UTC")
     assert s.env == {**confine.BASE_ENV, "STOCKADE_DATA": "/data", "TOKEN": "Bearer v"}
@@ -129,3 +130,17 @@ def test_writable_directories_are_not_executable() -> None:
 
 def test_restart_backoff_doubles_to_a_minute() -> None:
     assert [backoff(n) for n in (1, 2, 3, 4, 7, 8, 50)] == [1, 2, 4, 8, 60, 60, 60]
+
+
+def test_a_server_is_granted_its_entries_that_the_agents_policy_allows() -> None:
+    cfg = config.parse("servers: {s: {command: /bin/true, egress: ['a.example:443', '198.51.100.1:80']}}")["s"]
+
+    class Egress:
+        def profile(self, agent: str) -> list[str]:
+            return {"wide": ["198.51.100.1:80", "a.example:443", "b.example:443"], "some": ["198.51.100.1:80"]}.get(
+                agent, [])
+
+    assert confine.granted(Egress(), "wide", cfg) == ("a.example:443", "198.51.100.1:80")
+    assert confine.granted(Egress(), "some", cfg) == ("198.51.100.1:80",)
+    assert confine.granted(Egress(), "none", cfg) == ()
+    assert confine.granted(None, "wide", cfg) == ()      # no egress part: only lo

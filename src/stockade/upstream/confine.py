@@ -61,10 +61,18 @@ def discovery_netns(home: Home) -> str:
     return path
 
 
-def agent_netns(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig) -> str:
+def granted(egress: Any, agent: str, cfg: ServerConfig) -> tuple[str, ...]:
+    """The server's entries that the agent's policy also allows (none without the egress part)."""
+    if egress is None or not cfg.egress:
+        return ()
+    allowed = {str(e) for e in egress.profile(agent)}
+    return tuple(e for e in cfg.egress if e in allowed)
+
+
+def agent_netns(home: Home, egress: Any, agent: str, server: str, entries: tuple[str, ...]) -> str:
     pack = principal_pack(server)
     if egress is not None:
-        return str(egress.pack_netns(agent, pack, tuple(cfg.egress)))
+        return str(egress.pack_netns(agent, pack, entries))
     return netns.ensure_agent_netns(home, netns.pack_principal(agent, pack))
 
 
@@ -92,28 +100,30 @@ def data_dir(home: Home, agent: str, server: str, uid: int) -> str:
 
 
 def spec(cfg: ServerConfig, env: dict[str, str], uid: int, netns_path: str, cgroup_procs: tuple[str, ...],
-         data: str | None) -> Spec:
-    """Pure: the launch spec of one instance."""
+         data: str | None, entries: tuple[str, ...] = ()) -> Spec:
+    """Pure: the launch spec of one instance (`entries`: its granted egress)."""
     binds = [Bind(f.path, f.mode == "ro") for f in cfg.filesystem]
     if data is not None:
         binds.append(Bind(data, False, DATA))
     return Spec(argv=(cfg.command, *cfg.args), env={**BASE_ENV, **({"STOCKADE_DATA": DATA} if data else {}), **env},
                 uid=uid, gid=uid, netns=netns_path, cgroup_procs=cgroup_procs, binds=tuple(binds),
-                connect_ports=tuple(Profile(egress=tuple(cfg.egress)).egress_ports()))
+                connect_ports=tuple(Profile(egress=entries).egress_ports()))
 
 
 def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, uid: int,
           env: dict[str, str]) -> Placement:
     """Set up namespace, cgroup and state directory for an instance (blocking: run in a thread)."""
+    entries: tuple[str, ...] = ()
     if agent == DISCOVERY:
         path = discovery_netns(home)
         data = None
     else:
-        path = agent_netns(home, egress, agent, server, cfg)
+        entries = granted(egress, agent, cfg)
+        path = agent_netns(home, egress, agent, server, entries)
         data = data_dir(home, agent, server, uid)
     leaf = cgroup_leaf(home, agent, server, cfg)
     procs = tuple(os.path.join(d, "cgroup.procs") for d in leaf.dirs().values())
-    return Placement(spec(cfg, env, uid, path, procs, data), leaf, data)
+    return Placement(spec(cfg, env, uid, path, procs, data, entries), leaf, data)
 
 
 def release(p: Placement) -> None:
