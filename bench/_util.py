@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+# Set by `stockade bench` on a terminal: told the name of each case as it finishes (progress).
+on_row: Callable[[str], None] | None = None
 
 
 def pct(samples_ns: list[int], q: float) -> float:
@@ -24,4 +28,6 @@ def row(case: str, samples_ns: list[int], *, anchor: str | None = None,
         r.update(anchor=anchor, anchor_p50_us=round(a50, 2), anchor_p99_us=round(pct(anchor_ns, 0.99), 2),
                  ratio=round(r["p50_us"] / a50, 3) if a50 else None)
     r.update(extra)
+    if on_row is not None:
+        on_row(case)
     return r

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from stockade.cli.progress import working
+
 BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
 
 
@@ -54,7 +56,16 @@ def bench(name: str | None, quick: bool, as_json: bool) -> None:
             click.echo(f"stockade: no benchmark {n!r} (have: {', '.join(available())})", err=True)
             sys.exit(2)
     for n in names:
-        out = load(n).run(quick=quick)
+        with working(f"bench {n}", as_json) as step:
+            mod = load(n)
+            util = sys.modules.get("_util")
+            if util is not None and hasattr(util, "on_row"):
+                util.on_row = lambda case: step(f"finished {case}")
+            try:
+                out = mod.run(quick=quick)
+            finally:
+                if util is not None and hasattr(util, "on_row"):
+                    util.on_row = None
         out = {"bench": n, "machine": machine(), **{k: v for k, v in out.items() if k != "bench"}}
         if as_json:
             click.echo(json.dumps(out))
