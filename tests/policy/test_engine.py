@@ -230,15 +230,17 @@ def test_system_layer_leaves_ordinary_calls_to_the_owner(cap: str, args: dict) -
     assert tier(p, cap, args, agent="a") == "autonomous", (cap, args)
 
 
+@pytest.mark.timeout(240)
 def test_system_argv_matching_is_linear_on_hostile_input() -> None:
-    import time
-
+    """A hang guard, not a timing assertion: every system pattern is bounded ({0,512}, {1,64}), so
+    these inputs take seconds at worst on a loaded machine, while catastrophic backtracking would
+    take hours and trip the timeout. The decisions must still be the right ones."""
     p = build(None)
-    hostile = ["rm " + "a " * 60000, "x" * 200000, ":" * 200000, "dd " + "b" * 100000]
-    t = time.perf_counter()
-    for h in hostile:
-        evaluate(p, "a", "process.run", {"argv": ["sh", "-c", h]})
-    assert time.perf_counter() - t < 5.0   # a generous bound: backtracking blow-up takes hours
+    hostile = {"rm " + "a " * 60000: False, "x" * 200000: False, ":" * 200000: False, "dd " + "b" * 100000: False,
+               "rm -rf " + "a " * 100 + "/": True}
+    for h, blocked in hostile.items():
+        v = evaluate(p, "a", "process.run", {"argv": ["sh", "-c", h]})
+        assert (TIERS[v.tier] == "blocked") is blocked, h[:40]
 
 
 def test_visibility_hides_only_argument_independent_blocks() -> None:

@@ -23,6 +23,7 @@ from stockade.capabilities import impl as impl_package
 from stockade.core import yamlfile
 from stockade.core.errors import ConfigError, err
 from stockade.core.types import CAPABILITY_NAME_PATTERN as NAME_PATTERN
+from stockade.core.types import TierName
 
 __all__ = ["NAME_PATTERN", "Definition", "Registry", "implementations", "implements", "load_registry",
            "module_implementations", "parse_definitions"]
@@ -62,7 +63,7 @@ class _DefModel(BaseModel):
     when_to_use: str = Field(min_length=1)
     execution: Literal["inprocess", "sandbox"] = "inprocess"
     side_effects: bool = False
-    default_tier: Literal["autonomous", "notify", "approval_required", "blocked"] = "notify"
+    default_tier: TierName = "notify"
     secrets: bool = False              # may resolve ${secret:NAME} placeholders (vault)
     # Path arguments the capability acts *below* (recursive list/search, move/copy/delete of a
     # directory): true, or the name of a boolean argument that turns it on. Policy's path_touches

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 
 class Tier(StrEnum):
@@ -35,6 +35,9 @@ class Tier(StrEnum):
 CAPABILITY_NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 
 TIERS: tuple[str, ...] = tuple(t.value for t in Tier)
+# The same names as a type, for the models that validate owner files (policy, definitions, packs).
+TierName = Literal["autonomous", "notify", "approval_required", "blocked"]
+assert get_args(TierName) == TIERS  # noqa: S101  (one list of tiers: the type follows the enum)
 _RANK = {t: i for i, t in enumerate(Tier)}
 TIER_ORDER: dict[str, int] = {t.value: i for i, t in enumerate(Tier)}
 

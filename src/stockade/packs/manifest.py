@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stockade.core import yamlfile
 from stockade.core.errors import ConfigError, err
 from stockade.core.types import CAPABILITY_NAME_PATTERN as NAME_PATTERN
+from stockade.core.types import TierName
 from stockade.packs.sigcheck import (  # noqa: F401 - re-exported: the pack format's public names
     DOMAIN,
     MAX_FILES,
@@ -88,7 +89,7 @@ class _Capability(BaseModel):
     entry: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
     purpose: str = Field(min_length=1)
     when_to_use: str = Field(min_length=1)
-    default_tier: Literal["autonomous", "notify", "approval_required", "blocked"] = "notify"
+    default_tier: TierName = "notify"
     side_effects: bool = True
     secrets: bool = False
     input: dict[str, Any]

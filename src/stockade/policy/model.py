@@ -19,18 +19,19 @@ from stockade.core import yamlfile
 from stockade.core.config import parse_duration
 from stockade.core.encoding import canonical_json
 from stockade.core.errors import ConfigError
+from stockade.core.types import TIER_ORDER, TierName
+from stockade.core.types import TIERS as TIERS  # re-exported: the engine and its tests index tiers by rank
 from stockade.policy.conditions import Cond, compile_when
 from stockade.policy.facts import DEFAULT_FACTS, Facts
 
-TIERS = ("autonomous", "notify", "approval_required", "blocked")
-RANK = {t: i for i, t in enumerate(TIERS)}
+RANK = TIER_ORDER
 AUTONOMOUS, NOTIFY, APPROVAL, BLOCKED = range(4)
 LAYERS = ("system", "org", "agent")
 
 PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*\.\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
 MAX_RATE = 100_000
 MAX_WINDOW = 31 * 86400.0
-Tier = Literal["autonomous", "notify", "approval_required", "blocked"]
+Tier = TierName
 _SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$")
 _RATE = re.compile(r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?/s\s*$")
 _EGRESS = re.compile(r"^[A-Za-z0-9.\-:\[\]/*]+:\d{1,5}$")

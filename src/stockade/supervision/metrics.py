@@ -23,11 +23,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from stockade.core.errors import ErrorType
+from stockade.core.types import TIERS
 from stockade.core.wiring import Gateway
 from stockade.supervision.status import audit_head, overall, pending_approvals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-TIERS = frozenset({"autonomous", "notify", "approval_required", "blocked"})
 OUTCOMES = frozenset({"ok"} | {t.value for t in ErrorType})
 REFUSED = frozenset({"InvalidInput", "CapabilityNotFound", "PolicyDenied", "RateLimited", "Unauthenticated"})
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)

@@ -12,9 +12,9 @@ from typing import Any
 from urllib.parse import quote
 
 from stockade.core.display import WARNING, Shown, escape_parts, show_json, show_text
+from stockade.core.types import TIERS
 from stockade.supervision.shown import who_text
 
-TIERS = ("autonomous", "notify", "approval_required", "blocked")
 NAV = (("/", "Overview"), ("/approvals", "Approvals"), ("/activity", "Live activity"), ("/agents", "Agents"),
        ("/audit", "Audit"), ("/secrets", "Secrets"), ("/packs", "Packs"))
 
