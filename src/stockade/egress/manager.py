@@ -430,13 +430,17 @@ class Egress:
         if relink:
             self._ensure_links(st, veth)
             dirty = True
-        changed = elements != st.elements or st.allowlist is None or st.allowlist.to_view() != allow.to_view()
+        # The agent's reach (entries, resolved names, nft elements) is what the owner is told about;
+        # the host's own addresses in `forbidden` move as veths come and go (ours included) and
+        # only need the view rewritten, silently (issue 18: egress.changed every ~30 s).
+        reach_changed = elements != st.elements or st.allowlist is None or _reach(st.allowlist) != _reach(allow)
+        changed = reach_changed or st.allowlist is None or st.allowlist.to_view() != allow.to_view()
         if relink or vanished or changed:
             nft.run_in_netns(st.netns, [ruleset.ns_ruleset(list(elements), self.settings.resolver)])
             dirty = dirty or elements != st.elements
             st.elements, st.allowlist, st.loaded_at = elements, allow, now
             self._write_view(st)
-            if new_st or changed:
+            if new_st or reach_changed:
                 changes["added" if new_st else "updated"].append(agent)
         self.agents[agent] = st
         return dirty
@@ -603,3 +607,10 @@ def child_view(home: Home, agent: str) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def _reach(a: Allowlist) -> dict[str, Any]:
+    """What an allowlist lets the agent reach, without the host facts it was checked against."""
+    view = a.to_view()
+    view.pop("forbidden", None)
+    return view
