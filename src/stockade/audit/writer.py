@@ -384,6 +384,10 @@ class AuditWriter:
         self._last_cp = 0
         self._index_behind = False
         self._flushing = False
+        # The one batch being written (queue prefix length, its future); see `_start_flush`.
+        self._pending: tuple[int, asyncio.Future[tuple[list[int], float]]] | None = None
+        self._idle_since = 0.0        # monotonic time the last batch became durable
+        self._fsync_est = 0.0         # moving average of one batch's write + fdatasync (seconds)
         self.stats = {"batches": 0, "records": 0}
         self._budget = ByteBudget(self.settings.agent_budget_bytes, self.settings.agent_budget_seconds)
         self._anchor = Anchor(0, 0.0)
@@ -536,6 +540,12 @@ class AuditWriter:
         if wait:
             item.fut = asyncio.get_running_loop().create_future()
         self._queue.append(item)
+        if self._pending is None and not self.failed and time.monotonic() - self._idle_since >= self._fsync_est:
+            # Nothing is being written and the loop has been producing records for longer than a
+            # write takes: start writing what is queued now, so the fdatasync overlaps the
+            # encoding of the records still coming (otherwise the flusher, run after every ready
+            # caller, writes them all in one batch: best while encoding is cheaper than an fsync).
+            self._start_flush()
         self._wake.set()
         return item
 
@@ -559,32 +569,56 @@ class AuditWriter:
         return err("Internal", msg, audit=why)
 
     # -- the flusher -----------------------------------------------------------------------------
+    def _start_flush(self) -> None:
+        """Hand the queue's first run of same-day records to the writer thread: one write, one
+        fdatasync. They stay queued (failure handlers refuse them) until `_flusher` sees it done."""
+        first = self._queue[0]
+        n = 0
+        for it in self._queue:
+            if it.day != first.day:
+                break
+            n += 1
+        frames = [it.frame for it in self._queue[:n]]
+        fut = asyncio.get_running_loop().run_in_executor(self._ex, self._append_timed, first.day, frames)
+        self._pending = (n, fut)
+        self._flushing = True
+
+    def _append_timed(self, day: str, frames: list[bytes]) -> tuple[list[int], float]:
+        t = time.monotonic()
+        offsets = self.store.append(day, frames)
+        return offsets, time.monotonic() - t
+
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue and not self.failed:
-                first = self._queue[0]
-                n = 0
-                for it in self._queue:
-                    if it.day != first.day:
-                        break
-                    n += 1
-                seg = self._queue[:n]
-                self._flushing = True
+            while (self._queue or self._pending) and not self.failed:
+                if self._pending is None:
+                    # One turn of the loop first: the callers just acknowledged queue their next
+                    # records, and they join this batch (one fdatasync instead of two half-full ones).
+                    await asyncio.sleep(0)
+                    if self._pending is None:
+                        if not self._queue or self.failed:
+                            break
+                        self._start_flush()
+                assert self._pending is not None
+                n, fut = self._pending
                 try:
-                    offsets = await loop.run_in_executor(self._ex, self.store.append, first.day,
-                                                         [it.frame for it in seg])
+                    offsets, took = await fut
                 except DiskFull as e:
-                    self._flushing = False
+                    self._pending, self._flushing = None, False
                     self._on_disk_full(str(e))
                     break
                 except Exception as e:  # WriterFailed or anything unexpected: fatal, never ignored
-                    self._flushing = False
+                    self._pending, self._flushing = None, False
                     self._on_fatal(f"{type(e).__name__}: {e}")
                     break
-                self._flushing = False
+                self._pending, self._flushing = None, False
+                self._idle_since = time.monotonic()
+                self._fsync_est = took if not self._fsync_est else 0.8 * self._fsync_est + 0.2 * took
+                seg = self._queue[:n]
+                first = seg[0]
                 del self._queue[:n]
                 last = seg[-1]
                 self.durable = Head(last.seq, last.hash, f"{last.day}.log", offsets[-1] + len(last.frame))
