@@ -158,7 +158,7 @@ class Supervisor:
             return inst
         if inst.state == "restarting":
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(inst.up.wait(), self.servers[server].startup_timeout + BACKOFF_MAX)
+                await asyncio.wait_for(inst.up.wait(), self.servers[server].startup_timeout + backoff(inst.failures))
             if inst.conn is not None and inst.conn.alive:
                 return inst
             raise err("Unreachable", f"upstream server {server} is restarting", last_error=inst.last_error)
