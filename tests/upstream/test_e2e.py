@@ -330,3 +330,27 @@ def test_a_tool_list_change_upstream_reaches_the_registry_and_is_audited(gw: Ser
     assert not bad and "grown" in _text(out), out
     changed = [r for r in audit_records(gw.home) if r.get("kind") == "upstream.tools_changed"]
     assert changed and "probe.fresh_tool" in changed[-1]["added"], changed
+
+
+def test_a_revoked_agents_instances_stop(gw: Server) -> None:
+    key = gw.agent("ivy")
+    bad, _ = _run(_call(gw, key, "probe__whoami", {}))
+    assert not bad
+    launcher = _health(gw)["servers"]["probe"]["instances"]["ivy"]["pid"]
+    server = _server_pid(launcher)
+    run_cli("agent", "revoke", "ivy", home=gw.home)
+    deadline = time.monotonic() + 30
+    while "ivy" in _health(gw)["servers"]["probe"]["instances"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "ivy" not in _health(gw)["servers"]["probe"]["instances"]
+    while (_alive(server) or _alive(launcher)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server) and not _alive(launcher)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -132,9 +132,23 @@ async def start(gw: Gateway) -> None:
     _SUPERVISORS[id(gw)] = sup
     found = await asyncio.gather(*(register(gw, sup, name) for name in servers))
     _publish(gw)()
+    gw.tasks.append(asyncio.create_task(_on_revoke(gw, sup), name="upstream-revocations"))
     failed = [n for n, names in zip(servers, found, strict=True) if not names]
     if failed:
         gw.tasks.append(asyncio.create_task(_rediscover(gw, sup, failed), name="upstream-rediscover"))
+
+
+async def _on_revoke(gw: Gateway, sup: Supervisor) -> None:
+    """A revoked agent's server instances stop at once (its calls are refused anyway; its
+    processes, namespace and cgroup should not outlive the key)."""
+    sub = gw.bus.subscribe()
+    try:
+        while not sup.stopping:
+            ev = await sub.get(timeout=1.0)
+            if ev is not None and ev.kind == "agent.revoked" and isinstance(ev.data.get("agent"), str):
+                await sup.stop_agent(ev.data["agent"])
+    finally:
+        sub.close()
 
 
 async def _rediscover(gw: Gateway, sup: Supervisor, failed: list[str]) -> None:

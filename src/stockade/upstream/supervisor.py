@@ -240,6 +240,17 @@ class Supervisor:
         self.on_change()
         return len(found)
 
+    async def stop_agent(self, agent: str) -> int:
+        """Stop and forget every instance of `agent` (revoked). Returns how many."""
+        found = [i for (s, a), i in list(self.instances.items()) if a == agent and a != confine.DISCOVERY]
+        for inst in found:
+            await self.stop_instance(inst)
+            self.instances.pop((inst.server, inst.agent), None)
+            await asyncio.to_thread(confine.forget, self.home, inst.agent, inst.server)
+        if found:
+            self.on_change()
+        return len(found)
+
     async def stop(self) -> None:
         self.stopping = True
         for inst in list(self.instances.values()):
