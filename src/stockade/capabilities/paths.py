@@ -408,7 +408,7 @@ class Resolver:
             self.makedirs(parent)
         return self.open(parent, os.O_PATH | os.O_DIRECTORY), t.name
 
-    def makedirs(self, t: Target, mode: int = 0o755) -> bool:
+    def makedirs(self, t: Target, mode: int = 0o777) -> bool:   # less the umask or the default ACL
         """mkdir -p beneath the root; returns True if the last component was created."""
         created = False
         rootfd = self.root_fd(t.root)

@@ -93,6 +93,24 @@ class SandboxModel(_M):
     seccomp: Literal["default", "strict"] | None = None
     egress: list[str] | None = None
     timeout: float | None = None          # per-call wall-clock limit, seconds (sandbox part)
+    workspace: str | None = Field(None, max_length=4096)   # the agent's /workspace on the host (docs/sandbox.md)
+    workspace_owner: str | int | None = None   # the account that reads and edits the agent's work (ACLs)
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or v.rstrip("/") == "" or "\x00" in v
+                              or ".." in v.split("/")):
+            raise ValueError("workspace must be an absolute path other than / (no '..')")
+        return v
+
+    @field_validator("workspace_owner")
+    @classmethod
+    def _owner(cls, v: str | int | None) -> str | int | None:
+        if isinstance(v, bool) or (isinstance(v, int) and not 1 <= v < 2**31) or \
+                (isinstance(v, str) and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", v)):
+            raise ValueError("workspace_owner must be a user name or a uid other than 0")
+        return v
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from stockade.capabilities import workspace
 from stockade.capabilities.registry import load_registry
 from stockade.core.encoding import write_all
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
+from stockade.core.logs import log
 from stockade.egress import netns
 from stockade.sandbox import Profile, agentns
 from stockade.sandbox.cgroups import block_devices
@@ -244,7 +246,10 @@ class SandboxExecutor:
     # -- per agent -----------------------------------------------------------------------------
     def _agent(self, agent: str) -> dict[str, Any]:
         a = self._agents.get(agent)
-        if a is not None:
+        spec = dict(self.policy.sandbox_profile(agent) or {}) if self.policy is not None else {}
+        if a is not None and spec.get("workspace"):
+            return self._shared_workspace(agent, a["uid"], spec)
+        if a is not None and "shared" not in a:
             return a
         idx = None
         if self.db is not None:
@@ -253,6 +258,8 @@ class SandboxExecutor:
         if idx is None:
             raise err("SandboxUnavailable", f"agent {agent!r} has no sandbox identity", _UNAVAILABLE)
         uid = self.host_uid + int(idx)
+        if spec.get("workspace"):      # a directory of the owner's, shared through ACLs (issue 18)
+            return self._shared_workspace(agent, uid, spec)
         ws, trash = self.home.workspace(agent), self.home.trash / agent
         for d in (ws, trash):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -264,6 +271,33 @@ class SandboxExecutor:
             os.chmod(d, 0o700)
         a = {"uid": uid, "workspace": str(ws), "trash": str(trash),
              "devices": block_devices([str(ws)]), "netns": None}
+        self._agents[agent] = a
+        return a
+
+    def _shared_workspace(self, agent: str, uid: int, spec: dict[str, Any]) -> dict[str, Any]:
+        """The agent's /workspace is the owner's directory: checked (capabilities.workspace.check),
+        never chowned; the agent's uid and the owner's account get rwX ACLs on what is there and,
+        by default ACL, on what is created later. Done once per (path, owner)."""
+        checked = workspace.check(str(spec["workspace"]), self.home.root)
+        owner = workspace.owner_uid(spec.get("workspace_owner"), checked.path)
+        key = (str(checked.path), owner)
+        cached = self._agents.get(agent)
+        if cached is not None and cached.get("shared") == key:
+            return cached
+        try:
+            workspace.grant(checked.path, [uid, *([owner] if owner else [])])
+        except OSError as e:
+            raise err("SandboxUnavailable", f"workspace {checked.path}: cannot set ACLs ({e.strerror}); the "
+                      "filesystem must support POSIX ACLs", _UNAVAILABLE) from None
+        for w in checked.warnings:
+            log.warning("agent %s: %s", agent, w)
+        trash = self.home.trash / agent
+        trash.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.lstat(trash).st_uid != uid:
+            os.chown(trash, uid, uid)
+        a = {"uid": uid, "workspace": str(checked.path), "trash": str(trash),
+             "devices": block_devices([str(checked.path)]), "netns": None, "shared": key,
+             "warnings": list(checked.warnings)}
         self._agents[agent] = a
         return a
 

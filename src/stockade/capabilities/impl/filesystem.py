@@ -424,7 +424,10 @@ def fs_write(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             if old is not None and not overwrite:
                 raise err("InvalidInput", f"{t.display} already exists (overwrite: false)", path=t.display,
                           reason="exists")
-            mode = (old.st_mode & 0o777) if old is not None and st.S_ISREG(old.st_mode) else 0o644
+            # A new file gets 0o666 less the umask, or, in a shared workspace, what the directory's
+            # default ACL says (the owner's account keeps rw): never an explicit chmod (issue 18).
+            keep = old is not None and st.S_ISREG(old.st_mode)
+            mode = (old.st_mode & 0o777) if keep and old is not None else 0o666
             tmp = _tmp_name(name)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -434,7 +437,8 @@ def fs_write(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             try:
                 try:
                     _write_all(fd, data, t.display)
-                    os.fchmod(fd, mode)
+                    if keep:
+                        os.fchmod(fd, mode)
                 finally:
                     os.close(fd)
                 # Atomic replace of the directory entry (a symlink there is replaced, not followed).
@@ -459,7 +463,7 @@ def fs_append(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
             raise err("InvalidInput", f"{t.display} is a directory", path=t.display, reason="is_directory")
         if args.get("parents", True):
             res.makedirs(t.parent())
-        fd = res.open(t, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        fd = res.open(t, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
         try:
             s = os.fstat(fd)
             if not st.S_ISREG(s.st_mode):
@@ -535,7 +539,7 @@ def fs_mkdir(ctx: Any, args: dict[str, Any]) -> dict[str, Any]:
         else:
             dirfd, name = res.open_parent(t)
             try:
-                os.mkdir(name, 0o755, dir_fd=dirfd)
+                os.mkdir(name, 0o777, dir_fd=dirfd)  # less the umask or the default ACL
                 created = True
             except FileExistsError:
                 created = False
