@@ -5,8 +5,10 @@ Imperative shell around `record.py`:
   appends frames and fdatasyncs, fsyncs the directory when it creates a day file, and rolls a
   failed (ENOSPC) append back so the file never keeps half a batch.
 - `AuditWriter` (asyncio) assigns seq/ts/prev/hash on the event loop in call order, queues the
-  frames, and a single flusher task writes whatever is queued as one batch in a worker thread:
-  every caller waiting in that batch shares one fsync, and the loop keeps serving meanwhile.
+  frames, and whatever is queued is written as one batch in a worker thread (one batch at a
+  time): every caller waiting in that batch shares one fsync, and the loop keeps serving
+  meanwhile. A batch starts from the caller's enqueue once encoding has taken longer than an
+  fsync (so they overlap), else from the flusher after the acknowledged callers re-queue.
   `record()` returns only once its record is durable.
 - fsync failing is fatal (the kernel may have dropped the dirty pages; retrying could "succeed"
   without the data): the writer refuses every further record, so the gateway refuses calls.
