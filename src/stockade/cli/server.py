@@ -25,7 +25,6 @@ from stockade.cli.common import (
 from stockade.core import agents, logs
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.home import write_private
-from stockade.gateway import service
 
 TEMPLATES = ("personal", "strict", "open")
 DEMO_KEY_FILE = "demo-agent.key"
@@ -38,6 +37,7 @@ DEMO_KEY_FILE = "demo-agent.key"
 @json_option
 def init(home: str | None, policy: str, as_json: bool) -> None:
     """Create a data home (idempotent): config, database, keys, policy template."""
+    from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = get_home(home)
     try:
         created = service.init_home(h, policy)
@@ -65,6 +65,7 @@ def _check_public(host: str, public: bool, what: str) -> None:
 
 def _serve(home: str | None, port: int | None, dashboard_port: int | None, public: bool,
            banner: Any = None, accept_install_mismatch: bool = False) -> None:
+    from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = need_home(home)
     try:
         cfg = h.config()
@@ -131,6 +132,7 @@ def demo(home: str | None, port: int, dashboard_port: int, rotate_key: bool) -> 
 
     The demo agent's key is kept in the demo home (demo-agent.key, 0600), so a client configured
     with it keeps working across restarts; `--rotate-key` replaces it."""
+    from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = get_home(home)
     service.init_home(h, "personal")
     key = _demo_key(h, rotate_key)
@@ -177,6 +179,7 @@ def _demo_key(h: Any, rotate: bool) -> str:
 
 def doctor_checks(home_path: str | None) -> dict[str, Any]:
     """Every layer's real status; parts add theirs through `<part>.setup.doctor(home)`."""
+    from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = get_home(home_path)
     out: dict[str, Any] = {"home": str(h.root), "checks": {}}
     checks = out["checks"]

@@ -26,7 +26,6 @@ from stockade.cli.common import EXIT_USAGE, emit, fail, json_option
 from stockade.core import admin
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.home import Home
-from stockade.gateway import service as wiring
 
 UNITS = ("stockade.service", "stockade-perimeter.service")
 GATEWAY, PERIMETER = UNITS
@@ -129,6 +128,9 @@ def _unit_dir_option(fn: Any) -> Any:
 def install(home: str, unit_dir: str, log_format: str, enable_perimeter: bool, no_enable: bool,
             as_json: bool) -> None:
     """Write the systemd units, create the data home, enable the gateway."""
+    from stockade.gateway import (
+        service as wiring,  # here, not at the top: it pulls in mcp (~2 s) other commands never need
+    )
     target = Target(Path(unit_dir), Path(home))
     found = problems(target, os.geteuid())
     if found:

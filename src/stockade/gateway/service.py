@@ -43,8 +43,7 @@ from stockade.core.limits import MAX_CONNECTIONS
 from stockade.core.logs import log
 from stockade.core.wiring import Gateway, Listener
 from stockade.edge.http import GuardedH11
-from stockade.gateway import jsonrpc, mcp_transport
-from stockade.gateway import server as gateway_server
+from stockade.gateway import jsonrpc
 from stockade.gateway.pipeline import Pipeline
 from stockade.gateway.reload import Reloader
 from stockade.release import gate as install_gate
@@ -198,6 +197,11 @@ def _part_name(part: ModuleType) -> str:
 
 async def _listen(gw: Gateway, servers: list[_Server], listening: list[asyncio.Task[Any]]) -> None:
     """Bind every listener and return once all of them accept connections."""
+    # The transports load here, not at the top: they pull in the mcp SDK (~2 s of imports) that
+    # `init`, `doctor`, `service install` and every other command building on this module never use.
+    from stockade.gateway import mcp_transport
+    from stockade.gateway import server as gateway_server
+
     cfg = gw.config.gateway
     mcp = mcp_transport.McpTransport(gw.pipeline, cfg.max_body_bytes)
     gw.listeners.insert(0, Listener("gateway", gateway_server.build_app(
