@@ -15,13 +15,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stockade.audit.redact import redact
 from stockade.core.errors import StockadeError, err
 from stockade.core.home import Home
 from stockade.upstream import confine
-from stockade.upstream.client import LAUNCHER, Connection
+
+if TYPE_CHECKING:
+    from stockade.upstream.client import Connection
 from stockade.upstream.config import ServerConfig
 from stockade.upstream.tools import shape_result
 
@@ -105,6 +107,10 @@ class Supervisor:
             raise err("SandboxUnavailable", f"upstream server {inst.server}: its sandbox could not be set up "
                       f"({type(e).__name__}: {e})"[:400]) from None
         label = inst.server if inst.agent == confine.DISCOVERY else f"{inst.server}[{inst.agent}]"
+        # The client (and the mcp SDK, ~2 s of imports) loads on the first start of a server, so
+        # `stockade init` and the other commands that load every part never pay for it.
+        from stockade.upstream.client import LAUNCHER, Connection
+
         conn = Connection(label, inst.placement.spec, max_line=cfg.max_output_bytes * 2 + LINE_SLACK,
                           startup_timeout=cfg.startup_timeout, launcher=self.launcher or LAUNCHER)
         conn.on_tools_changed = self._tools_changed(inst.server, conn)
