@@ -108,7 +108,8 @@ def test_dashboard_login_live_events_click_approve(tmp_path: Path, browser_page:
         resp = call.result()
         assert "unix" in resp["result"], resp
         shown = cli_json("approvals", "show", a["approval"], home=home)
-        assert shown["status"] == "executed" and shown["decided_by"] == "dashboard"
+        assert shown["status"] == "executed" and shown["decided_by"]["via"] == "dashboard"
+        assert len(shown["decided_by"]["session"]) == 16   # a digest of the session id, never the id
         page.goto(base + f"/approvals/{a['approval']}")
         assert "executed" in page.locator("body").inner_text()
 
