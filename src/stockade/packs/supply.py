@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stockade.packs.records import record_check
 from stockade.release import keys
 from stockade.release.verify import Install, check
 
@@ -17,5 +18,12 @@ from stockade.release.verify import Install, check
 def verify_install(inst: Install | None = None) -> dict[str, Any]:
     report = check(inst or Install.current(), keys.PUBLISHER_KEY)
     if report["status"] == "unverified":
-        report["status"] = "degraded"
+        # Nothing is verified without a signed manifest; RECORDs and the lock still catch a changed,
+        # missing or unpinned dependency (as doctor did before releases were signed).
+        rec = record_check()
+        for k in ("modified", "missing", "extra"):
+            report[k] = sorted(set(report.get(k) or []) | set(rec[k]))
+        report["version_mismatch"], report["unpinned"] = rec["version_mismatch"], rec["unpinned"]
+        report["files_checked"] = rec["files_checked"]
+        report["status"] = "critical" if rec["status"] == "critical" else "degraded"
     return report
