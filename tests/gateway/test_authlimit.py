@@ -4,26 +4,30 @@ from __future__ import annotations
 
 from stockade.edge.authlimit import AuthFailures, presented, source_key
 
-GOOD, BAD = b"g" * 32, b"b" * 32
 
 
 def test_a_source_is_throttled_after_its_burst_and_refills() -> None:
     a = AuthFailures(burst=3, per_second=0.5, window=60)
     for t in range(3):
-        assert a.admits("1.2.3.4", BAD, t * 0.01) is None
+        assert a.admits("1.2.3.4", t * 0.01) is None
         a.failed("1.2.3.4", "jsonrpc", "unknown", t * 0.01)
-    wait = a.admits("1.2.3.4", BAD, 0.1)
+    wait = a.admits("1.2.3.4", 0.1)
     assert wait is not None and 1.5 < wait <= 2.0
-    assert a.admits("5.6.7.8", BAD, 0.1) is None          # another source is not affected
-    assert a.admits("1.2.3.4", BAD, 2.2) is None          # one token back
+    assert a.admits("5.6.7.8", 0.1) is None          # another source is not affected
+    assert a.admits("1.2.3.4", 2.2) is None          # one token back
 
 
-def test_a_key_that_worked_from_the_source_still_passes_while_throttled() -> None:
+def test_a_success_remembers_nothing_and_throttles_nothing() -> None:
+    """Valid keys are checked before the throttle (pipeline.admit); success only closes ended windows."""
     a = AuthFailures(burst=1, per_second=0.001)
-    a.succeeded("127.0.0.1", GOOD, 0)
+    assert a.succeeded("127.0.0.1", 0) == []
+    assert a.admits("127.0.0.1", 0) is None and not a._sources     # no state for a source that never failed
     a.failed("127.0.0.1", "jsonrpc", "unknown", 1)
-    assert a.admits("127.0.0.1", BAD, 2) is not None
-    assert a.admits("127.0.0.1", GOOD, 2) is None
+    assert a.admits("127.0.0.1", 2) is not None
+    assert [r["kind"] for r in a.succeeded("127.0.0.1", 100)] == []  # the first failure was already written
+    a.failed("127.0.0.1", "jsonrpc", "unknown", 101)
+    a.failed("127.0.0.1", "jsonrpc", "unknown", 102)
+    assert [r["kind"] for r in a.succeeded("127.0.0.1", 200)] == ["auth.failures"]
 
 
 def test_one_description_one_alert_and_one_summary_per_window() -> None:

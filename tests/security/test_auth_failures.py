@@ -118,9 +118,11 @@ def test_bad_keys_are_throttled_audited_and_alerted_on_every_transport(gw: Serve
     limited = results[-1]
     assert limited[0] == (1013 if transport == "ws" else 429), limited
     assert limited[1]["data"]["rule"] == "auth-failures" and limited[1]["data"]["retry_after"] > 0
-    # ...without checking the key: a valid key never seen from this address waits too,
-    assert attempt(gw, transport, fresh)[1].get("data", {}).get("type") == "RateLimited"
-    # while an agent that already worked from here is still served.
+    # A valid key is never locked out by someone else's failures from the same address: one never
+    # used from here passes,
+    status, body = attempt(gw, transport, fresh)
+    assert status in (101, 200) and not body, (status, body)
+    # as does an agent that already worked from here.
     assert gw.invoke(steady, "system.time").get("result")
     events = _events(gw, "auth.burst")
     assert len(events) == 1 and events[0]["severity"] == "critical", events
@@ -135,7 +137,7 @@ def test_bad_keys_are_throttled_audited_and_alerted_on_every_transport(gw: Serve
     assert first[0]["transport"] == wire and first[0]["reason"] == "unknown", first
     assert first[0]["credential"] == "stk_" and first[0]["length"] == 47, first
     s = summaries[0]
-    assert s["failures"] == BURST and s["throttled"] == 26 - BURST, s
+    assert s["failures"] == BURST and s["throttled"] == 25 - BURST, s     # the fresh key was not throttled
     # (on the WebSocket the keyless client sends a bad token in its auth message: malformed)
     assert set(s["reasons"]) == {"malformed", "unknown", "revoked"} | ({"missing"} if transport != "ws" else set()), s
     # Never a presented key, nor any of it past the `stk_` marker.

@@ -2,12 +2,12 @@
 
 Pure (the caller passes the clock); the pipeline applies what it returns. Why each piece:
 
-- **Throttle.** Each source has a bucket of `BURST` failures refilled at `PER_SECOND`. An empty
-  bucket refuses the source's requests (`RateLimited`, HTTP 429) *without checking the key
-  against the agents store*, so a guesser learns nothing while throttled. Keys that already
-  authenticated from that source (a small remembered set of their hashes) still pass to the real
-  check: a hostile process spraying bad keys from the same address (every local agent is
-  127.0.0.1) cannot lock out agents that were already working; a key never seen from there waits.
+- **Throttle.** Each source has a bucket of `BURST` failures refilled at `PER_SECOND`. Once it is
+  empty, the source's failures are refused as `RateLimited` (HTTP 429) with no record of their
+  own. A valid key always passes: every local agent shares 127.0.0.1, so a throttle that refused
+  before the key check would let one hostile process spraying bad keys lock out every agent not
+  yet seen there (a new or just-rotated key). Nothing is given away by checking: keys are 256
+  random bits, the check is one indexed lookup of their SHA-256, and a guess never succeeds.
 - **Bounded record.** Per source and per `WINDOW_SECONDS`: the first failure is described
   (`first`), then everything is counted into one summary when the window ends (`summaries`).
   A description names the reason and the shape of what was presented, never the key: at most the
@@ -30,7 +30,6 @@ BURST = 10
 PER_SECOND = 0.2
 WINDOW_SECONDS = 60.0
 MAX_SOURCES = 4096
-KNOWN_KEYS_PER_SOURCE = 64
 KEY_MARKER = "stk_"
 
 
@@ -68,7 +67,6 @@ class _Source:
     first_written: bool = False
     reasons: Counter[str] = field(default_factory=Counter)
     transports: Counter[str] = field(default_factory=Counter)
-    known: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -89,25 +87,19 @@ class AuthFailures:
     _sources: OrderedDict[str, _Source] = field(default_factory=OrderedDict)
 
     # -- decisions ------------------------------------------------------------------------------
-    def admits(self, source: str, key_hash: bytes, now: float) -> float | None:
-        """None when the key may be checked; else seconds until this source may try an unknown key."""
+    def admits(self, source: str, now: float) -> float | None:
+        """None when a failure from `source` is still counted; else seconds until the bucket refills."""
         s = self._sources.get(source)
         if s is None:
             return None
         self._refill(s, now)
-        if s.tokens >= 1.0 or key_hash in s.known:
+        if s.tokens >= 1.0:
             return None
         return (1.0 - s.tokens) / self.per_second
 
-    def succeeded(self, source: str, key_hash: bytes, now: float) -> list[dict[str, Any]]:
-        """Remember a key that authenticated from `source`: it passes the throttle later."""
-        out = self._ensure(source, now)
-        known = self._sources[source].known
-        known.pop(key_hash, None)
-        known[key_hash] = None
-        while len(known) > KNOWN_KEYS_PER_SOURCE:
-            known.popitem(last=False)
-        return out
+    def succeeded(self, source: str, now: float) -> list[dict[str, Any]]:
+        """A key authenticated from `source`: only closes windows that ended (nothing is remembered)."""
+        return self._ensure(source, now) if source in self._sources else []
 
     # -- counting -------------------------------------------------------------------------------
     def failed(self, source: str, transport: str, reason: str, now: float,
@@ -138,8 +130,8 @@ class AuthFailures:
         return out
 
     def due(self, now: float) -> list[dict[str, Any]]:
-        """Summaries of every window that has ended. Sources stay (with their remembered keys)
-        until the oldest are dropped for new ones."""
+        """Summaries of every window that has ended. Sources stay until the oldest are dropped
+        for new ones."""
         out: list[dict[str, Any]] = []
         for source, s in self._sources.items():
             if now - s.window_start < self.window:

@@ -175,29 +175,33 @@ class Pipeline:
     async def admit(self, key: str | None, session: str, transport: str, host: str | None) -> Caller:
         """Authenticate a request from `host` on any transport, under the failed-authentication throttle.
 
-        A source whose failure bucket is empty is refused (`RateLimited`) before its key is looked
-        up, unless that key already authenticated from there. Each failure is counted; the
+        The key is always checked, so a valid one passes even from a throttled address (local
+        agents share 127.0.0.1; see `edge.authlimit`). A failure from a source whose bucket is
+        empty is refused as `RateLimited` and only counted. Other failures are counted too; the
         audit log gets the window's first failure described (never the key), a summary per window
         and one `auth.burst` when the bucket empties, which is also a critical event for the owner.
         """
         source, now = source_key(host), self.clock()
-        digest = agents.key_hash(key or "")
-        wait = self.auth_failures.admits(source, digest, now)
+        try:
+            caller = self.authenticate(key, session, transport)
+        except StockadeError:
+            await self._refuse(key, source, transport, now)
+            raise
+        await self._write_auth(self.auth_failures.succeeded(source, now))
+        return caller
+
+    async def _refuse(self, key: str | None, source: str, transport: str, now: float) -> None:
+        """Count one failed authentication; raise `RateLimited` instead when the source is throttled."""
+        wait = self.auth_failures.admits(source, now)
         if wait is not None:
             await self._write_auth(self.auth_failures.throttled(source, transport, now))
             raise err("RateLimited", "too many failed authentications from this address; try again later",
                       retry_after=round(wait, 3), rule="auth-failures")
-        try:
-            caller = self.authenticate(key, session, transport)
-        except StockadeError:
-            reason, detail = self._unauthenticated_reason(key, digest)
-            out = self.auth_failures.failed(source, transport, reason, now, detail)
-            await self._write_auth([r for r in (out.first, out.burst) if r] + out.summaries)
-            if out.burst is not None:
-                self.bus.publish("auth.burst", {k: v for k, v in out.burst.items() if k != "kind"}, "critical")
-            raise
-        await self._write_auth(self.auth_failures.succeeded(source, digest, now))
-        return caller
+        reason, detail = self._unauthenticated_reason(key, agents.key_hash(key or ""))
+        out = self.auth_failures.failed(source, transport, reason, now, detail)
+        await self._write_auth([r for r in (out.first, out.burst) if r] + out.summaries)
+        if out.burst is not None:
+            self.bus.publish("auth.burst", {k: v for k, v in out.burst.items() if k != "kind"}, "critical")
 
     def _unauthenticated_reason(self, key: str | None, digest: bytes) -> tuple[str, dict[str, Any]]:
         """Why a key failed, for the owner: missing, malformed, unknown, or a revoked agent's (named)."""
