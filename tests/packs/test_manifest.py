@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -153,6 +154,35 @@ def test_symlink_in_pack_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StockadeError) as ei:
         tree.read_dir(d)
     assert ei.value.data["file"] == "src/link.py"
+
+
+@pytest.mark.parametrize(("after", "swap"), [("listdir", "vanish"), ("stat", "vanish"), ("stat", "symlink")])
+def test_a_file_swapped_while_the_walk_reads_it_is_a_changed_pack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: str, swap: str) -> None:
+    """The race CI hit (a racer renaming files in a live pack): whatever the walk meets after
+    listing or stat-ing a name, it answers PackSignatureInvalid naming the file, never an OSError
+    (which the sandbox reported as Internal)."""
+    import shutil
+
+    d = tmp_path / "p"
+    shutil.copytree(EXAMPLE, d)
+    target = d / "src" / "stats.py"
+    real, swapped = getattr(os, after), []
+
+    def then_swap(*a, **kw):  # type: ignore[no-untyped-def]
+        out = real(*a, **kw)
+        hit = "stats.py" in out if after == "listdir" else a[0] == "stats.py"
+        if hit and not swapped:
+            swapped.append(True)
+            target.unlink()
+            if swap == "symlink":
+                target.symlink_to("/etc/passwd")
+        return out
+
+    monkeypatch.setattr(tree.os, after, then_swap)
+    with pytest.raises(StockadeError) as ei:
+        tree.read_dir(d)
+    assert ei.value.type == "PackSignatureInvalid" and ei.value.data["file"] == "src/stats.py", ei.value
 
 
 def test_tarball_with_dotdot_is_refused(tmp_path: Path) -> None:

@@ -7,11 +7,14 @@ can be pulled in and nothing unverified can be executed later.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from stockade.packs.sigcheck import MAX_FILES, MAX_PACK_BYTES, check_path, pack_error
@@ -24,11 +27,14 @@ def read_dir(root: str | os.PathLike[str], *, skip: tuple[str, ...] = ()) -> tup
     """Every file under `root` (relative path -> bytes) and the SIGNATURE bytes (or None).
 
     Walks with openat(O_NOFOLLOW) from a directory fd, so a symlink planted anywhere (even
-    swapped in during the walk) is refused rather than followed."""
+    swapped in during the walk) is refused rather than followed. A file that vanishes or changes
+    kind between listing and reading is a pack that changed under us: PackSignatureInvalid
+    naming the file, never an OSError."""
     files: dict[str, bytes] = {}
     signature: bytes | None = None
     total = 0
-    rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with _changed_is_invalid(str(root)):
+        rootfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     stack: list[tuple[int, str]] = [(rootfd, "")]
     try:
         while stack:
@@ -38,35 +44,19 @@ def read_dir(root: str | os.PathLike[str], *, skip: tuple[str, ...] = ()) -> tup
                     rel = f"{prefix}{name}"
                     if not prefix and name in skip:
                         continue
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    if stat.S_ISLNK(st.st_mode):
-                        raise pack_error("symbolic links are not allowed in a pack", rel, "InvalidInput")
-                    if stat.S_ISDIR(st.st_mode):
-                        if name == "__pycache__":
-                            raise pack_error("compiled bytecode is not allowed in a pack", rel, "InvalidInput")
-                        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                        stack.append((sub, rel + "/"))
+                    with _changed_is_invalid(rel):
+                        entry = _read_entry(dfd, name, rel, MAX_PACK_BYTES - total + 1)
+                    if isinstance(entry, int):
+                        stack.append((entry, rel + "/"))
                         continue
-                    if not stat.S_ISREG(st.st_mode):
-                        raise pack_error("only regular files are allowed in a pack", rel, "InvalidInput")
-                    if st.st_nlink > 1:
-                        raise pack_error("hard-linked files are not allowed in a pack", rel, "InvalidInput")
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-                    try:
-                        fst = os.fstat(fd)
-                        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                            raise pack_error("file changed while reading", rel)
-                        data = _read_all(fd, MAX_PACK_BYTES - total + 1)
-                    finally:
-                        os.close(fd)
-                    total += len(data)
+                    total += len(entry)
                     if total > MAX_PACK_BYTES:
                         raise pack_error(f"pack larger than {MAX_PACK_BYTES} bytes", rel, "InvalidInput")
                     if rel == SIGNATURE:
-                        signature = data
+                        signature = entry
                         continue
                     check_path(rel)
-                    files[rel] = data
+                    files[rel] = entry
                     if len(files) > MAX_FILES:
                         raise pack_error(f"more than {MAX_FILES} files", rel, "InvalidInput")
             finally:
@@ -76,6 +66,38 @@ def read_dir(root: str | os.PathLike[str], *, skip: tuple[str, ...] = ()) -> tup
             os.close(fd)
         raise
     return files, signature
+
+
+@contextmanager
+def _changed_is_invalid(rel: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        why = errno.errorcode.get(e.errno or 0, str(e.errno))
+        raise pack_error(f"the pack changed while it was read ({why})", rel) from None
+
+
+def _read_entry(dfd: int, name: str, rel: str, limit: int) -> int | bytes:
+    """One directory entry: an fd for a subdirectory, or a regular file's bytes (at most `limit`)."""
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise pack_error("symbolic links are not allowed in a pack", rel, "InvalidInput")
+    if stat.S_ISDIR(st.st_mode):
+        if name == "__pycache__":
+            raise pack_error("compiled bytecode is not allowed in a pack", rel, "InvalidInput")
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    if not stat.S_ISREG(st.st_mode):
+        raise pack_error("only regular files are allowed in a pack", rel, "InvalidInput")
+    if st.st_nlink > 1:
+        raise pack_error("hard-linked files are not allowed in a pack", rel, "InvalidInput")
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise pack_error("file changed while reading", rel)
+        return _read_all(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def _read_all(fd: int, limit: int) -> bytes:
