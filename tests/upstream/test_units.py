@@ -144,3 +144,38 @@ def test_a_server_is_granted_its_entries_that_the_agents_policy_allows() -> None
     assert confine.granted(Egress(), "some", cfg) == ("198.51.100.1:80",)
     assert confine.granted(Egress(), "none", cfg) == ()
     assert confine.granted(None, "wide", cfg) == ()      # no egress part: only lo
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("http://127.0.0.1:8931/mcp", True), ("https://localhost/mcp", True), ("http://[::1]:9/mcp", True),
+    ("http://127.8.9.10:1/x", True), ("http://192.0.2.1/mcp", False), ("http://example.org/mcp", False),
+    ("http://localhost.example.org/mcp", False), ("ftp://127.0.0.1/mcp", False), ("http://u:p@127.0.0.1/mcp", False),
+    ("http://127.0.0.1:0/mcp", False), ("http://127.0.0.1/mcp#x", False), ("http://127.0.0.1/a b", False),
+    ("http://127.0.0.1:99999/mcp", False),
+])
+def test_a_url_server_must_be_on_loopback(url: str, ok: bool) -> None:
+    assert (config.loopback_url_problem(url) is None) is ok, url
+
+
+def test_a_url_server_renders_back_and_names_its_header_secrets() -> None:
+    text = ("servers:\n  notes:\n    url: http://127.0.0.1:8931/mcp\n"
+            "    headers: {Authorization: 'Bearer ${secret:tok}'}\n")
+    servers = config.parse(text)
+    assert servers["notes"].is_http and servers["notes"].secret_names() == ["tok"]
+    assert config.parse(config.render(servers)) == servers
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("{url: 'http://127.0.0.1:1/mcp', command: /bin/true}", "either command"),
+    ("{}", "either command"),
+    ("{url: 'http://127.0.0.1:1/mcp', env: {A: b}}", "only for a server stockade runs"),
+    ("{url: 'http://127.0.0.1:1/mcp', filesystem: [{path: /srv}]}", "only for a server stockade runs"),
+    ("{command: /bin/true, headers: {A: b}}", "only for a url server"),
+    ("{url: 'http://127.0.0.1:1/mcp', headers: {Host: evil}}", "not a header name"),
+    ("{url: 'http://127.0.0.1:1/mcp', headers: {Mcp-Session-Id: x}}", "not a header name"),
+    ("{url: 'http://127.0.0.1:1/mcp', headers: {X-A: \"a\\r\\nB: c\"}}", "one line"),
+])
+def test_a_url_server_refuses_what_it_cannot_honour(entry: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse(f"servers:\n  notes: {entry}\n")
+    assert why in "; ".join(e.value.errors), e.value.errors

@@ -62,7 +62,10 @@ def upstream() -> None:
 
 @upstream.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--url", help="A Streamable HTTP server already running on loopback (instead of a command).")
+@click.option("--header", "header", multiple=True, help="NAME=VALUE sent to a --url server; VALUE may hold "
+              "${secret:NAME} (repeat).")
 @click.option("--ro", "ro", multiple=True, help="A host directory it sees read-only (repeat).")
 @click.option("--rw", "rw", multiple=True, help="A host directory it may write (repeat).")
 @click.option("--egress", multiple=True, help="host:port or cidr:port it may connect to (repeat).")
@@ -72,27 +75,24 @@ def upstream() -> None:
 @click.option("--replace", is_flag=True, help="Replace a server of the same name.")
 @home_option
 @json_option
-def add(name: str, command: tuple[str, ...], ro: tuple[str, ...], rw: tuple[str, ...], egress: tuple[str, ...],
-        env: tuple[str, ...], shared: bool, no_runtime_dirs: bool, replace: bool, home: str | None,
-        as_json: bool) -> None:
-    """Declare a server: stockade upstream add NAME [options] -- COMMAND ARGS..."""
+def add(name: str, command: tuple[str, ...], url: str | None, header: tuple[str, ...], ro: tuple[str, ...],
+        rw: tuple[str, ...], egress: tuple[str, ...], env: tuple[str, ...], shared: bool, no_runtime_dirs: bool,
+        replace: bool, home: str | None, as_json: bool) -> None:
+    """Declare a server: stockade upstream add NAME [options] -- COMMAND ARGS...
+    (or, for one already running on loopback: stockade upstream add NAME --url URL)."""
     h = need_home(home)
-    exe = shutil.which(command[0]) if "/" not in command[0] else command[0]
-    exe = os.path.abspath(exe) if exe else None
-    if not exe or not os.path.isfile(exe):
-        fail(f"{command[0]}: not found (give an absolute path)", as_json=as_json)
-    pairs = [e.split("=", 1) for e in env]
-    if any(len(p) != 2 for p in pairs):
-        fail("--env takes NAME=VALUE", as_json=as_json)
-    dirs = [] if no_runtime_dirs else config.runtime_dirs(exe)
-    fs = [{"path": d, "mode": "ro"} for d in sorted(set(dirs) | set(ro)) if d not in rw]
-    fs += [{"path": d, "mode": "rw"} for d in sorted(set(rw))]
+    if bool(command) == bool(url):
+        fail("give either -- COMMAND ARGS... or --url URL", as_json=as_json)
+    if url and (ro or rw or egress or env) or command and header:
+        fail("--ro, --rw, --egress and --env are for a server stockade runs; --header for a --url server",
+             as_json=as_json)
+    entry = _http_entry(url, header, as_json) if url else _command_entry(command, ro, rw, egress, env,
+                                                                         no_runtime_dirs, as_json)
+    entry["instances"] = "shared" if shared else "per-agent"
     try:
         servers = config.load(h)
         if name in servers and not replace:
             fail(f"an upstream server named {name!r} exists (use --replace)", as_json=as_json)
-        entry = {"command": exe, "args": list(command[1:]), "env": dict(pairs), "egress": list(egress),
-                 "filesystem": fs, "instances": "shared" if shared else "per-agent"}
         servers = {**servers, name: config.ServerConfig.model_validate(entry)}
         config.UpstreamFile.model_validate({"servers": {name: entry}})
         _save(h, servers)
@@ -105,8 +105,32 @@ def add(name: str, command: tuple[str, ...], ro: tuple[str, ...], rw: tuple[str,
         fail("; ".join(f"{'.'.join(str(x) for x in er['loc'])}: {er['msg']}" for er in e.errors())[:1000],
              as_json=as_json)
     emit({"server": name, "config": servers[name].model_dump(mode="json"), "reloaded": reloaded}, as_json,
-         lambda d: click.echo(f"upstream server {name} added ({exe})"
+         lambda d: click.echo(f"upstream server {name} added ({url or entry['command']})"
                               + ("; the running gateway reloaded it" if reloaded else "")))
+
+
+def _pairs(items: tuple[str, ...], option: str, as_json: bool) -> dict[str, str]:
+    pairs = [e.split("=", 1) for e in items]
+    if any(len(p) != 2 for p in pairs):
+        fail(f"{option} takes NAME=VALUE", as_json=as_json)
+    return dict(pairs)
+
+
+def _command_entry(command: tuple[str, ...], ro: tuple[str, ...], rw: tuple[str, ...], egress: tuple[str, ...],
+                   env: tuple[str, ...], no_runtime_dirs: bool, as_json: bool) -> dict[str, Any]:
+    exe = shutil.which(command[0]) if "/" not in command[0] else command[0]
+    exe = os.path.abspath(exe) if exe else None
+    if not exe or not os.path.isfile(exe):
+        fail(f"{command[0]}: not found (give an absolute path)", as_json=as_json)
+    dirs = [] if no_runtime_dirs else config.runtime_dirs(exe)
+    fs = [{"path": d, "mode": "ro"} for d in sorted(set(dirs) | set(ro)) if d not in rw]
+    fs += [{"path": d, "mode": "rw"} for d in sorted(set(rw))]
+    return {"command": exe, "args": list(command[1:]), "env": _pairs(env, "--env", as_json),
+            "egress": list(egress), "filesystem": fs}
+
+
+def _http_entry(url: str, header: tuple[str, ...], as_json: bool) -> dict[str, Any]:
+    return {"url": url, "headers": _pairs(header, "--header", as_json)}
 
 
 @upstream.command("list")
@@ -127,7 +151,7 @@ def list_(home: str | None, as_json: bool) -> None:
             status = admin.call(h, "upstream.status", {}).get("servers", {})
         except StockadeError:
             status = {}
-    rows = [{"name": n, "command": s.command, "args": s.args, "instances": s.instances, "egress": s.egress,
+    rows = [{"name": n, "command": s.command or s.url, "args": s.args, "instances": s.instances, "egress": s.egress,
              "filesystem": [f.model_dump() for f in s.filesystem], "running": status.get(n, {}).get("instances")}
             for n, s in sorted(servers.items())]
 

@@ -15,18 +15,27 @@
         pids: 128
         cpu: 1
 
+A server that already runs elsewhere on loopback is declared by its Streamable HTTP endpoint
+instead of a command (it is not started nor confined by stockade; its calls go through the
+same pipeline):
+
+      notes:
+        url: http://127.0.0.1:8931/mcp                   # loopback only
+        headers: {Authorization: "Bearer ${secret:notes_token}"}   # sent to that server only
+
 A server's name becomes the first part of its tools' capability names (`time.get_current_time`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stockade.core import yamlfile
 from stockade.core.config import parse_size
@@ -36,6 +45,10 @@ from stockade.vault.refs import names_in
 
 SERVER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+# Headers the transport sets itself: an owner's value would break or confuse the session.
+RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "accept", "connection",
+                              "transfer-encoding", "mcp-session-id", "mcp-protocol-version", "last-event-id"})
 FILE_NAME = "upstream.yaml"
 
 
@@ -53,9 +66,41 @@ class FsEntry(BaseModel):
         return v
 
 
+def loopback_url_problem(url: str) -> str | None:
+    """Pure: why `url` is not a Streamable HTTP endpoint on this machine's loopback (None if it is).
+
+    Only loopback: the gateway itself makes the connection, unconfined, so a remote endpoint would
+    give the gateway reach the owner never granted through an egress allowlist."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        return f"not a URL ({e})"
+    if u.scheme not in ("http", "https") or not u.hostname or any(c in url for c in "\0\r\n\t "):
+        return "must be an http:// or https:// URL"
+    if u.username is not None or u.password is not None:
+        return "credentials belong in headers (${secret:NAME}), not in the URL"
+    if u.fragment:
+        return "a URL with a #fragment"
+    if port == 0:
+        return "port 0"
+    if u.hostname == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(u.hostname).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return "the host must be a loopback address (127.0.0.0/8, ::1, localhost)"
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    command: str = Field(min_length=2, max_length=4096)
+    command: str | None = Field(None, min_length=2, max_length=4096)
+    url: str | None = Field(None, min_length=8, max_length=2048)
+    headers: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list, max_length=256)
     env: dict[str, str] = Field(default_factory=dict)
     egress: list[str] = Field(default_factory=list, max_length=256)
@@ -75,10 +120,42 @@ class ServerConfig(BaseModel):
 
     @field_validator("command")
     @classmethod
-    def _command(cls, v: str) -> str:
-        if not v.startswith("/") or "\0" in v:
+    def _command(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or "\0" in v):
             raise ValueError("command must be an absolute path")
         return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        why = loopback_url_problem(v) if v is not None else None
+        if why is not None:
+            raise ValueError(f"url {v!r}: {why}")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not HEADER_NAME.match(k) or k.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {k!r}: not a header name the owner may set")
+            if any(c in val for c in "\0\r\n") or len(val) > 8192:
+                raise ValueError(f"header {k!r}: values are one line of text, at most 8192 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> ServerConfig:
+        """A server is either a command stockade runs confined, or a URL of one already running:
+        options of the other kind would be promises nothing keeps, so they are refused."""
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (a server stockade runs) or url (one already running)")
+        if self.url is not None:
+            extra = [f for f in ("args", "env", "egress", "filesystem") if getattr(self, f)]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for a server stockade runs (command), not a url")
+        elif self.headers:
+            raise ValueError("headers: only for a url server")
+        return self
 
     @field_validator("args")
     @classmethod
@@ -95,9 +172,17 @@ class ServerConfig(BaseModel):
                 raise ValueError(f"env {k!r}: names are [A-Za-z_][A-Za-z0-9_]*, values text without NUL")
         return v
 
+    @property
+    def is_http(self) -> bool:
+        return self.url is not None
+
+    def given(self) -> dict[str, str]:
+        """What the server is given at start, secrets unresolved: env (command) or headers (url)."""
+        return self.headers if self.is_http else self.env
+
     def secret_names(self) -> list[str]:
-        """The vault secrets this server is given at start (`${secret:NAME}` in env values)."""
-        return sorted({n for val in self.env.values() for n in names_in(val)})
+        """The vault secrets this server is given at start (`${secret:NAME}` in env or header values)."""
+        return sorted({n for val in self.given().values() for n in names_in(val)})
 
 
 class UpstreamFile(BaseModel):
@@ -126,7 +211,8 @@ def render(servers: dict[str, ServerConfig]) -> str:
     """Pure: servers -> upstream.yaml text (what `stockade upstream add/remove` writes)."""
     out = {"servers": {n: s.model_dump(mode="json", exclude_defaults=True) for n, s in sorted(servers.items())}}
     for n, s in servers.items():
-        out["servers"][n]["command"] = s.command
+        key = "url" if s.is_http else "command"
+        out["servers"][n] = {key: getattr(s, key), **out["servers"][n]}
     return "# MCP servers stockade fronts (docs/upstream.md); `stockade upstream add|remove` edits this.\n" + \
         yaml.safe_dump(out, sort_keys=False, default_flow_style=False)
 

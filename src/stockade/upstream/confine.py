@@ -102,6 +102,7 @@ def data_dir(home: Home, agent: str, server: str, uid: int) -> str:
 def spec(cfg: ServerConfig, env: dict[str, str], uid: int, netns_path: str, cgroup_procs: tuple[str, ...],
          data: str | None, entries: tuple[str, ...] = ()) -> Spec:
     """Pure: the launch spec of one instance (`entries`: its granted egress)."""
+    assert cfg.command is not None  # noqa: S101 - a url server is connected to, never placed
     binds = [Bind(f.path, f.mode == "ro") for f in cfg.filesystem]
     if data is not None:
         binds.append(Bind(data, False, DATA))

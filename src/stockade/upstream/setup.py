@@ -45,26 +45,27 @@ def _uid_of(gw: Gateway, base: int) -> Callable[[str], int]:
 
 
 def _env_of(gw: Gateway) -> Callable[[str, str, config.ServerConfig], tuple[dict[str, str], list[str]]]:
-    """A server's environment with `${secret:NAME}` resolved from the vault (scope
-    `upstream.<server>`, bound to the instance's agent). Discovery instances (no agent) get only
-    secrets bound to every agent; a placeholder they may not have leaves its variable unset."""
+    """A server's environment (a url server: its HTTP headers) with `${secret:NAME}` resolved from
+    the vault (scope `upstream.<server>`, bound to the instance's agent). Discovery instances (no
+    agent) get only secrets bound to every agent; a placeholder they may not have leaves its
+    variable (header) unset."""
 
     def env(server: str, agent: str, cfg: config.ServerConfig) -> tuple[dict[str, str], list[str]]:
-        names = cfg.secret_names()
+        names, given = cfg.secret_names(), cfg.given()
         if not names:
-            return dict(cfg.env), []
+            return dict(given), []
         vault = gw.vault
         if vault is None or vault.sealed:
             if agent == confine.DISCOVERY:
-                return {k: v for k, v in cfg.env.items() if not REF.search(v)}, []
+                return {k: v for k, v in given.items() if not REF.search(v)}, []
             raise err("VaultSealed", f"upstream server {server} needs secrets and the vault is sealed")
         try:
             values = vault.values_for(agent, f"upstream.{server}", names)
         except StockadeError:
             if agent != confine.DISCOVERY:
                 raise
-            return {k: v for k, v in cfg.env.items() if not REF.search(v)}, []
-        out = {k: REF.sub(lambda m: values[m.group(1)], v) for k, v in cfg.env.items()}
+            return {k: v for k, v in given.items() if not REF.search(v)}, []
+        out = {k: REF.sub(lambda m: values[m.group(1)], v) for k, v in given.items()}
         # each value and its encodings, named: what the server says back shows ${secret:NAME}
         return out, [SecretValue(e, n) for n, v in values.items() for e in encodings(v)]
 
@@ -238,6 +239,6 @@ def doctor(home: Home) -> dict[str, Any]:
         servers = config.load(home)
     except ConfigError as e:
         return {"upstream": {"status": "critical", "errors": e.errors[:10]}}
-    missing = sorted(n for n, s in servers.items() if not os.access(s.command, os.X_OK))
+    missing = sorted(n for n, s in servers.items() if s.command is not None and not os.access(s.command, os.X_OK))
     return {"upstream": {"status": "degraded" if missing else "ok", "servers": sorted(servers),
                          **({"missing_command": missing} if missing else {})}}

@@ -5,6 +5,8 @@ state (a server's memory, its /data) never reaches another; `shared` runs one in
 every agent, as the base uid. Instances start on an agent's first call. One that exits
 unexpectedly is restarted by its watcher after a backoff that doubles from 1 s to 60 s (reset
 once it has run for a minute); a call meanwhile waits for it up to its start timeout.
+A `url` server is not run but connected to: its instance is an MCP session (per agent, or one
+shared), reopened with the same backoff when it breaks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from stockade.core.home import Home
 from stockade.upstream import confine
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from stockade.upstream.client import Connection
+    from stockade.upstream.http import HttpConnection
+
+    Conn: TypeAlias = Connection | HttpConnection
 from stockade.upstream.config import ServerConfig
 from stockade.upstream.tools import shape_result
 
@@ -46,7 +53,7 @@ def backoff(failures: int) -> float:
 class Instance:
     server: str
     agent: str
-    conn: Connection | None = None
+    conn: Conn | None = None
     placement: confine.Placement | None = None
     state: str = "stopped"                 # starting | running | restarting | failed | stopped
     restarts: int = 0
@@ -95,6 +102,8 @@ class Supervisor:
 
     async def _spawn(self, inst: Instance) -> None:
         cfg = self.servers[inst.server]
+        if cfg.is_http:
+            return await self._connect(inst, cfg)
         uid = self.base_uid if inst.agent == confine.DISCOVERY else self.uid_of(inst.agent)
         env, inst.secrets = self.env_of(inst.server, inst.agent, cfg)
         inst.state = "starting"
@@ -115,13 +124,31 @@ class Supervisor:
                           startup_timeout=cfg.startup_timeout, launcher=self.launcher or LAUNCHER)
         conn.on_tools_changed = self._tools_changed(inst.server, conn)
         inst.conn = conn
+        await self._started(inst, conn, label)
+
+    async def _connect(self, inst: Instance, cfg: ServerConfig) -> None:
+        """A server already running on loopback: a session per agent (or one shared), its headers
+        with secrets resolved for that agent. Nothing to confine: no uid, namespace or cgroup."""
+        headers, inst.secrets = self.env_of(inst.server, inst.agent, cfg)
+        inst.state = "starting"
+        label = inst.server if inst.agent == confine.DISCOVERY else f"{inst.server}[{inst.agent}]"
+        from stockade.upstream.http import HttpConnection
+
+        assert cfg.url is not None  # noqa: S101
+        conn = HttpConnection(label, cfg.url, headers, max_bytes=cfg.max_output_bytes * 2 + LINE_SLACK,
+                              startup_timeout=cfg.startup_timeout)
+        conn.on_tools_changed = self._tools_changed(inst.server, conn)
+        inst.conn = conn
+        await self._started(inst, conn, label)
+
+    async def _started(self, inst: Instance, conn: Conn, label: str) -> None:
         await conn.start()
         inst.state, inst.started_at, inst.last_error = "running", time.monotonic(), None
         inst.up.set()
         inst.watcher = asyncio.create_task(self._watch(inst, conn), name=f"upstream-watch-{label}")
         self.on_change()
 
-    def _tools_changed(self, server: str, conn: Connection) -> Callable[[], Awaitable[None]]:
+    def _tools_changed(self, server: str, conn: Conn) -> Callable[[], Awaitable[None]]:
         """The server said its tool list changed: list it again from that instance. A flood of
         notifications costs at most one listing per second (they are coalesced)."""
         state = {"busy": False, "again": False}
@@ -142,7 +169,7 @@ class Supervisor:
                 state["busy"] = False
         return changed
 
-    async def _relist(self, server: str, conn: Connection) -> None:
+    async def _relist(self, server: str, conn: Conn) -> None:
         if self.on_tools_changed is None or self.stopping or not conn.alive:
             return
         try:
@@ -179,7 +206,7 @@ class Supervisor:
                     raise
         return inst
 
-    async def _watch(self, inst: Instance, conn: Connection) -> None:
+    async def _watch(self, inst: Instance, conn: Conn) -> None:
         """Restart an instance that exited on its own, after the backoff."""
         await conn.exited.wait()
         inst.up.clear()
@@ -262,7 +289,8 @@ class Supervisor:
         for inst in list(self.instances.values()):
             await self.stop_instance(inst)
         for server, agent in [*self.instances, *((s, confine.DISCOVERY) for s in self.servers)]:
-            await asyncio.to_thread(confine.forget, self.home, agent, server)
+            if server in self.servers and not self.servers[server].is_http:
+                await asyncio.to_thread(confine.forget, self.home, agent, server)
         self.instances.clear()
 
     # -- calls -------------------------------------------------------------------------------
@@ -309,7 +337,8 @@ class Supervisor:
         worst = "ok"
         for name in sorted(self.servers):
             insts = {(a or "(shared)"): i.status() for (s, a), i in self.instances.items() if s == name}
-            servers[name] = {"instances": insts}
+            cfg = self.servers[name]
+            servers[name] = {"instances": insts, **({"url": cfg.url} if cfg.is_http else {})}
             if any(i["state"] in ("failed", "restarting") for i in insts.values()):
                 worst = "degraded"
         return {"status": worst, "servers": servers}
