@@ -18,6 +18,7 @@ from stockade.core.admin import AdminCommand
 from stockade.core.errors import ConfigError, StockadeError, err
 from stockade.core.home import Home
 from stockade.core.wiring import Gateway
+from stockade.sandbox import leftovers
 from stockade.upstream import config, confine, tools
 from stockade.upstream.supervisor import Supervisor
 from stockade.vault.refs import REF, encodings
@@ -76,7 +77,8 @@ def _publish(gw: Gateway) -> Callable[[], None]:
     def publish() -> None:
         sup = supervisor(gw)
         if sup is not None:
-            gw.pipeline.health["upstream"] = {**sup.health(), "skipped": _SKIPPED.get(id(gw), {})}
+            gw.pipeline.health["upstream"] = {**sup.health(), "skipped": _SKIPPED.get(id(gw), {}),
+                                              **({"leftovers": _LEFTOVERS[id(gw)]} if id(gw) in _LEFTOVERS else {})}
     return publish
 
 
@@ -109,6 +111,18 @@ async def register(gw: Gateway, sup: Supervisor, server: str,
     reg.add(list(m.definitions), {d.name: _impl(sup, server, m.tool_of[d.name]) for d in m.definitions})
     skipped[server] = list(m.skipped)
     return [d.name for d in m.definitions]
+
+
+def prefork(gw: Gateway) -> None:
+    """Before anything is built: what a killed gateway of this home left of its upstream servers
+    (the `stockade-upstream/<tag>` cgroup tree; their namespaces `stockade-<tag>-<agent>.up-<server>`
+    and `stockade-upd-<tag>` with the sandbox part's sweep, again here when that part is off) is
+    reclaimed, so no stale cgroup limit or namespace outlives the crash. The processes died with
+    the gateway (each launcher has a parent-death signal); the cgroup sweep kills any straggler."""
+    _LEFTOVERS[id(gw)] = leftovers.reclaim(gw.home, [confine.CGROUP_PARENT]).health()
+
+
+_LEFTOVERS: dict[int, dict[str, Any]] = {}
 
 
 async def start(gw: Gateway) -> None:
@@ -172,6 +186,7 @@ async def stop(gw: Gateway) -> None:
         await sup.stop()
         gw.pipeline.registry.remove([d.name for d in gw.pipeline.registry.all() if d.source.startswith("upstream:")])
     _SKIPPED.pop(id(gw), None)
+    _LEFTOVERS.pop(id(gw), None)
 
 
 # -- admin commands (the CLI against a running gateway) ------------------------------------------
