@@ -53,3 +53,16 @@ class TestingExecutor(SandboxExecutor):
         if "output" in self.off:
             profile = replace(profile, max_output_bytes=1 << 34)
         return await super()._call(req, profile, *a, **kw)
+
+
+def wait_ready(ex: SandboxExecutor, n: int = 1, timeout: float = 30.0) -> list[int]:
+    """Poll the zygote until at least `n` pre-armed children are ready; their host pids."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = list(asyncio.run(ex.pool_stats()).get("ready_pids") or [])
+        if len(pids) >= n or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)

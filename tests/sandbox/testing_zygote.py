@@ -83,7 +83,19 @@ def install(config: dict[str, Any]) -> None:
             raise OSError(5, "injected: cgroup attach failed")
         attach(self, pid)
 
+    arm = zygote.Zygote._arm
+
+    def arm_with_switches(self: Any, key: str, slot: Any) -> None:
+        """A pooled child is armed with its own slot's switches (they are part of the slot key),
+        never with whatever the last parsed request asked for."""
+        OFF.clear()
+        OFF.update(slot.req.get("disable") or [])
+        FAULTS.clear()
+        FAULTS.update(slot.req.get("faults") or [])
+        arm(self, key, slot)
+
     zygote._parse_request = parse_request
+    zygote.Zygote._arm = arm_with_switches  # type: ignore[method-assign]
     zygote.prepare = prepared
     zygote.Zygote._cgroup = _skip_when("cgroup", cgroup)  # type: ignore[method-assign]
     CallCgroup.attach = failing_attach  # type: ignore[method-assign]

@@ -261,6 +261,15 @@ class _Group:
                     "pids_max": _kv(_read(os.path.join(d, "pids.events")), "max")}
         return {"oom_kill": 0, "pids_max": 0}
 
+    def memory_bytes(self) -> int:
+        """Memory charged to this group now (a pre-armed child's cost, for the pool's budget)."""
+        dirs = self.dirs()
+        if self.info.version == 1:
+            text = _read(os.path.join(dirs.get("memory", ""), "memory.usage_in_bytes")).strip()
+        else:
+            text = _read(os.path.join(dirs.get("v2", ""), "memory.current")).strip() if dirs else ""
+        return int(text) if text.isdigit() else 0
+
     def procs(self) -> list[int]:
         """Every process in this group and the groups below it."""
         out: set[int] = set()

@@ -20,6 +20,8 @@ import json
 import os
 import resource
 import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +52,14 @@ class Prepared:
 
 # -- P: the sandboxed process -----------------------------------------------------------------
 def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Prepared,
-              gate: int, impls: dict[str, Any]) -> None:
-    """Body of P (just forked by the zygote). Never returns."""
+              gate: int, impls: dict[str, Any], pooled: bool = False) -> None:
+    """Body of P (just forked by the zygote). Never returns.
+
+    `pooled`: P is armed ahead of its call (issue 16). `args_fd` is -1 and `w` is P's end of a
+    control socket with the zygote: every layer is applied exactly as for a cold call, then P
+    says "ready" on it and blocks for its one request (arguments memfd + result pipe), which
+    replaces the socket as fd 3. A setup error goes back on the socket instead of a result pipe.
+    """
     step = "start"
     trace: list[tuple[str, int]] = [("z_fork", FORK_NS), ("p_start", time.monotonic_ns())]
     tr = trace.append if req.get("trace") else (lambda _x: None)
@@ -59,11 +67,10 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
         profile = Profile.from_dict(req["profile"])
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         gc.enable()
-        step = "arguments"
-        tr((step, time.monotonic_ns()))
-        os.lseek(args_fd, 0, os.SEEK_SET)
-        with os.fdopen(args_fd, "rb") as f:
-            req = {**req, "args": json.loads(f.read())}
+        if not pooled:
+            step = "arguments"
+            tr((step, time.monotonic_ns()))
+            req = {**req, "args": _read_args(args_fd)}
         step = "netns"
         tr((step, time.monotonic_ns()))
         if netns_fd < 0:
@@ -131,8 +138,47 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
                        json.dumps({"setup_error": f"{step}: {type(e).__name__}: {e}"[:500]}).encode())
         finally:
             os._exit(70)
+    if pooled:
+        req = _await_request(req)
+        if req.get("trace"):
+            trace = [("z_fork", FORK_NS), ("pooled", time.monotonic_ns())]
     tr(("handler", time.monotonic_ns()))
     _run_handler(req, profile, impls, trace if req.get("trace") else None)
+
+
+def _read_args(fd: int) -> Any:
+    os.lseek(fd, 0, os.SEEK_SET)
+    with os.fdopen(fd, "rb") as f:
+        return json.loads(f.read())
+
+
+def _await_request(req: dict[str, Any]) -> dict[str, Any]:
+    """A pre-armed P (every layer applied, fd 3 its control socket): say ready, block for the one
+    request, make its result pipe fd 3 (the socket goes) and read the arguments. Afterwards P
+    holds exactly what a cold P holds: fds 0-2 on /dev/null and 3, the call's result pipe. The
+    zygote closing the socket without a request (pool flushed, idle, shutting down) ends P."""
+    s = socket.socket(fileno=3)
+    try:
+        s.send(b"ready")
+        msg, anc, _flags, _addr = s.recvmsg(4096, socket.CMSG_SPACE(8), socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        os._exit(0)
+    finally:
+        s.detach()
+    fds = [int.from_bytes(d[i:i + 4], sys.byteorder) for lvl, typ, d in anc
+           if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS for i in range(0, len(d) - 3, 4)]
+    if not msg or len(fds) != 2:
+        os._exit(0)
+    args_fd, out_w = fds
+    os.dup2(out_w, 3, inheritable=False)   # closes the control socket
+    os.close(out_w)
+    try:
+        call = json.loads(msg)
+        return {**req, "call_id": call["call_id"], "capability": call["capability"],
+                "trace": bool(call.get("trace")), "args": _read_args(args_fd)}
+    except BaseException as e:  # noqa: BLE001
+        _write_all(3, json.dumps({"setup_error": f"request: {type(e).__name__}"}).encode())
+        os._exit(70)
 
 
 def landlock_spec(profile: Profile, links: dict[str, str] | None = None) -> landlock.Spec:

@@ -135,8 +135,15 @@ class SandboxExecutor:
                  max_output_bytes: int = 1024 * 1024, cgroup_parent: str = "stockade",
                  cgroup_version: int | None = None, db: sqlite3.Connection | None = None,
                  policy: ProfileSource | None = None, pack_info: PackInfo | None = None,
-                 gateway_health: dict[str, Any] | None = None, pack_netns: PackNetns | None = None):
+                 gateway_health: dict[str, Any] | None = None, pack_netns: PackNetns | None = None,
+                 pool: bool = False):
         self.home = home
+        # Pre-armed children (issue 16): the zygote keeps a few per (agent, profile) ready.
+        self.pool = pool
+        self.pool_view: dict[str, Any] = {}       # the zygote's last report of it
+        self._generation: dict[str, int] = {}     # per agent, bumped by invalidate(): part of the slot
+        self._all_generation = 0
+        self.last_child: dict[str, Any] = {}      # host pid of the last call's child, pooled or not
         self.host_uid = host_uid
         self.base = Profile(timeout=call_timeout, max_output_bytes=max_output_bytes)
         self.cgroup_parent = cgroup_parent
@@ -241,6 +248,7 @@ class SandboxExecutor:
             "zygote_stalls": self.stalls,
             "repairs": self.repairs[-5:],
             "kills": self.kills[-5:],
+            "pool": {"enabled": self.pool, **self.pool_view},
         }
 
     # -- per agent -----------------------------------------------------------------------------
@@ -385,6 +393,9 @@ class SandboxExecutor:
         if extra:
             req["extra"] = extra
             req["handler"] = "pack"
+        elif self.pool:
+            req["pool"] = True
+            req["pool_gen"] = [self._all_generation, self._generation.get(agent, 0)]
         try:
             netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -395,7 +406,49 @@ class SandboxExecutor:
         finally:
             os.close(netns_fd)
 
-    async def _hand_off(self, loop: asyncio.AbstractEventLoop, fds: list[int]) -> dict[str, Any]:
+    async def invalidate(self, agent: str | None = None) -> int:
+        """Kill every pre-armed child of `agent` (None: of every agent), unused: its policy,
+        profile or egress changed, or it was revoked. The generation bump alone already keeps
+        such a child from matching any later request; the flush frees it now. Returns how many."""
+        if agent is None:
+            self._all_generation += 1
+        else:
+            self._generation[agent] = self._generation.get(agent, 0) + 1
+        if not self.pool or self.sock is None:
+            return 0
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        try:
+            async with self.lock:
+                reply = await self._hand_off(asyncio.get_running_loop(), [], b"flush " + (agent or "").encode())
+        except (OSError, ValueError):
+            return 0      # no zygote: nothing armed either
+        self._note_pool(reply)
+        return int(reply.get("flushed") or 0)
+
+    async def pool_stats(self) -> dict[str, Any]:
+        """Ask the zygote for the pool now (health between calls; tests): the view plus the host
+        pids of the ready children."""
+        if self.sock is None:
+            return {}
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        try:
+            async with self.lock:
+                reply = await self._hand_off(asyncio.get_running_loop(), [], b"stats")
+        except (OSError, ValueError):
+            return {}
+        self._note_pool(reply)
+        return reply
+
+    def _note_pool(self, reply: dict[str, Any]) -> None:
+        if isinstance(reply.get("pool"), dict):
+            self.pool_view = reply["pool"]
+            gh = self.gateway_health
+            if gh is not None and isinstance(gh.get("sandbox"), dict):
+                gh["sandbox"]["pool"] = {"enabled": self.pool, **self.pool_view}
+
+    async def _hand_off(self, loop: asyncio.AbstractEventLoop, fds: list[int], msg: bytes = b"call") -> dict[str, Any]:
         """Send one request and wait for the zygote's answer, with a deadline (under `lock`).
 
         No socket (a restart failed) or no answer in time is SandboxUnavailable, never an
@@ -404,8 +457,9 @@ class SandboxExecutor:
         """
         if self.sock is None:
             raise OSError(111, "the zygote is being replaced")
-        self.sock.sendmsg([b"call"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                       b"".join(f.to_bytes(4, sys.byteorder) for f in fds))])
+        raw = b"".join(f.to_bytes(4, sys.byteorder) for f in fds)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, raw)] if fds else []
+        self.sock.sendmsg([msg], anc)
         try:
             data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), self.handoff_timeout)
         except TimeoutError:
@@ -447,6 +501,8 @@ class SandboxExecutor:
             os.close(r)
             os.close(sr)
             raise err("SandboxUnavailable", f"the sandbox refused the call ({reply.get('error')})", _UNAVAILABLE)
+        self._note_pool(reply)
+        self.last_child = {"pid": reply["pid"], "pooled": bool(reply.get("pooled"))}
         if reply.get("repaired"):
             self.repairs = [*self.repairs[-19:], {"at": time.time(), "agent": req.get("agent"),
                                                   "repaired": str(reply["repaired"])}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes.util
 import os
@@ -82,9 +83,42 @@ async def start(gw: Gateway) -> None:
     ex = gw.sandbox
     assert ex is not None  # noqa: S101  (prefork always sets it)
     gw.pipeline.sandbox = ex
+    if ex.pool:
+        gw.tasks.append(asyncio.create_task(_invalidate_on_events(gw, ex), name="sandbox-pool-invalidation"))
     h = ex.health()
     h["nftables"] = nftables_status()
     gw.pipeline.health["sandbox"] = h
+
+
+def invalidated_by(kind: str, data: dict[str, Any]) -> list[str | None]:
+    """Pure: whose pre-armed children an event invalidates (None: every agent's).
+
+    A revoked agent; every agent when the policy is reloaded (a profile, rule or egress list
+    may have changed) or egress rules had to be repaired; the agents an egress change names
+    (a pack's principal `agent.pack` counts for its agent)."""
+    if kind == "agent.revoked":
+        return [data["agent"]] if isinstance(data.get("agent"), str) else [None]
+    if kind in ("policy.reloaded", "egress.repaired"):
+        return [None]
+    if kind == "egress.changed":
+        names = {str(n).split(".", 1)[0] for key in ("added", "updated", "removed", "repaired")
+                 for n in (data.get(key) or []) if isinstance(n, str)}
+        return [None] if "host" in names or not names else list(sorted(names))
+    return []
+
+
+async def _invalidate_on_events(gw: Gateway, ex: SandboxExecutor) -> None:
+    """Keep the pool honest: a child armed before a change is killed, never used after it."""
+    sub = gw.bus.subscribe()
+    try:
+        while True:
+            ev = await sub.get(timeout=5.0)
+            if ev is None:
+                continue
+            for agent in invalidated_by(ev.kind, ev.data):
+                await ex.invalidate(agent)
+    finally:
+        sub.close()
 
 
 async def stop(gw: Gateway) -> None:

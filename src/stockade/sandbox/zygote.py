@@ -258,6 +258,32 @@ class _Call:
     deadline: float
     leaf: Any                 # the call's own cgroup (None with the cgroup layer off in tests)
     timeout: bool = False
+    slot: str | None = None   # the pool slot whose demand this call counts in
+
+
+@dataclass
+class _Armed:
+    """A pooled child: armed (or arming) for one slot, blocked on its control socket."""
+
+    pid: int
+    pidfd: int
+    ctl: socket.socket        # the zygote's end; the child's is its fd 3 until its request
+    leaf: Any
+    key: str
+    ready: bool = False
+    memory: int = 0           # charged to its leaf once ready (the pool's memory budget)
+
+
+@dataclass
+class _Slot:
+    """One (agent, effective profile, namespace, ...) the pool arms children for."""
+
+    req: dict[str, Any]       # the envelope without its per-call fields
+    profile: Any
+    agent_profile: Any
+    netns_fd: int             # a dup of the namespace the slot's requests name (same inode)
+    demand: Any
+    children: list[_Armed]
 
 
 def _finish(c: _Call) -> bool:
@@ -344,6 +370,11 @@ class Zygote:
         self.calls: dict[int, _Call] = {}
         self.stale: list[Any] = []     # leaves whose removal failed, retried on the next request
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        from stockade.sandbox import pool
+        self.slots: dict[str, _Slot] = {}
+        self.armed: dict[int, _Armed] = {}    # control socket fd -> pooled child
+        self.pstats = pool.Stats()
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
 
@@ -351,12 +382,19 @@ class Zygote:
     def serve_forever(self) -> None:
         try:
             while True:
-                for fd, _ev in self.poller.poll(self._kill_overdue()):
+                wait = self._kill_overdue()
+                if self._refill():
+                    wait = 0          # more to arm: come back at once, after any waiting request
+                for fd, _ev in self.poller.poll(wait):
                     if fd in self.calls:
                         self.poller.unregister(fd)
                         c = self.calls.pop(fd)
+                        if c.slot in self.slots:
+                            self.slots[c.slot].demand.end()
                         if not _finish(c):
                             self.stale.append(c.leaf)
+                    elif fd in self.armed:
+                        self._on_ctl(self.armed[fd])
                     elif not self._accept():
                         return
         finally:
@@ -378,27 +416,211 @@ class Zygote:
         msg, fds = _recv(self.sock)
         if not msg:
             return False
+        if msg == b"stats":
+            for x in fds:
+                os.close(x)
+            ready = [a.pid for a in self.armed.values() if a.ready]
+            self.sock.send(json.dumps({"pool": self._pool_view(), "ready_pids": ready}).encode())
+            return True
+        if msg.startswith(b"flush"):
+            for x in fds:
+                os.close(x)
+            n = self._flush(msg[6:].decode(errors="replace") or None)
+            self.sock.send(json.dumps({"flushed": n, "pool": self._pool_view()}).encode())
+            return True
         try:
             r = _parse_request(fds)
         except _BadRequest:
             self.sock.send(b'{"error": "bad request"}')
             return True
         self.stale = [leaf for leaf in self.stale if not leaf.remove()]
-        try:
-            cg = self._cgroup(r)
-            pid, pidfd, leaf, repaired = self._fork(r, cg)
-        except OSError as e:
-            r.close()
-            self.sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
-            return True
+        key = self._slot_for(r)
+        got = self._take(key, r) if key is not None else None
+        if got is not None:
+            pid, pidfd, leaf, repaired = got
+        else:
+            try:
+                cg = self._cgroup(r)
+                pid, pidfd, leaf, repaired = self._fork(r, cg)
+            except OSError as e:
+                if key in self.slots:
+                    self.slots[key].demand.end()
+                r.close()
+                self.sock.send(json.dumps({"error": f"{e}"[:300]}).encode())
+                return True
         os.close(r.out_w)
         os.close(r.args_fd)
         if r.netns_fd >= 0:
             os.close(r.netns_fd)
-        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, leaf)
+        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, leaf, slot=key)
         self.poller.register(pidfd, select.POLLIN)
-        self.sock.send(json.dumps({"pid": pid, **({"repaired": repaired} if repaired else {})}).encode())
+        reply: dict[str, Any] = {"pid": pid, "pooled": got is not None, "pool": self._pool_view()}
+        if repaired:
+            reply["repaired"] = repaired
+        self.sock.send(json.dumps(reply).encode())
         return True
+
+    # -- the pool of pre-armed children (issue 16) -------------------------------------------------
+    def _slot_for(self, r: _Request) -> str | None:
+        """The request's slot key (None: cold only), creating the slot on first sight; counts the
+        request in the slot's demand."""
+        from stockade.sandbox import pool
+
+        ids = pool.identity(r.netns_fd, r.req.get("binds") or {}) if r.req.get("pool") else None
+        key = pool.slot_key(r.req, ids) if ids is not None else None
+        if key is None:
+            return None
+        slot = self.slots.get(key)
+        if slot is None:
+            # an agent's pooled calls have one effective profile at a time: a new slot means its
+            # profile (or namespace, workspace, generation) changed, and the old slot's children
+            # are killed unused now rather than left to idle out
+            for old in [k for k, s in self.slots.items() if s.req.get("agent") == r.req.get("agent")]:
+                self._drop_slot(old)
+            fixed = {k: v for k, v in r.req.items() if k not in pool.PER_CALL}
+            slot = _Slot(fixed, r.profile, r.agent_profile, os.dup(r.netns_fd), pool.Demand(), [])
+            self.slots[key] = slot
+        slot.demand.begin(time.monotonic())
+        return key
+
+    def _take(self, key: str, r: _Request) -> tuple[int, int, Any, None] | None:
+        """Hand the request to a ready child of its slot: its egress guard is checked now (the
+        child checked it when armed; rules may have gone since), then the arguments memfd and the
+        result pipe go to the child, which has never run anything else. None: none ready (or
+        the hand-over failed): the caller runs the call cold, which reports any failure."""
+        slot = self.slots[key]
+        ready = [a for a in slot.children if a.ready]
+        if not ready:
+            self.pstats.misses += 1
+            return None
+        a = ready[0]
+        self._forget(a)
+        try:
+            self._guard(r.netns_fd)
+            call = {"call_id": r.req.get("call_id"), "capability": r.req.get("capability"),
+                    "trace": bool(r.req.get("trace"))}
+            a.ctl.sendmsg([json.dumps(call).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                          _fd_bytes([r.args_fd, r.out_w]))])
+        except OSError:
+            self._discard(a)
+            self.pstats.misses += 1
+            return None
+        a.ctl.close()
+        self.pstats.hits += 1
+        return a.pid, a.pidfd, a.leaf, None
+
+    def _guard(self, netns_fd: int) -> None:
+        """The per-call egress check (nftguard) for a pooled call, run by the zygote inside the
+        call's namespace: a pooled child is past seccomp and cannot ask the kernel itself."""
+        from stockade.sandbox import libc, nftguard
+
+        if netns_fd < 0:
+            raise OSError(2, "no network namespace")
+        libc.setns(netns_fd, libc.CLONE_NEWNET)
+        try:
+            nftguard.check_output_guard()
+        finally:
+            try:
+                libc.setns(self.own_netns, libc.CLONE_NEWNET)
+            except OSError:
+                os._exit(75)     # never serve from an agent's namespace: the gateway restarts us
+
+    def _refill(self) -> bool:
+        """Arm at most one child per loop turn (requests are served in between); True if more
+        are wanted. Idle slots are emptied first. Bounded by count and by the memory ready
+        children are charged."""
+        from stockade.sandbox import pool
+
+        now = time.monotonic()
+        for key in [k for k, s in self.slots.items() if s.demand.inflight == 0 and
+                    now - s.demand.last_use > pool.IDLE_S]:
+            self._drop_slot(key)
+        if len(self.armed) >= pool.TOTAL_MAX or self._memory() >= pool.BUDGET_BYTES:
+            return False
+        for key, slot in self.slots.items():
+            if len(slot.children) < pool.target(slot.demand, now):
+                self._arm(key, slot)
+                return True
+        return False
+
+    def _arm(self, key: str, slot: _Slot) -> None:
+        """Clone a child for `slot` that applies every layer, then waits on a control socket."""
+        r = _Request(slot.req, slot.profile, slot.agent_profile, -1, -1, -1, slot.netns_fd)
+        zs, cs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            r.out_w = cs.fileno()
+            cg = self._cgroup(r)
+            pid, pidfd, leaf, _ = self._fork(r, cg, peer=zs.fileno())
+        except OSError as e:
+            zs.close()
+            self._failed(slot, f"{e}")
+            return
+        finally:
+            cs.close()
+        a = _Armed(pid, pidfd, zs, leaf, key)
+        self.armed[zs.fileno()] = a
+        slot.children.append(a)
+        self.poller.register(zs, select.POLLIN)
+
+    def _on_ctl(self, a: _Armed) -> None:
+        """A pooled child spoke: "ready" (every layer applied), or a setup error / EOF (it died)."""
+        try:
+            msg = a.ctl.recv(4096)
+        except OSError:
+            msg = b""
+        if msg == b"ready" and not a.ready:
+            a.ready = True
+            a.memory = a.leaf.memory_bytes() if a.leaf is not None else 0
+            self.pstats.armed += 1
+            return
+        if not a.ready and a.key in self.slots:
+            self._failed(self.slots[a.key], msg.decode(errors="replace") or "exited while arming")
+        self._discard(a, unused=False)
+
+    def _failed(self, slot: _Slot, why: str) -> None:
+        self.pstats.failures += 1
+        self.pstats.last_error = why[:300]
+        slot.demand.failed_at = time.monotonic()
+
+    def _forget(self, a: _Armed) -> None:
+        """Take `a` out of the pool's books (it is being used or killed)."""
+        self.armed.pop(a.ctl.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.poller.unregister(a.ctl)
+        slot = self.slots.get(a.key)
+        if slot is not None and a in slot.children:
+            slot.children.remove(a)
+
+    def _discard(self, a: _Armed, unused: bool = True) -> None:
+        """Kill a pooled child that will never serve a call, reap it, remove its leaf."""
+        self._forget(a)
+        a.ctl.close()
+        _kill_and_reap(a.pid, a.pidfd)
+        if a.leaf is not None and not a.leaf.remove():
+            self.stale.append(a.leaf)
+        if unused:
+            self.pstats.discarded += 1
+
+    def _drop_slot(self, key: str) -> int:
+        slot = self.slots.pop(key)
+        n = len(slot.children)
+        for a in list(slot.children):
+            self._discard(a)
+        os.close(slot.netns_fd)
+        return n
+
+    def _flush(self, agent: str | None) -> int:
+        """Invalidation (policy, profile or egress changed; agent revoked): every child armed
+        for `agent` (all agents: None) is killed unused and its slot forgotten."""
+        keys = [k for k, s in self.slots.items() if agent is None or s.req.get("agent") == agent]
+        return sum(self._drop_slot(k) for k in keys)
+
+    def _memory(self) -> int:
+        return sum(a.memory for a in self.armed.values() if a.ready)
+
+    def _pool_view(self) -> dict[str, Any]:
+        ready = sum(1 for a in self.armed.values() if a.ready)
+        return self.pstats.view(ready, len(self.armed) - ready, len(self.slots), self._memory())
 
     # -- stages --------------------------------------------------------------------------------
     def _cgroup(self, r: _Request) -> Any:
@@ -414,7 +636,7 @@ class Zygote:
             self.groups[agent] = (key, g)
         return self.groups[agent][1]
 
-    def _fork(self, r: _Request, cg: Any) -> tuple[int, int, Any, str | None]:
+    def _fork(self, r: _Request, cg: Any, peer: int = -1) -> tuple[int, int, Any, str | None]:
         """Stage 3: clone P into a new pid namespace, move it into its own leaf below `cg`, open
         its gate.
 
@@ -436,7 +658,7 @@ class Zygote:
             os.close(gate_w)
             raise
         if pid == 0:
-            self._in_child(r, gate_r, gate_w)
+            self._in_child(r, gate_r, gate_w, peer)
         os.close(gate_r)
         pidfd = -1
         leaf = cg.call(f"c{pid}") if cg is not None else None
@@ -472,8 +694,10 @@ class Zygote:
             leaf.attach(pid)
             return "cgroup"
 
-    def _in_child(self, r: _Request, gate_r: int, gate_w: int) -> None:
-        """Body of the freshly cloned P: hand over to `child.sandboxed`. Never returns."""
+    def _in_child(self, r: _Request, gate_r: int, gate_w: int, peer: int = -1) -> None:
+        """Body of the freshly cloned P: hand over to `child.sandboxed`. Never returns.
+
+        `peer` >= 0: P is a pooled child and `peer` the zygote's end of its control socket."""
         from stockade.sandbox import child
 
         try:
@@ -481,8 +705,11 @@ class Zygote:
                 random.seed()        # no at-fork hooks ran: never share the zygote's state
             self.sock.close()
             os.close(gate_w)
+            if peer >= 0:
+                os.close(peer)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            child.sandboxed(r.req, r.args_fd, r.out_w, r.netns_fd, self.prep, gate_r, self.impls)
+            child.sandboxed(r.req, r.args_fd, r.out_w, r.netns_fd, self.prep, gate_r, self.impls,
+                            pooled=peer >= 0)
         finally:
             os._exit(71)
 
@@ -492,10 +719,16 @@ class Zygote:
         for c in self.calls.values():
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(c.pidfd, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self._flush(None)
         with contextlib.suppress(OSError):
             libc.umount2(self.prep.root_dir, libc.MNT_DETACH)
         with contextlib.suppress(OSError):
             os.rmdir(self.prep.root_dir)
+
+
+def _fd_bytes(fds: list[int]) -> bytes:
+    return b"".join(f.to_bytes(4, sys.byteorder) for f in fds)
 
 
 def _kill_and_reap(pid: int, pidfd: int) -> None:

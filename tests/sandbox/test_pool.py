@@ -1,0 +1,205 @@
+"""The pool of pre-armed children (issue 16), on the real kernel with the shipped zygote.
+
+A pooled child has every layer applied before its call and is indistinguishable from a cold
+one to the code it runs; it serves exactly one call; it is never handed to another agent or
+another profile; a child armed before a change (profile edited, policy reloaded, egress
+changed, agent revoked) is never used after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import need_root
+from tests.sandbox import attack_caps
+from tests.sandbox.conftest import ATTACK_FILE, PRELUDE
+from tests.sandbox.testing import wait_ready
+
+from stockade.core.types import Caller
+from stockade.sandbox import cgroups, pool
+from stockade.sandbox.setup import invalidated_by
+
+pytestmark = pytest.mark.root
+PARENT = f"stockade-pool-{os.getpid()}"
+
+# What code inside the sandbox can see of its own process: every layer leaves a trace here.
+SNAPSHOT = """
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key + ':'):
+            return line.split(':', 1)[1].strip()
+result['pid'] = os.getpid()
+result['procs'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+result['fds'] = sorted(int(x) for x in os.listdir('/proc/self/fd'))
+result['fd3'] = os.readlink('/proc/self/fd/3')[:5]
+result['ids'] = [os.getuid(), os.getgid(), os.getgroups()]
+result['status'] = {k: status(k) for k in ('Seccomp', 'Seccomp_filters', 'NoNewPrivs', 'CapEff', 'CapPrm',
+                                           'CapBnd', 'CapAmb', 'Uid', 'Gid', 'NSpid')}
+result['mounts'] = sorted(l.split()[4] for l in open('/proc/self/mountinfo'))
+result['tmp'] = sorted(os.listdir('/tmp'))
+result['tmp_size'] = os.statvfs('/tmp').f_blocks * os.statvfs('/tmp').f_frsize
+result['env'] = dict(os.environ)
+result['cwd'] = os.getcwd()
+result['host'] = attempt(lambda: os.listdir('/home'))
+result['sid'] = os.getsid(0) == os.getpid()
+result['hostname'] = os.uname().nodename
+result['rlimits'] = [__import__('resource').getrlimit(r) for r in (0, 4, 7)]
+open('/tmp/left-by-%d' % time.time_ns(), 'w').write('x')
+"""
+
+
+class _Policy:
+    """The agent's `sandbox:` mapping, editable between calls (a reload)."""
+
+    def __init__(self) -> None:
+        self.spec: dict[str, Any] = {"tmpfs": "8MiB", "memory": "128MiB", "pids": 32}
+
+    def sandbox_profile(self, agent: str) -> dict[str, Any]:
+        return dict(self.spec)
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Iterator[Any]:
+    """(executor with the pool on, call(agent) -> (result, child), agents a and b)."""
+    need_root()
+    from tests.sandbox.testing import TestingExecutor
+
+    from stockade.core import agents
+    from stockade.core.home import Home
+    from stockade.gateway.service import init_home
+    from stockade.sandbox import agentns
+
+    home = Home.at(tmp_path / "home")
+    init_home(home)
+    db = home.db()
+    names = [f"pa{os.getpid()}", f"pb{os.getpid()}"]
+    for n in names:
+        agents.create(db, n)
+    ex = TestingExecutor(home, call_timeout=20, cgroup_parent=PARENT, modules=(ATTACK_FILE,), pool=True)
+    ex.db = db
+    ex.policy = _Policy()
+    for n in names:
+        ex._agent(n)
+    ex.start_zygote()
+    d = {x.name: x for x in attack_caps.definitions()}["test.pyexec"]
+
+    def call(agent: str, code: str = SNAPSHOT) -> tuple[dict[str, Any], dict[str, Any]]:
+        out = asyncio.run(ex.run(Caller(agent, b"", "s", "test"), d, {"code": PRELUDE + code}, "c"))
+        return out, dict(ex.last_child)
+
+    try:
+        yield ex, call, names
+    finally:
+        ex.stop()
+        for n in names:
+            agentns.remove(n, home)
+        cgroups.remove_tree(cgroups.detect(), PARENT)
+        db.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_pooled_child_is_a_fresh_sandbox_and_serves_one_call(pooled) -> None:  # type: ignore[no-untyped-def]
+    """Cold call, then calls served by pre-armed children: what the code sees is the same (every
+    layer, fds, ids, mounts, /tmp, env, cwd, rlimits); each child serves one call and is gone."""
+    ex, call, (a, _b) = pooled
+    cold, first = call(a)
+    assert first["pooled"] is False
+    assert cold["pid"] == 1 and cold["procs"] == [1] and cold["fds"] == [0, 1, 2, 3, 4], cold
+    assert cold["status"]["Seccomp"] == "2" and cold["status"]["CapEff"] == "0000000000000000", cold
+    assert cold["host"]["ok"] is False and cold["tmp"] == [] and cold["ids"] == [1100, 1100, []], cold
+    used: set[int] = set()
+    for _ in range(3):
+        armed = wait_ready(ex)
+        assert armed and not used & set(armed), (armed, used)
+        warm, child = call(a)
+        assert child == {"pid": armed[0], "pooled": True}, (child, armed)
+        assert warm == cold, (warm, cold)
+        used.add(child["pid"])
+    assert not any(_alive(p) for p in used)          # one call each, then reaped
+    assert ex.health()["pool"]["enabled"] is True and ex.health()["pool"]["hits"] >= 3
+
+
+def test_a_child_is_never_handed_to_another_agent(pooled) -> None:  # type: ignore[no-untyped-def]
+    """A child armed for agent a stays a's: b's call runs elsewhere, as b, in b's workspace."""
+    ex, call, (a, b) = pooled
+    call(a, "open('/workspace/only-a', 'w').write('a')")
+    armed_a = wait_ready(ex)
+    out, child = call(b, "result['ws'] = os.listdir('/workspace'); result['uid'] = open('/proc/self/uid_map').read()")
+    assert child["pid"] not in armed_a and child["pooled"] is False, (child, armed_a)
+    assert "only-a" not in out["ws"]
+    assert out["uid"].split()[1] == str(ex._agent(b)["uid"]), out
+    assert set(armed_a) <= set(wait_ready(ex, 2))    # still a's, now beside b's own
+    out, child = call(a, "result['ws'] = os.listdir('/workspace')")
+    assert child["pid"] in armed_a and "only-a" in out["ws"], (child, out)
+
+
+@pytest.mark.parametrize("change", ["profile", "policy.reloaded", "egress.changed", "agent.revoked"])
+def test_a_child_armed_before_a_change_is_never_used_after_it(pooled, change: str) -> None:  # type: ignore[no-untyped-def]
+    """A profile edit changes the slot: the old child can never match, and the agent's first call
+    under the new profile kills it. The events the gateway wires to `invalidate` kill the agent's
+    armed children before anything else runs."""
+    ex, call, (a, _b) = pooled
+    call(a)
+    armed = wait_ready(ex)
+    assert armed
+    if change == "profile":
+        ex.policy.spec["tmpfs"] = "16MiB"
+    else:
+        data = {"agent": a} if change == "agent.revoked" else {"updated": [a], "added": [], "removed": []}
+        for who in invalidated_by(change, data):
+            asyncio.run(ex.invalidate(who))
+        assert not any(_alive(p) for p in armed), armed   # killed at once, unused
+    out, child = call(a)
+    assert child["pid"] not in armed, (child, armed)
+    if change == "profile":
+        assert out["tmp_size"] == 16 << 20, out["tmp_size"]
+        assert not any(_alive(p) for p in armed), armed   # the new slot superseded the old one
+    assert not set(armed) & set(wait_ready(ex)), "an old child came back into the pool"
+
+
+def test_slot_keys_and_sizing() -> None:
+    """Pure rules: per-call fields never split a slot; anything that shapes the sandbox does;
+    packs and requests without the pool flag run cold; an idle slot wants none, a busy one a
+    few (bounded), a failing one none for a while."""
+    req = {"pool": True, "agent": "a", "profile": {"memory": 1}, "binds": {"workspace": "/w", "trash": "/t"},
+           "call_id": "1", "capability": "x", "pool_gen": [0, 0]}
+    k = pool.slot_key(req, [1, 2])
+    assert k == pool.slot_key({**req, "call_id": "2", "capability": "y", "trace": True}, [1, 2])
+    for other in ({"agent": "b"}, {"profile": {"memory": 2}}, {"pool_gen": [0, 1]}, {"disable": ["seccomp"]},
+                  {"binds": {"workspace": "/w2", "trash": "/t"}}, {"host_uid": 5}):
+        assert pool.slot_key({**req, **other}, [1, 2]) != k, other
+    assert pool.slot_key(req, [1, 3]) != k                     # namespace re-created: new inode
+    assert pool.slot_key({**req, "handler": "pack"}, [1, 2]) is None
+    assert pool.slot_key({**req, "pool": False}, [1, 2]) is None
+    d = pool.Demand()
+    assert pool.target(d, 1000.0) == 0                          # never used
+    for _ in range(9):
+        d.begin(1000.0)
+    assert pool.target(d, 1000.0) == pool.PER_SLOT_MAX          # busy: bounded
+    for _ in range(9):
+        d.end()
+    assert pool.target(d, 1000.0 + pool.IDLE_S + 1) == 0        # idle again
+    d.begin(2000.0)
+    d.failed_at = 2000.0
+    assert pool.target(d, 2001.0) == 0
+
+
+def test_invalidating_events() -> None:
+    assert invalidated_by("agent.revoked", {"agent": "x"}) == ["x"]
+    assert invalidated_by("policy.reloaded", {}) == [None]
+    assert invalidated_by("egress.changed", {"added": ["x"], "updated": ["y.pack"], "removed": [],
+                                             "repaired": []}) == ["x", "y"]
+    assert invalidated_by("egress.changed", {"repaired": ["host"]}) == [None]
+    assert invalidated_by("call.denied", {"agent": "x"}) == []
