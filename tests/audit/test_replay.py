@@ -199,3 +199,38 @@ def test_pack_floor_holds_a_loosening(tmp_path: Path) -> None:
     t.add(c, ("autonomous", "open", "org"))
     rp._apply_floors(t)
     assert not t.changes and t.unchanged == 1 and not t.examples["loosened"]
+
+
+RATED = """version: 1
+default: approval_required
+rules:
+  - {id: net, capability: "network.*", tier: notify, rate_limit: {max: 3, window: 1m, on_exceed: blocked}}
+  - {id: fs, capability: "filesystem.*", tier: autonomous, rate_limit: {max: 5, window: 10s}}
+  - {id: big, capability: filesystem.write, tier: approval_required, when: {content_size_gte: 100}}
+"""
+
+
+def test_decider_in_order_is_the_gateways_rate_stage(tmp_path: Path) -> None:
+    """The replay decider decides rate-limited calls as `PolicyEngine.decide` does at the same times."""
+    import random
+
+    from stockade.policy.ratelimit import RateLimiter
+    from stockade.policy.runtime import PolicyEngine
+
+    policy = load_candidate(_policy_dir(tmp_path / "p", RATED), Home(tmp_path))
+    now = [0.0]
+    engine = PolicyEngine(policy, RateLimiter(None), clock=lambda: now[0])
+    decider = PolicyDecider(policy)
+    rng = random.Random(5)
+    at, changed = 1000.0, set()
+    for _ in range(600):
+        at += rng.choice([0.1, 0.5, 2.0, 20.0])
+        agent = rng.choice(["alice", "bob"])
+        cap = rng.choice(["network.http_request", "filesystem.write", "filesystem.read", "system.time"])
+        args = {"path": "/workspace/x", "content": "y" * rng.choice([1, 500])}
+        now[0] = at
+        d = engine.decide(agent, cap, args)
+        got = decider.in_order(agent, cap, args, at)
+        assert got == (d.tier, d.rule, d.layer), (agent, cap, at)
+        changed.add(got[0])
+    assert {"blocked", "approval_required", "notify", "autonomous"} <= changed    # the limits did bite

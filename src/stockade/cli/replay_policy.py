@@ -1,6 +1,6 @@
 """The candidate policy for `stockade audit replay`: loaded from a directory, decided with the
-gateway's own pure engine (`policy.engine.evaluate`, `policy.runtime.PolicyEngine` for rate limits
-over an in-memory limiter fed the recorded times)."""
+gateway's own pure engine (`policy.engine.decision_table` over `evaluate`, and the runtime's rate
+stage over an in-memory limiter fed the recorded times)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 from stockade.core.errors import ConfigError
 from stockade.core.home import Home
 from stockade.policy import loader
-from stockade.policy.engine import Policy, _static, compile_policy, evaluate
-from stockade.policy.model import TIERS, PolicyFile, parse_policy
+from stockade.policy.engine import DecisionTable, Policy, Verdict, compile_policy, decision_table, escalate
+from stockade.policy.model import BLOCKED, TIERS, PolicyFile, parse_policy
 from stockade.policy.ratelimit import RateLimiter
-from stockade.policy.runtime import PolicyEngine
+from stockade.policy.runtime import rate_states
 
 Outcome = tuple[str, str | None, str]
 
@@ -67,46 +67,50 @@ def _catalog() -> loader.Catalog | None:
 
 
 class PolicyDecider:
-    """`audit.replay.Decider` over a compiled policy: the same code path as the running gateway."""
+    """`audit.replay.Decider` over a compiled policy: the gateway's own pure engine, decided through
+    `engine.decision_table` (each distinct outcome of the argument-dependent conditions of an
+    (agent, capability) is evaluated once), with the runtime's rate-limit stage over an in-memory
+    limiter fed the recorded times."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self._at = 0.0
-        self.engine = PolicyEngine(policy, RateLimiter(None), clock=lambda: self._at)
-        # (agent, capability) -> the verdict when no rule that could decide looks at the arguments
-        self._fixed: dict[tuple[str, str], Outcome | None] = {}
-        self._varies: set[tuple[str, str]] = set()
+        self.limiter = RateLimiter(None)
+        self._tables: dict[tuple[str, str], DecisionTable] = {}
+        # id(verdict) -> (verdict, outcome or None when rate-limited): verdicts are shared by the
+        # tables' memos; keeping the verdict here keeps its id from being reused.
+        self._out: dict[int, tuple[Verdict, Outcome | None]] = {}
+
+    def _verdict(self, agent: str, capability: str, args: dict[str, Any]) -> Verdict:
+        t = self._tables.get((agent, capability))
+        if t is None:
+            t = self._tables[(agent, capability)] = decision_table(self.policy, agent, capability)
+        return t.verdict(args)
 
     def first(self, agent: str, capability: str, args: dict[str, Any]) -> Outcome | None:
-        key = (agent, capability)
-        if key in self._fixed:
-            return self._fixed[key]
-        out = self._first(agent, capability, args)
-        if key not in self._varies and len(self._varies) + len(self._fixed) < 100_000:
-            if self._argument_free(agent, capability):
-                self._fixed[key] = out
-            else:
-                self._varies.add(key)
-        return out
-
-    def _argument_free(self, agent: str, capability: str) -> bool:
-        """True when every rule that covers (agent, capability) decides without the arguments."""
-        for idx in self.policy.layers(agent):
-            if idx is None:
-                continue
-            for b in idx.buckets(capability):
-                if any(_static(r, agent, capability) is None for r in b.rules):
-                    return False
-        return True
-
-    def _first(self, agent: str, capability: str, args: dict[str, Any]) -> Outcome | None:
-        v = evaluate(self.policy, agent, capability, args)
-        for _, lv in v.layers:
-            if lv.rated:
-                return None
-        return (TIERS[v.tier], v.rule.label if v.rule else None, v.layer)
+        v = self._verdict(agent, capability, args)
+        got = self._out.get(id(v))
+        if got is None:
+            rated = any(lv.rated for _, lv in v.layers)
+            got = (v, None if rated else _outcome(v))
+            if len(self._out) > 100_000:
+                self._out.clear()
+            self._out[id(v)] = got
+        return got[1]
 
     def in_order(self, agent: str, capability: str, args: dict[str, Any], at: float) -> Outcome:
-        self._at = at
-        d = self.engine.decide(agent, capability, args)
-        return (d.tier, d.rule, d.layer or "?")
+        """`PolicyEngine.decide` at time `at` (the same rate stage: `runtime.rate_states`, the
+        pure `escalate`, a hit per rated rule unless blocked), from the table's verdict."""
+        base = self._verdict(agent, capability, args)
+        if not any(lv.rated for _, lv in base.layers):
+            return _outcome(base)
+        states = rate_states(base, agent, self.limiter, at)
+        v, _retry, _exceeded = escalate(base, states)
+        if v.tier != BLOCKED:
+            for _, lv in v.layers:
+                for r in lv.rated:
+                    self.limiter.hit(agent, r, at)
+        return _outcome(v)
+
+
+def _outcome(v: Verdict) -> Outcome:
+    return (TIERS[v.tier], v.rule.label if v.rule else None, v.layer)

@@ -175,6 +175,7 @@ class Policy:
     version: str
     files: tuple[str, ...] = ()
     _visible: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
+    _tables: dict[tuple[str, str], DecisionTable] = field(default_factory=dict, compare=False, repr=False)
 
     def layers(self, agent: str) -> tuple[LayerIndex | None, ...]:
         return (self.system, self.org, self.agents.get(agent))
@@ -475,3 +476,98 @@ def outlook(policy: Policy, agent: str, capability: str, argnames: frozenset[str
     low = min([d, *los]) if all_abstain else definite
     high = max([low, *his, *([d] if all_abstain else [])])
     return Outlook(low, high, tuple(deciding) if low != high else ())
+
+
+# -- one (agent, capability) decided many times: audit replay -------------------------------------
+class _Recorder(dict):  # type: ignore[type-arg]
+    """Arguments that refuse to be read and remember being asked: a condition that swallows the
+    refusal (a broad `except`) is still caught reading them."""
+
+    touched = False
+
+    def _no(self, *a: Any, **k: Any) -> Any:
+        self.touched = True
+        raise _ArgDependent
+
+    __contains__ = __getitem__ = get = keys = items = values = __iter__ = __len__ = __reversed__ = _no
+    copy = setdefault = pop = popitem = __eq__ = __ne__ = __or__ = __ror__ = _no
+
+
+def _reads_args(r: Rule, agent: str, capability: str) -> bool:
+    """True unless the rule's condition provably decides without looking at the arguments."""
+    if r.cond is None:
+        return False
+    probe = _Recorder()
+    try:
+        r.cond(agent, capability, probe)
+    except Exception:  # noqa: BLE001 - cannot be decided without the arguments: they matter
+        return True
+    return probe.touched
+
+
+def _outcome(r: Rule, agent: str, capability: str, args: dict[str, Any]) -> bool | None:
+    """What `_walk` sees of a condition: matched, did not match, or None (cannot be evaluated)."""
+    try:
+        return bool(r.cond(agent, capability, args))  # type: ignore[misc]
+    except Exception:  # noqa: BLE001 - any evaluation error fails closed, as in _walk
+        return None
+
+
+_TABLE_MEMO = 4096
+
+
+class DecisionTable:
+    """`evaluate` for one (agent, capability), precompiled for deciding many calls.
+
+    Why it is exact: for a fixed agent and capability, `evaluate`'s walk depends on the
+    arguments only through the outcomes (matched / not / cannot evaluate) of the conditional
+    rules it may run. So the verdict is memoised per outcome vector of those conditions, and
+    the first call with a new vector is decided by `evaluate` itself. When none of them reads
+    the arguments (`fixed`), the verdict is the same for every call.
+    """
+
+    def __init__(self, policy: Policy, agent: str, capability: str):
+        self.policy, self.agent, self.capability = policy, agent, capability
+        conds: list[Rule] = []
+        for idx in policy.layers(agent):
+            if idx is None:
+                continue
+            for b in idx.buckets(capability):
+                floor = b.uncond.tier if b.uncond is not None else -1
+                # exactly the rules `_walk` does not skip
+                conds.extend(r for r in b.cond if r.rate_max is not None or idx.raised(r) > floor)
+        self.conds = tuple(conds)
+        self.depends = any(_reads_args(r, agent, capability) for r in conds)
+        self.fixed = None if self.depends else evaluate(policy, agent, capability, {})
+        self._memo: dict[tuple[bool | None, ...], Verdict] = {}
+
+    def verdict(self, args: dict[str, Any]) -> Verdict:
+        """The same Verdict as `evaluate(policy, agent, capability, args)`."""
+        if self.fixed is not None:
+            return self.fixed
+        agent, cap = self.agent, self.capability
+        key = tuple([_outcome(r, agent, cap, args) for r in self.conds])
+        v = self._memo.get(key)
+        if v is None:
+            v = evaluate(self.policy, agent, cap, args)
+            if len(self._memo) >= _TABLE_MEMO:
+                self._memo.clear()
+            self._memo[key] = v
+        return v
+
+
+def decision_table(policy: Policy, agent: str, capability: str) -> DecisionTable:
+    """The (memoised) DecisionTable of `agent` calling `capability` under `policy`."""
+    key = (agent, capability)
+    t = policy._tables.get(key)
+    if t is None:
+        if len(policy._tables) > 100_000:
+            policy._tables.clear()
+        t = policy._tables[key] = DecisionTable(policy, agent, capability)
+    return t
+
+
+def depends_on_args(policy: Policy, agent: str, capability: str) -> bool:
+    """Whether the arguments of a call can change its verdict (rate limits aside): False means
+    every call of `capability` by `agent` gets the same `evaluate` verdict."""
+    return decision_table(policy, agent, capability).depends
