@@ -35,20 +35,34 @@ def _time_us(v: str | None, name: str) -> int | None:
     return int(t.timestamp() * 1_000_000)
 
 
-async def query(gw: Gateway, filters: dict[str, Any]) -> list[dict[str, Any]]:
+async def query(gw: Gateway, filters: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Matching records, newest first, and a message for every frame that could not be decoded.
+
+    An undecodable frame (one the indexer met, or an indexed record no longer readable) is never
+    skipped in silence: a hostile record that the reader cannot decode would otherwise hide
+    itself from the owner's view, so each one is named with where it is and what to run."""
     audit_dir = gw.home.audit_dir
     kw: dict[str, Any] = {"agent": filters.get("agent"), "capability": filters.get("capability"),
           "kind": filters.get("kind"),
           "since_us": _time_us(filters.get("since"), "since"), "until_us": _time_us(filters.get("until"), "until"),
           "limit": int(filters.get("limit", 100)), "newest_first": True}
 
-    def work() -> list[dict[str, Any]]:
+    def work() -> tuple[list[dict[str, Any]], list[str]]:
         idx = Index(audit_dir)
         try:
             hits = idx.query(**kw)
+            bad = [b.message() for b in idx.undecodable()]
         finally:
             idx.close()
-        return [jsonable(r) for r in (read_record(audit_dir, *h) for h in hits) if r is not None]
+        recs: list[dict[str, Any]] = []
+        for file, offset, length in hits:
+            r = read_record(audit_dir, file, offset, length)
+            if r is None:
+                bad.append(f"{file} offset {offset}: an indexed record can no longer be read; "
+                           "run `stockade audit verify`")
+            else:
+                recs.append(jsonable(r))
+        return recs, bad
 
     return await asyncio.get_running_loop().run_in_executor(None, work)
 

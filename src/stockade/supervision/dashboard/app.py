@@ -250,17 +250,18 @@ class Dashboard:
     async def audit_query(self, filters: dict[str, Any]) -> dict[str, Any]:
         if not audit_view.available(self.gw):
             return {"available": False, "records": []}
-        return {"available": True, "records": await self._audit_records(filters), "filters": filters,
+        records, bad = await self._audit_records(filters)
+        return {"available": True, "records": records, "undecodable": bad, "filters": filters,
                 "verify": self.last_verify}
 
-    async def _audit_records(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _audit_records(self, filters: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         """The index has no tier column: with a tier filter, read the newest 1000 matching the
         rest and keep those decided at that tier."""
         tier = filters.get("tier")
         if not tier:
             return await audit_view.query(self.gw, filters)
-        recs = await audit_view.query(self.gw, {**filters, "limit": 1000})
-        return [r for r in recs if record_tier(r) == tier][: filters["limit"]]
+        recs, bad = await audit_view.query(self.gw, {**filters, "limit": 1000})
+        return [r for r in recs if record_tier(r) == tier][: filters["limit"]], bad
 
     async def audit_session(self, session_id: str) -> dict[str, Any]:
         if not audit_view.available(self.gw):

@@ -289,7 +289,8 @@ def audit(d: dict[str, Any], csrf: str) -> str:
                    for r in d.get("records", []))
     verify = d.get("verify")
     vres = f"<pre class='args'>{pretty(verify)}</pre>" if verify else ""
-    return layout("Audit", f"""
+    bad = "".join(f"<p class='warn'>{esc(m)}</p>" for m in d.get("undecodable", []))
+    return layout("Audit", f"""{bad}
 <form method="get" action="/audit" class="filters">
 <input name="agent" placeholder="agent" value="{attr(f.get('agent'))}">
 <input name="capability" placeholder="capability" value="{attr(f.get('capability'))}">
