@@ -22,7 +22,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import InMemorySubscriptionBus, ToolsListChanged
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
@@ -37,7 +37,7 @@ from stockade.capabilities.registry import tool_to_capability
 from stockade.core.errors import StockadeError, err
 from stockade.edge.body import BodyTimeout, ClientGone, read_body, replay
 from stockade.edge.bounded import parse_json
-from stockade.gateway import tasks
+from stockade.gateway import listen, tasks
 from stockade.gateway.pipeline import Caller, Pipeline, progress_reporter
 
 CALLER_KEY = "stockade.caller"
@@ -75,12 +75,14 @@ class _Sessions:
     """Who hears `notifications/tools/list_changed`: open 2025-11-25 and WebSocket sessions (newest
     1,000) and, for stateless 2026-07-28 clients, their `subscriptions/listen` streams."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self._by_id: dict[str, Any] = {}
         self.listen_bus = InMemorySubscriptionBus()
         # Acknowledges first, stamps the subscription id on every frame, delivers only the kinds
-        # the client asked for (SEP-2575); at most 256 open streams, each with a bounded backlog.
-        self.listen = ListenHandler(self.listen_bus, max_subscriptions=256, max_buffered_events=64)
+        # the client asked for (SEP-2575) and the caller's own tasks' `notifications/tasks`
+        # (SEP-2663, `gateway.listen`); at most 256 open streams, each with a bounded backlog.
+        self.listen = listen.Listen(self.listen_bus, pipeline, _caller_of, max_subscriptions=256,
+                                    max_buffered_events=64)
 
     def note(self, ctx: Any) -> None:
         req = getattr(ctx, "request", None)
@@ -159,7 +161,7 @@ def build_server(pipeline: Pipeline, sessions_: _Sessions | None = None) -> Serv
     """An SDK low-level server whose handlers are thin adapters onto the pipeline; `sessions_`
     learns who to tell when the tool list changes."""
     if sessions_ is None:
-        sessions_ = _Sessions()
+        sessions_ = _Sessions(pipeline)
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         caller = _caller_of(ctx)
@@ -395,7 +397,7 @@ class McpTransport:
     def __init__(self, pipeline: Pipeline, max_body: int) -> None:
         self.pipeline = pipeline
         self.max_body = max_body
-        self.sessions = _Sessions()
+        self.sessions = _Sessions(pipeline)
         self.server = build_server(pipeline, self.sessions)
         self.manager = StreamableHTTPSessionManager(app=self.server, json_response=False, stateless=False,
                                                     security_settings=None, max_request_body_size=max_body)
@@ -414,6 +416,7 @@ class McpTransport:
         async def _lifespan(app: Any) -> AsyncIterator[None]:
             async with self.manager.run(), anyio.create_task_group() as tg:
                 tg.start_soon(self.sessions.follow_policy, self.pipeline.bus)
+                tg.start_soon(listen.follow_tasks, self.pipeline.bus, self.sessions.listen_bus)
                 try:
                     yield
                 finally:
