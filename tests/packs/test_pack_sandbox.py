@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import cli_json, need_root, run_cli, start_server
+from tests.conftest import cli_json, cli_quick, need_root, quick_json, start_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "packs" / "textutils"
 pytestmark = pytest.mark.xdist_group("packs-sandbox")
@@ -20,13 +20,17 @@ pytestmark = pytest.mark.xdist_group("packs-sandbox")
 def pack_server(tmp_path: Path):  # type: ignore[no-untyped-def]
     need_root()
     home = tmp_path / "home"
-    run_cli("init", "--policy", "open", home=home)
-    keys = cli_json("pack", "keygen", "--out", str(tmp_path / "pub"))
-    cli_json("pack", "trust", keys["pub"], "--name", "example", home=home)
+    # setup through the CLI in this process (cli_quick): these commands are not under test here
+    cli_quick("init", "--policy", "open", home=home)
+    # An approval-required call answers ApprovalPending once its hold ends: 0.2 s, not the default 120 s.
+    cfg = home / "stockade.yaml"
+    cfg.write_text(cfg.read_text().replace("hold_seconds: 120", "hold_seconds: 0.2"))
+    keys = quick_json("pack", "keygen", "--out", str(tmp_path / "pub"))
+    quick_json("pack", "trust", keys["pub"], "--name", "example", home=home)
     d = tmp_path / "textutils"
     shutil.copytree(EXAMPLE, d)
-    cli_json("pack", "sign", str(d), "--key", keys["key"])
-    cli_json("pack", "install", str(d), home=home)
+    quick_json("pack", "sign", str(d), "--key", keys["key"])
+    quick_json("pack", "install", str(d), home=home)
     s = start_server(home)
     try:
         yield s, d, keys
@@ -80,7 +84,7 @@ def test_untrusted_publisher_stops_running(pack_server) -> None:  # type: ignore
     s, _, _ = pack_server
     key = s.agent("alice")
     _result(s.invoke(key, "textutils.stats", {"text": "abc"}))
-    cli_json("pack", "untrust", "example", home=s.home)
+    quick_json("pack", "untrust", "example", home=s.home)
     r = s.invoke(key, "textutils.stats", {"text": "abc"})
     assert r["error"]["data"]["type"] == "PackSignatureInvalid" and "no longer trusted" in r["error"]["message"]
 
@@ -137,13 +141,11 @@ def test_pack_default_tier_is_a_floor(pack_server, tmp_path: Path) -> None:  # t
                   "      required: [chars")
     assert "approval_required" in y
     (d / "pack.yaml").write_text(y)
-    cli_json("pack", "sign", str(d), "--key", keys["key"])
-    out = cli_json("pack", "install", str(d), home=s.home)
+    quick_json("pack", "sign", str(d), "--key", keys["key"])
+    out = quick_json("pack", "install", str(d), home=s.home)
     assert out["live"] is True   # the running server registered it through the admin socket
     key = s.agent("bob")
-    cfg = {"approvals": {"hold_seconds": 1}}
-    del cfg
-    r = s.invoke(key, "textutils.stats", {"text": "abc"}, timeout=300)
+    r = s.invoke(key, "textutils.stats", {"text": "abc"})
     assert r["error"]["data"]["type"] in ("ApprovalPending",), r
     assert _result(s.invoke(key, "textutils.digest", {"text": "abc"}))["algorithm"] == "sha256"
 
