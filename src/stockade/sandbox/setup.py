@@ -8,6 +8,7 @@ import ctypes.util
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from stockade.capabilities.registry import Definition
@@ -69,7 +70,7 @@ def prefork(gw: Gateway) -> None:
     ex = SandboxExecutor(gw.home, host_uid=cfg.host_uid, call_timeout=cfg.call_timeout,
                          max_output_bytes=cfg.max_output_bytes, cgroup_parent=cfg.cgroup_parent,
                          db=gw.pipeline.db, policy=_LivePolicy(gw), pack_info=packs,
-                         gateway_health=gw.pipeline.health, pack_netns=pack_netns)
+                         gateway_health=gw.pipeline.health, pack_netns=pack_netns, pool=cfg.pool)
     try:
         ex.start_zygote()
     except Exception as e:  # no zygote: every sandboxed call fails with SandboxUnavailable
@@ -151,4 +152,20 @@ def doctor(home: Home) -> dict[str, dict[str, Any]]:
     with contextlib.suppress(Exception):
         cfg = home.config().sandbox
         out["sandbox.userns"]["host_uid_base"] = cfg.host_uid
+    out["sandbox.host_paths"] = host_paths_check(home.root)
     return out
+
+
+def host_paths_check(root: Path) -> dict[str, Any]:
+    """Whether the sandbox can learn the data home's host path from /proc/self/mountinfo.
+
+    The kernel prints a bind mount's root as its path within its filesystem, so the lines of
+    /workspace, /trash, /shared and /pack name the data home unless it is a filesystem of its
+    own (a partition, logical volume or loop image mounted there). Nothing else inside names a
+    host path; this is the owner's choice of disk layout, so doctor says so instead of failing."""
+    own = os.path.ismount(root)
+    if own:
+        return {"status": "ok", "home_own_filesystem": True}
+    return {"status": "degraded", "home_own_filesystem": False,
+            "hint": f"/proc/self/mountinfo inside the sandbox names {root}; mount the data home as a "
+                    "filesystem of its own to hide it (docs/sandbox.md)"}
