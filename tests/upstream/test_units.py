@@ -4,6 +4,8 @@ spec, the long-lived sandbox's Landlock rules, the restart backoff."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,29 @@ def test_a_url_server_refuses_what_it_cannot_honour(entry: str, why: str) -> Non
     with pytest.raises(ConfigError) as e:
         config.parse(f"servers:\n  notes: {entry}\n")
     assert why in "; ".join(e.value.errors), e.value.errors
+
+
+def test_an_instances_hosts_file_lists_its_resolved_names_and_is_rewritten_in_place(tmp_path: Path) -> None:
+    class Egress:
+        answer = ["198.51.100.7", "198.51.100.8"]
+
+        def status(self) -> dict[str, object]:
+            git = {"api.example.org": {"allowed": self.answer, "refused": ["10.0.0.1"]}}
+            return {"alice.up-git": {"resolved": git},
+                    "alice.up-fs": {"resolved": {"other.example.org": {"allowed": ["203.0.113.9"]}}}}
+
+    class H:
+        run = tmp_path
+
+    eg = Egress()
+    path = confine.write_hosts(H(), eg, "alice", "git")    # type: ignore[arg-type]
+    text = Path(path).read_text()
+    assert text.splitlines()[2:] == ["198.51.100.7 api.example.org", "198.51.100.8 api.example.org"], text
+    assert "10.0.0.1" not in text and "other.example.org" not in text
+    inode = os.stat(path).st_ino
+    eg.answer = ["198.51.100.9"]
+    confine.write_hosts(H(), eg, "alice", "git")           # type: ignore[arg-type]
+    assert Path(path).read_text().splitlines()[2:] == ["198.51.100.9 api.example.org"]
+    assert os.stat(path).st_ino == inode      # the running server's bind mount sees it
+    assert confine.hosts_text({}) == "127.0.0.1 localhost upstream\n::1 localhost ip6-localhost\n"
+    assert confine.write_hosts(H(), None, "bob", "git") and confine.resolved_names(None, "bob", "git") == {}

@@ -69,6 +69,7 @@ class Spec:
     cwd: str = "/tmp"
     root_parent: str = "/run"
     nofile: int = 1024
+    hosts_file: str = ""                   # a host file shown read-only as /etc/hosts (kept fresh by the gateway)
 
     def to_json(self) -> str:
         d = {**self.__dict__, "binds": [[b.path, b.ro, b.at] for b in self.binds]}
@@ -216,7 +217,8 @@ def _server(spec: Spec, root: str, bpf: list[bytes], abi: int, etc_files: dict[s
 
 
 def _add_mounts(root: str, spec: Spec) -> None:
-    """Into the (read-only) template root: a tmpfs /tmp, then each configured directory."""
+    """Into the (read-only) template root: a tmpfs /tmp, each configured directory, and the
+    instance's /etc/hosts (its allowlisted names: the sandbox has no resolver)."""
     from stockade.sandbox import child, libc
 
     libc.mount(None, root, None, libc.MS_REMOUNT | libc.MS_NOSUID | libc.MS_NODEV)
@@ -229,6 +231,8 @@ def _add_mounts(root: str, spec: Spec) -> None:
         target = root + b.target
         os.makedirs(target, mode=0o755, exist_ok=True)
         child._bind(b.path, target, ro=b.ro)
+    if spec.hosts_file:
+        child._bind(spec.hosts_file, os.path.join(root, "etc", "hosts"), ro=True)
     libc.mount(None, root, None, libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV)
 
 

@@ -99,22 +99,61 @@ def data_dir(home: Home, agent: str, server: str, uid: int) -> str:
     return str(d)
 
 
+def hosts_text(resolved: dict[str, list[str]]) -> str:
+    """Pure: an instance's /etc/hosts: loopback, then each allowlisted host name with the addresses
+    the egress part resolved for it, which are exactly the ones its rules let through (a resolver
+    of the server's own could answer others, which the rules would refuse)."""
+    lines = ["127.0.0.1 localhost upstream", "::1 localhost ip6-localhost"]
+    lines += [f"{a} {host}" for host in sorted(resolved) for a in resolved[host]]
+    return "\n".join(lines) + "\n"
+
+
+def resolved_names(egress: Any, agent: str, server: str) -> dict[str, list[str]]:
+    """The egress part's resolution of the instance's host-name entries (none without the part)."""
+    if egress is None:
+        return {}
+    principal = netns.pack_principal(agent, principal_pack(server))
+    st = egress.status().get(principal) or {}
+    return {h: [str(a) for a in v.get("allowed") or []] for h, v in (st.get("resolved") or {}).items()}
+
+
+def hosts_path(home: Home, agent: str, server: str) -> str:
+    return os.path.join(str(home.run), "upstream-hosts", f"{agent}.{server}")
+
+
+def write_hosts(home: Home, egress: Any, agent: str, server: str) -> str:
+    """Write the instance's hosts file in place (the running server sees it through a bind mount
+    of this inode, so it is rewritten, never replaced). Returns its path."""
+    path = hosts_path(home, agent, server)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    data = hosts_text(resolved_names(egress, agent, server)).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)        # the agent's sandbox uid reads it
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    return path
+
+
 def spec(cfg: ServerConfig, env: dict[str, str], uid: int, netns_path: str, cgroup_procs: tuple[str, ...],
-         data: str | None, entries: tuple[str, ...] = ()) -> Spec:
-    """Pure: the launch spec of one instance (`entries`: its granted egress)."""
+         data: str | None, entries: tuple[str, ...] = (), hosts: str = "") -> Spec:
+    """Pure: the launch spec of one instance (`entries`: its granted egress; `hosts`: its hosts file)."""
     assert cfg.command is not None  # noqa: S101 - a url server is connected to, never placed
     binds = [Bind(f.path, f.mode == "ro") for f in cfg.filesystem]
     if data is not None:
         binds.append(Bind(data, False, DATA))
     return Spec(argv=(cfg.command, *cfg.args), env={**BASE_ENV, **({"STOCKADE_DATA": DATA} if data else {}), **env},
                 uid=uid, gid=uid, netns=netns_path, cgroup_procs=cgroup_procs, binds=tuple(binds),
-                connect_ports=tuple(Profile(egress=entries).egress_ports()))
+                connect_ports=tuple(Profile(egress=entries).egress_ports()), hosts_file=hosts)
 
 
 def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, uid: int,
           env: dict[str, str]) -> Placement:
     """Set up namespace, cgroup and state directory for an instance (blocking: run in a thread)."""
     entries: tuple[str, ...] = ()
+    hosts = ""
     if agent == DISCOVERY:
         path = discovery_netns(home)
         data = None
@@ -122,9 +161,10 @@ def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, u
         entries = granted(egress, agent, cfg)
         path = agent_netns(home, egress, agent, server, entries)
         data = data_dir(home, agent, server, uid)
+        hosts = write_hosts(home, egress, agent, server)
     leaf = cgroup_leaf(home, agent, server, cfg)
     procs = tuple(os.path.join(d, "cgroup.procs") for d in leaf.dirs().values())
-    return Placement(spec(cfg, env, uid, path, procs, data, entries), leaf, data)
+    return Placement(spec(cfg, env, uid, path, procs, data, entries, hosts), leaf, data)
 
 
 def release(p: Placement) -> None:
@@ -146,3 +186,5 @@ def forget(home: Home, agent: str, server: str) -> None:
             cgroups.remove_tree(cgroups.detect(), os.path.join(CGROUP_PARENT, netns.home_tag(home)))
         else:
             netns.remove_agent_netns(netns.pack_principal(agent, principal_pack(server)), home)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(hosts_path(home, agent, server))

@@ -147,23 +147,39 @@ async def start(gw: Gateway) -> None:
     _SUPERVISORS[id(gw)] = sup
     found = await asyncio.gather(*(register(gw, sup, name) for name in servers))
     _publish(gw)()
-    gw.tasks.append(asyncio.create_task(_on_revoke(gw, sup), name="upstream-revocations"))
+    gw.tasks.append(asyncio.create_task(_on_events(gw, sup), name="upstream-events"))
     failed = [n for n, names in zip(servers, found, strict=True) if not names]
     if failed:
         gw.tasks.append(asyncio.create_task(_rediscover(gw, sup, failed), name="upstream-rediscover"))
 
 
-async def _on_revoke(gw: Gateway, sup: Supervisor) -> None:
+async def _on_events(gw: Gateway, sup: Supervisor) -> None:
     """A revoked agent's server instances stop at once (its calls are refused anyway; its
-    processes, namespace and cgroup should not outlive the key)."""
+    processes, namespace and cgroup should not outlive the key). When the egress part's answer
+    for a host name changes, the instances allowed that name get the new addresses in their
+    /etc/hosts (the rules already let exactly those through)."""
     sub = gw.bus.subscribe()
     try:
         while not sup.stopping:
             ev = await sub.get(timeout=1.0)
             if ev is not None and ev.kind == "agent.revoked" and isinstance(ev.data.get("agent"), str):
                 await sup.stop_agent(ev.data["agent"])
+            elif ev is not None and ev.kind == "egress.changed":
+                changed = {str(p) for k in ("added", "updated") for p in ev.data.get(k) or []}
+                await asyncio.to_thread(_refresh_hosts, gw, sup, changed)
     finally:
         sub.close()
+
+
+def _refresh_hosts(gw: Gateway, sup: Supervisor, principals: set[str]) -> None:
+    for (server, agent), inst in list(sup.instances.items()):
+        if agent == confine.DISCOVERY or inst.placement is None or not inst.placement.spec.hosts_file:
+            continue
+        if f"{agent}.{confine.principal_pack(server)}" in principals:
+            try:
+                confine.write_hosts(gw.home, gw.egress, agent, server)
+            except OSError as e:
+                log.warning("upstream %s for %r: its hosts file could not be rewritten: %s", server, agent, e)
 
 
 async def _rediscover(gw: Gateway, sup: Supervisor, failed: list[str]) -> None:
