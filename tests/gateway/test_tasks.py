@@ -112,8 +112,14 @@ def test_a_held_call_is_a_task_that_completes_with_the_real_result(srv: Server) 
     done = _until(lambda: task_get(srv, key, tid)["result"], lambda t: t["status"] != "working")
     assert done["status"] == "completed", done
     assert done["result"]["isError"] is False and "utc" in json.dumps(done["result"]["structuredContent"]), done
-    kinds = [r.get("kind") for r in audit_records(srv.home)]
-    assert "task.created" in kinds and "approval.decided" in kinds, kinds
+    # Every transition is in the audit log, linked to the task: asked, handed out, decided, run.
+    trail = _until(lambda: _trail(srv.home, tid), lambda t: "approval.executed" in t)
+    assert list(trail)[:4] == ["approval.requested", "task.created", "approval.decided", "approval.executed"], trail
+    assert trail["approval.decided"]["decision"] == "approved", trail
+    ran = trail["approval.executed"]
+    assert ran["status"] == "executed" and ran["call"], ran
+    outcome = [r for r in audit_records(srv.home) if r.get("call") == ran["call"] and r.get("phase") == "complete"]
+    assert [r["outcome"]["status"] for r in outcome] == ["ok"], outcome
 
 
 def test_another_agents_task_is_not_found_like_an_unknown_id(srv: Server) -> None:
@@ -154,6 +160,8 @@ def test_rejected_is_failed_with_the_stockade_error(srv: Server) -> None:
     got = task_get(srv, key, tid)["result"]
     assert got["status"] == "failed", got
     assert got["error"]["data"]["type"] == "ApprovalRejected" and "not now" in got["error"]["message"], got
+    trail = _trail(srv.home, tid)
+    assert trail["approval.decided"]["decision"] == "rejected" and "approval.executed" not in trail, trail
 
 
 def test_bad_task_requests_get_structured_errors(srv: Server) -> None:
@@ -165,7 +173,12 @@ def test_bad_task_requests_get_structured_errors(srv: Server) -> None:
     e = call(srv, key, "tasks/update", {"taskId": tid, "inputResponses": []}, name=tid)["error"]
     assert e["code"] == -32602, e
     assert "result" in call(srv, key, "tasks/update", {"taskId": tid, "inputResponses": {}}, name=tid)
+    bad_meta = {**WITH, "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXT: []}}}
+    for method in ("tasks/get", "tasks/cancel"):
+        e = call(srv, key, method, {"taskId": tid}, bad_meta, name=tid)["error"]
+        assert e["code"] == -32602 and e["data"]["type"] == "InvalidInput", (method, e)
     assert task_get(srv, key, tid)["result"]["status"] == "working"
+    assert cli_json("approvals", "show", tid, home=srv.home)["status"] == "pending"
 
 
 def _session(s: Server, key: str, extensions: dict[str, Any] | None) -> tuple[str, Any]:
@@ -238,6 +251,7 @@ def test_expired_is_failed(tmp_path: Path) -> None:
         tid = tool(s, key, "system.time")["result"]["taskId"]
         got = _until(lambda: task_get(s, key, tid)["result"], lambda t: t["status"] != "working")
         assert got["status"] == "failed" and got["error"]["data"]["type"] == "ApprovalExpired", got
+        assert set(_trail(h, tid)) == {"approval.requested", "task.created", "approval.expired"}, _trail(h, tid)
     finally:
         s.stop()
 
@@ -266,6 +280,11 @@ def test_task_views_follow_the_approval() -> None:
     assert tasks.task_of({**base, "status": "expired", "reason": "agent revoked"})["status"] == "failed"
     handle = tasks.created({**base, "status": "pending"})
     assert handle["resultType"] == "task" and "result" not in handle and handle["createdAt"].endswith("Z")
+
+
+def _trail(home: Path, tid: str) -> dict[str, dict[str, Any]]:
+    """The audit records about one task (kind -> the last record of that kind), in log order."""
+    return {r["kind"]: r for r in audit_records(home) if r.get("approval") == tid and r.get("kind")}
 
 
 def _until(get: Any, done: Any, seconds: float = 30) -> Any:
