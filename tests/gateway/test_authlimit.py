@@ -5,7 +5,6 @@ from __future__ import annotations
 from stockade.edge.authlimit import AuthFailures, presented, source_key
 
 
-
 def test_a_source_is_throttled_after_its_burst_and_refills() -> None:
     a = AuthFailures(burst=3, per_second=0.5, window=60)
     for t in range(3):
