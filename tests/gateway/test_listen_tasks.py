@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp_types import SubscriptionFilter
 from tests.conftest import Server, cli_json, start_server
 from tests.gateway.test_listen import SUB_ID, Stream
 from tests.gateway.test_tasks import EXT, WITH, WITHOUT, _task_home, call, task_get, tool
+
+from stockade.core.errors import StockadeError
+from stockade.gateway import listen
 
 pytestmark = pytest.mark.xdist_group("tasks-gateway")
 
@@ -145,3 +149,38 @@ def test_a_listen_without_task_ids_needs_no_extension(srv: Server) -> None:
 
     ack = asyncio.run(go())
     assert ack["params"]["notifications"] == {"toolsListChanged": True}, json.dumps(ack)
+
+
+def test_a_revoked_agents_task_stream_ends_without_telling_it_more(srv: Server) -> None:
+    key = srv.agent("push-revoked")
+    tid = tool(srv, key, "system.time")["result"]["taskId"]
+
+    async def go() -> list[dict[str, Any]]:
+        async with Stream(srv, key, "rev", {"taskIds": [tid]}, m=WITH) as s:
+            await s.until(lambda f: _tasks(f, tid))
+            await _cli("agent", "revoke", "push-revoked", home=srv.home)
+            await s.until(lambda f: "id" in f[-1])      # the stream's final result: it ended
+        return s.frames
+
+    frames = asyncio.run(go())
+    assert [t["status"] for t in _tasks(frames, tid)] == ["working"], frames
+    assert frames[-1]["id"] == "rev" and frames[-1]["result"]["_meta"][SUB_ID] == "rev", frames
+    assert cli_json("approvals", "show", tid, home=srv.home)["status"] == "expired"
+
+
+# -- the pure part ----------------------------------------------------------------------------
+def test_requested_task_ids_are_checked_and_deduplicated() -> None:
+    def f(**extra: Any) -> SubscriptionFilter:
+        return SubscriptionFilter.model_validate({"toolsListChanged": True, **extra})
+
+    assert listen.requested_task_ids(f()) is None
+    assert listen.requested_task_ids(f(taskIds=["a", "b", "a"])) == ["a", "b"]
+    for bad in ("a", [1], [""], ["x" * 129], [None], ["a"] * (listen.MAX_TASK_IDS + 1)):
+        with pytest.raises(StockadeError):
+            listen.requested_task_ids(f(taskIds=bad))
+    ack = listen.honoured_filter(f(promptsListChanged=False, taskIds=["a", "b"]), ["a"])
+    assert ack.model_dump(by_alias=True, exclude_none=True) == {"toolsListChanged": True, "taskIds": ["a"]}
+    assert listen.honoured_filter(f(taskIds=["a"]), []).model_dump(by_alias=True, exclude_none=True) == \
+        {"toolsListChanged": True}
+    frame = listen.task_frame({"taskId": "a", "ttlMs": None}, {SUB_ID: 1}).model_dump(exclude_none=True)
+    assert frame == {"method": "notifications/tasks", "params": {"taskId": "a", "ttlMs": None, "_meta": {SUB_ID: 1}}}

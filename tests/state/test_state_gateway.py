@@ -183,6 +183,19 @@ def test_a_key_with_a_ttl_disappears(gw: Server) -> None:
     assert raw.execute("SELECT value FROM state_kv WHERE agent='ttl' AND key='tmp'").fetchall() == [('"new"',)]
 
 
+def test_values_live_in_the_gateways_wal_database_keyed_by_the_caller(gw: Server) -> None:
+    """Stored in stockade.db (SQLite in WAL mode), under the authenticated agent's name."""
+    key = gw.agent("walker")
+    ok(gw.invoke(key, "state.set", {"key": "where", "value": {"in": "the gateway"}}))
+    raw = sqlite3.connect(f"file:{gw.home / 'stockade.db'}?mode=ro", uri=True)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = raw.execute("SELECT agent FROM state_kv WHERE key='where'").fetchall()
+    finally:
+        raw.close()
+    assert rows == [("walker",)], rows
+
+
 # -- limits and quotas -------------------------------------------------------------------------
 def test_key_quota_is_exceeded_with_a_clear_error(gw: Server) -> None:
     key = gw.agent("hoarder")
