@@ -309,7 +309,8 @@ class ApprovalService:
             # The run's own records carry a call id of their own (or none, when it failed before
             # reaching the approval stage): this links the approval (= MCP task) to how it ended.
             self._spawn(self.pipeline.record_event(
-                "approval.executed", approval=aid, agent=a.agent if a else None, status=status,
+                "approval.executed", approval=aid, agent=a.agent if a else None,
+                session=a.session if a else None, status=status,
                 capability=a.capability if a else None, call=a.exec_call_id if a else None,
                 **({"error": error.type} if error else {})))
             self._spawn(self._notify(aid))
