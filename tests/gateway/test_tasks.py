@@ -129,8 +129,9 @@ def test_another_agents_task_is_not_found_like_an_unknown_id(srv: Server) -> Non
     unknown = task_get(srv, other, "apr_000000000000")["error"]
     assert theirs["code"] == unknown["code"] == -32602, (theirs, unknown)
     assert theirs["message"] == unknown["message"], (theirs, unknown)
-    cancel = call(srv, other, "tasks/cancel", {"taskId": tid}, name=tid)["error"]
-    assert cancel["code"] == -32602, cancel
+    for method in ("tasks/cancel", "tasks/update"):
+        e = call(srv, other, method, {"taskId": tid, "inputResponses": {}}, name=tid)["error"]
+        assert (e["code"], e["message"]) == (unknown["code"], unknown["message"]), (method, e)
     assert cli_json("approvals", "show", tid, home=srv.home)["status"] == "pending"   # nothing changed
     assert task_get(srv, owner, tid)["result"]["status"] == "working"
 
@@ -162,6 +163,22 @@ def test_rejected_is_failed_with_the_stockade_error(srv: Server) -> None:
     assert got["error"]["data"]["type"] == "ApprovalRejected" and "not now" in got["error"]["message"], got
     trail = _trail(srv.home, tid)
     assert trail["approval.decided"]["decision"] == "rejected" and "approval.executed" not in trail, trail
+
+
+def test_a_call_that_fails_after_approval_is_failed_with_its_own_error(srv: Server) -> None:
+    key = srv.agent("fails-later")
+    # Calls that do not wait are answered as usual, extension or not.
+    plain = tool(srv, key, "system.info")["result"]
+    assert "taskId" not in plain and plain["isError"] is False, plain
+    # agent.approval with wait=7 waits for the owner; once approved it looks up an id that does
+    # not exist, so the call itself fails.
+    tid = tool(srv, key, "agent.approval", {"approval": "apr_missing", "wait": 7})["result"]["taskId"]
+    cli_json("approvals", "approve", tid, home=srv.home)
+    got = _until(lambda: task_get(srv, key, tid)["result"], lambda t: t["status"] != "working")
+    assert got["status"] == "failed" and "result" not in got, got
+    assert got["error"]["data"]["type"] == "ApprovalNotFound" and got["error"]["data"]["approval"] == tid, got
+    ran = _until(lambda: _trail(srv.home, tid), lambda t: "approval.executed" in t)["approval.executed"]
+    assert ran["status"] == "failed" and ran["error"] == "ApprovalNotFound", ran
 
 
 def test_bad_task_requests_get_structured_errors(srv: Server) -> None:
