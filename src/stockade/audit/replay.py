@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from stockade.audit.index import BadFrame, iter_records
 from stockade.audit.record import FRAME, MAX_FRAME, jsonable
@@ -64,8 +64,9 @@ class Filters:
 
 
 # -- picking decisions out of records (pure) ------------------------------------------------------
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
+    """One recorded decision (a tuple: millions are made in a replay, and pickled back from workers)."""
+
     seq: int
     ts: int
     agent: str
@@ -204,10 +205,35 @@ def _example(c: Call, now: Outcome) -> dict[str, Any]:
             "then": _side(c.then, c.policy), "now": _side(now)}
 
 
+_UNSET: Any = object()
+
+
 def replay_records(recs: Iterator[dict[str, Any]], decider: Decider, f: Filters, t: Tally) -> None:
-    """Decide every decision in `recs` again: rate-independent ones now, the rest into `t.pending`."""
+    """Decide every decision in `recs` again: rate-independent ones now, the rest into `t.pending`.
+
+    The common record (a decided call, its arguments kept as they ran, no filter, tier unchanged)
+    is counted without building a `Call`; everything else takes `decision_of`."""
+    filtered = f.since_us is not None or f.until_us is not None or f.agent is not None
+    first = decider.first
     for rec in recs:
         t.records += 1
+        if "kind" in rec:
+            continue
+        phase = rec.get("phase")
+        if phase != "complete" and phase != "decision":
+            continue
+        now: Any = _UNSET
+        d, args = rec.get("decision"), rec.get("args")
+        # Arguments without "sha256" are exactly what `recover_args` gives back (no digest stand-in).
+        if (not filtered and type(d) is dict and type(args) is dict and "sha256" not in args
+                and type(rec.get("agent")) is str and type(rec.get("capability")) is str
+                and type(rec.get("ts")) is int and type(d.get("tier")) is str and d.get("layer") != "pack"):
+            now = first(rec["agent"], rec["capability"], args)
+            if now is not None and now[0] == d["tier"]:
+                t.decisions += 1
+                t.replayed += 1
+                t.unchanged += 1
+                continue
         c = decision_of(rec, f)
         if c is None:
             continue
@@ -220,7 +246,8 @@ def replay_records(recs: Iterator[dict[str, Any]], decider: Decider, f: Filters,
         if c.args is None:
             t.undecided(c)
             continue
-        now = decider.first(c.agent, c.capability, c.args)
+        if now is _UNSET:
+            now = first(c.agent, c.capability, c.args)
         if now is None:
             t.pending.append(c)
         else:
