@@ -201,7 +201,7 @@ def test_pack_floor_holds_a_loosening(tmp_path: Path) -> None:
     assert not t.changes and t.unchanged == 1 and not t.examples["loosened"]
 
 
-RATED = """version: 1
+RATED_MIX = """version: 1
 default: approval_required
 rules:
   - {id: net, capability: "network.*", tier: notify, rate_limit: {max: 3, window: 1m, on_exceed: blocked}}
@@ -217,7 +217,7 @@ def test_decider_in_order_is_the_gateways_rate_stage(tmp_path: Path) -> None:
     from stockade.policy.ratelimit import RateLimiter
     from stockade.policy.runtime import PolicyEngine
 
-    policy = load_candidate(_policy_dir(tmp_path / "p", RATED), Home(tmp_path))
+    policy = load_candidate(_policy_dir(tmp_path / "p", RATED_MIX), Home(tmp_path))
     now = [0.0]
     engine = PolicyEngine(policy, RateLimiter(None), clock=lambda: now[0])
     decider = PolicyDecider(policy)
