@@ -68,6 +68,7 @@ class ErrorType(StrEnum):
     FORBIDDEN = ("Forbidden", RpcCode.AUTH_FAILED, 403)
     NOT_FOUND = ("NotFound", RpcCode.CAPABILITY_ERROR, 404)
     INTERNAL = ("Internal", RpcCode.INTERNAL_ERROR, 500)
+    UNAVAILABLE = ("Unavailable", RpcCode.CAPABILITY_ERROR, 503)   # stockade.db locked elsewhere: retry
     # decisions
     POLICY_DENIED = ("PolicyDenied", RpcCode.POLICY_DENIED, 403)
     RATE_LIMITED = ("RateLimited", RpcCode.RATE_LIMITED, 429)
@@ -124,6 +125,8 @@ _RECOVERY: dict[str, list[dict[str, str]]] = {
     "QuotaExceeded": _hint("free_space",
                            "Delete keys you no longer need (state.list, state.delete) or ask the owner "
                            "to raise the quota (stockade.yaml, state:)."),
+    "Unavailable": _hint("retry_later", "Retry after 'retry_after' seconds; the gateway is briefly unable to "
+                                        "record this call."),
     "Internal": _hint("retry_later",
                       "An internal error occurred; the owner can find details in the gateway log."),
 }

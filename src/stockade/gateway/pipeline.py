@@ -184,8 +184,9 @@ class Pipeline:
         source, now = source_key(host), self.clock()
         try:
             caller = self.authenticate(key, session, transport)
-        except StockadeError:
-            await self._refuse(key, source, transport, now)
+        except StockadeError as e:
+            if e.type != "Unavailable":   # stockade.db locked elsewhere says nothing about the key
+                await self._refuse(key, source, transport, now)
             raise
         await self._write_auth(self.auth_failures.succeeded(source, now))
         return caller

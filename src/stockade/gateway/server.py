@@ -54,11 +54,12 @@ def _rpc_error(status: int, code: int, etype: str, message: str) -> JSONResponse
 
 
 def throttled_response(e: StockadeError) -> JSONResponse:
-    """429 for a source throttled after failed authentications (structured, with Retry-After)."""
+    """429 for a source throttled after failed authentications, 503 when stockade.db is locked
+    elsewhere (structured, with Retry-After)."""
     retry = max(1, math.ceil(float(e.data.get("retry_after") or 1)))
     return JSONResponse({"jsonrpc": "2.0", "id": None, "error": {"code": e.code, "message": e.message,
                                                                  "data": e.to_dict()}},
-                        status_code=429, headers={"retry-after": str(retry)})
+                        status_code=e.http_status, headers={"retry-after": str(retry)})
 
 
 def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: list[str] | None = None,
@@ -75,7 +76,7 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
             if caller.session != "rpc":
                 sessions.check(pipeline.db, caller.agent, caller.session)
         except StockadeError as e:
-            if e.type == "RateLimited":
+            if e.type in ("RateLimited", "Unavailable"):   # both say when to come back
                 return throttled_response(e)
             status = 401 if e.type == "Unauthenticated" else 400
             return _rpc_error(status, AUTH_FAILED if status == 401 else e.code, e.type, e.message)

@@ -35,6 +35,7 @@ from stockade.capabilities.registry import load_registry
 from stockade.core import sdnotify
 from stockade.core.admin import running as admin_running
 from stockade.core.config import Config
+from stockade.core.db import damaged_tables
 from stockade.core.errors import ConfigError
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
@@ -148,6 +149,7 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
         db = home.db()
     except Exception as e:  # a damaged or unreadable stockade.db: say so and stop
         raise StartupFailed(f"cannot open {home.db_path}: {type(e).__name__}: {e}") from e
+    _refuse_damaged(home, db)
     registry = load_registry()
     bus = EventBus()
     pipeline = Pipeline(home, registry, db, bus=bus)
@@ -159,6 +161,17 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
         if hasattr(part, "prefork"):
             part.prefork(gw)
     return gw
+
+
+def _refuse_damaged(home: Home, db: Any) -> None:
+    """A damaged page (approvals, packs, agents...) would surface later as a part that hangs or
+    a 500 on every call; refuse now, naming the table and the way out."""
+    bad = damaged_tables(db)
+    if bad:
+        raise StartupFailed(
+            f"{home.db_path} is damaged (table {', '.join(bad)} fails SQLite's quick_check); refusing to "
+            f"serve on it. Stop, keep a copy, then restore stockade.db from a backup or rebuild it: "
+            f"`sqlite3 {home.db_path} .recover | sqlite3 {home.db_path}.recovered` and move that in place")
 
 
 def _add_methods(gw: Gateway, table: dict[str, Any], owner: str) -> None:
