@@ -358,24 +358,42 @@ result['bind'] = attempt(b)
 
 
 # -- resources --------------------------------------------------------------------------------
+def _status(pid: int | str) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _pooled(sbx) -> set[int]:  # type: ignore[no-untyped-def]
+    """The pre-armed children: direct children of the gateway's zygote, each pid 1 of its own
+    namespace and not yet given a call (a call's own P is reaped before the call returns, so
+    after a call only pooled children are the zygote's)."""
+    def ppid(st: str) -> int:
+        return int(st.split("\nPPid:\t", 1)[1].split()[0]) if "\nPPid:\t" in st else -1
+
+    procs = {int(p): _status(p) for p in os.listdir("/proc") if p.isdigit()}
+    zygotes = {pid for pid, st in procs.items() if ppid(st) == sbx.proc.pid}
+    return {pid for pid, st in procs.items() if ppid(st) in zygotes and
+            st.split("\nNSpid:", 1)[-1].split("\n", 1)[0].split()[-1:] == ["1"]}
+
+
 def _no_leftovers(sbx, agent: str = "a") -> None:  # type: ignore[no-untyped-def]
+    """No process of the agent survives its call; only the pool's pre-armed children (each a
+    fresh sandbox that has run nothing) may hold the agent's uid or sit in its cgroup."""
     uid = sbx.uids[agent]
     deadline = time.monotonic() + 5
     while True:
-        left = []
-        for p in os.listdir("/proc"):
-            if p.isdigit():
-                try:
-                    with open(f"/proc/{p}/status") as f:
-                        st = f.read()
-                except OSError:
-                    continue
-                if f"\nUid:\t{uid}\t" in st:
-                    left.append(int(p))
-        if (not left and not sbx.cgroup_procs(agent)) or time.monotonic() > deadline:
+        pooled = _pooled(sbx)
+        left = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in pooled and
+                f"\nUid:\t{uid}\t" in _status(p)]
+        in_cgroup = [p for p in sbx.cgroup_procs(agent) if p not in pooled]
+        if (not left and not in_cgroup) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert left == [] and sbx.cgroup_procs(agent) == []
+    assert left == [] and in_cgroup == []
+    assert len(pooled) <= 16
 
 
 FORK_BOMB = """
@@ -448,7 +466,9 @@ def test_cpu_hog(sbx) -> None:  # type: ignore[no-untyped-def]
     periods = _throttled(sbx, "nr_periods")
     sbx.run(spin, off=("cgroup",))
     time.sleep(0.5)
-    assert _throttled(sbx, "nr_periods") == periods
+    # 0.5 s of CPU inside the group would span at least 5 enforcement periods of 100 ms; the pool
+    # arming or killing an idle pre-armed child in the agent's group may account one or two
+    assert _throttled(sbx, "nr_periods") - periods < 5
 
 
 def test_output_flood(sbx) -> None:  # type: ignore[no-untyped-def]

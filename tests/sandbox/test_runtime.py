@@ -257,7 +257,7 @@ def test_doctor_reports_every_layer(tmp_path: Path) -> None:
 
     out = setup.doctor(Home.at(tmp_path))
     assert set(out) == {"sandbox.landlock", "sandbox.seccomp", "sandbox.userns", "sandbox.cgroup",
-                        "sandbox.nftables"}
+                        "sandbox.nftables", "sandbox.host_paths"}
     assert out["sandbox.landlock"]["abi"] >= 1 and out["sandbox.seccomp"]["status"] == "ok"
     assert out["sandbox.userns"]["available"] is True
     assert out["sandbox.cgroup"]["version"] in (1, 2)

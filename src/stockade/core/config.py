@@ -134,6 +134,7 @@ class SandboxConfig(_Section):
     max_output_bytes: int = Field(1024 * 1024, ge=1024)
     # the group under each hierarchy that holds one group per agent
     cgroup_parent: str = Field("stockade", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+    pool: bool = True    # pre-armed sandboxes per (agent, profile), docs/sandbox.md "Pre-armed pool"
 
     @field_validator("call_timeout", mode="before")
     @classmethod

@@ -707,11 +707,26 @@ class Zygote:
             os.close(gate_w)
             if peer >= 0:
                 os.close(peer)
+            self._close_zygote_fds(keep=r.netns_fd)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             child.sandboxed(r.req, r.args_fd, r.out_w, r.netns_fd, self.prep, gate_r, self.impls,
                             pooled=peer >= 0)
         finally:
             os._exit(71)
+
+    def _close_zygote_fds(self, keep: int) -> None:
+        """In a fresh child, before anything else: the zygote's own handles on other calls
+        (their status pipes and pidfds), on pooled children (control sockets, pidfds) and on
+        namespaces are closed at once, not only by the fd layer's close_range later: a child
+        must never hold another call's status pipe open (its caller waits for EOF on it)."""
+        fds = [self.own_pidns, self.own_netns]
+        fds += [x for c in self.calls.values() for x in (c.status_w, c.pidfd)]
+        fds += [x for a in self.armed.values() for x in (a.ctl.fileno(), a.pidfd)]
+        fds += [s.netns_fd for s in self.slots.values()]
+        for fd in fds:
+            if fd >= 0 and fd != keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def shutdown(self) -> None:
         from stockade.sandbox import libc
