@@ -16,13 +16,14 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from tests.conftest import cli_json, need_root, run_cli, start_server
+from tests.conftest import Server, cli_quick, need_root, quick_json, start_server
 from tests.egress.topo import TestHost
 
 # One worker runs them all: they share the test host address 198.51.100.88 (one route on the host).
@@ -53,29 +54,64 @@ def leaks(blob: bytes) -> list[str]:
     return found
 
 
-@pytest.fixture
-def lab(tmp_path: Path):  # type: ignore[no-untyped-def]
+class Lab:
+    """The module's test host, home (vault with three secrets, agent alice) and at most one gateway
+    on that home at a time. Built once: every test here only reads or calls; none needs a home
+    of its own (the canary test seals the vault itself before it checks the sealed refusal)."""
+
+    def __init__(self, tmp: Path, host: TestHost) -> None:
+        self.tmp, self.host = tmp, host
+        self.home = _home(tmp)
+        self.key = quick_json("agent", "create", "alice", home=self.home)["key"]
+        self._shared: Server | None = None
+
+    def shared(self) -> Server:
+        """A running gateway, unsealed, kept for the next test that only reads."""
+        if self._shared is None:
+            self._shared = start_server(self.home)
+            _unseal(self.home)
+        return self._shared
+
+    def own(self) -> Server:
+        """A gateway of the caller's own, to stop and inspect after (the shared one stops first)."""
+        self.stop_shared()
+        return start_server(self.home)
+
+    def stop_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.stop()
+            self._shared = None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     need_root()
-    host = TestHost(9, IP, tmp_path)
+    tmp = tmp_path_factory.mktemp("canary")
+    host = TestHost(9, IP, tmp)
     host.up()
-    log = tmp_path / "echo.log"
-    log.write_text("")
-    p = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, str(HERE / "echo_srv.py"), str(PORT),
-                          str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    host.procs.append(p)
-    deadline = time.monotonic() + 20
-    while "ready" not in log.read_text():
-        assert p.poll() is None and time.monotonic() < deadline, "echo server did not start"
-        time.sleep(0.05)
     try:
-        yield host
+        log = tmp / "echo.log"
+        log.write_text("")
+        p = subprocess.Popen(["ip", "netns", "exec", host.ns, sys.executable, str(HERE / "echo_srv.py"), str(PORT),
+                              str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        host.procs.append(p)
+        deadline = time.monotonic() + 20
+        while "ready" not in log.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, "echo server did not start"
+            time.sleep(0.05)
+        lab = Lab(tmp, host)
+        try:
+            yield lab
+        finally:
+            lab.stop_shared()
     finally:
         host.down()
 
 
 def _home(tmp_path: Path) -> Path:
+    # setup through the CLI in this process (quick_json): the CLI is not under test here
     h = tmp_path / "home"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)
     with open(h / "stockade.yaml", "a") as f:
         f.write("egress:\n  resolver: null\n  poll: 0.3s\n")
     # no approvals and no rate limits in this test (1,000 calls in well under a minute)
@@ -85,25 +121,29 @@ def _home(tmp_path: Path) -> Path:
         "  - {capability: 'process.*', tier: autonomous}\n"
         f"sandbox:\n  egress:\n    - '{IP}:{PORT}'\n")
     env = {"STOCKADE_VAULT_PASSPHRASE": PW}
-    cli_json("vault", "init", home=h, env=env)
-    cli_json("vault", "set", "httpkey", "--all-agents", "--scope", "network.http_request", "--host",
-             f"http://{IP}:{PORT}",
-             home=h, env=env, input=HTTP_SECRET)
-    cli_json("vault", "set", "envtok", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=h,
-             env=env, input=ENV_SECRET)
-    cli_json("vault", "set", ODD_NAME, "--all-agents", "--disclose-to-agent", "--scope", "process.run", "--raw",
-             home=h, env=env, input=ODD_VALUE)
+    quick_json("vault", "init", home=h, env=env)
+    quick_json("vault", "set", "httpkey", "--all-agents", "--scope", "network.http_request", "--host",
+               f"http://{IP}:{PORT}",
+               home=h, env=env, input=HTTP_SECRET)
+    quick_json("vault", "set", "envtok", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=h,
+               env=env, input=ENV_SECRET)
+    quick_json("vault", "set", ODD_NAME, "--all-agents", "--disclose-to-agent", "--scope", "process.run", "--raw",
+               home=h, env=env, input=ODD_VALUE)
     return h
+
+
+def _unseal(home: Path) -> None:
+    cli_quick("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
 
 
 def _result(r: dict[str, Any]) -> Any:
     return r.get("result", r.get("error"))
 
 
-def test_canary_through_real_gateway(lab: TestHost, tmp_path: Path) -> None:
-    home = _home(tmp_path)
-    key = cli_json("agent", "create", "alice", home=home)["key"]
-    srv = start_server(home)
+def test_canary_through_real_gateway(lab: Lab) -> None:
+    # Its own gateway: stopped before the audit and log files are read (everything flushed).
+    home, key, tmp_path = lab.home, lab.key, lab.tmp
+    srv = lab.own()
     transcripts: list[bytes] = []
     try:
         probe = srv.invoke(key, "process.run", {"argv": ["true"]})
@@ -112,7 +152,7 @@ def test_canary_through_real_gateway(lab: TestHost, tmp_path: Path) -> None:
         hdr = {"X-Canary": "${secret:httpkey}", "X-Other": "token ${secret:httpkey} inline"}
         sealed = srv.invoke(key, "network.http_request", {"url": f"http://{IP}:{PORT}/echo", "headers": hdr})
         assert sealed["error"]["data"]["type"] == "VaultSealed", sealed
-        run_cli("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
+        _unseal(home)
 
         # wait for the agent's egress rules, then 1,000 uses through network.http_request
         deadline = time.monotonic() + 30
@@ -168,7 +208,7 @@ def test_canary_through_real_gateway(lab: TestHost, tmp_path: Path) -> None:
     assert not leaks(logs), leaks(logs)
     assert not leaks(gateway_env)
     # the vault records use without recording values
-    listed = cli_json("vault", "list", home=home)
+    listed = quick_json("vault", "list", home=home)
     used = {s["name"]: s["last_used"] for s in listed["secrets"]}
     assert used["httpkey"] and used["envtok"]
 
@@ -192,42 +232,31 @@ def _process_memory(pid: int) -> bytes:
     return b"".join(chunks)
 
 
-def test_zygote_memory_never_holds_secret_values(lab: TestHost, tmp_path: Path) -> None:
-    home = _home(tmp_path)
-    key = cli_json("agent", "create", "alice", home=home)["key"]
-    srv = start_server(home)
-    try:
-        run_cli("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
-        for _ in range(5):
-            res = srv.invoke(key, "process.run", {"argv": ["true"], "env": {"TOK": "${secret:envtok}"}})
-            assert "result" in res, res
-        zygote = srv.invoke(key, "system.health")["result"]["layers"]["sandbox"]["zygote_pid"]
-        found = leaks(_process_memory(zygote))
-    finally:
-        srv.stop()
+def test_zygote_memory_never_holds_secret_values(lab: Lab) -> None:
+    srv, key = lab.shared(), lab.key
+    for _ in range(5):
+        res = srv.invoke(key, "process.run", {"argv": ["true"], "env": {"TOK": "${secret:envtok}"}})
+        assert "result" in res, res
+    zygote = srv.invoke(key, "system.health")["result"]["layers"]["sandbox"]["zygote_pid"]
+    found = leaks(_process_memory(zygote))
     assert not found, f"the zygote's memory (inherited by every later sandbox child) holds: {found}"
 
 
-def test_unseal_happens_after_zygote_fork(lab: TestHost, tmp_path: Path) -> None:
+def test_unseal_happens_after_zygote_fork(lab: Lab) -> None:
     """The zygote is older than the unseal and its memory never holds the master key."""
-    home = _home(tmp_path)
-    key = cli_json("agent", "create", "alice", home=home)["key"]
-    srv = start_server(home)
-    try:
-        run_cli("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
-        health = srv.invoke(key, "system.health")["result"]
-        zygote = health["layers"]["sandbox"]["zygote_pid"]
-        # derive the key independently and look for it in the zygote's memory
-        from argon2.low_level import Type, hash_secret_raw
+    srv, key, home = lab.shared(), lab.key, lab.home
+    health = srv.invoke(key, "system.health")["result"]
+    assert health["layers"]["vault"]["sealed"] is False, health["layers"]["vault"]
+    zygote = health["layers"]["sandbox"]["zygote_pid"]
+    # derive the key independently and look for it in the zygote's memory
+    from argon2.low_level import Type, hash_secret_raw
 
-        from stockade.vault.store import VaultFile
-        kdf = VaultFile(home / "vault.db").kdf()
-        master = hash_secret_raw(PW.encode(), kdf.salt, kdf.t, kdf.m_kib, kdf.p, 32, Type.ID)
-        assert master not in _process_memory(zygote)
-        assert health["layers"]["vault"]["non_dumpable"] is True
-        status = Path(f"/proc/{srv.proc.pid}/status").read_text()
-        limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
-        assert re.search(r"Max core file size\s+0\s+0", limits), limits
-        assert "Name:" in status
-    finally:
-        srv.stop()
+    from stockade.vault.store import VaultFile
+    kdf = VaultFile(home / "vault.db").kdf()
+    master = hash_secret_raw(PW.encode(), kdf.salt, kdf.t, kdf.m_kib, kdf.p, 32, Type.ID)
+    assert master not in _process_memory(zygote)
+    assert health["layers"]["vault"]["non_dumpable"] is True
+    status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+    limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+    assert re.search(r"Max core file size\s+0\s+0", limits), limits
+    assert "Name:" in status
