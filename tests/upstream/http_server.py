@@ -3,7 +3,7 @@ built with the `mcp` SDK's MCPServer and run by the test servers' own Python, ou
 
     python http_server.py PORT
 
-`echo` is annotated read-only; `note` writes (kept in memory); `auth` answers the Authorization
+`echo` and `peek` are annotated read-only; `note` writes (kept in memory); `auth` answers the Authorization
 header it was sent, so a test sees what stockade disclosed to this server (and that the agent
 gets it back redacted); `big` answers `size` bytes.
 """
@@ -23,6 +23,12 @@ NOTES: list[str] = []
 def echo(text: str) -> str:
     """Answer the text."""
     return text
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def peek() -> str:
+    """How many notes there are (read-only; no policy rule names it in the tests)."""
+    return str(len(NOTES))
 
 
 @server.tool()

@@ -41,6 +41,7 @@ rules:
   - {id: auth, capability: notes.auth, tier: autonomous}
   - {id: big, capability: notes.big, tier: autonomous}
   - {id: no-spam, capability: notes.note, tier: blocked, reason: no spam, when: {arg_equals: {text: spam}}}
+  - {id: upstream-reads, capability: "*", tier: notify, when: {read_only_hint: true}}
 """
 VAULT_PW = "http upstream test passphrase"
 TOKEN = "HTTP-UPSTREAM-CANARY-4d1c9e77a2"
@@ -212,3 +213,18 @@ def test_a_url_off_loopback_or_mixed_with_command_options_is_refused(gw: Server)
         p = run_cli("upstream", "add", "other", *args, "--json", home=gw.home, check=False)
         assert p.returncode != 0 and json.loads(p.stdout)["error"], (args, p.stdout, p.stderr)
     assert (gw.home / "upstream.yaml").read_text() == before
+
+
+def test_a_read_only_tool_defaults_lower_than_a_writing_one(gw: Server) -> None:
+    """No rule names notes.peek or notes.note: the server's readOnlyHint brings peek to notify by
+    the policy's upstream-reads rule; note stays at the default, approval_required."""
+    bad, out = _call(gw, gw.agent("alice"), "notes__peek", {})
+    assert not bad, out
+    rec = [r for r in audit_records(gw.home) if r.get("capability") == "notes.peek"][-1]
+    assert rec["decision"]["rule"] == "upstream-reads" and rec["decision"]["tier"] == "notify", rec
+    peek = cli_json("policy", "explain", "--agent", "alice", "--capability", "notes.peek", "--args", "{}",
+                    home=gw.home)
+    assert peek["tier"] == "notify" and peek["rule"] == "upstream-reads", peek
+    note = cli_json("policy", "explain", "--agent", "alice", "--capability", "notes.note", "--args",
+                    '{"text": "x"}', home=gw.home)
+    assert note["tier"] == "approval_required" and note["layer"] == "default", note

@@ -207,3 +207,59 @@ def test_an_instances_hosts_file_lists_its_resolved_names_and_is_rewritten_in_pl
     assert os.stat(path).st_ino == inode      # the running server's bind mount sees it
     assert confine.hosts_text({}) == "127.0.0.1 localhost upstream\n::1 localhost ip6-localhost\n"
     assert confine.write_hosts(H(), None, "bob", "git") and confine.resolved_names(None, "bob", "git") == {}
+
+
+# -- read-only hints in policy (the personal template's upstream-reads rule) ---------------------
+def _personal(hinted: set[str], org_extra: str = "") -> object:
+    from stockade.policy import loader
+    from stockade.policy.engine import compile_policy
+    from stockade.policy.facts import Facts
+    from stockade.policy.model import parse_policy
+
+    facts = Facts(read_only=lambda cap: cap in hinted)
+    ctx = {"home": "/nonexistent-home"}
+    text = loader.template_text("personal").replace("rules:\n", "rules:\n" + org_extra, 1)
+    org = parse_policy(text, "org.yaml", "org", ctx=ctx, facts=facts)
+    return compile_policy(loader.load_system(ctx, facts), org, {})
+
+
+def test_a_read_only_upstream_tool_defaults_to_notify_and_a_writing_one_to_approval() -> None:
+    from stockade.policy.engine import evaluate
+    from stockade.policy.model import APPROVAL, NOTIFY
+
+    pol = _personal({"git.git_status"})
+    v = evaluate(pol, "alice", "git.git_status", {})               # type: ignore[arg-type]
+    assert v.tier == NOTIFY and v.rule is not None and v.rule.rule_id == "upstream-reads"
+    v = evaluate(pol, "alice", "git.git_commit", {"message": "x"})  # type: ignore[arg-type]
+    assert v.tier == APPROVAL and v.rule is None and v.layer == "default"
+    # a rule naming the server decides over the hint, whichever way
+    extra = "  - {id: git-all, capability: 'git.*', tier: approval_required}\n"
+    v = evaluate(_personal({"git.git_status"}, extra), "alice", "git.git_status", {})   # type: ignore[arg-type]
+    assert v.tier == APPROVAL and v.rule is not None and v.rule.rule_id == "git-all"
+
+
+@pytest.mark.parametrize("rule, why", [
+    ("{capability: '*', tier: autonomous, when: {read_only_hint: true}}", "may be notify or approval_required"),
+    ("{capability: '*', tier: blocked, when: {read_only_hint: true}}", "may be notify or approval_required"),
+    ("{capability: '*', tier: notify, when: {not: {read_only_hint: true}}}", "not allowed under not"),
+    ("{capability: '*', tier: notify, when: {read_only_hint: false}}", "expected true"),
+])
+def test_the_hint_never_loosens_beyond_notify(rule: str, why: str) -> None:
+    from stockade.policy.model import parse_policy
+
+    with pytest.raises(ConfigError) as e:
+        parse_policy(f"version: 1\nrules:\n  - {rule}\n", "org.yaml", "org")
+    assert why in "; ".join(e.value.errors), e.value.errors
+
+
+def test_only_upstream_tools_annotated_read_only_carry_the_hint() -> None:
+    from stockade.policy.facts import registry_read_only
+
+    m = tools.mirror("git", [_tool("git_status", annotations={"readOnlyHint": True}), _tool("git_commit")])
+
+    class Reg(dict):  # type: ignore[type-arg]
+        pass
+
+    reg = Reg({d.name: d for d in m.definitions})
+    hint = registry_read_only(reg)
+    assert hint("git.git_status") and not hint("git.git_commit") and not hint("filesystem.read")

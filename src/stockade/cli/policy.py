@@ -86,12 +86,25 @@ def _render_validate(d: dict[str, Any]) -> None:
 
 def _load_home_policy(h: Home, as_json: bool) -> Any:
     from stockade.policy import loader
-    from stockade.policy import setup as policy_setup
+    from stockade.policy.facts import Facts
+    from stockade.upstream.setup import known_tools
 
+    up = known_tools(h)     # upstream tools as the gateway last discovered them, and their read-only hints
     try:
-        return loader.load_home(h, policy_setup.home_catalog(h))
+        return loader.load_home(h, _home_catalog(h), Facts(read_only=lambda c: c in up and up[c][0]))
     except ConfigError as e:
         fail_error(e, as_json)
+
+
+def _home_catalog(h: Home) -> Any:
+    """The home's capability names: built-ins, packs, and upstream tools as last discovered."""
+    from stockade.policy import setup as policy_setup
+    from stockade.upstream.setup import known_tools
+
+    cat = policy_setup.home_catalog(h)
+    for name, (_ro, args) in known_tools(h).items():
+        cat.args.setdefault(name, args)
+    return cat
 
 
 @policy.command()
@@ -105,14 +118,12 @@ def _load_home_policy(h: Home, as_json: bool) -> Any:
 def explain(agent: str, capability: str, args_json: str | None, home: str | None, as_json: bool) -> None:
     """Which tier a call would get, which rule decides it (file:line), every layer's verdict and
     the rate-limit state. Reads the home's files and counters; counts nothing."""
-    from stockade.policy import setup as policy_setup
-
     args = _explain_args(args_json, as_json)
     h = get_home(home)
     if not h.policies.is_dir():
         fail(f"no stockade home at {h.root} (run: stockade init --home {h.root})", EXIT_USAGE, as_json)
     pol = _load_home_policy(h, as_json)
-    cat = policy_setup.home_catalog(h)
+    cat = _home_catalog(h)
     _known_names(h, agent, capability, cat, as_json)
     out = _explain_call(h, pol, agent, capability, args if args is not None else {})
     if args is None:

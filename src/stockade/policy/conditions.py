@@ -374,7 +374,7 @@ CONDITION_ARGS: dict[str, tuple[str, ...]] = {
 }
 KEYS = ("path_under", "path_outside", "path_touches", "path_glob", "path_args", "content_size_lt",
         "content_size_gte", "arg_equals", "arg_lt", "arg_gt", "arg_between", "argv_match", "env_allow",
-        "url_host_in", "arg_not_caller", "name_match", "not")
+        "url_host_in", "arg_not_caller", "name_match", "read_only_hint", "not")
 NUMERIC = ("arg_lt", "arg_gt", "arg_between")
 MODIFIERS = ("path_args", "env_allow")
 
@@ -567,6 +567,15 @@ def _one(key: str, v: Any, w: str, c: Compile) -> Cond:
     if key == "name_match":
         rx = compile_regex(v)
         return lambda agent, cap, args: rx.fullmatch(cap) is not None
+    if key == "read_only_hint":
+        # The server's own word: it may bring its tools down to a read default, never be turned
+        # around (under `not:` its absence would loosen what a server chooses not to annotate).
+        if v is not True:
+            raise ValueError(f"{w}: expected true")
+        if ".not" in w:
+            raise ValueError(f"{w}: not allowed under not: (a missing hint is no promise either way)")
+        hint = c.facts.read_only
+        return lambda agent, cap, args: hint(cap)
     if key == "not":
         inner = compile_when(v, ctx, w, facts=c.facts, permissive=c.permissive, negated=not c.negated)
         if inner is None:

@@ -98,10 +98,15 @@ def _unknown(agent: str) -> Reach | None:
     return None
 
 
+def _no_hint(capability: str) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Facts:
     scope: Callable[[str], PathScope | None] = builtin_scope
     reach: Callable[[str], Reach | None] = _unknown      # None: not known here (offline)
+    read_only: Callable[[str], bool] = _no_hint          # an upstream server says the tool only reads
 
 
 DEFAULT_FACTS = Facts()
@@ -144,6 +149,20 @@ def egress_reach(egress: Callable[[], Any]) -> Callable[[str], Reach]:
     return reach
 
 
+def registry_read_only(registry: Any) -> Callable[[str], bool]:
+    """A live lookup: is `capability` a tool of an upstream MCP server annotated `readOnlyHint`
+    (registered without side effects)? Only upstream tools: built-ins and packs are named by rules."""
+
+    def hint(capability: str) -> bool:
+        if capability not in registry:
+            return False
+        d = registry.get(capability)
+        return getattr(d, "execution", None) == "upstream" and getattr(d, "side_effects", True) is False
+
+    return hint
+
+
 def gateway_facts(gw: Any) -> Facts:
-    """Live facts for a running gateway: its registry's scopes, its egress part's reach."""
-    return Facts(registry_scope(gw.pipeline.registry), egress_reach(lambda: gw.egress))
+    """Live facts for a running gateway: its registry's scopes and upstream hints, its egress part's reach."""
+    reg = gw.pipeline.registry
+    return Facts(registry_scope(reg), egress_reach(lambda: gw.egress), registry_read_only(reg))

@@ -271,6 +271,11 @@ def parse_data(data: Any, lines: yamlfile.Lines, fname: str, layer: str, *, ctx:
             parts = msg.split(":", 1)[0].split(".")
             loc = ("rules", i, "when", *parts[3:4])
             errors.append(f"{fname}:{yamlfile.line_of(lines, loc)}: {msg}")
+        if isinstance(rm.when, dict) and "read_only_hint" in rm.when and rm.tier in ("autonomous", "blocked"):
+            errors.append(f"{fname}:{yamlfile.line_of(lines, ('rules', i, 'tier'))}: rules.{i}.tier: a rule on "
+                          "read_only_hint may be notify or approval_required: the hint is the upstream server's "
+                          "claim, not enough to run without telling the owner nor evidence to block on "
+                          "(name the tool to decide on it)")
         rate = rm.rate_limit
         if rate is not None and RANK[rate.on_exceed] <= RANK[rm.tier]:
             errors.append(f"{fname}:{yamlfile.line_of(lines, ('rules', i, 'rate_limit', 'on_exceed'))}: "

@@ -8,6 +8,7 @@ server at shutdown. Admin commands: `upstream.status`, `upstream.restart`, `upst
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 from stockade.audit.redact import SecretValue
 from stockade.core.admin import AdminCommand
 from stockade.core.errors import ConfigError, StockadeError, err
-from stockade.core.home import Home
+from stockade.core.home import Home, write_private
 from stockade.core.wiring import Gateway
 from stockade.sandbox import leftovers
 from stockade.upstream import config, confine, tools
@@ -110,7 +111,35 @@ async def register(gw: Gateway, sup: Supervisor, server: str,
     reg.remove([d.name for d in reg.all() if d.source == f"upstream:{server}"])
     reg.add(list(m.definitions), {d.name: _impl(sup, server, m.tool_of[d.name]) for d in m.definitions})
     skipped[server] = list(m.skipped)
+    _snapshot(gw)
     return [d.name for d in m.definitions]
+
+
+SNAPSHOT = "upstream-tools.json"
+
+
+def _snapshot(gw: Gateway) -> None:
+    """What offline commands (`policy explain`) know of upstream tools, as last discovered: each
+    tool's argument names and whether its server says it only reads (run/upstream-tools.json)."""
+    out = {d.name: {"read_only": not d.side_effects, "args": sorted(d.input_schema.get("properties") or {})}
+           for d in gw.pipeline.registry.all() if d.source.startswith("upstream:")}
+    try:
+        write_private(gw.home.run / SNAPSHOT, json.dumps({"tools": out}, sort_keys=True))
+    except OSError as e:
+        log.warning("upstream: the tool snapshot for offline commands could not be written: %s", e)
+
+
+def known_tools(home: Home) -> dict[str, tuple[bool, frozenset[str]]]:
+    """The snapshot: capability -> (its server says it only reads, its argument names). Anything
+    malformed is left out (an unknown tool is explained as the policy treats any unnamed one)."""
+    try:
+        data = json.loads((home.run / SNAPSHOT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    found = data.get("tools") if isinstance(data, dict) else None
+    return {name: (v["read_only"] is True, frozenset(str(a) for a in v["args"]))
+            for name, v in (found.items() if isinstance(found, dict) else ())
+            if isinstance(v, dict) and isinstance(v.get("args"), list) and "read_only" in v}
 
 
 def prefork(gw: Gateway) -> None:
@@ -244,6 +273,7 @@ async def _reload(gw: Gateway, args: dict[str, Any]) -> dict[str, Any]:
     for gone in set(sup.servers) - set(servers):
         await sup.restart(gone)
         gw.pipeline.registry.remove([d.name for d in gw.pipeline.registry.all() if d.source == f"upstream:{gone}"])
+        _snapshot(gw)
     changed = [n for n in servers if sup.servers.get(n) != servers[n]]
     for n in changed:
         await sup.restart(n)
