@@ -247,7 +247,7 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
     stopping = gw.stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, _on_stop_signal, stopping, sig)
     reloader = Reloader.of(gw)   # SIGHUP: policy and stockade.yaml now (systemctl reload)
     loop.add_signal_handler(signal.SIGHUP, lambda: gw.tasks.append(loop.create_task(reloader.reload())))
     started: list[ModuleType] = []
@@ -266,9 +266,12 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
         if on_ready:
             on_ready(gw)
         sdnotify.ready("serving " + ", ".join(f"{name} {gw.url(name)}" for name in gw.ports))  # Type=notify
+        log.info("%s", started_line(gw))
+        gw.tasks.append(loop.create_task(_log_health_changes(gw, stopping), name="health-log"))
         await stopping.wait()
     finally:
         sdnotify.stopping()
+        log.info("stopping stockade (pid %d)", os.getpid())
         stopping.set()      # part loops (egress reconcile, approvals release) end with it
         for s in servers:
             s.should_exit = True
@@ -285,6 +288,50 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
         await _cancel(gw.tasks)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        log.info("stopped stockade (pid %d)", os.getpid())
+
+
+def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("received %s: stopping", sig.name)
+    stopping.set()
+
+
+def started_line(gw: Gateway) -> str:
+    """The operational log's start line: versions, pid, home and every listen address."""
+    import sqlite3
+    import sys
+
+    from stockade import __version__
+    addresses = ", ".join(f"{name} {gw.url(name)}" for name in gw.ports)
+    unwell = ", ".join(f"{name} {st}" for name, st in _statuses(gw).items() if st != "ok")
+    return (f"started stockade {__version__} (python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
+            f"pid {os.getpid()}) for {gw.home.root}: {addresses}; health: {unwell or 'every part ok'}")
+
+
+HEALTH_LOG_SECONDS = 2.0
+
+
+def health_changes(before: dict[str, str], now: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(part, old, new) for every part whose status changed, appeared or went. Pure."""
+    return [(name, before.get(name, "none"), now.get(name, "none"))
+            for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name)]
+
+
+def _statuses(gw: Gateway) -> dict[str, str]:
+    return {name: str(h.get("status", "ok")) for name, h in list(gw.pipeline.health.items()) if isinstance(h, dict)}
+
+
+async def _log_health_changes(gw: Gateway, stopping: asyncio.Event) -> None:
+    """One log line per part health change (the parts keep `pipeline.health` current; only the
+    status is logged, never a part's detail, which may quote what an agent sent)."""
+    seen = _statuses(gw)
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), HEALTH_LOG_SECONDS)
+        now = _statuses(gw)
+        for name, old, new in health_changes(seen, now):
+            (log.info if new == "ok" else log.warning)("health: %s %s -> %s", name, old, new)
+        seen = now
 
 
 def _remove_if_ours(path: Any, content: bytes) -> None:
