@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.conftest import cli_json, run_cli
+from tests.conftest import cli_json, cli_quick, quick_json, run_cli
 
 
 @pytest.mark.parametrize("template", ["personal", "strict", "open"])
@@ -24,26 +24,38 @@ def test_init_writes_the_chosen_template_0600_once(tmp_path: Path, template: str
 
 
 def test_templates_give_the_promised_tiers(tmp_path: Path) -> None:
-    def t(home: Path, cap: str, args: dict) -> str:
-        return cli_json("policy", "explain", "--agent", "a", "--capability", cap, "--args", json.dumps(args),
-                        home=home)["tier"]
+    """The templates are under test here, not the CLI: each home `init` wrote is compiled and
+    evaluated in this process (what `policy explain` does, without loading the capability
+    registry twice per question); `policy explain` answers the system-layer question."""
+    from tests.policy.policy_helpers import tier
 
-    homes = {}
+    from stockade.core.home import Home
+    from stockade.policy import loader
+    from stockade.policy import setup as policy_setup
+
+    cat = policy_setup.catalog()
+    homes, pols = {}, {}
     for name in ("personal", "strict", "open"):
         homes[name] = tmp_path / name
-        run_cli("init", "--policy", name, home=homes[name])
-        run_cli("agent", "create", "a", home=homes[name])
+        cli_quick("init", "--policy", name, home=homes[name])
+        cli_quick("agent", "create", "a", home=homes[name])
+        pols[name] = loader.load_home(Home(homes[name]), cat)
+
+    def t(name: str, cap: str, args: dict) -> str:
+        return tier(pols[name], cap, args)
+
     read = ("filesystem.read", {"path": "a.txt"})
     write = ("filesystem.write", {"path": "a.txt", "content": "x"})
     run = ("process.run", {"argv": ["ls"]})
     net = ("network.http_request", {"method": "GET", "url": "https://example.com/"})
-    assert [t(homes["personal"], *c) for c in (read, write, run, net)] == \
+    assert [t("personal", *c) for c in (read, write, run, net)] == \
         ["autonomous", "notify", "approval_required", "approval_required"]
-    assert [t(homes["strict"], *c) for c in (read, write, run, net)] == \
+    assert [t("strict", *c) for c in (read, write, run, net)] == \
         ["autonomous", "approval_required", "approval_required", "approval_required"]
-    assert [t(homes["open"], *c) for c in (read, write, run, net)] == ["autonomous", "autonomous", "notify", "notify"]
+    assert [t("open", *c) for c in (read, write, run, net)] == ["autonomous", "autonomous", "notify", "notify"]
     for h in homes.values():   # every template keeps the system layer's protections
-        assert t(h, "filesystem.write", {"path": "/etc/x", "content": "x"}) == "blocked"
+        assert quick_json("policy", "explain", "--agent", "a", "--capability", "filesystem.write", "--args",
+                          json.dumps({"path": "/etc/x", "content": "x"}), home=h)["tier"] == "blocked"
 
 
 def test_validate_reports_errors_with_file_line_and_exit_1(tmp_path: Path) -> None:
@@ -83,7 +95,7 @@ def test_validate_agent_file_against_the_homes_org(home: Path) -> None:
 
 def test_explain_offline(home: Path) -> None:
     for agent in ("a", "bob"):
-        run_cli("agent", "create", agent, home=home)
+        cli_quick("agent", "create", agent, home=home)
     (home / "policies" / "agents" / "alice.yaml").write_text(
         "version: 1\nrules:\n  - {id: no-net, capability: network.http_request, tier: blocked,"
         " when: {url_host_in: [evil.example]}}\n")
@@ -141,7 +153,7 @@ def test_doctor_reports_policy(home: Path) -> None:
 
 
 def test_explain_names_the_nearest_known_agent_and_capability(home: Path) -> None:
-    run_cli("agent", "create", "bob", home=home)
+    cli_quick("agent", "create", "bob", home=home)
     p = run_cli("policy", "explain", "--agent", "bobb", "--capability", "system.time", home=home, check=False)
     assert p.returncode == 2 and "unknown agent 'bobb'" in p.stderr and "did you mean 'bob'" in p.stderr
     p = run_cli("policy", "explain", "--agent", "bob", "--capability", "filesystem.wirte", home=home, check=False)
