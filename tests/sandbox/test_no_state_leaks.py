@@ -60,10 +60,12 @@ os.chdir('/tmp')
 """
 
 
-@pytest.fixture
-def run(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(params=[False, True], ids=["cold", "pooled"])
+def run(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Calls on one agent; with the pool on, every call after the first waits (untimed) for a
+    pre-armed child and must be served by one."""
     need_root()
-    from tests.sandbox.testing import TestingExecutor
+    from tests.sandbox.testing import TestingExecutor, wait_ready
 
     from stockade.core import agents
     from stockade.core.home import Home
@@ -75,15 +77,22 @@ def run(tmp_path: Path) -> Iterator[Any]:
     db = home.db()
     name = f"lk{os.getpid()}"
     agents.create(db, name)
-    ex = TestingExecutor(home, call_timeout=20, cgroup_parent=PARENT, modules=(ATTACK_FILE,))
+    ex = TestingExecutor(home, call_timeout=20, cgroup_parent=PARENT, modules=(ATTACK_FILE,), pool=request.param)
     ex.db = db
     ex.start_zygote()
     d = {x.name: x for x in attack_caps.definitions()}["test.pyexec"]
     sleepers: list[int] = []
+    configs: list[list[str]] = []
 
     def call(prev: int | None = None) -> dict[str, Any]:
         code = PRELUDE + (f"ctx.extra['prev_sleeper'] = {prev}\n" if prev else "") + CALL
+        # the agent's previous call had the same layers: its slot holds a pre-armed child
+        pooled = ex.pool and configs[-1:] == [sorted(ex.off)]
+        configs.append(sorted(ex.off))
+        if pooled:
+            assert wait_ready(ex)
         out = asyncio.run(ex.run(Caller(name, b"", "s", "test"), d, {"code": code}, "leak"))
+        assert ex.last_child.get("pooled") == pooled, (ex.last_child, pooled)
         if "pidns" in ex.off:       # only then is the sleeper's pid a host pid
             sleepers.append(out["sleeper"])
         return out

@@ -24,6 +24,8 @@ BUDGET_BYTES = 96 << 20   # memory charged to ready children (their cgroup leave
 IDLE_S = 30.0             # a slot unused this long is emptied and forgotten
 WINDOW_S = 10.0           # demand (peak concurrent calls) is measured over this window
 FAIL_BACKOFF_S = 10.0     # a slot whose child failed to arm is not refilled for this long
+QUIET_S = 0.05            # no arming while a call younger than this runs: the zygote is single-
+                          # threaded, and a clone then would delay that call's exit report
 
 
 def slot_key(req: dict[str, Any], ids: list[int]) -> str | None:

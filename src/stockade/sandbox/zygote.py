@@ -259,6 +259,7 @@ class _Call:
     leaf: Any                 # the call's own cgroup (None with the cgroup layer off in tests)
     timeout: bool = False
     slot: str | None = None   # the pool slot whose demand this call counts in
+    started: float = 0.0
 
 
 @dataclass
@@ -298,15 +299,14 @@ def _finish(c: _Call) -> bool:
         h["signal"] = os.WTERMSIG(status)
     else:
         h["code"] = os.WEXITSTATUS(status)
-    removed = True
     if c.leaf is not None:
         h.update(c.leaf.counters())
-        removed = c.leaf.remove()
     with contextlib.suppress(OSError):
         os.write(c.status_w, json.dumps(h).encode())
     os.close(c.status_w)
     os.close(c.pidfd)
-    return removed
+    # the caller has its answer: the empty leaf's removal (rmdir in each hierarchy) is not on its path
+    return c.leaf.remove() if c.leaf is not None else True
 
 
 class _BadRequest(Exception):
@@ -452,7 +452,8 @@ class Zygote:
         os.close(r.args_fd)
         if r.netns_fd >= 0:
             os.close(r.netns_fd)
-        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, time.monotonic() + r.profile.timeout, leaf, slot=key)
+        now = time.monotonic()
+        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, now + r.profile.timeout, leaf, slot=key, started=now)
         self.poller.register(pidfd, select.POLLIN)
         reply: dict[str, Any] = {"pid": pid, "pooled": got is not None, "pool": self._pool_view()}
         if repaired:
@@ -537,6 +538,8 @@ class Zygote:
             self._drop_slot(key)
         if len(self.armed) >= pool.TOTAL_MAX or self._memory() >= pool.BUDGET_BYTES:
             return False
+        if any(now - c.started < pool.QUIET_S for c in self.calls.values()):
+            return False      # a call just started: its exit report comes before a clone (~ms)
         for key, slot in self.slots.items():
             if len(slot.children) < pool.target(slot.demand, now):
                 self._arm(key, slot)
