@@ -168,8 +168,8 @@ def test_a_url_server_renders_back_and_names_its_header_secrets() -> None:
 
 
 @pytest.mark.parametrize("entry, why", [
-    ("{url: 'http://127.0.0.1:1/mcp', command: /bin/true}", "either command"),
-    ("{}", "either command"),
+    ("{url: 'http://127.0.0.1:1/mcp', command: /bin/true}", "give one of"),
+    ("{}", "give one of"),
     ("{url: 'http://127.0.0.1:1/mcp', env: {A: b}}", "only for a server stockade runs"),
     ("{url: 'http://127.0.0.1:1/mcp', filesystem: [{path: /srv}]}", "only for a server stockade runs"),
     ("{command: /bin/true, headers: {A: b}}", "only for a url server"),
@@ -263,3 +263,29 @@ def test_only_upstream_tools_annotated_read_only_carry_the_hint() -> None:
     reg = Reg({d.name: d for d in m.definitions})
     hint = registry_read_only(reg)
     assert hint("git.git_status") and not hint("git.git_commit") and not hint("filesystem.read")
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("{pack: tinypack, command: /bin/true}", "give one of"),
+    ("{pack: tinypack, args: [x]}", "pack.yaml asks for"),
+    ("{pack: tinypack, egress: ['198.51.100.1:443']}", "pack.yaml asks for"),
+    ("{pack: Tiny}", "pack"),
+])
+def test_a_pack_server_takes_its_entry_and_egress_from_the_signed_pack(entry: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse(f"servers:\n  tinypack: {entry}\n")
+    assert why in "; ".join(e.value.errors), e.value.errors
+    ok = config.parse("servers:\n  tinypack: {pack: tinypack, env: {A: b}, filesystem: [{path: /srv/x}]}\n")
+    assert ok["tinypack"].pack == "tinypack" and config.parse(config.render(ok)) == ok
+
+
+def test_a_pack_may_be_only_an_mcp_server() -> None:
+    from stockade.packs.manifest import parse_pack_yaml
+
+    spec = parse_pack_yaml("name: tinypack\nversion: 1.0.0\npublisher: t\nmcp_server: {entry: 'server:main'}\n")
+    assert spec.mcp_server is not None and spec.mcp_server.entry == "server:main" and spec.capabilities == []
+    with pytest.raises(ConfigError) as e:
+        parse_pack_yaml("name: tinypack\nversion: 1.0.0\npublisher: t\n")
+    assert "at least one capability or an mcp_server" in "; ".join(e.value.errors)
+    with pytest.raises(ConfigError):
+        parse_pack_yaml("name: tinypack\nversion: 1.0.0\npublisher: t\nmcp_server: {entry: '../x:main'}\n")

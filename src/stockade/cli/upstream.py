@@ -64,6 +64,7 @@ def upstream() -> None:
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--url", help="A Streamable HTTP server already running on loopback (instead of a command).")
+@click.option("--pack", "pack", help="An installed signed pack that declares an mcp_server (instead of a command).")
 @click.option("--header", "header", multiple=True, help="NAME=VALUE sent to a --url server; VALUE may hold "
               "${secret:NAME} (repeat).")
 @click.option("--ro", "ro", multiple=True, help="A host directory it sees read-only (repeat).")
@@ -75,19 +76,26 @@ def upstream() -> None:
 @click.option("--replace", is_flag=True, help="Replace a server of the same name.")
 @home_option
 @json_option
-def add(name: str, command: tuple[str, ...], url: str | None, header: tuple[str, ...], ro: tuple[str, ...],
-        rw: tuple[str, ...], egress: tuple[str, ...], env: tuple[str, ...], shared: bool, no_runtime_dirs: bool,
-        replace: bool, home: str | None, as_json: bool) -> None:
+def add(name: str, command: tuple[str, ...], url: str | None, pack: str | None, header: tuple[str, ...],
+        ro: tuple[str, ...], rw: tuple[str, ...], egress: tuple[str, ...], env: tuple[str, ...], shared: bool,
+        no_runtime_dirs: bool, replace: bool, home: str | None, as_json: bool) -> None:
     """Declare a server: stockade upstream add NAME [options] -- COMMAND ARGS...
-    (or, for one already running on loopback: stockade upstream add NAME --url URL)."""
+    (or, for one already running on loopback: stockade upstream add NAME --url URL;
+    for a signed pack's server: stockade upstream add NAME --pack PACK)."""
     h = need_home(home)
-    if bool(command) == bool(url):
-        fail("give either -- COMMAND ARGS... or --url URL", as_json=as_json)
-    if url and (ro or rw or egress or env) or command and header:
-        fail("--ro, --rw, --egress and --env are for a server stockade runs; --header for a --url server",
-             as_json=as_json)
-    entry = _http_entry(url, header, as_json) if url else _command_entry(command, ro, rw, egress, env,
-                                                                         no_runtime_dirs, as_json)
+    if sum(map(bool, (command, url, pack))) != 1:
+        fail("give one of -- COMMAND ARGS..., --url URL or --pack PACK", as_json=as_json)
+    if url and (ro or rw or egress or env) or not url and header or pack and egress:
+        fail("--ro, --rw, --egress and --env are for a server stockade runs (a pack's egress is its pack.yaml's); "
+             "--header for a --url server", as_json=as_json)
+    if pack:
+        entry: dict[str, Any] = {"pack": pack, "env": _pairs(env, "--env", as_json),
+                                 "filesystem": [{"path": d, "mode": m} for m, ds in (("ro", ro), ("rw", rw))
+                                                for d in sorted(set(ds))]}
+    elif url:
+        entry = _http_entry(url, header, as_json)
+    else:
+        entry = _command_entry(command, ro, rw, egress, env, no_runtime_dirs, as_json)
     entry["instances"] = "shared" if shared else "per-agent"
     try:
         servers = config.load(h)
@@ -105,7 +113,7 @@ def add(name: str, command: tuple[str, ...], url: str | None, header: tuple[str,
         fail("; ".join(f"{'.'.join(str(x) for x in er['loc'])}: {er['msg']}" for er in e.errors())[:1000],
              as_json=as_json)
     emit({"server": name, "config": servers[name].model_dump(mode="json"), "reloaded": reloaded}, as_json,
-         lambda d: click.echo(f"upstream server {name} added ({url or entry['command']})"
+         lambda d: click.echo(f"upstream server {name} added ({url or entry.get('command') or 'pack ' + str(pack)})"
                               + ("; the running gateway reloaded it" if reloaded else "")))
 
 
@@ -151,7 +159,8 @@ def list_(home: str | None, as_json: bool) -> None:
             status = admin.call(h, "upstream.status", {}).get("servers", {})
         except StockadeError:
             status = {}
-    rows = [{"name": n, "command": s.command or s.url, "args": s.args, "instances": s.instances, "egress": s.egress,
+    rows = [{"name": n, "command": s.command or s.url or f"pack {s.pack}", "args": s.args,
+             "instances": s.instances, "egress": s.egress,
              "filesystem": [f.model_dump() for f in s.filesystem], "running": status.get(n, {}).get("instances")}
             for n, s in sorted(servers.items())]
 

@@ -97,6 +97,13 @@ class _Capability(BaseModel):
     errors: list[str] = []
 
 
+class _McpServer(BaseModel):
+    """The pack is (also) an MCP server: `entry` (module under src/ : function) serves MCP on
+    stdin/stdout; `stockade upstream add NAME --pack NAME` runs it confined (docs/upstream.md)."""
+    model_config = ConfigDict(extra="forbid")
+    entry: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class PackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=PACK_NAME)
@@ -104,8 +111,9 @@ class PackSpec(BaseModel):
     publisher: str = Field(pattern=r"^[a-z][a-z0-9-]{0,63}$")
     min_stockade: str = Field("0.0.0", pattern=VERSION)
     description: str = ""
-    capabilities: list[_Capability] = Field(min_length=1)
+    capabilities: list[_Capability] = Field(default_factory=list)
     sandbox: _Profile = _Profile()
+    mcp_server: _McpServer | None = None
 
 
 def parse_pack_yaml(text: str, fname: str = "pack.yaml") -> PackSpec:
@@ -117,6 +125,8 @@ def parse_pack_yaml(text: str, fname: str = "pack.yaml") -> PackSpec:
     except ValidationError as e:
         raise ConfigError(yamlfile.pydantic_errors(e, fname, lines)) from None
     errors = []
+    if not spec.capabilities and spec.mcp_server is None:
+        errors.append(f"{fname}:1: capabilities: a pack declares at least one capability or an mcp_server")
     if pack_family(spec.name) in RESERVED_FAMILIES:
         errors.append(f"{fname}:{yamlfile.line_of(lines, ('name',))}: name: {spec.name!r} is reserved "
                       "(a built-in capability family)")

@@ -23,6 +23,12 @@ same pipeline):
         url: http://127.0.0.1:8931/mcp                   # loopback only
         headers: {Authorization: "Bearer ${secret:notes_token}"}   # sent to that server only
 
+A signed pack may declare an MCP server as its entry (`mcp_server: {entry: mod:func}` in its
+pack.yaml); `pack: NAME` runs it confined like a command, verified before each start:
+
+      notes:
+        pack: notes                                      # an installed pack
+
 A server's name becomes the first part of its tools' capability names (`time.get_current_time`).
 """
 
@@ -101,6 +107,7 @@ class ServerConfig(BaseModel):
     command: str | None = Field(None, min_length=2, max_length=4096)
     url: str | None = Field(None, min_length=8, max_length=2048)
     headers: dict[str, str] = Field(default_factory=dict)
+    pack: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{0,63}$")
     args: list[str] = Field(default_factory=list, max_length=256)
     env: dict[str, str] = Field(default_factory=dict)
     egress: list[str] = Field(default_factory=list, max_length=256)
@@ -147,14 +154,18 @@ class ServerConfig(BaseModel):
     def _kind(self) -> ServerConfig:
         """A server is either a command stockade runs confined, or a URL of one already running:
         options of the other kind would be promises nothing keeps, so they are refused."""
-        if (self.command is None) == (self.url is None):
-            raise ValueError("give either command (a server stockade runs) or url (one already running)")
+        if sum(x is not None for x in (self.command, self.url, self.pack)) != 1:
+            raise ValueError("give one of command (a server stockade runs), url (one already running) or "
+                             "pack (a signed pack's MCP server)")
         if self.url is not None:
             extra = [f for f in ("args", "env", "egress", "filesystem") if getattr(self, f)]
             if extra:
                 raise ValueError(f"{', '.join(extra)}: only for a server stockade runs (command), not a url")
         elif self.headers:
             raise ValueError("headers: only for a url server")
+        if self.pack is not None and (self.args or self.egress):
+            raise ValueError("args, egress: a pack's server runs its signed entry with the egress its pack.yaml "
+                             "asks for (which the agent's policy must also allow)")
         return self
 
     @field_validator("args")
@@ -211,7 +222,7 @@ def render(servers: dict[str, ServerConfig]) -> str:
     """Pure: servers -> upstream.yaml text (what `stockade upstream add/remove` writes)."""
     out = {"servers": {n: s.model_dump(mode="json", exclude_defaults=True) for n, s in sorted(servers.items())}}
     for n, s in servers.items():
-        key = "url" if s.is_http else "command"
+        key = "url" if s.is_http else "pack" if s.pack else "command"
         out["servers"][n] = {key: getattr(s, key), **out["servers"][n]}
     return "# MCP servers stockade fronts (docs/upstream.md); `stockade upstream add|remove` edits this.\n" + \
         yaml.safe_dump(out, sort_keys=False, default_flow_style=False)

@@ -138,10 +138,11 @@ def write_hosts(home: Home, egress: Any, agent: str, server: str) -> str:
 
 
 def spec(cfg: ServerConfig, env: dict[str, str], uid: int, netns_path: str, cgroup_procs: tuple[str, ...],
-         data: str | None, entries: tuple[str, ...] = (), hosts: str = "") -> Spec:
-    """Pure: the launch spec of one instance (`entries`: its granted egress; `hosts`: its hosts file)."""
+         data: str | None, entries: tuple[str, ...] = (), hosts: str = "", extra: tuple[Bind, ...] = ()) -> Spec:
+    """Pure: the launch spec of one instance (`entries`: its granted egress; `hosts`: its hosts
+    file; `extra`: binds of a pack's server, the pack and stockade's own code, read-only)."""
     assert cfg.command is not None  # noqa: S101 - a url server is connected to, never placed
-    binds = [Bind(f.path, f.mode == "ro") for f in cfg.filesystem]
+    binds = [Bind(f.path, f.mode == "ro") for f in cfg.filesystem] + list(extra)
     if data is not None:
         binds.append(Bind(data, False, DATA))
     return Spec(argv=(cfg.command, *cfg.args), env={**BASE_ENV, **({"STOCKADE_DATA": DATA} if data else {}), **env},
@@ -150,7 +151,7 @@ def spec(cfg: ServerConfig, env: dict[str, str], uid: int, netns_path: str, cgro
 
 
 def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, uid: int,
-          env: dict[str, str]) -> Placement:
+          env: dict[str, str], extra: tuple[Bind, ...] = ()) -> Placement:
     """Set up namespace, cgroup and state directory for an instance (blocking: run in a thread)."""
     entries: tuple[str, ...] = ()
     hosts = ""
@@ -164,7 +165,7 @@ def place(home: Home, egress: Any, agent: str, server: str, cfg: ServerConfig, u
         hosts = write_hosts(home, egress, agent, server)
     leaf = cgroup_leaf(home, agent, server, cfg)
     procs = tuple(os.path.join(d, "cgroup.procs") for d in leaf.dirs().values())
-    return Placement(spec(cfg, env, uid, path, procs, data, entries, hosts), leaf, data)
+    return Placement(spec(cfg, env, uid, path, procs, data, entries, hosts, extra), leaf, data)
 
 
 def release(p: Placement) -> None:

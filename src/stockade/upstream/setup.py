@@ -11,7 +11,9 @@ import asyncio
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from stockade.audit.redact import SecretValue
@@ -72,6 +74,49 @@ def _env_of(gw: Gateway) -> Callable[[str, str, config.ServerConfig], tuple[dict
         return out, [SecretValue(e, n) for n, v in values.items() for e in encodings(v)]
 
     return env
+
+
+def _pack_launch(gw: Gateway) -> Callable[[str, config.ServerConfig], tuple[config.ServerConfig, tuple[Any, ...]]]:
+    """A `pack:` server, at each start: the installed pack (its publisher still trusted, else
+    PackSignatureInvalid), its pack.yaml's `mcp_server` entry and egress, and the command that
+    verifies and runs it inside the sandbox (`upstream.packserver` under this interpreter, which
+    sees its own code read-only and the pack read-only at PACK_DIR)."""
+    from stockade.packs import store
+    from stockade.packs.manifest import parse_pack_yaml
+    from stockade.sandbox.longlived import Bind
+    from stockade.upstream.packserver import INFO_ENV, PACK_DIR
+
+    def launch(server: str, cfg: config.ServerConfig) -> tuple[config.ServerConfig, tuple[Any, ...]]:
+        pk = gw.packs.get(cfg.pack or "")
+        if pk is None:
+            raise err("SandboxUnavailable", f"upstream server {server}: pack {cfg.pack!r} is not installed")
+        try:
+            spec = parse_pack_yaml((pk.path(gw.home) / "pack.yaml").read_text(encoding="utf-8"))
+        except (OSError, ConfigError) as e:
+            raise err("PackSignatureInvalid", f"pack.yaml: {e}"[:300]) from None
+        if spec.mcp_server is None:
+            raise err("SandboxUnavailable", f"upstream server {server}: pack {pk.name} declares no mcp_server")
+        info = store.runner_info(gw.home, gw.pipeline.db, pk, {})
+        host = info.pop("host_path")
+        info.update(dir=PACK_DIR, entry=spec.mcp_server.entry)
+        have = {f.path for f in cfg.filesystem}
+        code = [config.FsEntry(path=d) for d in _own_code() if d not in have]
+        run = cfg.model_copy(update={
+            "command": sys.executable, "args": ["-I", "-B", "-m", "stockade.upstream.packserver"],
+            "env": {**cfg.env, INFO_ENV: json.dumps(info)}, "egress": list(spec.sandbox.egress),
+            "filesystem": [*cfg.filesystem, *code]})
+        return run, (Bind(host, True, PACK_DIR),)
+
+    return launch
+
+
+def _own_code() -> list[str]:
+    """What this interpreter needs to run stockade's code: its venv, the Python it was made from,
+    and the source tree of a development (editable) install."""
+    from stockade.sandbox.longlived import check_bind
+
+    src = str(Path(__file__).resolve().parents[2])
+    return sorted({*config.runtime_dirs(sys.executable), *([src] if check_bind(src) is None else [])})
 
 
 def _publish(gw: Gateway) -> Callable[[], None]:
@@ -172,7 +217,8 @@ async def start(gw: Gateway) -> None:
             await gw.tools_changed()
 
     sup = Supervisor(gw.home, servers, uid_of=_uid_of(gw, base), base_uid=base, env_of=_env_of(gw),
-                     egress=lambda: gw.egress, on_change=_publish(gw), on_tools_changed=tools_changed)
+                     egress=lambda: gw.egress, on_change=_publish(gw), on_tools_changed=tools_changed,
+                     pack_launch=_pack_launch(gw))
     _SUPERVISORS[id(gw)] = sup
     found = await asyncio.gather(*(register(gw, sup, name) for name in servers))
     _publish(gw)()

@@ -42,6 +42,8 @@ RELIST_EVERY = 1.0
 # (agent) -> that agent's sandbox host uid; (server, agent) -> env values with secrets resolved
 UidOf = Callable[[str], int]
 EnvOf = Callable[[str, str, ServerConfig], tuple[dict[str, str], list[str]]]
+# (server, its `pack:` config) -> the command config that runs the pack's verified entry, and its binds
+PackLaunch = Callable[[str, ServerConfig], tuple[ServerConfig, tuple[Any, ...]]]
 
 
 def backoff(failures: int) -> float:
@@ -82,7 +84,7 @@ class Supervisor:
                  env_of: EnvOf | None = None, egress: Callable[[], Any] = lambda: None,
                  on_change: Callable[[], None] = lambda: None,
                  on_tools_changed: Callable[[str, list[dict[str, Any]]], Awaitable[None]] | None = None,
-                 launcher: tuple[str, ...] | None = None):
+                 launcher: tuple[str, ...] | None = None, pack_launch: PackLaunch | None = None):
         self.home = home
         self.servers = dict(servers)
         self.uid_of = uid_of
@@ -92,6 +94,7 @@ class Supervisor:
         self.on_change = on_change
         self.on_tools_changed = on_tools_changed
         self.launcher = launcher
+        self.pack_launch = pack_launch
         self.instances: dict[tuple[str, str], Instance] = {}
         self.stopping = False
 
@@ -104,12 +107,17 @@ class Supervisor:
         cfg = self.servers[inst.server]
         if cfg.is_http:
             return await self._connect(inst, cfg)
+        extra: tuple[Any, ...] = ()
+        if cfg.pack is not None:        # the pack is looked up, trusted and read again at every start
+            if self.pack_launch is None:
+                raise err("SandboxUnavailable", f"upstream server {inst.server}: packs are not running here")
+            cfg, extra = self.pack_launch(inst.server, cfg)     # the gateway's db: on its thread
         uid = self.base_uid if inst.agent == confine.DISCOVERY else self.uid_of(inst.agent)
         env, inst.secrets = self.env_of(inst.server, inst.agent, cfg)
         inst.state = "starting"
         try:
             inst.placement = await asyncio.to_thread(confine.place, self.home, self.egress(), inst.agent,
-                                                     inst.server, cfg, uid, env)
+                                                     inst.server, cfg, uid, env, extra)
         except StockadeError:
             raise
         except Exception as e:
@@ -142,7 +150,14 @@ class Supervisor:
         await self._started(inst, conn, label)
 
     async def _started(self, inst: Instance, conn: Conn, label: str) -> None:
-        await conn.start()
+        try:
+            await conn.start()
+        except StockadeError as e:
+            why = conn.setup_error or ""
+            if why.startswith("PackSignatureInvalid: "):      # the pack's own refusal, naming the file
+                raise err("PackSignatureInvalid", f"upstream server {inst.server}: "
+                          f"{why[len('PackSignatureInvalid: '):]}"[:500]) from None
+            raise e from None
         inst.state, inst.started_at, inst.last_error = "running", time.monotonic(), None
         inst.up.set()
         inst.watcher = asyncio.create_task(self._watch(inst, conn), name=f"upstream-watch-{label}")
