@@ -62,10 +62,10 @@ class Target:
 
 def problems(target: Target, euid: int) -> list[str]:
     """Why `install` must not run here (empty: go ahead); reads the filesystem, changes nothing."""
+    if euid != 0:   # alone: what a non-root user may not even stat would only add noise (or a traceback)
+        return ["service install needs root: it writes system units and a data home owned by root "
+                "(run it with sudo)"]
     out = []
-    if euid != 0:
-        out.append("service install needs root: it writes system units and a data home owned by root "
-                   "(run it with sudo)")
     if not target.unit_dir.is_dir():
         out.append(f"unit directory {target.unit_dir} does not exist (is this a systemd machine? "
                    "pass --unit-dir)")
@@ -140,6 +140,10 @@ def install(home: str, unit_dir: str, log_format: str, enable_perimeter: bool, n
                  for name in UNITS}
     except ValueError as e:
         fail(str(e), EXIT_USAGE, as_json)
+    paths = [target.unit_dir / name for name in UNITS]
+    foreign = [str(p) for p in paths if p.exists() and not ours(p)]
+    if foreign:   # checked before the home is created or a unit written: a refusal changes nothing
+        fail(f"{', '.join(foreign)} exists and was not written by stockade; move it away first", EXIT_USAGE, as_json)
     h = Home.at(target.home)
     try:
         created = wiring.init_home(h, "personal")
@@ -148,8 +152,6 @@ def install(home: str, unit_dir: str, log_format: str, enable_perimeter: bool, n
     written = []
     for name, text in texts.items():
         path = target.unit_dir / name
-        if path.exists() and not ours(path):
-            fail(f"{path} exists and was not written by stockade; move it away first", EXIT_USAGE, as_json)
         tmp = path.with_name(f".{name}.tmp")
         tmp.write_text(text)
         os.chmod(tmp, 0o644)
