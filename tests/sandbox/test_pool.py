@@ -203,3 +203,22 @@ def test_invalidating_events() -> None:
                                              "repaired": []}) == ["x", "y"]
     assert invalidated_by("egress.changed", {"repaired": ["host"]}) == [None]
     assert invalidated_by("call.denied", {"agent": "x"}) == []
+
+
+def test_the_gateway_serves_from_the_pool_and_health_shows_it(sbx) -> None:  # type: ignore[no-untyped-def]
+    """Through the real gateway (pool on by default): repeat calls hit the pool, and
+    system.health's sandbox layer reports it (ready children, hits, memory, bounds)."""
+    import time
+
+    before = sbx.invoke("system.health", {})["result"]["layers"]["sandbox"]["pool"]
+    assert before["enabled"] is True, before
+    deadline = time.monotonic() + 60
+    while True:
+        sbx.run("result['x'] = 1")
+        now = sbx.invoke("system.health", {})["result"]["layers"]["sandbox"]["pool"]
+        if now["hits"] > before.get("hits", 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert now["hits"] > before.get("hits", 0), (before, now)
+    assert now["max"] == pool.TOTAL_MAX and now["budget_bytes"] == pool.BUDGET_BYTES, now
+    assert now["ready"] + now["arming"] <= pool.TOTAL_MAX, now

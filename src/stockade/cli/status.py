@@ -57,6 +57,11 @@ def _render(st: dict[str, Any]) -> None:
     sandbox = st.get("sandbox")
     if sandbox:
         click.echo(f"  sandbox    zygote pid {sandbox.get('zygote_pid')}, restarts {sandbox.get('zygote_restarts')}")
+        pool = sandbox.get("pool") or {}
+        if pool.get("enabled"):
+            click.echo(f"  pool       {pool.get('ready', 0)} ready, {pool.get('arming', 0)} arming, "
+                       f"{(pool.get('memory_bytes') or 0) >> 20} MiB; {pool.get('hits', 0)} hits, "
+                       f"{pool.get('misses', 0)} misses, {pool.get('discarded', 0)} discarded")
 
 
 @click.command("status")

@@ -15,7 +15,7 @@ from typing import Any
 from stockade import __version__
 from stockade.core.wiring import Gateway
 
-SANDBOX_KEYS = ("status", "zygote_pid", "zygote_restarts", "zygote_stalls", "kills", "problems")
+SANDBOX_KEYS = ("status", "zygote_pid", "zygote_restarts", "zygote_stalls", "kills", "problems", "pool")
 
 
 def overall(health: dict[str, Any]) -> str:
@@ -65,4 +65,6 @@ def gather(gw: Gateway) -> dict[str, Any]:
 
 
 async def command(gw: Gateway, args: dict[str, Any]) -> Any:
+    if gw.sandbox is not None and gw.sandbox.pool:
+        await gw.sandbox.pool_stats()     # the pool as it is now, not as the last call left it
     return gather(gw)
