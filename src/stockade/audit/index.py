@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,19 +151,22 @@ class Index:
             return self.rebuild()
         return self._scan([p for p in files if p.name >= fname], (fname, offset + 4 + length), seq)
 
-    def rebuild(self) -> int:
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         from stockade.audit.verify import day_files
 
         with self._tx():
             self.conn.execute("DELETE FROM records")
             self.conn.execute("DELETE FROM undecodable")
-        return self._scan(day_files(self.audit_dir), None, 0)
+        return self._scan(day_files(self.audit_dir), None, 0, progress)
 
-    def _scan(self, files: list[Path], start: tuple[str, int] | None, after_seq: int) -> int:
+    def _scan(self, files: list[Path], start: tuple[str, int] | None, after_seq: int,
+              progress: Callable[[int, int], None] | None = None) -> int:
         """Index the records of `files`; undecodable frames go to the `undecodable` table (and
-        `self.bad`) so every later query reports them. Returns the number of good records."""
+        `self.bad`) so every later query reports them. Returns the number of good records.
+        `progress(done, total)` (bytes of day files) is told every batch (the CLI's bar)."""
         count = 0
         batch: list[Row] = []
+        total, before = (sum(_size(p) for p in files), 0) if progress is not None else (0, 0)
         for p in files:
             off = start[1] if start and p.name == start[0] else 0
             bad: list[BadFrame] = []
@@ -175,11 +178,14 @@ class Index:
                 if len(batch) >= 5000:
                     self.add(batch)
                     batch = []
+                    if progress is not None:
+                        progress(before + offset, total)
             if bad:
                 with self._tx():
                     self.conn.executemany("INSERT OR REPLACE INTO undecodable VALUES (?,?,?,?,?)",
                                           [(b.file, b.offset, b.length, b.after_seq, b.reason) for b in bad])
             self.bad += bad
+            before += _size(p) if progress is not None else 0
         self.add(batch)
         return count
 
@@ -249,6 +255,13 @@ class BadFrame:
     def message(self) -> str:
         return (f"{self.file} offset {self.offset} (after seq {self.after_seq if self.after_seq is not None else '?'}):"
                 f" a record could not be decoded ({self.reason}); run `stockade audit verify`")
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
 
 
 def iter_records(path: Path, start: int = 0, end: int | None = None,

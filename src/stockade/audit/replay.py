@@ -31,7 +31,7 @@ import json
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,8 +327,10 @@ def _work(chunk: Chunk, f: Filters) -> Tally:
 
 
 def run(audit_dir: Path, factory: Callable[[], Decider], f: Filters = Filters(),
-        workers: int | None = None, chunk_bytes: int = 8 << 20) -> Tally:
-    """Replay the whole log (day files overlapping the filters) on `workers` processes (all cores)."""
+        workers: int | None = None, chunk_bytes: int = 8 << 20,
+        progress: Callable[[int, int], None] | None = None) -> Tally:
+    """Replay the whole log (day files overlapping the filters) on `workers` processes (all cores);
+    `progress(done, total)` (bytes) is told after each chunk (the CLI's bar)."""
     global _FACTORY, _DECIDER
     files = day_files(audit_dir)
     if f.since_us is not None:
@@ -343,16 +345,24 @@ def run(audit_dir: Path, factory: Callable[[], Decider], f: Filters = Filters(),
     _FACTORY, _DECIDER = factory, None
     try:
         if n <= 1 or len(parts) <= 1:
-            for c in parts:
-                total.merge(_work(c, f))
+            _merge(total, parts, (_work(c, f) for c in parts), progress)
         else:
             ctx = multiprocessing.get_context("fork")     # the decider is built in each worker
             with ProcessPoolExecutor(n, mp_context=ctx) as ex:
-                for t in ex.map(_work, parts, [f] * len(parts)):
-                    total.merge(t)
+                _merge(total, parts, ex.map(_work, parts, [f] * len(parts)), progress)
         return finish(total, factory())
     finally:
         _FACTORY, _DECIDER = None, None
+
+
+def _merge(total: Tally, parts: list[Chunk], results: Iterable[Tally],
+           progress: Callable[[int, int], None] | None) -> None:
+    size, done = sum(c[2] - c[1] for c in parts), 0
+    for c, t in zip(parts, results, strict=True):
+        total.merge(t)
+        done += c[2] - c[1]
+        if progress is not None:
+            progress(done, size)
 
 
 def _day(ts_us: int) -> str:

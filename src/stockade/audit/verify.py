@@ -27,7 +27,7 @@ import contextlib
 import mmap
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,7 +438,7 @@ def _check_chunk(job: tuple[str, int, int, frozenset[int]]) -> dict[str, Any] | 
 
 def _parallel(files: list[Path], sizes: list[int], cps: dict[int, bytes], trust_start: bool,
               workers: int, prunes: dict[int, dict[str, Any]] | None = None,
-              exported: Iterable[int] = ()) -> Report | None:
+              exported: Iterable[int] = (), progress: Callable[[int, int], None] | None = None) -> Report | None:
     """Verify an intact log on several cores; None when anything needs the exact sequential pass."""
     import multiprocessing
 
@@ -455,8 +455,14 @@ def _parallel(files: list[Path], sizes: list[int], cps: dict[int, bytes], trust_
         names += [p.name] * len(ch)
     if not jobs:
         return None
+    total, done = sum(b - a for _p, a, b, _k in jobs), 0
+    parts = []
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        parts = pool.map(_check_chunk, jobs, chunksize=1)
+        for job, part in zip(jobs, pool.imap(_check_chunk, jobs, chunksize=1), strict=True):
+            parts.append(part)
+            done += job[2] - job[1]
+            if progress is not None:
+                progress(done, total)
     r = Report(files=len(files))
     exp_seq, last_hash = None, None
     for name, part in zip(names, parts, strict=True):
@@ -493,11 +499,13 @@ def _parallel(files: list[Path], sizes: list[int], cps: dict[int, bytes], trust_
 
 def verify_dir(audit_dir: Path, pubkey: bytes | None, *, since: str | None = None,
                extra_checkpoints: list[dict[str, Any]] | None = None,
-               limit: tuple[str, int] | None = None, only: list[Path] | None = None) -> Report:
+               limit: tuple[str, int] | None = None, only: list[Path] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> Report:
     """Verify the day files of `audit_dir` against the signed checkpoints.
 
     `limit` = (file name, size): stop reading that file at `size` (the durable end the running
-    server reported), so a write in progress is not mistaken for a torn record.
+    server reported), so a write in progress is not mistaken for a torn record. `progress(done,
+    total)` (bytes) is told after each file or chunk (the CLI's progress bar).
     """
     prunes: dict[int, dict[str, Any]] = {}
     cps, bad = cp.load_valid(audit_dir / cp.LOG_NAME, pubkey, prunes)
@@ -527,7 +535,7 @@ def verify_dir(audit_dir: Path, pubkey: bytes | None, *, since: str | None = Non
     last = max((i for i, s in enumerate(sizes) if s), default=len(files) - 1)
     workers = min(os.cpu_count() or 1, 8)
     if workers > 1 and sum(sizes) >= PARALLEL_MIN_BYTES and not bad:
-        fast = _parallel(files, sizes, cps, v.trust_start, workers, prunes, exported)
+        fast = _parallel(files, sizes, cps, v.trust_start, workers, prunes, exported, progress)
         if fast is not None:
             fast.notes = v.r.notes + fast.notes + _torn_notes(audit_dir)
             fast.end_offset = sizes[last] if sizes else 0
@@ -542,6 +550,8 @@ def verify_dir(audit_dir: Path, pubkey: bytes | None, *, since: str | None = Non
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
+        if progress is not None:
+            progress(sum(sizes[:i + 1]), sum(sizes))
     r = v.finish()
     if not files:
         r.notes.append("no day files")

@@ -11,6 +11,7 @@ import base64
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from stockade.cli.common import (
     need_home,
     sanitize,
 )
+from stockade.cli.progress import tracked
 from stockade.core.errors import StockadeError
 from stockade.core.home import Home
 
@@ -124,7 +126,8 @@ def verify(since: str | None, checkpoint_file: str | None, home: str | None, as_
                 notes.append(f"the checkpoint for seq {c['seq']} was signed by a different key than this home's "
                              "audit key")
             extra.append(c)
-    r = verify_dir(h.audit_dir, pub, since=since, extra_checkpoints=extra, limit=_live_limit(h))
+    with tracked("audit verify", as_json) as t:
+        r = verify_dir(h.audit_dir, pub, since=since, extra_checkpoints=extra, limit=_live_limit(h), progress=t)
     r.notes.extend(notes)
     if checkpoint_file and not any(f.cause.startswith("checkpoint") for f in r.findings):
         r.notes.append(f"the log still contains the exported checkpoint(s) for seq "
@@ -183,7 +186,8 @@ def query(agent: str | None, capability: str | None, outcome: str | None, kind: 
     h = need_home(home)
     idx = _index(h)
     try:
-        idx.catch_up()
+        with tracked("audit query: indexing new records", as_json):
+            idx.catch_up()
         hits = idx.query(agent=agent, capability=capability, outcome=outcome, kind=kind, session=session,
                          since_us=_parse_time(since, "--since"), until_us=_parse_time(until, "--until"), limit=limit)
         bad = idx.undecodable()
@@ -215,7 +219,8 @@ def session_cmd(session_id: str, home: str | None, as_json: bool) -> None:
     h = need_home(home)
     idx = _index(h)
     try:
-        idx.catch_up()
+        with tracked("audit session: indexing new records", as_json):
+            idx.catch_up()
         recs, bad = sess.load(idx, h.audit_dir, session_id)
         bad = idx.undecodable() + bad
     finally:
@@ -326,18 +331,27 @@ def export(fmt: str, since: str | None, until: str | None, output: str | None, h
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115
     bad: list[BadFrame] = []
     try:
-        for p in day_files(h.audit_dir):
-            if lo is not None and p.name[:10] < _day(lo - 86_400_000_000):
-                continue
-            for _o, _l, rec in iter_records(p, bad=bad):
-                ts = rec.get("ts")
-                if not isinstance(ts, int) or (lo is not None and ts < lo) or (hi is not None and ts >= hi):
-                    continue
-                out.write(json.dumps(jsonable(rec), default=str) + "\n")
+        with tracked("audit export", as_json) as t:
+            _export(h, lo, hi, out, bad, t)
     finally:
         if output:
             out.close()
     _exit_if_bad(bad)
+
+
+def _export(h: Home, lo: int | None, hi: int | None, out: Any, bad: list[BadFrame],
+            progress: Callable[[int, int], None]) -> None:
+    files = [p for p in day_files(h.audit_dir) if lo is None or p.name[:10] >= _day(lo - 86_400_000_000)]
+    sizes = [p.stat().st_size if p.exists() else 0 for p in files]
+    for i, p in enumerate(files):
+        for n, (o, _l, rec) in enumerate(iter_records(p, bad=bad)):
+            if n % 2000 == 0:
+                progress(sum(sizes[:i]) + o, sum(sizes))
+            ts = rec.get("ts")
+            if not isinstance(ts, int) or (lo is not None and ts < lo) or (hi is not None and ts >= hi):
+                continue
+            out.write(json.dumps(jsonable(rec), default=str) + "\n")
+        progress(sum(sizes[:i + 1]), sum(sizes))
 
 
 def _day(ts_us: int) -> str:
@@ -352,7 +366,8 @@ def reindex(home: str | None, as_json: bool) -> None:
     h = need_home(home)
     idx = _index(h)
     try:
-        n = idx.rebuild()
+        with tracked("audit reindex", as_json) as t:
+            n = idx.rebuild(progress=t)
     finally:
         idx.close()
     emit({"indexed": n, "undecodable": len(idx.bad)}, as_json,
@@ -390,7 +405,8 @@ def replay(policy_dir: Path, since: str | None, until: str | None, agent: str | 
             for line in e.errors:
                 click.echo(sanitize(f"  {line}"), err=True)
         sys.exit(EXIT_USAGE)
-    t = rp.run(h.audit_dir, lambda: PolicyDecider(policy), f)
+    with tracked("audit replay", as_json) as bar:
+        t = rp.run(h.audit_dir, lambda: PolicyDecider(policy), f, progress=bar)
     out = rp.report(t)
     out["policy_version"] = policy.version
     emit(out, as_json, _render_replay)

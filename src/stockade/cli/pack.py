@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from stockade.cli.common import emit, fail, fail_error, home_option, json_option, need_home
+from stockade.cli.progress import tracked
 from stockade.core.errors import ConfigError, StockadeError
 
 
@@ -177,12 +178,18 @@ def install(source: str, allow_downgrade: bool, new_publisher: bool, home: str |
     from stockade.packs import store
 
     h = need_home(home)
-    log = None if as_json else (lambda m: click.echo(m, err=True))
     conn = h.db()
     try:
-        pk = store.install(h, conn, source, allow_downgrade=allow_downgrade,
-                           builtin_names={d.name for d in load_registry().all()}, log=log,
-                           new_publisher=new_publisher)
+        with tracked(f"pack install {source}", as_json) as t:
+            t.step("verifying the signature and every file")
+
+            def log(m: str) -> None:
+                t.step(m)
+                click.echo(m, err=True)
+
+            pk = store.install(h, conn, source, allow_downgrade=allow_downgrade,
+                               builtin_names={d.name for d in load_registry().all()}, log=None if as_json else log,
+                               new_publisher=new_publisher)
     except (StockadeError, ConfigError) as e:
         fail_error(e, as_json)
     old = pk.replaced

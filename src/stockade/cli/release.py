@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from stockade.cli.common import emit, fail_error, json_option
+from stockade.cli.progress import tracked
 from stockade.core.errors import StockadeError
 
 
@@ -34,9 +35,10 @@ def build_cmd(key_path: str, out: str, repo: str, commit: str, lock: str | None,
 
     try:
         key = keys.load_private(Path(key_path))
-        r = build.build_release(repo=Path(repo), out=Path(out), key=key, lock=Path(lock) if lock else None,
-                                commit=commit, wheelhouse=Path(wheelhouse) if wheelhouse else None,
-                                python=sys.executable)
+        with tracked("release build", as_json) as t:
+            r = build.build_release(repo=Path(repo), out=Path(out), key=key, lock=Path(lock) if lock else None,
+                                    commit=commit, wheelhouse=Path(wheelhouse) if wheelhouse else None,
+                                    python=sys.executable, progress=t.step)
     except StockadeError as e:
         fail_error(e, as_json)
     data = {"version": r.version, "commit": r.commit, "wheel": str(r.wheel), "manifest": str(r.manifest),

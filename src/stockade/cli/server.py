@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import click
@@ -22,6 +23,7 @@ from stockade.cli.common import (
     json_option,
     need_home,
 )
+from stockade.cli.progress import tracked
 from stockade.core import agents, logs
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.home import write_private
@@ -177,8 +179,9 @@ def _demo_key(h: Any, rotate: bool) -> str:
     return key
 
 
-def doctor_checks(home_path: str | None) -> dict[str, Any]:
-    """Every layer's real status; parts add theirs through `<part>.setup.doctor(home)`."""
+def doctor_checks(home_path: str | None, step: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Every layer's real status; parts add theirs through `<part>.setup.doctor(home)`; `step`
+    names the part being checked (the progress line)."""
     from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = get_home(home_path)
     out: dict[str, Any] = {"home": str(h.root), "checks": {}}
@@ -194,6 +197,7 @@ def doctor_checks(home_path: str | None) -> dict[str, Any]:
     except ConfigError as e:
         checks["capabilities"] = {"status": "critical", "errors": e.errors}
     for name in service.PARTS:
+        step(f"checking {name}")
         try:
             part = service.load_part(name)
         except service.StartupFailed as e:
@@ -240,13 +244,15 @@ def _check_home(h: Any) -> dict[str, Any]:
 @json_option
 def doctor(home: str | None, verify_install: bool, as_json: bool) -> None:
     """Check the home and report the real status of every security layer."""
-    out = doctor_checks(home)
-    if verify_install:
-        from stockade.packs.supply import verify_install as vi
+    with tracked("doctor", as_json) as t:
+        out = doctor_checks(home, t.step)
+        if verify_install:
+            from stockade.packs.supply import verify_install as vi
 
-        out["checks"]["install"] = vi()
-        if out["checks"]["install"]["status"] == "critical":
-            out["status"] = "critical"
+            t.step("hashing every installed file")
+            out["checks"]["install"] = vi()
+            if out["checks"]["install"]["status"] == "critical":
+                out["status"] = "critical"
 
     def render(d: dict[str, Any]) -> None:
         colours = {"ok": "green", "degraded": "yellow", "critical": "red"}

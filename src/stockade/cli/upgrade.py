@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from stockade.cli.common import EXIT_CHECK_FAILED, emit, fail_error, json_option
+from stockade.cli.progress import tracked
 from stockade.core.errors import StockadeError
 
 
@@ -30,7 +31,9 @@ def upgrade(file: str, allow_downgrade: bool, offline: bool, as_json: bool) -> N
     try:
         cand = up.load_candidate(Path(file), keys.PUBLISHER_KEY)
         action = up.plan(cand.manifest["version"], up.installed_version(inst, keys.PUBLISHER_KEY), allow_downgrade)
-        result = {"action": action, **up.install(cand, inst, keys.PUBLISHER_KEY, offline=offline)}
+        with tracked(f"upgrade to {cand.manifest['version']}", as_json) as t:
+            t.step("installing the signed wheels, then verifying the install")
+            result = {"action": action, **up.install(cand, inst, keys.PUBLISHER_KEY, offline=offline)}
     except StockadeError as e:
         fail_error(e, as_json)
     emit(result, as_json, lambda d: click.echo(

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,10 @@ def _download_locked(python: str, lock: Path, dest: Path, wheelhouse: Path | Non
 
 
 def build_release(*, repo: Path, out: Path, key: Ed25519PrivateKey, lock: Path | None = None,
-                  commit: str = "HEAD", wheelhouse: Path | None = None, python: str = "python3") -> Release:
-    """Build COMMIT of REPO into OUT: every wheel of the release, the manifest and its signature."""
+                  commit: str = "HEAD", wheelhouse: Path | None = None, python: str = "python3",
+                  progress: Callable[[str], None] = lambda _step: None) -> Release:
+    """Build COMMIT of REPO into OUT: every wheel of the release, the manifest and its signature;
+    `progress` is told each step (the CLI's progress line)."""
     python = os.path.abspath(python) if os.sep in python else python
     sha = _git(repo, "rev-parse", "--verify", f"{commit}^{{commit}}")
     epoch = int(_git(repo, "log", "-1", "--format=%ct", sha))
@@ -94,16 +97,20 @@ def build_release(*, repo: Path, out: Path, key: Ed25519PrivateKey, lock: Path |
         src, wheels = work / "src", work / "wheels"
         src.mkdir()
         wheels.mkdir()
+        progress(f"exporting {sha[:12]}")
         _export(repo, sha, src)
         (src / MARKER).parent.mkdir(parents=True, exist_ok=True)
         (src / MARKER).write_text(f'"""Written by `stockade release build`: this install is a signed release."""\n'
                                   f'COMMIT = "{sha}"\nSOURCE_DATE_EPOCH = {epoch}\n')
+        progress("building the stockade wheel")
         _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
              env=env, cwd=src)
         own = sorted(wheels.glob("stockade-*.whl"))
         if len(own) != 1:
             raise err("Internal", f"expected one stockade wheel, built {[w.name for w in own]}")
+        progress("fetching the locked wheels")
         _download_locked(python, lock, wheels, wheelhouse, env)
+        progress("writing the signed manifest")
         dists = [manifest.read_wheel(w.name, w.read_bytes()) for w in sorted(wheels.glob("*.whl"))]
         version = next(d["version"] for d in dists if d["name"] == "stockade")
         body = manifest.canonical(manifest.build(
