@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import threading
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.conftest import STOCKADE, Server, cli_json, run_cli, start_server
+from tests.conftest import Server, cli_quick, quick_json, start_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
+
+from stockade.core.home import Home
 
 pytestmark = pytest.mark.xdist_group("security-auth")
 
@@ -75,7 +76,8 @@ def attempt(server: Server, transport: str, key: str | None) -> tuple[int, dict[
 
 
 def audit_records(server: Server) -> list[dict[str, Any]]:
-    out = run_cli("audit", "export", "--format", "jsonl", home=server.home).stdout
+    # the CLI is a means here: in this process (no interpreter start per read)
+    out = cli_quick("audit", "export", "--format", "jsonl", home=server.home).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -84,9 +86,11 @@ BURST = 10
 
 @pytest.fixture
 def gw(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A gateway whose failure bucket refills once an hour: no token comes back during a test."""
+    """A gateway whose failure bucket refills once an hour: no token comes back during a test.
+    Fresh for every test: the throttle counts per source address (every test is 127.0.0.1), and
+    the burst test stops it to read the window's count."""
     home = tmp_path / "home"
-    run_cli("init", home=home)
+    cli_quick("init", home=home)
     cfg = yaml.safe_load((home / "stockade.yaml").read_text()) or {}
     cfg.setdefault("gateway", {}).update({"auth_failure_burst": BURST, "auth_failure_refill_seconds": 3600})
     (home / "stockade.yaml").write_text(yaml.safe_dump(cfg))
@@ -99,7 +103,7 @@ def gw(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def _revoked_key(server: Server) -> str:
     key = server.agent("gone")
-    cli_json("agent", "revoke", "gone", home=server.home)
+    quick_json("agent", "revoke", "gone", home=server.home)
     return key
 
 
@@ -141,32 +145,42 @@ def test_bad_keys_are_throttled_audited_and_alerted_on_every_transport(gw: Serve
     # (on the WebSocket the keyless client sends a bad token in its auth message: malformed)
     assert set(s["reasons"]) == {"malformed", "unknown", "revoked"} | ({"missing"} if transport != "ws" else set()), s
     # Never a presented key, nor any of it past the `stk_` marker.
-    text = run_cli("audit", "export", "--format", "jsonl", home=gw.home).stdout
+    text = cli_quick("audit", "export", "--format", "jsonl", home=gw.home).stdout
     for k in {*filter(None, keys), fresh}:
         assert k not in text
         if k.startswith("stk_") and len(k) > 6:
             assert k[:6] not in text, k[:6]
-    v = run_cli("audit", "verify", "--json", home=gw.home, check=False)
+    v = cli_quick("audit", "verify", "--json", home=gw.home, check=False)
     assert v.returncode == 0, v.stdout + v.stderr
 
 
 def _events(server: Server, kind: str, seconds: float = 60.0) -> list[dict[str, Any]]:
-    """Events of `kind` the owner's `stockade watch` shows from the gateway's recent history."""
-    watcher = subprocess.Popen([*STOCKADE, "watch", "--json", "--history", "500", "--home", str(server.home)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")),  # type: ignore[union-attr]
-                              daemon=True)
+    """Events of `kind` the owner's watch stream (`stockade watch`'s admin command) holds in the
+    gateway's recent history: read from the admin socket until one arrives (and 0.5 s more)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(0.5)
+    sock.connect(str(Home(server.home).admin_sock))
+    events: list[dict[str, Any]] = []
     try:
-        reader.start()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not any('"heartbeat"' in x or kind in x for x in lines):
-            time.sleep(0.2)
-        time.sleep(0.5)   # the rest of the history arrives with it
+        sock.sendall(json.dumps({"cmd": "watch", "args": {"history": 500}}).encode() + b"\n")
+        buf, deadline, until = b"", time.monotonic() + seconds, None
+        while time.monotonic() < min(deadline, until or deadline):
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                ev = json.loads(line).get("event") or {}
+                events.append(ev)
+                if until is None and ev.get("kind") in (kind, "heartbeat"):
+                    until = time.monotonic() + 0.5   # the rest of the history arrives with it
     finally:
-        watcher.kill()
-        watcher.wait()
-    return [ev for ev in map(json.loads, list(lines)) if ev.get("kind") == kind]
+        sock.close()
+    return [ev for ev in events if ev.get("kind") == kind]
 
 
 def test_the_throttle_is_shared_by_every_transport(gw: Server) -> None:
