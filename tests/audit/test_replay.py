@@ -234,3 +234,27 @@ def test_decider_in_order_is_the_gateways_rate_stage(tmp_path: Path) -> None:
         assert got == (d.tier, d.rule, d.layer), (agent, cap, at)
         changed.add(got[0])
     assert {"blocked", "approval_required", "notify", "autonomous"} <= changed    # the limits did bite
+
+
+def test_the_shortcut_for_common_records_changes_no_count(tmp_path: Path) -> None:
+    """Unfiltered replay counts unchanged calls without building a Call; a filter that keeps every
+    record takes the full path for each. Both must give the same report, whatever the mix."""
+    policy = load_candidate(_policy_dir(tmp_path / "p", RATED_MIX), Home(tmp_path))
+    recs = []
+    for i in range(120):
+        cap = ["filesystem.write", "filesystem.read", "network.fetch", "system.time", "acme.deploy"][i % 5]
+        tier = ["autonomous", "approval_required", "notify"][i % 3]
+        layer = "pack" if cap == "acme.deploy" else "org"
+        args: Any = {"path": "/workspace/x", "content": "y" * (i % 200)}
+        if i % 11 == 0:
+            args = {"sha256": "00", "bytes": 3, "prefix": "{}", "_unrecorded": "too deep"}
+        r = _rec(i, cap, tier, "pack:acme" if layer == "pack" else "r", args)
+        r["decision"]["layer"] = layer
+        if i % 13 == 0:
+            del r["decision"]["tier"]                   # refused before policy
+        recs.append((i * 5.0, r))
+    _write(tmp_path / "a", recs)
+    fast = rp.report(rp.run(tmp_path / "a", lambda: PolicyDecider(policy), workers=1))
+    full = rp.report(rp.run(tmp_path / "a", lambda: PolicyDecider(policy), rp.Filters(since_us=0), workers=1))
+    assert fast == full
+    assert fast["unchanged"] and fast["tightened"] and fast["loosened"] and fast["undecidable"] and fast["not_decided"]
