@@ -197,8 +197,10 @@ class Listen:
             await ctx.session.send_notification(SubscriptionsAcknowledgedNotification(
                 params=SubscriptionsAcknowledgedNotificationParams(notifications=honoured, _meta=meta)),
                 related_request_id=sid)
-            for task in list(followed.values()):
-                await self._push(ctx, caller, followed, task, meta)
+            for tid, seen in list(followed.items()):
+                # Read again: a change between the ownership check and the subscription above
+                # was announced to nobody, and this snapshot must not be older than it.
+                await self._push(ctx, caller, followed, await self._current(caller.agent, tid) or seen, meta)
             async for event in recv:
                 if not isinstance(event, TaskChanged):
                     await ctx.session.send_notification(event_to_notification(event, meta), related_request_id=sid)
