@@ -5,7 +5,8 @@ The SDK owns the protocol (handshake, sessions, SSE, version negotiation, `serve
 stockade owns authentication and what a tool call does: every `tools/call` ends in
 `Pipeline.invoke`, every `tools/list` in `Pipeline.visible`. Tool names map `filesystem.read`
 <-> `filesystem__read`. A client that declared the MCP Tasks extension gets a task handle for a
-call that waits for the owner (`gateway.tasks`), and `tasks/get|update|cancel` on its own tasks.
+call that waits for the owner (`gateway.tasks`), and `tasks/get|update|cancel` on its own tasks;
+`subscriptions/listen` (live lists, and `notifications/tasks` for its own tasks) is `gateway.listen`.
 """
 
 from __future__ import annotations
