@@ -1,4 +1,7 @@
-"""Helpers for the supervision end-to-end tests: a home with a test policy, dashboard client."""
+"""Helpers for the supervision end-to-end tests: a home with a test policy, dashboard client.
+
+The helpers' own CLI calls (init, approvals list, audit query, admin token) run in this process
+(`quick_json`): they are how a test looks, not what it tests, and `wait_pending` polls."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 
 import httpx
 import yaml
-from tests.conftest import Server, cli_json, run_cli, start_server
+from tests.conftest import Server, cli_quick, quick_json, start_server
 
 ORG = """\
 version: 1
@@ -32,7 +35,7 @@ rules:
 
 def make_home(tmp_path: Path, *, hold: float = 60, webhook: str | None = None) -> Path:
     h = tmp_path / "home"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)
     (h / "policies" / "org.yaml").write_text(ORG)
     cfg = yaml.safe_load((h / "stockade.yaml").read_text())
     cfg["approvals"] = {"ttl": "24h", "hold_seconds": hold}
@@ -66,7 +69,7 @@ class Call(threading.Thread):
 def wait_pending(home: Path, *, exclude: set[str] = frozenset(), timeout: float = 30) -> dict[str, Any]:  # type: ignore[assignment]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        items = cli_json("approvals", "list", home=home)["approvals"]
+        items = quick_json("approvals", "list", home=home)["approvals"]
         fresh = [a for a in items if a["approval"] not in exclude]
         if fresh:
             return fresh[0]
@@ -75,7 +78,7 @@ def wait_pending(home: Path, *, exclude: set[str] = frozenset(), timeout: float 
 
 
 def audit_records(home: Path) -> list[dict[str, Any]]:
-    return cli_json("audit", "query", "--limit", "1000", home=home)["records"]
+    return quick_json("audit", "query", "--limit", "1000", home=home)["records"]
 
 
 class Dash:
@@ -88,7 +91,7 @@ class Dash:
         self.c = httpx.Client(base_url=self.base, verify=ctx, follow_redirects=False, timeout=30)
 
     def token(self, home: Path) -> str:
-        return cli_json("admin", "token", home=home)["token"]
+        return quick_json("admin", "token", home=home)["token"]
 
     def login(self, token: str) -> httpx.Response:
         page = self.c.get("/login")
