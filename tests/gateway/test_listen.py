@@ -24,6 +24,8 @@ from mcp.shared.subscriptions import ToolsListChanged
 from tests.conftest import Server, run_cli, start_server
 from tests.policy.test_gateway_policy import ORG, write_org
 
+from stockade.gateway import listen
+
 pytestmark = pytest.mark.xdist_group("listen")
 SUB_ID = "io.modelcontextprotocol/subscriptionId"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -57,6 +59,9 @@ class Stream:
         return self
 
     async def _read(self, r: httpx.Response) -> None:
+        if r.headers.get("content-type", "").startswith("application/json"):   # an error, not a stream
+            self.frames.append(json.loads(await r.aread()))
+            return
         async for line in r.aiter_lines():
             if line.startswith("data:") and line[5:].strip():
                 self.frames.append(json.loads(line[5:]))
@@ -131,3 +136,25 @@ def test_the_sdk_listen_client_hears_a_policy_change(srv: Server) -> None:
     honored, heard, hidden = asyncio.run(go())
     assert honored.tools_list_changed is True and not honored.prompts_list_changed, honored
     assert heard and hidden
+
+
+def test_one_agent_cannot_take_every_listen_slot(srv: Server) -> None:
+    hog, other = srv.agent("lis-hog"), srv.agent("lis-other")
+
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with contextlib.AsyncExitStack() as stack:
+            streams = [await stack.enter_async_context(Stream(srv, hog, f"hog-{i}", {"toolsListChanged": True}))
+                       for i in range(listen.MAX_STREAMS_PER_AGENT)]
+            for s in streams:
+                await s.until(lambda f: f)
+            async with Stream(srv, hog, "hog-over", {"toolsListChanged": True}) as over, \
+                    Stream(srv, other, "other-1", {"toolsListChanged": True}) as fine:
+                await over.until(lambda f: f)
+                await fine.until(lambda f: f)
+            return over.frames[0], fine.frames
+
+    refused, fine = asyncio.run(go())
+    assert refused["id"] == "hog-over" and refused["error"]["code"] == -32000, refused
+    assert refused["error"]["data"]["type"] == "RateLimited", refused
+    assert refused["error"]["data"]["rule"] == "listen-streams", refused
+    assert fine[0]["method"] == "notifications/subscriptions/acknowledged", fine

@@ -17,6 +17,8 @@ the kinds asked for, a bounded backlog, at most N streams) and adds the Tasks ex
 - Changes come from the approvals' own announcements on the gateway's event bus
   (`follow_tasks`), so every pushed transition is one the approvals store recorded and audited.
   Each frame re-checks the key: a revoked agent's stream ends.
+- One agent holds at most MAX_STREAMS_PER_AGENT open streams (`RateLimited` beyond), so one key
+  cannot take every slot of the gateway-wide cap from the others.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from stockade.gateway import tasks
 log = logging.getLogger(__name__)
 TASK_METHOD = "notifications/tasks"
 MAX_TASK_IDS = 256
+# Open streams one agent may hold: the gateway-wide cap is shared, and one key filling it would
+# leave every other agent without live lists.
+MAX_STREAMS_PER_AGENT = 16
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 # The approvals' announcements that can change what `tasks/get` says (grants carry no approval).
 TASK_EVENTS = frozenset({"approval.decided", "approval.expired", "approval.executed"})
@@ -130,6 +135,7 @@ class Listen:
         self._max_subscriptions = max_subscriptions
         self._max_buffered = max_buffered_events
         self._streams: set[anyio.streams.memory.MemoryObjectSendStream[Any]] = set()
+        self._per_agent: dict[str, int] = {}
 
     async def _own_tasks(self, ctx: Any, agent: str, ids: list[str] | None,
                          session_extensions: Any) -> dict[str, dict[str, Any]]:
@@ -157,6 +163,17 @@ class Listen:
         except (StockadeError, MCPError):
             return None
 
+    def _admit(self, agent: str) -> None:
+        """Room for one more stream, gateway-wide and for this agent? (Called with no await
+        between it and the stream's registration, so concurrent listens cannot overshoot.)"""
+        if len(self._streams) >= self._max_subscriptions:
+            raise MCPError(INTERNAL_ERROR, "Subscription limit reached")
+        if self._per_agent.get(agent, 0) >= MAX_STREAMS_PER_AGENT:
+            full = err("RateLimited", f"at most {MAX_STREAMS_PER_AGENT} open subscriptions/listen streams per agent",
+                       [{"action": "close_stream", "description": "End a stream you no longer read, then retry."}],
+                       rule="listen-streams", limit=MAX_STREAMS_PER_AGENT)
+            raise MCPError(code=full.code, message=full.message, data=full.to_dict())
+
     async def __call__(self, ctx: Any, params: SubscriptionsListenRequestParams) -> SubscriptionsListenResult:
         sid = ctx.request_id
         if sid is None:
@@ -168,8 +185,7 @@ class Listen:
             raise tasks.invalid(e) from None
         caps = ctx.session.client_capabilities
         followed = await self._own_tasks(ctx, caller.agent, ids, caps.extensions if caps is not None else None)
-        if len(self._streams) >= self._max_subscriptions:
-            raise MCPError(INTERNAL_ERROR, "Subscription limit reached")
+        self._admit(caller.agent)
         honoured = honoured_filter(params.notifications, list(followed))
         uris = frozenset(honoured.resource_subscriptions or ())
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: sid}
@@ -193,6 +209,7 @@ class Listen:
 
         unsubscribe = self._bus.subscribe(deliver)   # before the ack: nothing published meanwhile is lost
         self._streams.add(send)
+        self._per_agent[caller.agent] = self._per_agent.get(caller.agent, 0) + 1
         try:
             await ctx.session.send_notification(SubscriptionsAcknowledgedNotification(
                 params=SubscriptionsAcknowledgedNotificationParams(notifications=honoured, _meta=meta)),
@@ -215,6 +232,9 @@ class Listen:
         finally:
             unsubscribe()
             self._streams.discard(send)
+            left = self._per_agent.pop(caller.agent, 1) - 1
+            if left > 0:
+                self._per_agent[caller.agent] = left
             send.close()
             recv.close()
         return SubscriptionsListenResult(_meta=meta)
