@@ -145,6 +145,7 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
     if dashboard_port is not None:
         config.dashboard.port = dashboard_port
     loaded = parts(config)
+    probe_ports(config)
     try:
         db = home.db()
     except Exception as e:  # a damaged or unreadable stockade.db: say so and stop
@@ -161,6 +162,21 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
         if hasattr(part, "prefork"):
             part.prefork(gw)
     return gw
+
+
+def probe_ports(config: Config) -> None:
+    """A busy port is said before the zygote forks and the parts start (seconds, on a loaded
+    machine): bind each configured port once and let it go. `_listen` binds again for real, so a
+    port taken in between is still refused there, with the same message."""
+    wanted = [("gateway", config.gateway.host, config.gateway.port)]
+    if "supervision" not in config.parts.off():
+        wanted.append(("dashboard", config.dashboard.host, config.dashboard.port))
+    for name, host, port in wanted:
+        if port:
+            try:
+                _bind(host, port).close()
+            except OSError as e:
+                raise StartupFailed(f"cannot listen on {host}:{port} ({name}): {e.strerror or e}") from e
 
 
 def _refuse_damaged(home: Home, db: Any) -> None:
