@@ -222,3 +222,25 @@ def test_the_gateway_serves_from_the_pool_and_health_shows_it(sbx) -> None:  # t
     assert now["hits"] > before.get("hits", 0), (before, now)
     assert now["max"] == pool.TOTAL_MAX and now["budget_bytes"] == pool.BUDGET_BYTES, now
     assert now["ready"] + now["arming"] <= pool.TOTAL_MAX, now
+
+
+def test_a_child_that_cannot_be_armed_is_never_served(pooled) -> None:  # type: ignore[no-untyped-def]
+    """Arming fails (injected: the cgroup attach fails): the pool counts the failure, holds no
+    half-armed child, backs off, and the call itself runs cold and reports SandboxUnavailable."""
+    import time
+
+    from stockade.core.errors import StockadeError
+
+    ex, call, (a, _b) = pooled
+    ex.faults = {"attach"}
+    with pytest.raises(StockadeError) as e:
+        call(a, "result['x'] = 1")
+    assert e.value.type == "SandboxUnavailable"
+    deadline = time.monotonic() + 30
+    while (st := asyncio.run(ex.pool_stats())["pool"])["failures"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert st["failures"] >= 1 and st["ready"] == 0 and st["arming"] == 0, st
+    assert "injected" in st["last_error"], st
+    with pytest.raises(StockadeError) as e:
+        call(a, "result['x'] = 1")
+    assert e.value.type == "SandboxUnavailable" and ex.last_child == {}, ex.last_child

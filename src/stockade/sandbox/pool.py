@@ -24,6 +24,7 @@ BUDGET_BYTES = 96 << 20   # memory charged to ready children (their cgroup leave
 IDLE_S = 30.0             # a slot unused this long is emptied and forgotten
 WINDOW_S = 10.0           # demand (peak concurrent calls) is measured over this window
 FAIL_BACKOFF_S = 10.0     # a slot whose child failed to arm is not refilled for this long
+ARM_TIMEOUT_S = 10.0      # a child not ready this long after its clone is killed (counted as a failure)
 QUIET_S = 0.05            # no arming while a call younger than this runs: the zygote is single-
                           # threaded, and a clone then would delay that call's exit report
 

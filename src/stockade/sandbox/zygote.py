@@ -273,6 +273,7 @@ class _Armed:
     key: str
     ready: bool = False
     memory: int = 0           # charged to its leaf once ready (the pool's memory budget)
+    started: float = 0.0
 
 
 @dataclass
@@ -536,6 +537,9 @@ class Zygote:
         for key in [k for k, s in self.slots.items() if s.demand.inflight == 0 and
                     now - s.demand.last_use > pool.IDLE_S]:
             self._drop_slot(key)
+        for a in [a for a in self.armed.values() if not a.ready and now - a.started > pool.ARM_TIMEOUT_S]:
+            self._failed(self.slots[a.key], "not ready in time")    # a wedged arming never blocks its slot
+            self._discard(a, unused=False)
         if len(self.armed) >= pool.TOTAL_MAX or self._memory() >= pool.BUDGET_BYTES:
             return False
         if any(now - c.started < pool.QUIET_S for c in self.calls.values()):
@@ -560,7 +564,7 @@ class Zygote:
             return
         finally:
             cs.close()
-        a = _Armed(pid, pidfd, zs, leaf, key)
+        a = _Armed(pid, pidfd, zs, leaf, key, started=time.monotonic())
         self.armed[zs.fileno()] = a
         slot.children.append(a)
         self.poller.register(zs, select.POLLIN)
