@@ -1,6 +1,7 @@
 """Upstream for `stockade bench gateway`: an MCP SDK server over stdio with one trivial read-only
 tool. The bench calls it directly (the SDK's stdio client) and through stockade (as the upstream
-server `benchup`, confined in its long-lived sandbox). Run as `python bench/_stdio_mcp.py`.
+server `benchup`, confined in its long-lived sandbox). Run as `python bench/_stdio_mcp.py`; with a
+port argument it serves Streamable HTTP instead (the url upstream `benchhttp`).
 """
 
 from __future__ import annotations
@@ -18,4 +19,9 @@ def echo(text: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    import sys
+
+    if len(sys.argv) > 1:     # PORT: the same server over Streamable HTTP on loopback (a url upstream)
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+    else:
+        server.run("stdio")

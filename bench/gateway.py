@@ -6,6 +6,11 @@ records, intent and outcome) plus a synced SQLite commit in stockade.db.
 Both servers are separate processes on loopback, driven by the same client code one call at a
 time, so the ratio is the per-call cost of stockade's pipeline (auth, schema, policy, audit
 fsync, result shaping) over the SDK alone.
+
+Upstream MCP servers (issue 20): one trivial tool (`_stdio_mcp.py` echo) through stockade next
+to the same tool called directly: as a stdio server confined in its long-lived sandbox (root
+only) against the SDK's stdio client, and as a url upstream already running on loopback against
+the SDK's Streamable HTTP client.
 """
 
 from __future__ import annotations
@@ -97,15 +102,57 @@ UPSTREAM = "benchup"
 UP_ANCHOR = "the same MCP server over stdio, called directly with the SDK's stdio client"
 
 
-def _upstream_config() -> str:
+HTTP_UPSTREAM = "benchhttp"
+HTTP_ANCHOR = "the same MCP server over Streamable HTTP, called directly with the SDK's client"
+
+
+def _upstream_config(stdio: bool, http_port: int) -> str:
     """upstream.yaml for the bench: _stdio_mcp.py run by this interpreter, which the long-lived
-    sandbox sees through its venv, the Python it was made from and this directory (read-only)."""
+    sandbox sees through its venv, the Python it was made from and this directory (read-only)
+    (with root only); and the same server already running over Streamable HTTP on `http_port`."""
     from stockade.upstream.config import runtime_dirs
 
     dirs = sorted({*runtime_dirs(sys.executable), str(HERE)})
-    return json.dumps({"servers": {UPSTREAM: {"command": sys.executable, "args": [str(HERE / "_stdio_mcp.py")],
-                                              "filesystem": [{"path": d} for d in dirs],
-                                              "startup_timeout": 120}}})
+    servers: dict[str, Any] = {HTTP_UPSTREAM: {"url": f"http://127.0.0.1:{http_port}/mcp"}}
+    if stdio:
+        servers[UPSTREAM] = {"command": sys.executable, "args": [str(HERE / "_stdio_mcp.py")],
+                             "filesystem": [{"path": d} for d in dirs], "startup_timeout": 120}
+    return json.dumps({"servers": servers})
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("server did not listen")
+
+
+def _http_upstream_rows(gw: str, auth: dict[str, str], port: int, n: int) -> list[dict[str, Any]]:
+    """A url upstream's trivial tool through stockade (MCP HTTP -> pipeline -> MCP HTTP session to
+    the server) next to the same server's tool called directly over Streamable HTTP."""
+    direct: list[int] = []
+    ours: list[int] = []
+    for _ in range(2):
+        direct += asyncio.run(_mcp_calls(f"http://127.0.0.1:{port}/mcp", {}, "echo", n // 4, {"text": "hi"}))
+        ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, f"{HTTP_UPSTREAM}__echo", n // 4, {"text": "hi"}))
+    per_s = 1e9 / (sum(ours) / len(ours))
+    return [row(f"mcp_streamable_http {HTTP_UPSTREAM}.echo (url upstream on loopback, full pipeline)", ours,
+                anchor=HTTP_ANCHOR, anchor_ns=direct, per_s=per_s)]
 
 
 async def _stdio_calls(n: int) -> list[int]:
@@ -148,8 +195,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     py = [sys.executable, "-m", "stockade"]
     subprocess.run([*py, "init", "--home", str(home), "--policy", "open"], check=True, capture_output=True)
     upstream = os.geteuid() == 0          # the long-lived sandbox needs root (namespaces, cgroups)
-    if upstream:
-        (home / "upstream.yaml").write_text(_upstream_config())
+    http_port = _free_port()
+    http_up = subprocess.Popen([sys.executable, str(HERE / "_stdio_mcp.py"), str(http_port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(http_port, http_up)         # before the gateway: it lists the server's tools at start
+    (home / "upstream.yaml").write_text(_upstream_config(upstream, http_port))
     key = json.loads(subprocess.run([*py, "agent", "create", "bench", "--json", "--home", str(home)], check=True,
                                     capture_output=True, text=True).stdout)["key"]
     ours = subprocess.Popen([*py, "serve", "--home", str(home), "--port", "0", "--dashboard-port", "0"],
@@ -171,7 +221,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             mcp_ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "system__time", n // 2))
             rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
         state = _state_rows(gw, auth, key, n)
-        up = _upstream_rows(gw, auth, n) if upstream else []
+        up = (_upstream_rows(gw, auth, n) if upstream else []) + _http_upstream_rows(gw, auth, http_port, n)
         per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
         return {"bench": "gateway", "results": [
             row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor=ANCHOR,
@@ -182,7 +232,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             *up,
         ]}
     finally:
-        for p in (ours, bare):
+        for p in (ours, bare, http_up):
             p.terminate()
             try:
                 p.wait(20)
