@@ -176,3 +176,31 @@ def test_quick_work_draws_nothing_and_long_work_draws_a_bar() -> None:
         os.close(slave)
     shown = text.decode(errors="replace")
     assert "quick" not in shown and "slow" in shown and "50%" in shown and "done in" in shown, shown
+
+
+def test_export_to_the_terminal_it_draws_on_keeps_every_line_whole(home: Path) -> None:
+    """stdout on the same terminal as the bar: each record line is printed above the bar, whole."""
+    import re
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-c", NO_DELAY, "audit", "export", "--home", str(home)],
+                         stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    raw = b""
+    try:
+        while select.select([master], [], [], 30)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            raw += chunk
+        assert p.wait(60) == 0
+    finally:
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
+    lines = [ln for part in text.split("\n") for ln in part.split("\r") if ln.startswith("{")]
+    piped_lines = piped("audit", "export", "--home", str(home)).stdout.splitlines()
+    assert [json.loads(ln)["seq"] for ln in lines] == [json.loads(ln)["seq"] for ln in piped_lines]
+    assert "audit export: done in" in text

@@ -328,13 +328,13 @@ def export(fmt: str, since: str | None, until: str | None, output: str | None, h
     """Every record as one JSON object per line (bytes as hex); the output is JSON with or without --json."""
     h = need_home(home)
     lo, hi = _parse_time(since, "--since"), _parse_time(until, "--until")
-    out = open(output, "w") if output else sys.stdout  # noqa: SIM115
+    out = open(output, "w") if output else None  # noqa: SIM115
     bad: list[BadFrame] = []
     try:
         with tracked("audit export", as_json) as t:
             _export(h, lo, hi, out, bad, t)
     finally:
-        if output:
+        if out is not None:
             out.close()
     _exit_if_bad(bad)
 
@@ -350,7 +350,8 @@ def _export(h: Home, lo: int | None, hi: int | None, out: Any, bad: list[BadFram
             ts = rec.get("ts")
             if not isinstance(ts, int) or (lo is not None and ts < lo) or (hi is not None and ts >= hi):
                 continue
-            out.write(json.dumps(jsonable(rec), default=str) + "\n")
+            # sys.stdout looked up per line: on a terminal the bar swaps in a proxy that prints above it
+            (out or sys.stdout).write(json.dumps(jsonable(rec), default=str) + "\n")
         progress(sum(sizes[:i + 1]), sum(sizes))
 
 
