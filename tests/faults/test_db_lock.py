@@ -21,6 +21,8 @@ import httpx
 import pytest
 import yaml
 from tests.conftest import Server, cli_json, need, run_cli, start_server
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 ORG = """\
 version: 1
@@ -138,8 +140,8 @@ def test_a_held_lock_refuses_writes_at_once_and_everything_else_flows(live: Serv
 
 
 def test_a_short_lock_is_waited_out_off_the_loop(live: Server) -> None:
-    """Off the event loop (state.* runs in a worker thread) a short lock is waited out, as before:
-    only the loop refuses instead of waiting."""
+    """Off the event loop (state.* runs in a worker thread) a short lock is waited out (up to 2 s):
+    only the loop refuses at once."""
     key = live.agent("bob")
     lock = Locker(live.home / "stockade.db")
     timer = threading.Timer(0.5, lock.release)
@@ -149,3 +151,24 @@ def test_a_short_lock_is_waited_out_off_the_loop(live: Server) -> None:
     finally:
         timer.join()
         lock.release()
+
+
+def test_a_websocket_session_during_the_lock_is_told_to_come_back(live: Server) -> None:
+    """The WebSocket transport writes its session row when it connects: under the lock it answers
+    Unavailable and closes 1013 (try again later) instead of dying with a traceback (1011)."""
+    key = live.agent("carol")
+    url = live.url.replace("http", "ws") + "/mcp/ws"
+    lock = Locker(live.home / "stockade.db")
+    try:
+        with ws_connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+            body = json.loads(ws.recv(30))
+            assert body["error"]["data"]["type"] == "Unavailable", body
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(30)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    finally:
+        lock.release()
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "ws", "version": "1"}}}))
+        assert json.loads(ws.recv(30))["result"]["serverInfo"]["name"] == "stockade"

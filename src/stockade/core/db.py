@@ -7,8 +7,9 @@ Another process may hold the write lock for as long as it likes (`sqlite3 stocka
 EXCLUSIVE'`, a backup tool). A statement run on the gateway's event loop must not wait for it:
 every call and the admin socket share that thread. So a connection waits for the lock at most
 `LOOP_BUSY_SECONDS` when it runs on a thread with a running event loop (and not at all for
-`COOLDOWN_SECONDS` after it found the lock held), the full `busy_timeout` elsewhere (worker
-threads, the offline CLI). A statement that still finds the database locked raises `DbUnavailable`:
+`COOLDOWN_SECONDS` after it found the lock held), `SERVER_BUSY_SECONDS` in a gateway's worker
+threads (a longer wait would fill the thread pool every `to_thread` shares) and the full
+`BUSY_TIMEOUT_SECONDS` in the offline CLI. A statement that still finds the database locked raises `DbUnavailable`:
 a `StockadeError` of type `Unavailable` with `retry_after`, so the call that needed the write is
 refused with a typed error and audited, never an `Internal` or a stalled gateway.
 `check_tables` is the start-up check that names a damaged table instead of failing later.
@@ -42,8 +43,16 @@ SCHEMA: list[str] = [
     )""",
 ]
 
-BUSY_TIMEOUT_SECONDS = 10.0   # off the event loop: a worker thread or the offline CLI may wait
+BUSY_TIMEOUT_SECONDS = 10.0   # the offline CLI may wait
+SERVER_BUSY_SECONDS = 2.0     # a gateway's worker thread: a long wait would fill the shared thread pool
 LOOP_BUSY_SECONDS = 0.2       # on the event loop: every call shares the thread
+_serving = False
+
+
+def serving() -> None:
+    """Called once by `serve`: worker threads of this process wait `SERVER_BUSY_SECONDS` at most."""
+    global _serving
+    _serving = True
 COOLDOWN_SECONDS = 1.0        # after a lock was found held, the loop does not wait at all
 RETRY_AFTER_SECONDS = 1.0
 
@@ -86,7 +95,7 @@ class Connection(sqlite3.Connection):
 
     def _budget(self) -> int:
         if not _on_loop():
-            return int(BUSY_TIMEOUT_SECONDS * 1000)
+            return int((SERVER_BUSY_SECONDS if _serving else BUSY_TIMEOUT_SECONDS) * 1000)
         return 0 if time.monotonic() < self._cool_until else int(LOOP_BUSY_SECONDS * 1000)
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:

@@ -350,7 +350,13 @@ async def _ws_endpoint(websocket: WebSocket, pipeline: Pipeline, server: Server[
             await websocket.close(code=1013 if throttled else 1008,
                                   reason="too many failed authentications" if throttled else "authentication failed")
         return
-    sid = sessions.create(pipeline.db, caller.agent, "mcp-ws")
+    try:
+        sid = sessions.create(pipeline.db, caller.agent, "mcp-ws")
+    except StockadeError as e:   # Unavailable: stockade.db is locked elsewhere; 1013 = try again later
+        with contextlib.suppress(Exception):
+            await websocket.send_text(_error_body(e).decode())
+            await websocket.close(code=1013, reason="try again later")
+        return
     caller = Caller(caller.agent, caller.key_hash, sid, "mcp-ws")
     req = _WsRequest({CALLER_KEY: caller})
     read_writer, read_stream = create_context_streams[SessionMessage | Exception](16)

@@ -36,6 +36,7 @@ from stockade.core import sdnotify
 from stockade.core.admin import running as admin_running
 from stockade.core.config import Config
 from stockade.core.db import damaged_tables
+from stockade.core.db import serving as db_serving
 from stockade.core.errors import ConfigError
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
@@ -264,6 +265,7 @@ async def serve(gw: Gateway, on_ready: Callable[[Gateway], None] | None = None) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_stop_signal, stopping, sig)
+    db_serving()                 # worker threads wait for a lock held elsewhere at most 2 s (core.db)
     reloader = Reloader.of(gw)   # SIGHUP: policy and stockade.yaml now (systemctl reload)
     loop.add_signal_handler(signal.SIGHUP, lambda: gw.tasks.append(loop.create_task(reloader.reload())))
     started: list[ModuleType] = []
