@@ -172,3 +172,26 @@ def test_a_websocket_session_during_the_lock_is_told_to_come_back(live: Server) 
         ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "ws", "version": "1"}}}))
         assert json.loads(ws.recv(30))["result"]["serverInfo"]["name"] == "stockade"
+
+
+def test_the_wait_depends_on_where_the_statement_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loop 0.2 s, in a serving process's threads 2 s, in the CLI 10 s; a part that sets its
+    own busy_timeout (the rate limiter) does not keep it on the loop."""
+    import asyncio
+
+    from stockade.core import db
+
+    conn = db.connect(tmp_path / "t.db", check_same_thread=False)
+
+    def wait() -> int:
+        conn.execute("SELECT 1")
+        return int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    async def on_loop() -> tuple[int, int]:
+        conn.execute("PRAGMA busy_timeout=1000")
+        return wait(), await asyncio.to_thread(wait)
+
+    assert wait() == 10_000
+    assert asyncio.run(on_loop()) == (200, 10_000)
+    monkeypatch.setattr(db, "_serving", True)
+    assert asyncio.run(on_loop()) == (200, 2_000)

@@ -103,6 +103,8 @@ class Connection(sqlite3.Connection):
         if wait != self._wait_ms:
             super().execute(f"PRAGMA busy_timeout={wait}")
             self._wait_ms = wait
+        if "busy_timeout" in sql:   # the caller sets its own: the next statement applies ours again
+            self._wait_ms = -1
         try:
             return super().execute(sql, parameters)
         except sqlite3.OperationalError as e:
