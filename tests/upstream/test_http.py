@@ -181,8 +181,14 @@ def test_the_vault_header_reaches_that_server_and_never_the_agent(gw: Server) ->
 
 
 def test_output_is_bounded(gw: Server) -> None:
-    bad, e = _call(gw, gw.agent("alice"), "notes__big", {"size": 20000})
+    key = gw.agent("alice")
+    bad, e = _call(gw, key, "notes__big", {"size": 20000})       # over max_output_bytes (4096)
     assert bad and e["type"] == "ResourceExhausted", e
+    # over the bound the gateway reads at all (2 x 4096 + 64 KiB): the session is dropped, then reopened
+    bad, e = _call(gw, key, "notes__big", {"size": 100_000})
+    assert bad and e["type"] == "ResourceExhausted" and "dropped" in e["message"], e
+    bad, out = _call(gw, key, "notes__echo", {"text": "again"})
+    assert not bad and _text(out) == "again", out
 
 
 def test_server_gone_is_a_structured_error_and_its_return_is_seen(gw: Server, notes: Notes) -> None:

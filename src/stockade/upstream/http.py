@@ -7,7 +7,7 @@ supervisor treats both alike: a session that breaks (the server went away, or fo
 after its own restart) ends, and the supervisor opens a new one after its backoff.
 
 What comes back is untrusted: each response body is cut off past the bound (the call fails with
-ResourceExhausted, the session is dropped), as is each SSE event. Headers, secrets resolved, go
+ResourceExhausted, the session is dropped), and each SSE event is bounded alike. Headers, secrets resolved, go
 to this URL only: the SDK follows a redirect only within the endpoint's origin.
 """
 
@@ -54,7 +54,8 @@ class _Limited(httpx2.AsyncByteStream):
 
 
 class _Bounded(httpx2.AsyncBaseTransport):
-    """Every response body bounded (an SSE stream too: it is one body, so the bound is per POST)."""
+    """Every response body bounded, but an SSE stream's: a session's stream lives as long as the
+    session, so its bound is per event (the SDK's `max_sse_event_size`), not on the sum."""
 
     def __init__(self, limit: int, on_over: Callable[[], None]):
         self.inner = httpx2.AsyncHTTPTransport()
@@ -63,7 +64,8 @@ class _Bounded(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         resp = await self.inner.handle_async_request(request)
         assert isinstance(resp.stream, httpx2.AsyncByteStream)  # noqa: S101
-        resp.stream = _Limited(resp.stream, self.limit, self.on_over)
+        if not resp.headers.get("content-type", "").lower().startswith("text/event-stream"):
+            resp.stream = _Limited(resp.stream, self.limit, self.on_over)
         return resp
 
     async def aclose(self) -> None:
@@ -182,6 +184,8 @@ class HttpConnection:
     def _error(self, e: Exception) -> StockadeError:
         code = getattr(getattr(e, "error", None), "code", None)
         msg = str(getattr(getattr(e, "error", None), "message", None) or e)[:500]
+        if "Server-sent event exceeded" in msg:      # the SDK's per-event bound (max_sse_event_size)
+            self._over()
         if self.overflow:
             return err("ResourceExhausted", f"upstream server {self.label} sent a response over {self.max_bytes} "
                        "bytes; the session was dropped", resource="output", limit=self.max_bytes)
