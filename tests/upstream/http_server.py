@@ -45,6 +45,14 @@ def auth(ctx: Context) -> str:
     return str(headers.get("authorization", "(none)"))
 
 
+@server.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool called `name` (it answers 'grown') and tell the client the list changed."""
+    server.add_tool(lambda: "grown", name=name, description="added at run time")
+    await ctx.session.send_tool_list_changed()
+    return "added"
+
+
 @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
 def big(size: int) -> str:
     """A text of `size` bytes (the output bound)."""

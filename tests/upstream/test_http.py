@@ -42,6 +42,8 @@ rules:
   - {id: big, capability: notes.big, tier: autonomous}
   - {id: no-spam, capability: notes.note, tier: blocked, reason: no spam, when: {arg_equals: {text: spam}}}
   - {id: upstream-reads, capability: "*", tier: notify, when: {read_only_hint: true}}
+  - {id: grow, capability: "notes.grow", tier: autonomous}
+  - {id: grown, capability: "notes.fresh_tool", tier: autonomous}
 """
 VAULT_PW = "http upstream test passphrase"
 TOKEN = "HTTP-UPSTREAM-CANARY-4d1c9e77a2"
@@ -234,3 +236,24 @@ def test_a_read_only_tool_defaults_lower_than_a_writing_one(gw: Server) -> None:
     note = cli_json("policy", "explain", "--agent", "alice", "--capability", "notes.note", "--args",
                     '{"text": "x"}', home=gw.home)
     assert note["tier"] == "approval_required" and note["layer"] == "default", note
+
+
+def test_a_tool_list_change_reaches_the_registry(gw: Server) -> None:
+    """The server says its list changed over the HTTP session: the list is read again, agents see
+    the new tool, and the change is audited."""
+    key = gw.agent("hal")
+    bad, out = _call(gw, key, "notes__grow", {"name": "fresh_tool"})
+    assert not bad and _text(out) == "added", out
+
+    async def names() -> set[str]:
+        async with _client(gw, key) as c:
+            return {t.name for t in (await c.list_tools()).tools}
+
+    deadline = time.monotonic() + 60
+    while "notes__fresh_tool" not in asyncio.run(names()):
+        assert time.monotonic() < deadline, _health(gw)
+        time.sleep(0.5)
+    bad, out = _call(gw, key, "notes__fresh_tool", {})
+    assert not bad and _text(out) == "grown", out
+    changed = [r for r in audit_records(gw.home) if r.get("kind") == "upstream.tools_changed"]
+    assert changed and "notes.fresh_tool" in changed[-1]["added"], changed
