@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,37 @@ def test_the_wait_depends_on_where_the_statement_runs(tmp_path: Path, monkeypatc
     assert asyncio.run(on_loop()) == (200, 10_000)
     monkeypatch.setattr(db, "_serving", True)
     assert asyncio.run(on_loop()) == (200, 2_000)
+
+
+def _database_status(home: Path) -> str:
+    p = run_cli("status", "--json", home=home, check=False)
+    return str(json.loads(p.stdout)["parts"].get("database"))
+
+
+def _until(home: Path, want: str) -> None:
+    deadline = time.monotonic() + 60
+    while (got := _database_status(home)) != want:
+        assert time.monotonic() < deadline, f"database health stayed {got}, wanted {want}"
+        time.sleep(0.5)
+
+
+def test_health_says_the_database_is_locked_and_recovers(live: Server) -> None:
+    """Health is true throughout: degraded while the lock is held (no call needed to notice), ok
+    again once it goes; the exit code of `stockade status` follows."""
+    _until(live.home, "ok")
+    lock = Locker(live.home / "stockade.db")
+    try:
+        _until(live.home, "degraded")
+        p = run_cli("status", "--json", home=live.home, check=False)
+        assert p.returncode == 1 and "locked by another process" in json.loads(p.stdout)["health"]["database"]["detail"]
+    finally:
+        lock.release()
+    _until(live.home, "ok")
+
+
+def test_database_health_needs_two_locked_probes() -> None:
+    from stockade.gateway.service import database_health
+
+    assert database_health(True, False) == {"status": "ok"}
+    assert database_health(True, True)["status"] == "degraded"
+    assert database_health(False, True) == {"status": "ok"}

@@ -134,6 +134,20 @@ def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection
     return conn
 
 
+def write_lock_held(path: Path) -> bool:
+    """Is the write lock held by someone right now? One `BEGIN IMMEDIATE` that does not wait,
+    rolled back at once (blocking: run it off the event loop). For health, not for decisions."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as e:
+        return is_busy(e)
+    finally:
+        conn.close()
+
+
 def damaged_tables(conn: sqlite3.Connection) -> list[str]:
     """Tables of this database that fail SQLite's quick check (empty: all intact).
 

@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -35,7 +36,7 @@ from stockade.capabilities.registry import load_registry
 from stockade.core import sdnotify
 from stockade.core.admin import running as admin_running
 from stockade.core.config import Config
-from stockade.core.db import damaged_tables
+from stockade.core.db import damaged_tables, write_lock_held
 from stockade.core.db import serving as db_serving
 from stockade.core.errors import ConfigError
 from stockade.core.events import EventBus
@@ -316,7 +317,6 @@ def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
 
 def started_line(gw: Gateway) -> str:
     """The operational log's start line: versions, pid, home and every listen address."""
-    import sqlite3
     import sys
 
     from stockade import __version__
@@ -339,13 +339,32 @@ def _statuses(gw: Gateway) -> dict[str, str]:
     return {name: str(h.get("status", "ok")) for name, h in list(gw.pipeline.health.items()) if isinstance(h, dict)}
 
 
+DB_LOCKED = {"status": "degraded", "detail": "stockade.db is locked by another process: calls that write "
+                                            "(sessions, approvals, rate limits, state) are refused as Unavailable"}
+
+
+def database_health(locked_now: bool, locked_before: bool) -> dict[str, Any]:
+    """Degraded once the write lock was found held twice in a row (a single probe can meet
+    another writer's millisecond transaction); ok at the first free probe. Pure."""
+    return dict(DB_LOCKED) if locked_now and locked_before else {"status": "ok"}
+
+
 async def _log_health_changes(gw: Gateway, stopping: asyncio.Event) -> None:
     """One log line per part health change (the parts keep `pipeline.health` current; only the
-    status is logged, never a part's detail, which may quote what an agent sent)."""
+    status is logged, never a part's detail, which may quote what an agent sent). It also keeps
+    the `database` entry: whether another process holds stockade.db's write lock."""
+    locked = False
+    gw.pipeline.health["database"] = {"status": "ok"}
     seen = _statuses(gw)
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), HEALTH_LOG_SECONDS)
+        try:
+            now_locked = await asyncio.to_thread(write_lock_held, gw.home.db_path)
+        except sqlite3.Error:
+            now_locked = False      # a damaged or vanished file is another part's finding
+        gw.pipeline.health["database"] = database_health(now_locked, locked)
+        locked = now_locked
         now = _statuses(gw)
         for name, old, new in health_changes(seen, now):
             (log.info if new == "ok" else log.warning)("health: %s %s -> %s", name, old, new)
