@@ -196,7 +196,9 @@ def test_output_is_bounded(gw: Server) -> None:
 def test_server_gone_is_a_structured_error_and_its_return_is_seen(gw: Server, notes: Notes) -> None:
     key = gw.agent("alice")
     assert not _call(gw, key, "notes__echo", {"text": "up"})[0]
-    assert _health(gw)["servers"]["notes"]["url"].endswith("/mcp")
+    assert _health(gw)["servers"]["notes"]["kind"] == "url"
+    listed = cli_json("upstream", "list", home=gw.home)["servers"]
+    assert listed[0]["command"] == f"http://127.0.0.1:{notes.port}/mcp", listed
     notes.stop()
     try:
         bad, e = _call(gw, key, "notes__echo", {"text": "down"})

@@ -352,8 +352,8 @@ class Supervisor:
         worst = "ok"
         for name in sorted(self.servers):
             insts = {(a or "(shared)"): i.status() for (s, a), i in self.instances.items() if s == name}
-            cfg = self.servers[name]
-            servers[name] = {"instances": insts, **({"url": cfg.url} if cfg.is_http else {})}
+            # a url server's endpoint stays out (agents read health): `upstream list` shows it to the owner
+            servers[name] = {"instances": insts, **({"kind": "url"} if self.servers[name].is_http else {})}
             if any(i["state"] in ("failed", "restarting") for i in insts.values()):
                 worst = "degraded"
         return {"status": worst, "servers": servers}
