@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from tests.conftest import cli_json, need, need_root, quick_json, start_server
+from tests.conftest import cli_json, cli_quick, need, need_root, quick_json, start_server
 
 pytestmark = pytest.mark.xdist_group("upstream-pack")
 
@@ -96,3 +96,23 @@ def test_a_changed_store_is_refused_at_the_next_start(world: SimpleNamespace) ->
         assert time.monotonic() < deadline, r
         time.sleep(0.5)
     assert r["result"]["content"][0]["text"] == "pong", r
+
+
+def test_a_pack_cannot_take_a_declared_upstream_servers_name(tmp_path: Path) -> None:
+    """`tools of upstream clock are clock.*`: a pack named clock would inherit every rule written for
+    them; a server that runs the pack itself (pack: tinypack) does not reserve its name."""
+    home = tmp_path / "home"
+    quick_json("init", home=home)
+    servers = {"clock": {"command": "/bin/true"}, "tinypack": {"pack": "tinypack"}}
+    (home / "upstream.yaml").write_text(yaml.safe_dump({"servers": servers}))
+    keys = quick_json("pack", "keygen", "--out", str(tmp_path / "pub"))
+    quick_json("pack", "trust", keys["pub"], "--name", "tester", home=home)
+    for name in ("clock", "tinypack"):
+        d = tmp_path / name
+        (d / "src").mkdir(parents=True)
+        (d / "pack.yaml").write_text(PACK_YAML.replace("tinypack", name))
+        shutil.copy(TINY, d / "src" / "server.py")
+        quick_json("pack", "sign", str(d), "--key", keys["key"])
+    p = cli_quick("pack", "install", str(tmp_path / "clock"), "--json", home=home, check=False)
+    assert p.returncode != 0 and "upstream server is named clock" in p.stdout, p.stdout
+    assert quick_json("pack", "install", str(tmp_path / "tinypack"), home=home)["pack"] == "tinypack"

@@ -165,6 +165,17 @@ def untrust(publisher: str, home: str | None, as_json: bool) -> None:
     emit({"untrusted": publisher, "keys": n}, as_json, lambda d: click.echo(f"untrusted {publisher}"))
 
 
+def _upstream_names(h: Any) -> set[str]:
+    """Declared upstream servers (their tools are `<server>.<tool>`): a pack may not take such a
+    name, except the servers that run a pack (`pack:`), which name theirs."""
+    from stockade.upstream import config as upstream_config
+
+    try:
+        return {n for n, s in upstream_config.load(h).items() if s.pack is None}
+    except ConfigError:
+        return set()
+
+
 @pack.command()
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--allow-downgrade", is_flag=True, help="Accept a version lower than one installed before.")
@@ -189,7 +200,7 @@ def install(source: str, allow_downgrade: bool, new_publisher: bool, home: str |
 
             pk = store.install(h, conn, source, allow_downgrade=allow_downgrade,
                                builtin_names={d.name for d in load_registry().all()}, log=None if as_json else log,
-                               new_publisher=new_publisher)
+                               new_publisher=new_publisher, upstreams=_upstream_names(h))
     except (StockadeError, ConfigError) as e:
         fail_error(e, as_json)
     old = pk.replaced
