@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import Server, cli_json, run_cli, start_server
+from tests.conftest import Server, cli_quick, quick_json, start_server
 
 pytestmark = pytest.mark.xdist_group("policy-gateway")
 
@@ -52,7 +52,7 @@ def audit_records(home: Path, **filters: str) -> list[dict[str, Any]]:
     args = ["audit", "query"]
     for k, v in filters.items():
         args += [f"--{k}", v]
-    out = run_cli(*args, "--json", home=home).stdout
+    out = cli_quick(*args, "--json", home=home).stdout   # the CLI is a means here: in this process
     data = json.loads(out) if out.strip().startswith(("{", "[")) and "\n" not in out.strip() else \
         [json.loads(line) for line in out.splitlines() if line.strip()]
     if isinstance(data, dict):
@@ -122,7 +122,7 @@ def test_rate_limit_counters_survive_a_restart(policy_home: Path) -> None:
         e = error(s.invoke(key, "agent.capabilities"))
         assert e["data"]["type"] == "RateLimited", e
         # the offline explain reads the same counters
-        ex = cli_json("policy", "explain", "--agent", "bob", "--capability", "agent.capabilities", home=policy_home)
+        ex = quick_json("policy", "explain", "--agent", "bob", "--capability", "agent.capabilities", home=policy_home)
         assert ex["tier"] == "blocked" and ex["rate_limits"][0]["count"] == 2 and ex["rate_limits"][0]["exceeded"]
         assert ex["retry_after"] > 3500
     finally:
@@ -185,10 +185,10 @@ def test_system_layer_holds_with_every_policy_file_deleted(home: Path) -> None:
         names = {c["name"] for c in s.rpc(key, "capabilities.list").json()["result"]["capabilities"]}
         assert "system.time" in names
         # ... and the built-in blocks, even for capabilities a part has not registered yet
-        ex = cli_json("policy", "explain", "--agent", "dave", "--capability", "filesystem.write",
+        ex = quick_json("policy", "explain", "--agent", "dave", "--capability", "filesystem.write",
                       "--args", json.dumps({"path": "/etc/passwd", "content": "x"}), home=home)
         assert ex["tier"] == "blocked" and ex["layer"] == "system"
-        ex = cli_json("policy", "explain", "--agent", "dave", "--capability", "process.run",
+        ex = quick_json("policy", "explain", "--agent", "dave", "--capability", "process.run",
                       "--args", json.dumps({"argv": ["rm", "-rf", "/"]}), home=home)
         assert ex["tier"] == "blocked" and ex["rule"] == "sys-rm-root"
         if any(n.startswith("filesystem.write") for n in names):

@@ -87,12 +87,17 @@ def test_gateway_keeps_serving_with_a_fifo_policy_file(home: Path) -> None:
         key = s.agent("alice")
         assert "result" in s.invoke(key, "system.time")
         os.mkfifo(fifo)
-        time.sleep(3.5)           # several polls with the FIFO in place (not a timing assertion)
+        # until the reloader has met the FIFO (health says so), then once more: a stuck reloader
+        # would stop the answers (a timeout below), not only the health
+        deadline, pol = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and pol.get("status") != "degraded":
+            time.sleep(0.2)
+            health = s.invoke(key, "system.health", timeout=10)
+            pol = health.get("result", {}).get("layers", {}).get("policy", {})
+        assert pol.get("status") == "degraded" and "not a regular file" in str(pol.get("errors")), health
+        time.sleep(1.5)           # a further poll with the FIFO in place (not a timing assertion)
         r = s.rpc(key, "capabilities.invoke", {"name": "system.time", "arguments": {}}, timeout=10).json()
         assert "result" in r, r
-        health = s.invoke(key, "system.health")
-        pol = health.get("result", {}).get("layers", {}).get("policy", {})
-        assert pol.get("status") == "degraded" and "not a regular file" in str(pol.get("errors")), health
     except httpx.TimeoutException:
         pytest.fail("the gateway stopped answering while a FIFO sat in policies/")
     finally:
