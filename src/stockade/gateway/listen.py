@@ -217,7 +217,7 @@ class Listen:
             for tid, seen in list(followed.items()):
                 # Read again: a change between the ownership check and the subscription above
                 # was announced to nobody, and this snapshot must not be older than it.
-                await self._push(ctx, caller, followed, await self._current(caller.agent, tid) or seen, meta)
+                await self._push(ctx, followed, await self._current(caller.agent, tid) or seen, meta)
             async for event in recv:
                 if not isinstance(event, TaskChanged):
                     await ctx.session.send_notification(event_to_notification(event, meta), related_request_id=sid)
@@ -228,7 +228,7 @@ class Listen:
                     break   # the key was revoked: this stream ends with it
                 now = await self._current(caller.agent, event.task_id)
                 if now is not None and event.task_id in followed and now != followed[event.task_id]:
-                    await self._push(ctx, caller, followed, now, meta)
+                    await self._push(ctx, followed, now, meta)
         finally:
             unsubscribe()
             self._streams.discard(send)
@@ -240,8 +240,7 @@ class Listen:
         return SubscriptionsListenResult(_meta=meta)
 
     @staticmethod
-    async def _push(ctx: Any, caller: Any, followed: dict[str, dict[str, Any]], task: dict[str, Any],
-                    meta: dict[str, Any]) -> None:
+    async def _push(ctx: Any, followed: dict[str, dict[str, Any]], task: dict[str, Any], meta: dict[str, Any]) -> None:
         """Send one task's state; a terminal one is not followed any further."""
         tid = task["taskId"]
         followed[tid] = task
