@@ -154,7 +154,8 @@ class Supervisor:
             await conn.start()
         except StockadeError as e:
             why = conn.setup_error or ""
-            if why.startswith("PackSignatureInvalid: "):      # the pack's own refusal, naming the file
+            if self.servers[inst.server].pack is not None and why.startswith("PackSignatureInvalid: "):
+                # packserver's refusal, naming the file (only a pack server's is taken as one)
                 raise err("PackSignatureInvalid", f"upstream server {inst.server}: "
                           f"{why[len('PackSignatureInvalid: '):]}"[:500]) from None
             raise e from None
