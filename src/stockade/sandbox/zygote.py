@@ -260,6 +260,7 @@ class _Call:
     timeout: bool = False
     slot: str | None = None   # the pool slot whose demand this call counts in
     started: float = 0.0
+    ns_hold: int = -1         # the call's mount namespace, released after its report
 
 
 @dataclass
@@ -274,6 +275,7 @@ class _Armed:
     ready: bool = False
     memory: int = 0           # charged to its leaf once ready (the pool's memory budget)
     started: float = 0.0
+    ns_hold: int = -1         # its mount namespace (see _Call.ns_hold)
 
 
 @dataclass
@@ -306,7 +308,11 @@ def _finish(c: _Call) -> bool:
         os.write(c.status_w, json.dumps(h).encode())
     os.close(c.status_w)
     os.close(c.pidfd)
-    # the caller has its answer: the empty leaf's removal (rmdir in each hierarchy) is not on its path
+    # The caller has its answer. Only now the call's mount namespace is torn down (unmounting
+    # its ~20 mounts waits for RCU grace periods; P's exit only dropped a reference), and its
+    # empty leaf is removed (rmdir in each hierarchy): neither is on the caller's path.
+    if c.ns_hold >= 0:
+        os.close(c.ns_hold)
     return c.leaf.remove() if c.leaf is not None else True
 
 
@@ -376,6 +382,7 @@ class Zygote:
         self.slots: dict[str, _Slot] = {}
         self.armed: dict[int, _Armed] = {}    # control socket fd -> pooled child
         self.pstats = pool.Stats()
+        self._ns_hold = -1                    # handed from _take to the call's record
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
 
@@ -454,7 +461,9 @@ class Zygote:
         if r.netns_fd >= 0:
             os.close(r.netns_fd)
         now = time.monotonic()
-        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, now + r.profile.timeout, leaf, slot=key, started=now)
+        hold, self._ns_hold = (self._ns_hold, -1) if got is not None else (-1, -1)
+        self.calls[pidfd] = _Call(pid, pidfd, r.status_w, now + r.profile.timeout, leaf, slot=key, started=now,
+                                  ns_hold=hold)
         self.poller.register(pidfd, select.POLLIN)
         reply: dict[str, Any] = {"pid": pid, "pooled": got is not None, "pool": self._pool_view()}
         if repaired:
@@ -509,6 +518,7 @@ class Zygote:
             return None
         a.ctl.close()
         self.pstats.hits += 1
+        self._ns_hold = a.ns_hold
         return a.pid, a.pidfd, a.leaf, None
 
     def _guard(self, netns_fd: int) -> None:
@@ -577,6 +587,8 @@ class Zygote:
             msg = b""
         if msg == b"ready" and not a.ready:
             a.ready = True
+            with contextlib.suppress(OSError):
+                a.ns_hold = os.open(f"/proc/{a.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
             a.memory = a.leaf.memory_bytes() if a.leaf is not None else 0
             self.pstats.armed += 1
             return
@@ -603,6 +615,8 @@ class Zygote:
         self._forget(a)
         a.ctl.close()
         _kill_and_reap(a.pid, a.pidfd)
+        if a.ns_hold >= 0:
+            os.close(a.ns_hold)
         if a.leaf is not None and not a.leaf.remove():
             self.stale.append(a.leaf)
         if unused:
@@ -728,7 +742,8 @@ class Zygote:
         must never hold another call's status pipe open (its caller waits for EOF on it)."""
         fds = [self.own_pidns, self.own_netns]
         fds += [x for c in self.calls.values() for x in (c.status_w, c.pidfd)]
-        fds += [x for a in self.armed.values() for x in (a.ctl.fileno(), a.pidfd)]
+        fds += [x for a in self.armed.values() for x in (a.ctl.fileno(), a.pidfd, a.ns_hold)]
+        fds += [c.ns_hold for c in self.calls.values()]
         fds += [s.netns_fd for s in self.slots.values()]
         for fd in fds:
             if fd >= 0 and fd != keep:
