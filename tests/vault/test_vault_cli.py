@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-from tests.conftest import cli_json, run_cli, start_server
+from tests.conftest import cli_json, cli_quick, quick_json, run_cli, start_server
 
 import stockade.vault as vault_pkg
 from stockade.core.home import Home
@@ -21,7 +21,9 @@ VALUE = "tok_\u2713_not_in_output_9f8e7d"
 
 
 def vinit(home: Path) -> None:
-    assert cli_json("vault", "init", home=home, env=ENV)["initialized"] is True
+    # setup (and the audit exports, agent creation below) in this process: the CLI's own
+    # answers are checked through run_cli/cli_json
+    assert quick_json("vault", "init", home=home, env=ENV)["initialized"] is True
 
 
 def test_offline_lifecycle(home: Path, tmp_path: Path) -> None:
@@ -64,7 +66,7 @@ def test_offline_lifecycle(home: Path, tmp_path: Path) -> None:
 
     d = doctor(Home.at(home))["vault"]
     assert d["status"] == "ok" and d["secrets"] == 1 and d["kdf"]["m_kib"] == 65536
-    exported = run_cli("audit", "export", "--format", "jsonl", home=home).stdout
+    exported = cli_quick("audit", "export", "--format", "jsonl", home=home).stdout
     kinds = [json.loads(line).get("kind") for line in exported.splitlines() if line.strip()]
     for k in ("vault.initialized", "vault.secret_set", "vault.secret_rotated", "vault.secret_removed"):
         assert k in kinds, (k, kinds)
@@ -93,7 +95,7 @@ def test_bad_input_changes_nothing(home: Path) -> None:
         p = run_cli(*args, "--json", home=home, env=e, input=stdin, check=False)
         assert p.returncode == code, (args, p.stdout, p.stderr)
         assert "error" in json.loads(p.stdout), args
-    assert cli_json("vault", "list", home=home)["secrets"] == []
+    assert quick_json("vault", "list", home=home)["secrets"] == []
     c = sqlite3.connect(home / "vault.db")
     assert c.execute("SELECT count(*) FROM secrets").fetchone()[0] == 0
     assert len(before) > 0
@@ -101,8 +103,8 @@ def test_bad_input_changes_nothing(home: Path) -> None:
 
 def test_offline_rekey(home: Path, tmp_path: Path) -> None:
     vinit(home)
-    cli_json("vault", "set", "a", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=home,
-             env=ENV, input="value-a")
+    quick_json("vault", "set", "a", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=home,
+               env=ENV, input="value-a")
     newf = tmp_path / "new"
     newf.write_text("the new passphrase\n")
     out = cli_json("vault", "rekey", "--new-passphrase-file", str(newf), home=home, env=ENV)
@@ -131,8 +133,8 @@ def allow_secrets_list(home: Path) -> None:
 def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
     vinit(home)
     allow_secrets_list(home)
-    cli_json("vault", "set", "envtok", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=home,
-             env=ENV, input=VALUE)
+    quick_json("vault", "set", "envtok", "--all-agents", "--disclose-to-agent", "--scope", "process.run", home=home,
+               env=ENV, input=VALUE)
     srv = start_server(home)
     try:
         st = cli_json("vault", "status", home=home)
@@ -190,7 +192,7 @@ def test_running_gateway_seal_unseal(home: Path, tmp_path: Path) -> None:
         srv.stop()
     log = "".join(f.read_text(errors="replace") for f in home.parent.glob("serve-*.log"))
     assert VALUE not in log and PW not in log
-    exported = run_cli("audit", "export", "--format", "jsonl", home=home).stdout
+    exported = cli_quick("audit", "export", "--format", "jsonl", home=home).stdout
     kinds = [json.loads(line).get("kind") for line in exported.splitlines() if line.strip()]
     for k in ("vault.unseal_failed", "vault.unsealed", "vault.secret_set", "vault.sealed", "vault.rekeyed",
               "vault.secret_rotated"):
@@ -219,7 +221,7 @@ def test_doctor_flags_mode_and_damage(home: Path) -> None:
 
 def test_unknown_scope_or_agent_is_refused_with_the_nearest_name(home: Path) -> None:
     vinit(home)
-    run_cli("agent", "create", "trader", home=home)
+    cli_quick("agent", "create", "trader", home=home)
     for extra, said in ((["--scope", "filesystem.raed", "--all-agents"], "did you mean 'filesystem.read'"),
                         (["--scope", "filesystem.read", "--agent", "trader2"], "did you mean 'trader'")):
         p = run_cli("vault", "set", "k", *extra, home=home, env=ENV, input="v", check=False)
