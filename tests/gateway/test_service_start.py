@@ -12,11 +12,12 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import STOCKADE, run_cli, start_server
+from tests.conftest import STOCKADE, Server, cli_quick, start_server
 
 from stockade.core import admin
 from stockade.core.config import Config
@@ -45,8 +46,20 @@ def _one_line(stderr: str) -> str:
 @pytest.fixture
 def fresh_home(tmp_path: Path) -> Path:
     h = tmp_path / "h"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)   # setup: in this process
     return h
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running server that the tests only try to displace (and must not): shared by them."""
+    h = tmp_path_factory.mktemp("live") / "h"
+    cli_quick("init", home=h)
+    s = start_server(h)
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 def test_busy_port_is_one_line_and_exit_3(fresh_home: Path) -> None:
@@ -72,21 +85,17 @@ def test_damaged_database_is_exit_3_with_the_cause(fresh_home: Path) -> None:
     assert str(db) in line and "not a database" in line, line
 
 
-def test_second_serve_on_a_held_home_leaves_the_live_server_alone(fresh_home: Path) -> None:
-    live = start_server(fresh_home)
-    try:
-        ports_file = fresh_home / "run" / "ports.json"
-        before = ports_file.read_bytes()
-        p = _serve(fresh_home, "--port", "0")
-        assert p.returncode == EXIT_STARTUP, (p.stdout, p.stderr)
-        assert "another" in _one_line(p.stderr)
-        assert ports_file.read_bytes() == before            # still the live server's
-        assert (fresh_home / "run" / "admin.sock").exists()
-        assert httpx.get(f"{live.url}/healthz", timeout=30).json() == {"status": "ok"}
-        assert isinstance(admin.call(Home.at(fresh_home), "audit.head"), dict)   # the admin socket too
-        assert live.proc.poll() is None
-    finally:
-        live.stop()
+def test_second_serve_on_a_held_home_leaves_the_live_server_alone(live: Server) -> None:
+    ports_file = live.home / "run" / "ports.json"
+    before = ports_file.read_bytes()
+    p = _serve(live.home, "--port", "0")
+    assert p.returncode == EXIT_STARTUP, (p.stdout, p.stderr)
+    assert "another" in _one_line(p.stderr)
+    assert ports_file.read_bytes() == before            # still the live server's
+    assert (live.home / "run" / "admin.sock").exists()
+    assert httpx.get(f"{live.url}/healthz", timeout=30).json() == {"status": "ok"}
+    assert isinstance(admin.call(Home.at(live.home), "audit.head"), dict)   # the admin socket too
+    assert live.proc.poll() is None
 
 
 def test_a_part_that_does_not_import_stops_serve(fresh_home: Path, tmp_path: Path) -> None:
@@ -122,20 +131,16 @@ def _gateway(home: Path) -> Gateway:
     return Gateway(Home.at(home), Config(), pipeline=None, bus=EventBus())  # type: ignore[arg-type]
 
 
-def test_admin_socket_is_never_taken_from_a_live_server(fresh_home: Path) -> None:
-    live = start_server(fresh_home)
-    try:
-        sock = fresh_home / "run" / "admin.sock"
-        inode = sock.stat().st_ino
-        second = AdminServer(_gateway(fresh_home))
-        with pytest.raises(StockadeError) as refused:
-            asyncio.run(second.start())
-        assert refused.value.type == "Conflict" and str(sock) in refused.value.message
-        asyncio.run(second.stop())                         # stopping the refused one unlinks nothing
-        assert sock.stat().st_ino == inode
-        assert isinstance(admin.call(Home.at(fresh_home), "audit.head"), dict)   # the live one answers
-    finally:
-        live.stop()
+def test_admin_socket_is_never_taken_from_a_live_server(live: Server) -> None:
+    sock = live.home / "run" / "admin.sock"
+    inode = sock.stat().st_ino
+    second = AdminServer(_gateway(live.home))
+    with pytest.raises(StockadeError) as refused:
+        asyncio.run(second.start())
+    assert refused.value.type == "Conflict" and str(sock) in refused.value.message
+    asyncio.run(second.stop())                         # stopping the refused one unlinks nothing
+    assert sock.stat().st_ino == inode
+    assert isinstance(admin.call(Home.at(live.home), "audit.head"), dict)   # the live one answers
 
 
 def test_admin_socket_left_by_a_dead_server_is_replaced(tmp_path: Path) -> None:
