@@ -124,6 +124,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             with contextlib.suppress(ChildProcessError, OSError):
                 while os.waitpid(-pgid, os.WNOHANG)[0] > 0:
                     pass
+        try:
+            os.killpg(pgid, 0)   # the group is empty (all reaped): the next kill would find nothing
+        except (ProcessLookupError, PermissionError):
+            return
         time.sleep(0.002)
 
 
