@@ -204,3 +204,44 @@ def test_export_to_the_terminal_it_draws_on_keeps_every_line_whole(home: Path) -
     piped_lines = piped("audit", "export", "--home", str(home)).stdout.splitlines()
     assert [json.loads(ln)["seq"] for ln in lines] == [json.loads(ln)["seq"] for ln in piped_lines]
     assert "audit export: done in" in text
+
+
+def test_parallel_verify_reports_progress_per_chunk(home: Path) -> None:
+    """The multi-core path of verify_dir (logs of 8 MiB and more) tells progress per chunk and, with
+    the bar drawn while it forks its workers, gives the same verdict as the sequential pass."""
+    from stockade.audit import checkpoint as cp
+    from stockade.audit import verify
+
+    pub = cp.load_public(home / "keys")
+    seen: list[tuple[int, int]] = []
+    serial = verify.verify_dir(home / "audit", pub).to_dict()
+    old = verify.PARALLEL_MIN_BYTES
+    verify.PARALLEL_MIN_BYTES = 0
+    try:
+        par = verify.verify_dir(home / "audit", pub, progress=lambda d, t: seen.append((d, t))).to_dict()
+    finally:
+        verify.PARALLEL_MIN_BYTES = old
+    assert par["ok"] and par["records"] == serial["records"] and par["last_seq"] == serial["last_seq"]
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    forced = NO_DELAY.replace("p.DELAY = 0.0;", "p.DELAY = 0.0; import stockade.audit.verify as v; "
+                                                "v.PARALLEL_MIN_BYTES = 0;")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-c", forced, "audit", "verify", "--home", str(home)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    tty = b""
+    try:
+        while select.select([master], [], [], 30)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            tty += chunk
+        assert p.stdout is not None
+        out = p.stdout.read().decode()
+        assert p.wait(120) == 0, tty
+    finally:
+        os.close(master)
+    assert out.startswith(f"intact: {serial['records']} records") and b"audit verify: done in" in tty
