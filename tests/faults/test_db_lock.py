@@ -230,3 +230,26 @@ def test_database_health_needs_two_locked_probes() -> None:
     assert database_health(True, False) == {"status": "ok"}
     assert database_health(True, True)["status"] == "degraded"
     assert database_health(False, True) == {"status": "ok"}
+
+
+def test_an_approval_decided_during_the_lock_is_refused_whole_and_decided_once_after(live: Server) -> None:
+    """The owner's decision is a write: under the lock it is Unavailable and nothing of it exists
+    (still pending, no approval.decided record); after the lock it is decided once."""
+    key = live.agent("dave")
+    held = live.invoke(key, "process.run", {"argv": ["true"]}, timeout=60)
+    aid = _error(held)["approval"]
+
+    def decided() -> list[dict[str, Any]]:
+        recs = cli_json("audit", "query", "--limit", "5000", home=live.home)["records"]
+        return [r for r in recs if r.get("kind") == "approval.decided" and r.get("approval") == aid]
+
+    lock = Locker(live.home / "stockade.db")
+    try:
+        p = run_cli("approvals", "approve", aid, "--json", home=live.home, check=False)
+        assert p.returncode != 0 and json.loads(p.stdout)["error"]["type"] == "Unavailable", (p.stdout, p.stderr)
+    finally:
+        lock.release()
+    mine = [a for a in cli_json("approvals", "list", home=live.home)["approvals"] if a["approval"] == aid]
+    assert len(mine) == 1 and decided() == []
+    assert cli_json("approvals", "approve", aid, home=live.home)["status"] == "approved"
+    assert len(decided()) == 1

@@ -357,6 +357,8 @@ class ApprovalService:
                           [{"action": "list", "description": "stockade approvals list shows the queue."}])
             now = self.clock()
             t = transition(a.status, action, now, a.expires_at)
+            if t.new_status is not None:
+                self._writable()
             if t.new_status == EXPIRED:
                 await self.pipeline.record_event("approval.expired", approval=a.id, agent=a.agent,
                                                  capability=a.capability, args_hash=a.args_hash)
@@ -371,7 +373,11 @@ class ApprovalService:
                 fields: dict[str, Any] = {"decided_at": now, "decided_by": store.encode_by(by), "reason": reason}
                 if t.new_status == REJECTED:
                     fields.update(args_json=None, finished_at=now)
-                store.set_status(self.db, a.id, t.new_status, only_from=PENDING, **fields)
+                try:
+                    store.set_status(self.db, a.id, t.new_status, only_from=PENDING, **fields)
+                except StockadeError as e:   # locked since _writable: the log must not keep a decision that is not
+                    await self.pipeline.record_event("approval.decision_failed", approval=a.id, error=e.type)
+                    raise
                 self.bus.publish("approval.decided", {"approval": a.id, "agent": a.agent, "capability": a.capability,
                                                       "decision": t.new_status, "by": by, "reason": reason})
                 if t.new_status == APPROVED and a.id not in self._waiters:
@@ -383,6 +389,12 @@ class ApprovalService:
             when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(cur.expires_at))
             raise err(t.error, f"approval {aid} expired at {when}; nothing was executed", approval=aid)
         return {**cur.public(), "changed": t.new_status not in (None, EXPIRED), "conflict": t.conflict}
+
+    def _writable(self) -> None:
+        """Unavailable before anything is audited when another process holds stockade.db's write
+        lock: a decision recorded in the log and then not stored would be a lie (issue 23)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("ROLLBACK")
 
     async def grant(self, agent: str, capability: str, minutes: float, *, by: By, reason: str | None = None,
                     approval: str | None = None) -> dict[str, Any]:
@@ -397,6 +409,7 @@ class ApprovalService:
         now = self.clock()
         g = store.Grant(store.new_id("grt"), agent, capability, now, now + minutes * 60, store.encode_by(by), reason,
                         approval, None)
+        self._writable()
         await self.pipeline.record_event("approval.decided", decision="grant", grant=g.id, agent=agent,
                                          capability=capability, expires=g.expires_at, by=by, reason=reason,
                                          approval=approval)
