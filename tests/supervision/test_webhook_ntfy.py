@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
-from tests.conftest import cli_json
+from tests.conftest import quick_json
 
 from stockade.core.events import Event
 from stockade.supervision.webhook import ntfy_request, target
@@ -71,7 +71,7 @@ def test_a_held_call_reaches_an_ntfy_topic(ntfy: HTTPServer, tmp_path: Any) -> N
         call = Call(srv, srv.agent("trader"), "agent.approval", {"approval": "buy 5 BTC", "wait": 7})
         call.start()
         a = wait_pending(home)
-        cli_json("approvals", "reject", a["approval"], home=home)
+        quick_json("approvals", "reject", a["approval"], home=home)   # a means here: in this process
         call.result()
     finally:
         srv.stop()
