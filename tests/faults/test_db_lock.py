@@ -92,10 +92,15 @@ def _calls(home: Path, capability: str) -> list[dict[str, Any]]:
     return [r for r in recs if r.get("capability") == capability and r.get("phase") in ("complete", "outcome")]
 
 
+def _kind(home: Path, kind: str) -> list[dict[str, Any]]:
+    return [r for r in cli_json("audit", "query", "--limit", "5000", home=home)["records"] if r.get("kind") == kind]
+
+
 def test_a_held_lock_refuses_writes_at_once_and_everything_else_flows(live: Server) -> None:
     key = live.agent("alice")
     assert "result" in live.invoke(key, "state.set", {"key": "k", "value": "before"})
     before_state, before_proc = len(_calls(live.home, "state.set")), len(_calls(live.home, "process.run"))
+    before_requests = len(_kind(live.home, "approval.requested"))
     lock = Locker(live.home / "stockade.db")
     try:
         # Eight writers at once: on the old code each froze the loop for 10 s in turn.
@@ -137,6 +142,8 @@ def test_a_held_lock_refuses_writes_at_once_and_everything_else_flows(live: Serv
     assert [(r.get("outcome") or {}).get("error") for r in state] == ["Unavailable", None]
     proc = _calls(live.home, "process.run")[before_proc:]
     assert [(r.get("outcome") or {}).get("error") for r in proc][:1] == ["Unavailable"]
+    # ...and none for what did not happen: one approval was requested (after the lock), not two.
+    assert len(_kind(live.home, "approval.requested")) == before_requests + 1
     assert cli_json("audit", "verify", home=live.home)["ok"] is True
 
 

@@ -220,6 +220,7 @@ class ApprovalService:
             call_id=call_id, created_at=now, expires_at=now + self.ttl, status=PENDING, decided_at=None,
             decided_by=None, reason=None, exec_call_id=None, finished_at=None, result_json=None, error_json=None)
         # The request is durable before anyone can decide on it.
+        self._writable()       # no approval.requested record for a row that cannot be stored
         await self.pipeline.record_event("approval.requested", approval=a.id, agent=a.agent, session=a.session,
                                          capability=a.capability, args=safe, args_hash=h, rule=decision.rule,
                                          layer=decision.layer, call=call_id, expires=a.expires_at)
