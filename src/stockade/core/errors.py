@@ -88,6 +88,8 @@ class ErrorType(StrEnum):
     NETWORK_ERROR = ("NetworkError", RpcCode.CAPABILITY_ERROR, 400)
     UNREACHABLE = ("Unreachable", RpcCode.CAPABILITY_ERROR, 400)
     EGRESS_DENIED = ("EgressDenied", RpcCode.CAPABILITY_ERROR, 400)
+    # packs: the store no longer holds the bytes that were verified (a pack's own code never raises it)
+    PACK_SIGNATURE_INVALID = ("PackSignatureInvalid", RpcCode.CAPABILITY_ERROR, 400)
     # vault
     VAULT_SEALED = ("VaultSealed", RpcCode.CAPABILITY_ERROR, 503)
     VAULT_CORRUPT = ("VaultCorrupt", RpcCode.CAPABILITY_ERROR, 500)
