@@ -8,20 +8,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import cli_json, run_cli
+from tests.conftest import cli_json, quick_json, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "packs" / "textutils"
 
 
 @pytest.fixture
 def signed_pack(home: Path, tmp_path: Path) -> tuple[Path, Path]:
+    # setup, and the `pack list` reads below, in this process (quick_json); the commands a test
+    # is about (install, verify, remove, doctor) run as the real CLI
     kp = tmp_path / "pub"
-    keys = cli_json("pack", "keygen", "--out", str(kp))
+    keys = quick_json("pack", "keygen", "--out", str(kp))
     assert oct(os.stat(keys["key"]).st_mode & 0o777) == "0o600"
-    cli_json("pack", "trust", keys["pub"], "--name", "example", home=home)
+    quick_json("pack", "trust", keys["pub"], "--name", "example", home=home)
     d = tmp_path / "textutils"
     shutil.copytree(EXAMPLE, d)
-    cli_json("pack", "sign", str(d), "--key", keys["key"])
+    quick_json("pack", "sign", str(d), "--key", keys["key"])
     return d, Path(keys["key"])
 
 
@@ -30,7 +32,7 @@ def _bump(d: Path, version: str, key: Path) -> None:
     import re
 
     (d / "pack.yaml").write_text(re.sub(r"^version: .*$", f"version: {version}", y, flags=re.M))
-    cli_json("pack", "sign", str(d), "--key", str(key))
+    quick_json("pack", "sign", str(d), "--key", str(key))
 
 
 def test_install_list_remove(home: Path, signed_pack: tuple[Path, Path]) -> None:
@@ -41,11 +43,11 @@ def test_install_list_remove(home: Path, signed_pack: tuple[Path, Path]) -> None
     store = home / "packs" / "textutils" / "1.0.0"
     assert (store / "src" / "digest.py").read_bytes() == (d / "src" / "digest.py").read_bytes()
     assert os.stat(store / "src" / "digest.py").st_mode & 0o222 == 0  # read-only store
-    listed = cli_json("pack", "list", home=home)
+    listed = quick_json("pack", "list", home=home)
     assert [p["name"] for p in listed["packs"]] == ["textutils"]
     assert json.loads(run_cli("doctor", "--json", home=home, check=False).stdout)["checks"]["packs"]["status"] == "ok"
     cli_json("pack", "remove", "textutils", home=home)
-    assert cli_json("pack", "list", home=home)["packs"] == []
+    assert quick_json("pack", "list", home=home)["packs"] == []
     assert not store.exists()
 
 
@@ -57,7 +59,7 @@ def test_tampered_pack_is_not_installed(home: Path, signed_pack: tuple[Path, Pat
     assert p.returncode == 2
     err = json.loads(p.stdout)["error"]
     assert err["type"] == "PackSignatureInvalid" and err["file"] == "src/stats.py"
-    assert cli_json("pack", "list", home=home)["packs"] == []
+    assert quick_json("pack", "list", home=home)["packs"] == []
     assert not (home / "packs" / "textutils").exists()
     assert [x.name for x in (home / "packs").iterdir()] == []  # nothing half-installed
 
@@ -73,8 +75,8 @@ def test_planted_pyc_is_refused(home: Path, signed_pack: tuple[Path, Path]) -> N
 def test_untrusted_publisher_refused(home: Path, tmp_path: Path) -> None:
     d = tmp_path / "t"
     shutil.copytree(EXAMPLE, d)
-    k = cli_json("pack", "keygen", "--out", str(tmp_path / "stranger"))
-    cli_json("pack", "sign", str(d), "--key", k["key"])
+    k = quick_json("pack", "keygen", "--out", str(tmp_path / "stranger"))
+    quick_json("pack", "sign", str(d), "--key", k["key"])
     p = run_cli("pack", "install", str(d), "--json", home=home, check=False)
     assert p.returncode == 2 and "not trusted" in json.loads(p.stdout)["error"]["message"]
     v = run_cli("pack", "verify", str(d), "--json", home=home, check=False)
@@ -103,7 +105,7 @@ def test_tarball_install(home: Path, signed_pack: tuple[Path, Path], tmp_path: P
 
 def test_doctor_detects_tampered_store(home: Path, signed_pack: tuple[Path, Path]) -> None:
     d, _ = signed_pack
-    cli_json("pack", "install", str(d), home=home)
+    quick_json("pack", "install", str(d), home=home)
     f = home / "packs" / "textutils" / "1.0.0" / "src" / "stats.py"
     os.chmod(f, 0o644)
     f.write_bytes(f.read_bytes().replace(b"len(text)", b"len(text)+1"))
@@ -113,8 +115,8 @@ def test_doctor_detects_tampered_store(home: Path, signed_pack: tuple[Path, Path
 
 def test_untrust_makes_installed_pack_invalid(home: Path, signed_pack: tuple[Path, Path]) -> None:
     d, _ = signed_pack
-    cli_json("pack", "install", str(d), home=home)
-    cli_json("pack", "untrust", "example", home=home)
+    quick_json("pack", "install", str(d), home=home)
+    quick_json("pack", "untrust", "example", home=home)
     checks = json.loads(run_cli("doctor", "--json", home=home, check=False).stdout)["checks"]
     assert checks["packs"]["status"] == "critical"
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.conftest import cli_json, run_cli
+from tests.conftest import cli_json, cli_quick, quick_json, run_cli
 
 from stockade.capabilities.registry import load_registry
 from stockade.core.errors import ConfigError, StockadeError
@@ -38,8 +38,9 @@ def _renamed(src: Path, dest: Path, name: str, publisher: str = "example") -> Pa
 
 
 def _keys(tmp: Path, home: Path, who: str) -> Path:
-    k = cli_json("pack", "keygen", "--out", str(tmp / who))
-    cli_json("pack", "trust", k["pub"], "--name", who, home=home)
+    # setup (keys, signing) and state reads run in this process; installs are the real CLI
+    k = quick_json("pack", "keygen", "--out", str(tmp / who))
+    quick_json("pack", "trust", k["pub"], "--name", who, home=home)
     return Path(k["key"])
 
 
@@ -81,7 +82,7 @@ def test_pack_named_system_is_refused_at_install(home: Path, tmp_path: Path) -> 
     (d / "SIGNATURE").write_bytes(sign(build_manifest("system", "1.0.0", files), load_private(key, None)))
     rc, out = _install(home, d)
     assert rc == 2 and "reserved" in out["error"]["message"], out
-    assert cli_json("pack", "list", home=home)["packs"] == []
+    assert quick_json("pack", "list", home=home)["packs"] == []
 
 
 def test_pack_named_like_a_family_is_refused_at_load(home: Path, tmp_path: Path) -> None:
@@ -122,22 +123,22 @@ def test_second_publisher_cannot_take_over_a_name(home: Path, tmp_path: Path) ->
     k1 = _keys(tmp_path, home, "alice")
     k2 = _keys(tmp_path, home, "mallory")
     a = _renamed(EXAMPLE, tmp_path / "a", "exchange", "alice")
-    cli_json("pack", "sign", str(a), "--key", str(k1))
+    quick_json("pack", "sign", str(a), "--key", str(k1))
     assert _install(home, a)[0] == 0
     m = _renamed(EXAMPLE, tmp_path / "m", "exchange", "mallory")
     (m / "pack.yaml").write_text(re.sub(r"^version: .*$", "version: 1.0.1", (m / "pack.yaml").read_text(),
                                         flags=re.M))
-    cli_json("pack", "sign", str(m), "--key", str(k2))
+    quick_json("pack", "sign", str(m), "--key", str(k2))
     rc, out = _install(home, m)
     assert rc == 2 and "publisher" in out["error"]["message"] and "--new-publisher" in out["error"]["message"], out
-    assert cli_json("pack", "list", home=home)["packs"][0]["publisher"] == "alice"
+    assert quick_json("pack", "list", home=home)["packs"][0]["publisher"] == "alice"
     # removal does not free the name either
     cli_json("pack", "remove", "exchange", home=home)
     assert _install(home, m)[0] == 2
     # the owner's explicit flag moves it, and the change is audited
     rc, out = _install(home, m, "--new-publisher")
     assert rc == 0 and out["publisher"] == "mallory", out
-    recs = [json.loads(line) for line in run_cli("audit", "query", "--json", home=home).stdout.splitlines()
+    recs = [json.loads(line) for line in cli_quick("audit", "query", "--json", home=home).stdout.splitlines()
             if line.strip()]
     flat = json.dumps(recs)
     assert "pack.publisher_changed" in flat and "alice" in flat
@@ -181,7 +182,7 @@ def test_gateway_passes_its_clock_with_each_call(home: Path, tmp_path: Path) -> 
     key = _keys(tmp_path, home, "example")
     d = tmp_path / "t"
     shutil.copytree(EXAMPLE, d)
-    cli_json("pack", "sign", str(d), "--key", str(key))
+    quick_json("pack", "sign", str(d), "--key", str(key))
     assert _install(home, d)[0] == 0
     h = Home(home)
     conn: sqlite3.Connection = h.db()
