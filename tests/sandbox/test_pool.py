@@ -244,3 +244,36 @@ def test_a_child_that_cannot_be_armed_is_never_served(pooled) -> None:  # type: 
     with pytest.raises(StockadeError) as e:
         call(a, "result['x'] = 1")
     assert e.value.type == "SandboxUnavailable" and ex.last_child == {}, ex.last_child
+
+
+def _zygote_children(zygote: int) -> set[int]:
+    out = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    if f"\nPPid:\t{zygote}\n" in f.read():
+                        out.add(int(p))
+            except OSError:
+                pass
+    return out
+
+
+def test_a_policy_reload_kills_the_armed_children_through_the_gateway(sbx) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's wiring, end to end: SIGHUP reloads the policy, policy.reloaded reaches the
+    sandbox part, and every child armed before it is killed unused, long before the pool's own
+    30 s idle limit would have ended it."""
+    import signal
+    import time
+
+    zygote = sbx.invoke("system.health", {})["result"]["layers"]["sandbox"]["zygote_pid"]
+    deadline = time.monotonic() + 30
+    while not (armed := _zygote_children(zygote)) and time.monotonic() < deadline:
+        sbx.run("result['x'] = 1")
+        time.sleep(0.2)
+    assert armed, "no pre-armed child appeared"
+    sbx.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15                      # < pool.IDLE_S: only the event can do it
+    while any(_alive(p) for p in armed) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in armed), armed
