@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.conftest import cli_json, need_root, run_cli, start_server
+from tests.conftest import cli_quick, need_root, quick_json, start_server
 from tests.egress.topo import TestHost
 
 HERE = Path(__file__).resolve().parent
@@ -117,26 +117,27 @@ def exchange(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _home(tmp_path: Path) -> Path:
+    # setup through the CLI in this process (quick_json): the CLI is not under test here
     h = tmp_path / "home"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)
     with open(h / "stockade.yaml", "a") as f:
         f.write("egress:\n  resolver: null\n  poll: 0.3s\n")
     (h / "policies" / "org.yaml").write_text("version: 1\ndefault: autonomous\nrules: []\n")
     (h / "policies" / "agents" / "trader.yaml").write_text(f"version: 1\nsandbox:\n  egress:\n    - '{IP}:{PORT}'\n")
     # sign the example with a test key, trust it as "example", install
-    keys = cli_json("pack", "keygen", "--out", str(tmp_path / "pub"))
-    cli_json("pack", "trust", keys["pub"], "--name", "example", home=h)
+    keys = quick_json("pack", "keygen", "--out", str(tmp_path / "pub"))
+    quick_json("pack", "trust", keys["pub"], "--name", "example", home=h)
     d = tmp_path / "exchange"
     shutil.copytree(EXAMPLE, d)
-    cli_json("pack", "sign", str(d), "--key", keys["key"])
-    cli_json("pack", "install", str(d), home=h)
+    quick_json("pack", "sign", str(d), "--key", keys["key"])
+    quick_json("pack", "install", str(d), home=h)
     env = {"STOCKADE_VAULT_PASSPHRASE": PW}
-    cli_json("vault", "init", home=h, env=env)
+    quick_json("vault", "init", home=h, env=env)
     for name, value, hosts in (("EXCHANGE_KEY", API_KEY, f"http://{IP}"), ("EXCHANGE_SECRET", API_SECRET, f"http://{IP}"),
                                ("EXCHANGE_SECRET_OLD", WRONG_SECRET, f"http://{IP}"),
                                ("EXCHANGE_KEY_8443", API_KEY, f"http://{IP}:{PORT}")):
-        cli_json("vault", "set", name, "--all-agents", "--scope", f"{CAP},{ORDER}", "--host", hosts, home=h, env=env,
-                 input=value)
+        quick_json("vault", "set", name, "--all-agents", "--scope", f"{CAP},{ORDER}", "--host", hosts, home=h,
+                   env=env, input=value)
     return h
 
 
@@ -157,9 +158,9 @@ def test_get_balance_through_the_gateway(exchange, tmp_path: Path) -> None:  # t
     srv = start_server(home)
     transcripts: list[bytes] = []
     try:
-        key = cli_json("agent", "create", "trader", home=home)["key"]
+        key = quick_json("agent", "create", "trader", home=home)["key"]
         assert _etype(srv.invoke(key, CAP, _args())) == "VaultSealed"
-        run_cli("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
+        cli_quick("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
         deadline = time.monotonic() + 30        # the agent's egress rules load within egress.poll
         while True:
             r = srv.invoke(key, CAP, _args())
@@ -215,7 +216,7 @@ def test_get_balance_through_the_gateway(exchange, tmp_path: Path) -> None:  # t
 
     for i, t in enumerate(transcripts):
         assert not leaks(t), f"transcript {i}: {leaks(t)}"
-    export = run_cli("audit", "export", home=home).stdout.encode()
+    export = cli_quick("audit", "export", home=home).stdout.encode()
     assert CAP.encode() in export and b"EXCHANGE_SECRET" in export   # the references are recorded
     assert not leaks(export), leaks(export)
     raw = b"".join(p.read_bytes() for p in (home / "audit").rglob("*") if p.is_file())
@@ -334,12 +335,12 @@ def test_small_orders_run_large_ones_wait(exchange, tmp_path: Path) -> None:  # 
     agent_file.write_text(policy)
     cfg = home / "stockade.yaml"
     cfg.write_text(cfg.read_text().replace("hold_seconds: 120", "hold_seconds: 0.2"))
-    v = cli_json("policy", "validate", str(agent_file), home=home)
+    v = quick_json("policy", "validate", str(agent_file), home=home)
     assert v["valid"] and not any("not provided" in w for w in v["warnings"]), v   # the pack's names are known
     srv = start_server(home)
     try:
-        key = cli_json("agent", "create", "trader", home=home)["key"]
-        run_cli("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
+        key = quick_json("agent", "create", "trader", home=home)["key"]
+        cli_quick("vault", "unseal", home=home, env={"STOCKADE_VAULT_PASSPHRASE": PW})
         caps = {c["name"]: c for c in srv.invoke(key, "agent.capabilities")["result"]["capabilities"]}
         assert caps[ORDER]["tier"] == "depends on arguments" and caps[ORDER]["min_tier"] == "notify"  # pack floor
         assert caps[ORDER]["max_tier"] == "approval_required"
