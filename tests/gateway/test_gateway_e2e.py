@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from tests.conftest import Server, run_cli, start_server
+from tests.conftest import Server, cli_quick, start_server
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.xdist_group("gateway")
 def server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One gateway for the module (tests use distinct agent names); starting one costs seconds."""
     home = tmp_path_factory.mktemp("gw") / "home"
-    run_cli("init", home=home)
+    cli_quick("init", home=home)   # setup: in this process
     # Many tests here present bad keys from 127.0.0.1 on purpose; with the default burst (10) the
     # later ones would meet the per-address throttle (RateLimited) instead of the refusal they
     # check. The throttle itself is tested in tests/security/test_auth_failures.py.
@@ -159,7 +159,7 @@ def test_websocket_refuses_bad_auth(server: Server, how: str) -> None:
     name = f"carol-{how}"
     key = server.agent(name)
     if how == "revoked":
-        run_cli("agent", "revoke", name, home=server.home)
+        cli_quick("agent", "revoke", name, home=server.home)   # setup: in this process
     url = server.url.replace("http", "ws") + "/mcp/ws" + (f"?token={key}" if how == "query" else "")
     token = {"missing": None, "wrong": "stk_" + "A" * 43, "revoked": key, "query": key}[how]
     if how == "query":  # a token in the URL is refused at the handshake, before any message
@@ -210,7 +210,7 @@ def test_unauthenticated_refused_on_http_transports(server: Server, how: str) ->
     name = f"dave-{how}"
     key = server.agent(name)
     if how == "revoked":
-        run_cli("agent", "revoke", name, home=server.home)
+        cli_quick("agent", "revoke", name, home=server.home)   # setup: in this process
     token = {"missing": None, "wrong": "stk_" + "B" * 43, "malformed": "hello", "revoked": key}[how]
     h = {"Authorization": f"Bearer {token}"} if token else {}
     r = httpx.post(f"{server.url}/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "capabilities.invoke",
@@ -228,7 +228,7 @@ def test_revocation_applies_to_open_mcp_session(server: Server) -> None:
     async def go() -> None:
         async with _mcp(server, key, "legacy") as c:
             assert not (await c.call_tool("system__time", {})).is_error
-            run_cli("agent", "revoke", "erin", home=server.home)
+            cli_quick("agent", "revoke", "erin", home=server.home)
             with pytest.raises(Exception):  # noqa: B017 - the SDK surfaces the 401 as a transport error
                 r = await c.call_tool("system__time", {})
                 assert r.is_error  # (if it came back as a result, it must be an error)
@@ -239,7 +239,7 @@ def test_revocation_applies_to_open_mcp_session(server: Server) -> None:
 
 def test_rotated_key_replaces_old(server: Server) -> None:
     old = server.agent("frank")
-    new = json.loads(run_cli("agent", "rotate", "frank", "--json", home=server.home).stdout)["key"]
+    new = json.loads(cli_quick("agent", "rotate", "frank", "--json", home=server.home).stdout)["key"]
     e = server.invoke(old, "system.time")["error"]
     assert e["code"] == -32003 and e["data"]["type"] == "Unauthenticated", e
     assert "result" in server.invoke(new, "system.time")
@@ -271,7 +271,9 @@ mcp_messages = st.fixed_dictionaries(
     optional={"id": st.integers() | st.text(max_size=5) | st.none(), "params": mcp_values})
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 100 examples (was 120): ~0.3 s each against the real gateway, and 100 still reach every transport
+# version and body shape many times over
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(mcp_messages.map(json.dumps), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))),
        version=st.sampled_from([None, "2025-11-25", "2026-07-28", "1999-01-01"]))
 def test_fuzz_mcp_requests_never_break_the_gateway(server: Server, body: str, version: str | None) -> None:

@@ -16,7 +16,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from tests.conftest import Server, cli_json, run_cli, start_server
+from tests.conftest import Server, cli_quick, quick_json, start_server
 
 pytestmark = pytest.mark.xdist_group("state")
 
@@ -24,7 +24,7 @@ QUOTA = {"max_keys": 8, "max_bytes": 4096, "max_value_bytes": 1024}
 
 
 def _configure(home: Path, policy: str = "personal") -> None:
-    run_cli("init", "--policy", policy, home=home)
+    cli_quick("init", "--policy", policy, home=home)   # setup and audit reads: in this process
     with (home / "stockade.yaml").open("a") as f:
         f.write("state:\n" + "".join(f"  {k}: {v}\n" for k, v in QUOTA.items()))
 
@@ -57,7 +57,7 @@ def audit(home: Path, **filters: str) -> list[dict[str, Any]]:
     args = ["audit", "query", "--limit", "10000"]
     for k, v in filters.items():
         args += [f"--{k}", v]
-    return cli_json(*args, home=home)["records"]  # type: ignore[no-any-return]
+    return quick_json(*args, home=home)["records"]  # type: ignore[no-any-return]
 
 
 def _mcp(gw: Server, key: str) -> Client:
@@ -105,7 +105,7 @@ def test_every_write_is_audited_with_its_intent_and_outcome(gw: Server) -> None:
     assert {r["args"]["value"] for r in sets} == {"v1", "v2"}
     dels = [r for r in recs if r.get("capability") == "state.delete"]
     assert sorted(r["phase"] for r in dels) == ["decision", "outcome"]
-    assert run_cli("audit", "verify", home=gw.home).returncode == 0
+    assert cli_quick("audit", "verify", home=gw.home).returncode == 0
 
 
 def test_personal_template_runs_state_without_asking(gw: Server) -> None:
