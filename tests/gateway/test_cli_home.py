@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-from tests.conftest import cli_json, run_cli
+from tests.conftest import cli_json, cli_quick, run_cli
 
 
 def test_init_creates_private_home(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_home_from_environment(tmp_path: Path) -> None:
 
 def test_agent_lifecycle_json(tmp_path: Path) -> None:
     h = tmp_path / "h"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)   # setup: in this process (init itself is tested above)
     created = cli_json("agent", "create", "worker-1", home=h)
     assert created["name"] == "worker-1" and created["key"].startswith("stk_") and len(created["key"]) == 47
     db = (h / "stockade.db").read_bytes()
@@ -52,7 +52,7 @@ def test_agent_lifecycle_json(tmp_path: Path) -> None:
 
 def test_agent_bad_names_change_nothing(tmp_path: Path) -> None:
     h = tmp_path / "h"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)   # setup: in this process (init itself is tested above)
     for bad in ("admin", "Bad", "9lives", "x" * 33, "a b", "system"):
         p = run_cli("agent", "create", bad, "--json", home=h, check=False)
         assert p.returncode == 2, (bad, p.stdout, p.stderr)
@@ -65,7 +65,7 @@ def test_agent_bad_names_change_nothing(tmp_path: Path) -> None:
 
 def test_serve_refuses_invalid_config_with_file_line(tmp_path: Path) -> None:
     h = tmp_path / "h"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)   # setup: in this process (init itself is tested above)
     (h / "stockade.yaml").write_text("version: 1\ngateway:\n  port: seven\n")
     p = run_cli("serve", "--port", "0", home=h, check=False, timeout=30)
     assert p.returncode == 2
@@ -75,7 +75,7 @@ def test_serve_refuses_invalid_config_with_file_line(tmp_path: Path) -> None:
 
 def test_doctor_json(tmp_path: Path) -> None:
     h = tmp_path / "h"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)   # setup: in this process (init itself is tested above)
     p = run_cli("doctor", "--json", home=h, check=False)
     out = json.loads(p.stdout)
     assert out["checks"]["home"]["status"] == "ok" and out["checks"]["config"]["status"] == "ok"
