@@ -165,3 +165,20 @@ def server(home: Path) -> Iterator[Server]:
         yield s
     finally:
         s.stop()
+
+
+def shared_server(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Server]:
+    """Body of a module-scoped `server` fixture, for a module whose tests only call the gateway,
+    each with agent names of its own (a start costs seconds; a test that restarts, crashes or
+    reconfigures its gateway keeps the function-scoped `server`):
+
+        @pytest.fixture(scope="module")
+        def server(tmp_path_factory): yield from shared_server(tmp_path_factory, "readme")
+    """
+    h = tmp_path_factory.mktemp(name) / "home"
+    cli_quick("init", home=h)
+    s = start_server(h)
+    try:
+        yield s
+    finally:
+        s.stop()

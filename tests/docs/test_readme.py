@@ -8,9 +8,11 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import STOCKADE, Server, run_cli
+import pytest
+from tests.conftest import STOCKADE, Server, cli_quick, shared_server
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -18,6 +20,12 @@ README = (ROOT / "README.md").read_text()
 # Table examples that need a running server, another machine, a TTY or root-only kernel set-up.
 NOT_OFFLINE = ("stockade serve", "stockade demo", "stockade connect", "STOCKADE_AGENT_KEY=", "stockade approvals",
                "stockade watch", "stockade agents", "stockade pack install", "stockade bench")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One gateway for the module: the tests only call it, each with its own agent."""
+    yield from shared_server(tmp_path_factory, "readme")
 
 
 def python_snippets() -> list[str]:
@@ -72,8 +80,8 @@ def test_offline_cli_examples_run_as_written(tmp_path: Path) -> None:
         if cmd.startswith(NOT_OFFLINE):
             continue
         if cmd.startswith("stockade vault set"):      # what the owner does first, as docs/vault.md says
-            run_cli("agent", "create", "trader", env=env)
-            run_cli("vault", "init", env=env)
+            cli_quick("agent", "create", "trader", env=env)   # setup, in this process
+            cli_quick("vault", "init", env=env)
         shell = cmd.replace("stockade ", f"{shlex.join(STOCKADE)} ", 1)
         p = subprocess.run(["bash", "-c", shell], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=180)

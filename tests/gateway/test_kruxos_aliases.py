@@ -3,7 +3,16 @@
 
 from __future__ import annotations
 
-from tests.conftest import Server
+from collections.abc import Iterator
+
+import pytest
+from tests.conftest import Server, shared_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One gateway for the module: the tests only call it, each with its own agent."""
+    yield from shared_server(tmp_path_factory, "krux")
 
 
 def test_invoke_with_capability_and_session_end_with_session_id(server: Server) -> None:
