@@ -16,14 +16,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests.conftest import cli_json, need_root, run_cli, start_server
+from tests.conftest import cli_quick, need_root, quick_json, start_server
 from tests.egress.topo import TestHost
 
 from stockade.core import admin
 from stockade.core.home import Home
 from stockade.egress import netns, nft, ruleset
 
-pytestmark = [pytest.mark.root, pytest.mark.xdist_group("egress-netns")]
+# A group of its own: its test hosts' addresses (A, B below) are used by no other test, so it need
+# not wait behind the egress-netns group (which shares topo.py's addresses).
+pytestmark = [pytest.mark.root, pytest.mark.xdist_group("egress-pack")]
 
 A, B, PORT = "198.51.100.61", "203.0.113.62", 8080
 AGENT, PACK = "probe", "netprobe"
@@ -96,7 +98,7 @@ def world(tmp_path: Path) -> Iterator[SimpleNamespace]:
         for h in hosts:
             h.up().serve_http(PORT)
         home = tmp_path / "home"
-        run_cli("init", home=home)
+        cli_quick("init", home=home)     # setup through the CLI in this process: not under test here
         with open(home / "stockade.yaml", "a") as f:
             # no polling during the test: the rules are loaded at start and per pack call, and
             # restored on `egress.reload` (so a vanished table stays vanished until we ask)
@@ -104,16 +106,16 @@ def world(tmp_path: Path) -> Iterator[SimpleNamespace]:
         (home / "policies" / "org.yaml").write_text("version: 1\ndefault: autonomous\nrules: []\n")
         (home / "policies" / "agents" / f"{AGENT}.yaml").write_text(
             f"version: 1\nsandbox:\n  egress: ['{A}:{PORT}', '{B}:{PORT}']\n")
-        keys = cli_json("pack", "keygen", "--out", str(tmp_path / "pub"))
-        cli_json("pack", "trust", keys["pub"], "--name", "example", home=home)
+        keys = quick_json("pack", "keygen", "--out", str(tmp_path / "pub"))
+        quick_json("pack", "trust", keys["pub"], "--name", "example", home=home)
         d = tmp_path / PACK
         (d / "src").mkdir(parents=True)
         (d / "pack.yaml").write_text(PACK_YAML)
         (d / "src" / "__init__.py").write_text("")
         (d / "src" / "probe.py").write_text(PROBE)
-        cli_json("pack", "sign", str(d), "--key", keys["key"])
-        cli_json("pack", "install", str(d), home=home)
-        key = cli_json("agent", "create", AGENT, home=home)["key"]
+        quick_json("pack", "sign", str(d), "--key", keys["key"])
+        quick_json("pack", "install", str(d), home=home)
+        key = quick_json("agent", "create", AGENT, home=home)["key"]
         srv = start_server(home)
         try:
             yield SimpleNamespace(srv=srv, key=key, home=home, a=hosts[0], b=hosts[1])
