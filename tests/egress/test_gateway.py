@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import cli_json, need, need_root, run_cli, start_server
+from tests.conftest import cli_quick, need, need_root, quick_json, start_server
 from tests.egress.topo import A_IP, B_IP, META_IP, R_IP, TestHost, raw_connect
 
 from stockade.core.home import Home
@@ -43,7 +43,9 @@ def write_policy(h: Path, egress: list[str]) -> None:
 def ghome(tmp_path: Path) -> Path:
     need_root()
     h = tmp_path / "home"
-    run_cli("init", "--policy", "open", home=h)   # network.* at notify: runs without approval
+    # network.* at notify: runs without approval. The CLI (here and below) runs in this process:
+    # it sets up and reads state, the egress layer is under test
+    cli_quick("init", "--policy", "open", home=h)
     with open(h / "stockade.yaml", "a") as f:
         f.write("egress:\n  resolver: null\n  poll: 0.3s\n")
     return h
@@ -51,7 +53,7 @@ def ghome(tmp_path: Path) -> Path:
 
 def test_serve_lifecycle_and_http_request(net, ghome: Path) -> None:  # type: ignore[no-untyped-def]
     home = Home.at(ghome)
-    key = cli_json("agent", "create", "alice", home=ghome)["key"]
+    key = quick_json("agent", "create", "alice", home=ghome)["key"]
     write_policy(ghome, [f"{A_IP}:8080"])
     path = netns.netns_path(home, "alice")
     host_table = ruleset.host_table(netns.home_tag(home))
@@ -79,22 +81,22 @@ def test_serve_lifecycle_and_http_request(net, ghome: Path) -> None:  # type: ig
         assert wait(lambda: loaded(path, ruleset.NS_TABLE) and loaded(None, host_table))
         assert raw_connect(path, B_IP, 8080)["connected"]
         assert not raw_connect(path, A_IP, 8080, timeout=1)["connected"]
-        doc = cli_json("doctor", home=ghome, check=False)["checks"]["egress"]
+        doc = quick_json("doctor", home=ghome, check=False)["checks"]["egress"]
         assert doc["agents"]["alice"]["rules_loaded"] is True and doc["agents"]["alice"]["netns"] == path
         # removing the agent removes namespace, veth and rules while the server runs
-        run_cli("agent", "revoke", "alice", home=ghome)
+        cli_quick("agent", "revoke", "alice", home=ghome)
         assert wait(lambda: not os.path.exists(path) and not loaded(None, host_table))
     finally:
         srv.stop()
     # every change of an agent's reach is in the audit log
-    out = run_cli("audit", "query", "--kind", "egress.changed", "--json", home=ghome).stdout
+    out = cli_quick("audit", "query", "--kind", "egress.changed", "--json", home=ghome).stdout
     assert f"{B_IP}/32:8080" in out and "alice" in out
     need(sandbox_error is None, f"sandbox runtime unavailable here: {sandbox_error}")
 
 
 def test_crash_then_restart_converges(net, ghome: Path) -> None:  # type: ignore[no-untyped-def]
     home = Home.at(ghome)
-    cli_json("agent", "create", "alice", home=ghome)
+    quick_json("agent", "create", "alice", home=ghome)
     write_policy(ghome, [f"{A_IP}:8080"])
     path = netns.netns_path(home, "alice")
     srv = start_server(ghome)
@@ -119,7 +121,7 @@ def test_hostname_entry_through_the_gateway(net, ghome: Path, tmp_path: Path) ->
     try:
         cfg = (ghome / "stockade.yaml").read_text().replace("resolver: null", f"resolver: {R_IP}")
         (ghome / "stockade.yaml").write_text(cfg)
-        key = cli_json("agent", "create", "alice", home=ghome)["key"]
+        key = quick_json("agent", "create", "alice", home=ghome)["key"]
         write_policy(ghome, [f"{name}:8080"])
         srv = start_server(ghome)
         try:
@@ -146,7 +148,7 @@ def test_process_run_raw_sockets_hold_at_nftables(net, ghome: Path) -> None:  # 
     so what refuses them is nftables."""
     from tests.egress.topo import P_IP, RAW_CONNECT
 
-    key = cli_json("agent", "create", "alice", home=ghome)["key"]
+    key = quick_json("agent", "create", "alice", home=ghome)["key"]
     write_policy(ghome, [f"{A_IP}:8080"])
     srv = start_server(ghome)
     try:
