@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import run_cli
+from tests.conftest import cli_quick
 from tests.egress.topo import A_IP, B_IP, META_IP, P_IP, R_IP, TestHost, capability, raw_connect
 
 from stockade.core import agents
@@ -62,7 +62,7 @@ def eventually(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-
 
 def make_home(tmp: Path, egress: list[str], resolver: str | None = None, agent: str = "alice") -> Home:
     h = tmp / "home"
-    run_cli("init", home=h)
+    cli_quick("init", home=h)   # setup: in this process
     with open(h / "stockade.yaml", "a") as f:
         f.write(f"egress:\n  resolver: {resolver or 'null'}\n  poll: 0.5s\n")
     home = Home.at(h)
