@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import Server, need, need_root, run_cli, start_server
+from tests.conftest import Server, cli_quick, need, need_root, start_server
 
 pytestmark = pytest.mark.xdist_group("capabilities-e2e")
 
@@ -26,7 +26,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     need(landlock.abi_version() >= 1, "Landlock is not enabled in this kernel")
     home = tmp_path_factory.mktemp("cap-e2e") / "home"
-    run_cli("init", "--policy", "open", home=home)
+    cli_quick("init", "--policy", "open", home=home)   # setup: in this process
     parent = f"stockade-cap-{os.getpid()}"
     cfg = home / "stockade.yaml"
     text = cfg.read_text()

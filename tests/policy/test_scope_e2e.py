@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from tests.capabilities.test_e2e_gateway import _cleanup
-from tests.conftest import Server, need, need_root, run_cli, start_server
+from tests.conftest import Server, cli_quick, need, need_root, start_server
 
 pytestmark = pytest.mark.xdist_group("capabilities-e2e")
 
@@ -32,7 +32,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     need(landlock.abi_version() >= 1, "Landlock is not enabled in this kernel")
     home = tmp_path_factory.mktemp("scope-e2e") / "home"
-    run_cli("init", "--policy", "open", home=home)
+    cli_quick("init", "--policy", "open", home=home)   # setup: in this process
     (home / "policies" / "org.yaml").write_text(ORG)
     parent = f"stockade-scope-{os.getpid()}"
     cfg = home / "stockade.yaml"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import Server, cli_json, need_root, run_cli, start_server
+from tests.conftest import Server, cli_quick, need_root, quick_json, start_server
 
 from stockade.core.home import Home
 from stockade.egress import netns, nft, ruleset
@@ -71,10 +71,10 @@ def _home(base: Path, parent: str) -> tuple[Path, str]:
     """A home whose agent `alice` has egress (namespace, veth, host table at start) and whose
     sandbox uses the shared cgroup `parent`; returns it with alice's key."""
     h = base / "home"
-    run_cli("init", "--policy", "open", home=h)
+    cli_quick("init", "--policy", "open", home=h)   # setup: in this process
     text = (h / "stockade.yaml").read_text().replace("sandbox:\n", f"sandbox:\n  cgroup_parent: {parent}\n", 1)
     (h / "stockade.yaml").write_text(text + "egress:\n  resolver: null\n  poll: 0.3s\n")
-    key = cli_json("agent", "create", "alice", home=h)["key"]
+    key = quick_json("agent", "create", "alice", home=h)["key"]
     (h / "policies" / "agents" / "alice.yaml").write_text("version: 1\nsandbox:\n  egress:\n    - '192.0.2.7:443'\n")
     return h, key
 

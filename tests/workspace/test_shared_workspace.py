@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.conftest import need_root, run_cli, start_server
+from tests.conftest import cli_quick, need_root, run_cli, start_server
 
 from stockade.capabilities import workspace
 from stockade.core.errors import StockadeError
@@ -58,7 +58,7 @@ def test_data_home_either_way_symlinks_and_missing_are_refused(tmp_path: Path) -
 def test_owner_reads_and_edits_what_the_agent_writes(tmp_path: Path) -> None:
     need_root()
     home = tmp_path / "home"
-    run_cli("init", home=home)
+    cli_quick("init", home=home)   # setup: in this process
     (home / "policies" / "org.yaml").write_text("version: 1\ndefault: autonomous\nrules: []\n")
     # Outside pytest's 0700 tmp tree, so the owner's account can reach it, as a real repository.
     base = Path(tempfile.mkdtemp(prefix="stockade-ws-", dir="/var/tmp"))
@@ -94,7 +94,7 @@ def test_owner_reads_and_edits_what_the_agent_writes(tmp_path: Path) -> None:
 def test_a_workspace_inside_the_data_home_is_refused_at_call_time(tmp_path: Path) -> None:
     need_root()
     home = tmp_path / "home"
-    run_cli("init", home=home)
+    cli_quick("init", home=home)   # setup: in this process
     (home / "policies" / "org.yaml").write_text("version: 1\ndefault: autonomous\nrules: []\n")
     (home / "policies" / "agents" / "coder.yaml").write_text(
         f"version: 1\nsandbox:\n  workspace: {home / 'keys'}\n")
