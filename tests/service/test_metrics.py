@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import cli_json, run_cli, start_server
+from tests.conftest import cli_quick, quick_json, start_server
 
 from stockade.supervision.metrics import call_labels
 
@@ -37,7 +37,7 @@ def test_metrics_need_the_admin_token_and_count_real_calls(home: Path) -> None:
         url = f"https://127.0.0.1:{live.ports['dashboard']}"
         assert _scrape(url, None).status_code == 401
         assert _scrape(url, "stk_admin_not_the_token").status_code == 401
-        token = cli_json("admin", "token", home=home)["token"]
+        token = quick_json("admin", "token", home=home)["token"]
         key = live.agent("m1")
         for _ in range(3):
             assert "result" in live.invoke(key, "system.time")
@@ -46,8 +46,8 @@ def test_metrics_need_the_admin_token_and_count_real_calls(home: Path) -> None:
         resp = _scrape(url, token)
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
         s = _samples(resp.text)
-        tier = json.loads(run_cli("audit", "query", "--capability", "system.time", "--limit", "1", "--json",
-                                  home=home).stdout)
+        tier = json.loads(cli_quick("audit", "query", "--capability", "system.time", "--limit", "1", "--json",
+                                    home=home).stdout)
         assert tier  # the calls are in the audit log too
         ok = sum(v for (n, lab), v in s.items() if n == "stockade_calls_total"
                  and dict(lab)["capability"] == "system.time" and dict(lab)["outcome"] == "ok")

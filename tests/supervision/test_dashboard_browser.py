@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from tests.conftest import ROOT, Server, cli_json, need
+from tests.conftest import ROOT, Server, need, quick_json
 
 from .helpers import Call, make_home, serve, wait_pending
 
@@ -67,7 +67,7 @@ def test_dashboard_login_live_events_click_approve(tmp_path: Path, browser_page:
     try:
         key = server.agent("alice")
         base = f"https://127.0.0.1:{server.ports['dashboard']}"
-        token = cli_json("admin", "token", home=home)["token"]
+        token = quick_json("admin", "token", home=home)["token"]
 
         page.goto(base + "/")                          # no session: sent to the login page
         assert page.url.endswith("/login")
@@ -107,7 +107,7 @@ def test_dashboard_login_live_events_click_approve(tmp_path: Path, browser_page:
         page.wait_for_url(base + f"/approvals?done={a['approval']}")
         resp = call.result()
         assert "unix" in resp["result"], resp
-        shown = cli_json("approvals", "show", a["approval"], home=home)
+        shown = quick_json("approvals", "show", a["approval"], home=home)
         assert shown["status"] == "executed" and shown["decided_by"]["via"] == "dashboard"
         assert len(shown["decided_by"]["session"]) == 16   # a digest of the session id, never the id
         page.goto(base + f"/approvals/{a['approval']}")
@@ -134,7 +134,7 @@ def test_dashboard_login_live_events_click_approve(tmp_path: Path, browser_page:
         assert any("/static/app.js" in u for u in requests)
         # The hostile call is still pending (its own approval); reject it so the agent is answered.
         bad = wait_pending(home)
-        cli_json("approvals", "reject", bad["approval"], "--reason", "no", home=home)
+        quick_json("approvals", "reject", bad["approval"], "--reason", "no", home=home)
         assert evil.result()["error"]["data"]["type"] == "ApprovalRejected"
     finally:
         server.stop()

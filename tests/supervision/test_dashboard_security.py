@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.conftest import Server, cli_json
+from tests.conftest import Server, quick_json
 
 from .helpers import Call, Dash, make_home, serve, wait_pending
 
@@ -85,7 +85,7 @@ def test_csrf_forged_missing_replayed_and_cross_origin(srv: Server) -> None:
     key = srv.agent("alice")
     r = srv.invoke(key, "system.time")
     aid = r["error"]["data"]["approval"]
-    tok = cli_json("admin", "token", home=srv.home)["token"]
+    tok = quick_json("admin", "token", home=srv.home)["token"]
     d = logged_in(srv, tok)
     csrf = d.csrf()
     url = f"/approvals/{aid}/reject"
@@ -106,11 +106,11 @@ def test_csrf_forged_missing_replayed_and_cross_origin(srv: Server) -> None:
     r = Dash(srv).c.post(f"/api/approvals/{aid}/reject", json={},
                  headers={"authorization": f"Bearer {tok}", "origin": "https://evil.example"})
     assert r.status_code == 403
-    assert cli_json("approvals", "show", aid, home=srv.home)["status"] == "pending"   # nothing changed
+    assert quick_json("approvals", "show", aid, home=srv.home)["status"] == "pending"   # nothing changed
     # The real thing works: same origin, this session's token.
     r = d.c.post(url, data={"csrf": csrf, "reason": "no"}, headers={"origin": d.base})
     assert r.status_code == 303
-    assert cli_json("approvals", "show", aid, home=srv.home)["status"] == "rejected"
+    assert quick_json("approvals", "show", aid, home=srv.home)["status"] == "rejected"
 
 
 def test_token_rotation_and_logout_end_sessions(srv: Server) -> None:
@@ -120,7 +120,7 @@ def test_token_rotation_and_logout_end_sessions(srv: Server) -> None:
     assert d.c.get("/").status_code == 303
     d = logged_in(srv)
     assert d.c.get("/").status_code == 200
-    cli_json("admin", "token", home=srv.home)          # a fresh token invalidates old sessions
+    quick_json("admin", "token", home=srv.home)          # a fresh token invalidates old sessions
     assert d.c.get("/").status_code == 303
     assert d.c.get("/api/overview").status_code == 401
 
@@ -141,7 +141,7 @@ def test_xss_payload_in_arguments_is_rendered_as_text(srv: Server) -> None:
     key = srv.agent("mallory")
     call = Call(srv, key, "agent.approval", {"approval": XSS[:64], "wait": 7})
     call.start()
-    a = wait_pending(srv.home, exclude={x["approval"] for x in cli_json("approvals", "list", "--all",
+    a = wait_pending(srv.home, exclude={x["approval"] for x in quick_json("approvals", "list", "--all",
                                                                        home=srv.home)["approvals"]
                                         if x["capability"] != "agent.approval"})
     d = logged_in(srv)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Server, cli_json, need
+from tests.conftest import Server, need, quick_json
 
 from .helpers import Call, make_home, serve, wait_pending
 from .test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM
@@ -49,7 +49,7 @@ def _overflow(page: object) -> int:
 
 def _login(page: object, base: str, home: Path) -> None:
     page.goto(base + "/login")  # type: ignore[attr-defined]
-    page.fill("#token", cli_json("admin", "token", home=home)["token"])  # type: ignore[attr-defined]
+    page.fill("#token", quick_json("admin", "token", home=home)["token"])  # type: ignore[attr-defined]
     page.click("button[type=submit]")  # type: ignore[attr-defined]
     page.wait_for_url(base + "/")  # type: ignore[attr-defined]
 
@@ -83,7 +83,7 @@ def test_every_page_fits_desktop_and_phone_width(tmp_path: Path, page: object) -
         assert "{" not in layers and '":' not in layers, layers
         # No vault was created: the badge says so instead of a red "sealed".
         assert page.locator(".tile .badge").nth(1).inner_text() == "not set up"  # type: ignore[attr-defined]
-        cli_json("approvals", "reject", a["approval"], home=home)
+        quick_json("approvals", "reject", a["approval"], home=home)
         held.result()
     finally:
         server.stop()
@@ -125,10 +125,10 @@ def test_activity_filters_revoke_confirmation_and_decision_notice(tmp_path: Path
         page.click("a[href='/agents/victim/revoke']")  # type: ignore[attr-defined]
         page.wait_for_url(base + "/agents/victim/revoke")  # type: ignore[attr-defined]
         assert "cannot be undone" in page.locator("main").inner_text()  # type: ignore[attr-defined]
-        assert {x["name"]: x["status"] for x in cli_json("agents", home=home)["agents"]}["victim"] == "active"
+        assert {x["name"]: x["status"] for x in quick_json("agents", home=home)["agents"]}["victim"] == "active"
         page.click("#revoke-confirm")  # type: ignore[attr-defined]
         page.wait_for_url(base + "/agents")  # type: ignore[attr-defined]
-        assert {x["name"]: x["status"] for x in cli_json("agents", home=home)["agents"]}["victim"] == "revoked"
+        assert {x["name"]: x["status"] for x in quick_json("agents", home=home)["agents"]}["victim"] == "revoked"
 
         # Approving is confirmed on the page the owner lands on.
         call = Call(server, alice, "system.time")

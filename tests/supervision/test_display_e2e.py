@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
-from tests.conftest import STOCKADE, Server, cli_json, run_cli
+from tests.conftest import STOCKADE, Server, quick_json, run_cli
 
 from .helpers import Call, Dash, make_home, serve, wait_pending
 
@@ -51,7 +51,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dic
         call.start()
         a = wait_pending(home)
         yield srv, a, call
-        cli_json("approvals", "reject", a["approval"], home=home)
+        quick_json("approvals", "reject", a["approval"], home=home)
         call.result()
     finally:
         srv.stop()
@@ -69,6 +69,10 @@ def test_dashboard_pages_show_the_escapes_and_a_warning(held: tuple[Server, dict
     assert d.login(d.token(srv.home)).status_code == 303
     for path in ("/approvals", f"/approvals/{a['approval']}", "/audit?kind=approval.requested"):
         page = d.c.get(path).text
+        deadline = time.monotonic() + 30
+        while "no records" in page and time.monotonic() < deadline:   # the audit index trails the log
+            time.sleep(0.2)
+            page = d.c.get(path).text
         _no_raw(page)
         assert "\\u2067" in page and "rm -rf /workspace/project" in page, path
     for path in ("/approvals", f"/approvals/{a['approval']}"):
