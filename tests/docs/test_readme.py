@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from tests.conftest import STOCKADE, Server, cli_quick, shared_server
 
+# One worker runs the module: its tests share one gateway (a module-scoped fixture).
+pytestmark = pytest.mark.xdist_group("docs-readme")
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import pytest
 from tests.conftest import Server, shared_server
 
+# One worker runs the module: its tests share one gateway (a module-scoped fixture).
+pytestmark = pytest.mark.xdist_group("gateway-krux")
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

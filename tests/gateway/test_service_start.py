@@ -27,6 +27,9 @@ from stockade.core.home import Home
 from stockade.core.wiring import Gateway
 from stockade.supervision.admin import AdminServer
 
+# One worker runs the module: two of its tests share one live gateway (module-scoped `live`).
+pytestmark = pytest.mark.xdist_group("gateway-start")
+
 EXIT_STARTUP = 3
 SLOW = 240  # seconds: a start-up on a loaded CI machine, not an expectation of speed
 
