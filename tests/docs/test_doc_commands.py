@@ -350,13 +350,16 @@ def run_in_process(argv: list[str], d: Demo, stdin: str | None, redirect: Path |
 
     old = os.getcwd()
     os.chdir(d.work)
+    saved = (logs.log.handlers[:], logs.log.level, logs.log.propagate, logs._handler)
     try:
         r = CliRunner().invoke(cli, argv, input=stdin, env=d.env, catch_exceptions=True)
         if redirect is not None:
             redirect.write_text(r.stdout)
     finally:
         os.chdir(old)
-        logs.configure("WARNING")           # the runner's stderr is closed now
+        # the command pointed stockade's logger at the runner's (now closed) stderr and stopped it
+        # propagating: put it back as it was, or a later test's caplog on this worker sees nothing
+        logs.log.handlers[:], logs.log.level, logs.log.propagate, logs._handler = saved
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         import traceback
 
