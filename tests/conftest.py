@@ -89,6 +89,19 @@ def quick_json(*args: str, home: Path | None = None, **kw) -> dict:  # type: ign
     return json.loads(cli_quick(*args, "--json", home=home, **kw).stdout)
 
 
+@pytest.fixture(autouse=True)
+def _stockade_logger_restored() -> Iterator[None]:
+    """Each test gets the `stockade` logger as it found it. A CLI command run in this process
+    (click's CliRunner) points the logger at its own, later closed, stderr and stops propagation,
+    which hid later tests' log lines from caplog depending on the order xdist ran them in."""
+    log = logging.getLogger("stockade")
+    from stockade.core import logs
+
+    saved = (log.handlers[:], log.level, log.propagate, logs._handler)
+    yield
+    log.handlers[:], log.level, log.propagate, logs._handler = saved
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"
