@@ -106,3 +106,25 @@ class Dash:
 
 def dumps(v: Any) -> str:
     return json.dumps(v, sort_keys=True)
+
+
+def steady_navigation(page: Any, attempts: int = 3) -> Any:
+    """`page.goto` retried on Chromium's ERR_NETWORK_CHANGED only.
+
+    Chromium aborts a load in flight when any network interface changes; on a shared CI worker
+    other tests create and delete veths and namespaces all the time (egress, perimeter, upstream),
+    which has nothing to do with the dashboard under test. Any other error is raised at once."""
+    goto = page.goto
+
+    def steady(url: str, **kw: Any) -> Any:
+        for attempt in range(attempts):
+            try:
+                return goto(url, **kw)
+            except Exception as e:
+                if "ERR_NETWORK_CHANGED" not in str(e) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.2)
+        return None
+
+    page.goto = steady
+    return page

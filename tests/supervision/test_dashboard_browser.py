@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from tests.conftest import ROOT, Server, need, quick_json
 
-from .helpers import Call, make_home, serve, wait_pending
+from .helpers import Call, make_home, serve, steady_navigation, wait_pending
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("supervision-browser")]
 
@@ -39,7 +39,7 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[object, list[str], list[str]]
                                                    headless=True, ignore_https_errors=True,
                                                    viewport={"width": 1280, "height": 900})
         try:
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            page = steady_navigation(ctx.pages[0] if ctx.pages else ctx.new_page())
             page.on("request", lambda r: requests.append(r.url))
             page.on("dialog", lambda dlg: (dialogs.append(dlg.message), dlg.dismiss()))
             yield page, requests, dialogs

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import Server, need, quick_json
 
-from .helpers import Call, make_home, serve, wait_pending
+from .helpers import Call, make_home, serve, steady_navigation, wait_pending
 from .test_dashboard_browser import ARGS, ARTIFACTS, CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("supervision-browser")]
@@ -33,7 +33,7 @@ def page(tmp_path: Path) -> Iterator[object]:
                                                    headless=True, ignore_https_errors=True,
                                                    viewport={"width": 1280, "height": 900})
         try:
-            pg = ctx.pages[0] if ctx.pages else ctx.new_page()
+            pg = steady_navigation(ctx.pages[0] if ctx.pages else ctx.new_page())
             pg.on("dialog", lambda dlg: dlg.dismiss())
             yield pg
         finally:
