@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,8 +116,14 @@ def test_activity_filters_revoke_confirmation_and_decision_notice(tmp_path: Path
         assert page.locator(visible).count() == 0  # type: ignore[attr-defined]
 
         # Audit page filters by tier and event type on the server.
-        page.goto(base + "/audit?tier=notify")  # type: ignore[attr-defined]
-        body = page.locator("table").last.inner_text()  # type: ignore[attr-defined]
+        # (the audit index trails the log by design, on its own thread: reload until the call shows)
+        deadline = time.monotonic() + 20
+        while True:
+            page.goto(base + "/audit?tier=notify")  # type: ignore[attr-defined]
+            body = page.locator("table").last.inner_text()  # type: ignore[attr-defined]
+            if "system.info" in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         assert "system.info" in body and "agent.created" not in body
         assert page.locator("select[name=tier]").input_value() == "notify"  # type: ignore[attr-defined]
 
