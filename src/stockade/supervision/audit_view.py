@@ -36,7 +36,8 @@ def _time_us(v: str | None, name: str) -> int | None:
 
 
 async def query(gw: Gateway, filters: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Matching records, newest first, and a message for every frame that could not be decoded.
+    """Matching records (the index caught up first), newest first, and a message for every frame
+    that could not be decoded.
 
     An undecodable frame (one the indexer met, or an indexed record no longer readable) is never
     skipped in silence: a hostile record that the reader cannot decode would otherwise hide
@@ -50,6 +51,10 @@ async def query(gw: Gateway, filters: dict[str, Any]) -> tuple[list[dict[str, An
     def work() -> tuple[list[dict[str, Any]], list[str]]:
         idx = Index(audit_dir)
         try:
+            # the writer's index thread trails the log by design; like `audit query` and the
+            # session view, the page first indexes what is already on disk, so a call the owner
+            # just saw in the activity feed is never missing from the log's own page
+            idx.catch_up()
             hits = idx.query(**kw)
             bad = [b.message() for b in idx.undecodable()]
         finally:
