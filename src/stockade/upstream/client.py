@@ -29,7 +29,64 @@ LOG_LINES = 500
 LAUNCHER = (sys.executable, "-I", "-B", "-m", "stockade.sandbox.longlived")
 
 
-class Connection:
+class ToolSession:
+    """What both kinds of upstream session share: listing tools, calling one, and following
+    `tools/list_changed`. A subclass gives `_session()` (the live SDK session, or Unreachable)
+    and `_failed(e)` (what a failed call means for its transport)."""
+
+    label: str
+    on_tools_changed: Callable[[], Awaitable[None]] | None
+
+    def _session(self) -> ClientSession:
+        raise NotImplementedError
+
+    async def _failed(self, e: Exception) -> StockadeError:
+        raise NotImplementedError
+
+    async def _message(self, message: Any) -> None:
+        method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
+        if method == "notifications/tools/list_changed" and self.on_tools_changed is not None:
+            asyncio.ensure_future(self.on_tools_changed())   # any awaitable, on the running loop
+
+    async def tools(self) -> list[dict[str, Any]]:
+        """Every tool (all pages, at most 20), as JSON."""
+        session = self._session()
+        out: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(20):
+            res = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+            out += [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tools]
+            cursor = res.next_cursor
+            if not cursor:
+                break
+        return out
+
+    async def call(self, tool: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One tools/call as JSON; errors are StockadeErrors saying what happened to the server."""
+        session = self._session()
+        try:
+            res = await asyncio.wait_for(session.call_tool(tool, args), timeout)
+        except TimeoutError:
+            raise err("Timeout", f"upstream server {self.label} did not answer within {timeout:g}s",
+                      timeout=timeout) from None
+        except StockadeError:
+            raise
+        except Exception as e:
+            raise await self._failed(e) from None
+        return res.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def answered_error(label: str, e: Exception) -> StockadeError:
+    """The server answered the call with a JSON-RPC error: bad arguments, or its own failure."""
+    code = getattr(getattr(e, "error", None), "code", None)
+    msg = str(getattr(getattr(e, "error", None), "message", None) or e)[:500]
+    if code == types.INVALID_PARAMS:
+        return err("InvalidInput", f"upstream server {label}: {msg}")
+    return err("Internal", f"upstream server {label} answered with an error: {msg}",
+               upstream_code=code if isinstance(code, int) else None)
+
+
+class Connection(ToolSession):
     """Start with `await start()`; `tools`, `call`; `stop()` kills the whole server."""
 
     def __init__(self, label: str, spec: Spec, *, max_line: int, startup_timeout: float,
@@ -161,53 +218,19 @@ class Connection:
                 self.setup_error = text[len('{"setup_error": "'):-2]
             self.logs.append(text)
 
-    async def _message(self, message: Any) -> None:
-        method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
-        if method == "notifications/tools/list_changed" and self.on_tools_changed is not None:
-            asyncio.ensure_future(self.on_tools_changed())   # any awaitable, on the running loop
-
-    async def tools(self) -> list[dict[str, Any]]:
-        """Every tool (all pages, at most 20), as JSON."""
-        session = self._session()
-        out: list[dict[str, Any]] = []
-        cursor = None
-        for _ in range(20):
-            res = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-            out += [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tools]
-            cursor = res.next_cursor
-            if not cursor:
-                break
-        return out
-
-    async def call(self, tool: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """One tools/call as JSON; errors are StockadeErrors saying what happened to the server."""
-        session = self._session()
-        try:
-            res = await asyncio.wait_for(session.call_tool(tool, args), timeout)
-        except TimeoutError:
-            raise err("Timeout", f"upstream server {self.label} did not answer within {timeout:g}s",
-                      timeout=timeout) from None
-        except StockadeError:
-            raise
-        except Exception as e:
-            if self.overflow:
-                raise err("ResourceExhausted", f"upstream server {self.label} sent a message over "
-                          f"{self.max_line} bytes; it was stopped", resource="output", limit=self.max_line) from None
-            # A server that died mid-call closes the connection before it is reaped: give the
-            # exit a moment to be seen, so the agent learns the server stopped (not a server error).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exited.wait(), 2.0)
-            if not self.alive or self.exited.is_set():
-                raise err("Unreachable", f"upstream server {self.label} stopped during the call; it is restarted",
-                          [{"action": "retry", "description": "Call again once the server is back (system.health "
-                            "shows it)."}]) from None
-            code = getattr(getattr(e, "error", None), "code", None)
-            msg = str(getattr(getattr(e, "error", None), "message", None) or e)[:500]
-            if code == -32602:
-                raise err("InvalidInput", f"upstream server {self.label}: {msg}") from None
-            raise err("Internal", f"upstream server {self.label} answered with an error: {msg}",
-                      upstream_code=code if isinstance(code, int) else None) from None
-        return res.model_dump(mode="json", by_alias=True, exclude_none=True)
+    async def _failed(self, e: Exception) -> StockadeError:
+        if self.overflow:
+            return err("ResourceExhausted", f"upstream server {self.label} sent a message over "
+                       f"{self.max_line} bytes; it was stopped", resource="output", limit=self.max_line)
+        # A server that died mid-call closes the connection before it is reaped: give the
+        # exit a moment to be seen, so the agent learns the server stopped (not a server error).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), 2.0)
+        if not self.alive or self.exited.is_set():
+            return err("Unreachable", f"upstream server {self.label} stopped during the call; it is restarted",
+                       [{"action": "retry", "description": "Call again once the server is back (system.health "
+                         "shows it)."}])
+        return answered_error(self.label, e)
 
     def _session(self) -> ClientSession:
         if self.session is None or not self.alive:

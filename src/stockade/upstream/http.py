@@ -18,7 +18,6 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import httpx2
 import mcp_types as types
@@ -26,7 +25,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from stockade.core.errors import StockadeError, err
-from stockade.upstream.client import LOG_LINES
+from stockade.upstream.client import LOG_LINES, ToolSession, answered_error
 
 log = logging.getLogger("stockade.upstream")
 TRANSPORT_FAILED = (types.CONNECTION_CLOSED, types.INVALID_REQUEST)   # closed / "Session terminated"
@@ -72,7 +71,7 @@ class _Bounded(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-class HttpConnection:
+class HttpConnection(ToolSession):
     """Start with `await start()`; `tools`, `call`; `stop()` ends the session (DELETE)."""
 
     pid = None
@@ -146,42 +145,13 @@ class HttpConnection:
             self.session = None
             self.exited.set()
 
-    async def _message(self, message: Any) -> None:
-        method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
-        if method == "notifications/tools/list_changed" and self.on_tools_changed is not None:
-            asyncio.ensure_future(self.on_tools_changed())
-
     def _session(self) -> ClientSession:
         if self.session is None or not self.alive:
             raise err("Unreachable", f"upstream server {self.label} is not connected (it is reconnected)")
         return self.session
 
-    async def tools(self) -> list[dict[str, Any]]:
-        """Every tool (all pages, at most 20), as JSON."""
-        session = self._session()
-        out: list[dict[str, Any]] = []
-        cursor = None
-        for _ in range(20):
-            res = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-            out += [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tools]
-            cursor = res.next_cursor
-            if not cursor:
-                break
-        return out
-
-    async def call(self, tool: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """One tools/call as JSON; errors are StockadeErrors (a broken session is dropped)."""
-        session = self._session()
-        try:
-            res = await asyncio.wait_for(session.call_tool(tool, args), timeout)
-        except TimeoutError:
-            raise err("Timeout", f"upstream server {self.label} did not answer within {timeout:g}s",
-                      timeout=timeout) from None
-        except Exception as e:
-            raise self._error(e) from None
-        return res.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-    def _error(self, e: Exception) -> StockadeError:
+    async def _failed(self, e: Exception) -> StockadeError:
+        """A broken session is dropped (the supervisor reconnects after its backoff)."""
         code = getattr(getattr(e, "error", None), "code", None)
         msg = str(getattr(getattr(e, "error", None), "message", None) or e)[:500]
         if "Server-sent event exceeded" in msg:      # the SDK's per-event bound (max_sse_event_size)
@@ -190,15 +160,12 @@ class HttpConnection:
             return err("ResourceExhausted", f"upstream server {self.label} sent a response over {self.max_bytes} "
                        "bytes; the session was dropped", resource="output", limit=self.max_bytes)
         if code is None or code in TRANSPORT_FAILED or self.exited.is_set():
-            self._closing.set()     # the supervisor reconnects after its backoff
+            self._closing.set()
             self.logs.append(f"[stockade] call failed at the transport: {msg}"[:2000])
             return err("Unreachable", f"upstream server {self.label} ({self.url}) did not answer: {msg}",
                        [{"action": "retry", "description": "Call again once the server is back (system.health "
                          "shows it)."}])
-        if code == types.INVALID_PARAMS:
-            return err("InvalidInput", f"upstream server {self.label}: {msg}")
-        return err("Internal", f"upstream server {self.label} answered with an error: {msg}",
-                   upstream_code=code if isinstance(code, int) else None)
+        return answered_error(self.label, e)
 
     async def stop(self) -> None:
         self._closing.set()
