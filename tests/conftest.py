@@ -6,6 +6,7 @@ they skip with the reason; in CI (`CI` set) they fail instead, so nothing skips 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -87,6 +88,19 @@ def cli_quick(*args: str, home: Path | None = None, check: bool = True, input: s
 def quick_json(*args: str, home: Path | None = None, **kw) -> dict:  # type: ignore[no-untyped-def]
     """`cli_json` in this process (see `cli_quick`)."""
     return json.loads(cli_quick(*args, "--json", home=home, **kw).stdout)
+
+
+@contextlib.contextmanager
+def tmpfs_at(path: Path, size: str, source: str = "tmpfs") -> Iterator[Path]:
+    """A real tmpfs of `size` mounted at `path` (created 0700) for the duration; root only.
+    For tests that need a filesystem of their own: a full disk, or a data home that is one."""
+    need_root()
+    path.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", source, str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import cbor2
 import pytest
 from tests.audit.helpers import call_rec, frames, make_keys
-from tests.conftest import STOCKADE, need_root, run_cli
+from tests.conftest import STOCKADE, need_root, run_cli, tmpfs_at
 
 from stockade.audit import checkpoint as cp
 from stockade.audit.verify import verify_dir
@@ -35,14 +35,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    need_root()
-    audit = tmp_path / "audit"
-    audit.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(audit)], check=True)
-    try:
+    with tmpfs_at(tmp_path / "audit", "256k") as audit:
         yield audit
-    finally:
-        subprocess.run(["umount", "-l", str(audit)], check=False)
 
 
 def fill(audit: Path) -> Path:

@@ -7,12 +7,11 @@ is a real tmpfs mounted where the `shipped` fixture builds it."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import need_root
+from tests.conftest import tmpfs_at
 from tests.sandbox.test_shipped import _bind_root_lines, _host_paths, shipped  # noqa: F401 - fixture
 
 from stockade.sandbox.setup import host_paths_check
@@ -20,14 +19,8 @@ from stockade.sandbox.setup import host_paths_check
 
 @pytest.fixture
 def own_fs_home(tmp_path: Path) -> Iterator[Path]:
-    need_root()
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=64m", "stockade-home", str(home)], check=True)
-    try:
+    with tmpfs_at(tmp_path / "home", "64m", "stockade-home") as home:
         yield home
-    finally:
-        subprocess.run(["umount", "-l", str(home)], check=False)
 
 
 def test_doctor_tells_whether_the_home_is_its_own_filesystem(tmp_path: Path) -> None:
