@@ -46,6 +46,8 @@ SCHEMA: list[str] = [
 BUSY_TIMEOUT_SECONDS = 10.0   # the offline CLI may wait
 SERVER_BUSY_SECONDS = 2.0     # a gateway's worker thread: a long wait would fill the shared thread pool
 LOOP_BUSY_SECONDS = 0.2       # on the event loop: every call shares the thread
+COOLDOWN_SECONDS = 1.0        # after a lock was found held, the loop does not wait at all
+RETRY_AFTER_SECONDS = 1.0
 _serving = False
 
 
@@ -53,8 +55,6 @@ def serving() -> None:
     """Called once by `serve`: worker threads of this process wait `SERVER_BUSY_SECONDS` at most."""
     global _serving
     _serving = True
-COOLDOWN_SECONDS = 1.0        # after a lock was found held, the loop does not wait at all
-RETRY_AFTER_SECONDS = 1.0
 
 
 class DbUnavailable(StockadeError, sqlite3.OperationalError):
