@@ -76,6 +76,7 @@ global(workDirectory="{work}" maxMessageSize="1m"
        DefaultNetstreamDriverCAFile="{certs['ca']}"
        DefaultNetstreamDriverCertFile="{certs['cert']}"
        DefaultNetstreamDriverKeyFile="{certs['key']}")
+main_queue(queue.type="Direct")
 module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.Authmode="anon")
 input(type="imtcp" port="{port}" address="127.0.0.1")
 template(name="raw" type="string" string="%rawmsg%\\n")
