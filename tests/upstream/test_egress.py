@@ -100,6 +100,9 @@ def test_upstream_reaches_an_allowlisted_name(world: SimpleNamespace) -> None:
     w = world
     a_before = len(w.a.connections(PORT))
     assert _wait(lambda: _connect(w, w.wide, NAME) == "connected"), _connect(w, w.wide, NAME)
+    deadline = time.monotonic() + 10      # the test host logs the connection on its own thread
+    while len(w.a.connections(PORT)) <= a_before and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(w.a.connections(PORT)) > a_before
     # not granted to narrow (its policy does not allow the name): its instance cannot even resolve it
     out = _connect(w, w.narrow, NAME)
