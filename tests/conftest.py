@@ -116,6 +116,22 @@ def _stockade_logger_restored() -> Iterator[None]:
     log.handlers[:], log.level, log.propagate, logs._handler = saved
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _volumes_unmounted_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`stockade init` as root gives each new home its volume (a loop-mounted image and four
+    binds, stockade.core.volume), and a home's mounts outlive the gateway by design, as a
+    partition's would. The suite creates hundreds of homes: each worker unmounts what is left
+    under its own temporary directory when it ends, deepest first."""
+    yield
+    from stockade.core.volume import parse_mountinfo
+
+    base = str(tmp_path_factory.getbasetemp())
+    with open("/proc/self/mountinfo") as f:
+        left = [m.mountpoint for m in parse_mountinfo(f.read()) if m.mountpoint.startswith(base + "/")]
+    for mp in sorted(left, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     h = tmp_path / "home"

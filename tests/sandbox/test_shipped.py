@@ -20,6 +20,8 @@ import pytest
 from tests.conftest import need, need_root
 
 import stockade
+from stockade.cli.volume import AUTO, init_volume
+from stockade.core import volume
 from stockade.core.types import Caller
 from stockade.sandbox import cgroups
 
@@ -54,6 +56,7 @@ def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     home = Home.at(tmp_path / "home")
     init_home(home)
+    init_volume(home, AUTO, new_home=True)      # what `stockade init` does as root
     db = home.db()
     name = f"sh{os.getpid()}"
     agents.create(db, name)
@@ -85,6 +88,7 @@ def shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         agentns.remove(name, home)
         cgroups.remove_tree(cgroups.detect(), parent)
         db.close()
+        volume.unmount(home)
 
 
 def _status(text: str) -> dict[str, str]:
@@ -141,8 +145,10 @@ def test_no_host_path_inside_the_sandbox(shipped) -> None:  # type: ignore[no-un
     """From a process.run command: the proc files that name mounts, processes and cgroups.
 
     PID 1's cmdline and environ (the zygote's interpreter and install path before), the
-    definitions mount (a bind of the install before, a copy now), cgroups: none names a host
-    path. The root field of the data-home bind mounts is the known exception (next test)."""
+    definitions mount (a bind of the install before, a copy now), cgroups, and the roots of
+    the data-home bind mounts (the kernel prints a bind's root as its path within its
+    filesystem: with the home's volume that is `/workspaces/<agent>`, not the host path)."""
+    assert volume.status(shipped.home)["bound"] == dict.fromkeys(volume.VOLUME_DIRS, True)
     script = "; ".join(f"echo '=== {f}'; cat {f} | tr '\\0' ' '" for f in LEAK_FILES)
     script += "; echo '=== links'; ls -l /proc/1/ /proc/self/ 2>&1; pwd; echo $PATH $HOME"
     r = shipped.run(["sh", "-c", script])
@@ -150,17 +156,23 @@ def test_no_host_path_inside_the_sandbox(shipped) -> None:  # type: ignore[no-un
     assert "=== /proc/self/mountinfo" in out and "/workspace" in out   # the files were read
     assert "stockade-sandbox" in out                                    # PID 1's cmdline, neutral
     binds = _bind_root_lines(out)
-    rest = "\n".join(ln for ln in out.splitlines() if ln not in binds)
+    assert {ln.split()[4] for ln in binds} >= {"/workspace", "/trash", "/shared"}, out
+    assert {ln.split()[3] for ln in binds} >= {f"/workspaces/{shipped.name}", f"/trash/{shipped.name}"}, binds
     for p in _host_paths(shipped.home):
-        assert p not in rest, (p, [ln for ln in rest.splitlines() if p in ln])
-    pkg = str(Path(stockade.__file__).resolve().parent.parent)
-    assert not any(pkg in ln for ln in binds)      # no install path even there
+        assert p not in out, (p, [ln for ln in out.splitlines() if p in ln])
 
 
-@pytest.mark.xfail(strict=True, reason="the kernel prints a bind mount's root as its path within the "
-                   "filesystem; /workspace, /trash, /shared and /pack are binds of data-home directories, so "
-                   "their mountinfo lines name the data home unless it is a filesystem of its own")
-def test_bind_mount_roots_name_no_host_path(shipped) -> None:  # type: ignore[no-untyped-def]
+def test_a_home_without_a_volume_names_itself_and_doctor_says_so(shipped) -> None:  # type: ignore[no-untyped-def]
+    """The control: the same binds straight from the home's filesystem (`--volume none`) name
+    the home in mountinfo, which is why the volume exists, and doctor reports it degraded."""
+    from stockade.sandbox.setup import host_paths_check
+
+    assert host_paths_check(shipped.home.root)["status"] == "ok"
+    volume.unmount(shipped.home)
+    shipped.ex.stop()
+    shipped.ex.start_zygote()     # a zygote forked before the unmount still sees the binds
+    check = host_paths_check(shipped.home.root)
+    assert check["status"] == "degraded" and str(shipped.home.root) in check["hint"], check
     r = shipped.run(["cat", "/proc/self/mountinfo"])
     assert _bind_root_lines(r["stdout"])
-    assert str(shipped.home.root) not in r["stdout"]
+    assert str(shipped.home.root) in r["stdout"]

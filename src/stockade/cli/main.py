@@ -10,7 +10,7 @@ from stockade import __version__
 from stockade.core import logs
 
 MODULES = ("server", "agent", "connect", "bench", "policy", "audit", "approvals", "vault", "pack",
-           "perimeter", "admin", "release", "upgrade", "status", "service", "upstream")
+           "perimeter", "admin", "release", "upgrade", "status", "service", "upstream", "volume")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -24,6 +24,7 @@ from stockade.cli.common import (
     need_home,
 )
 from stockade.cli.progress import tracked
+from stockade.cli.volume import AUTO, init_volume
 from stockade.core import agents, logs
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.home import write_private
@@ -32,22 +33,33 @@ TEMPLATES = ("personal", "strict", "open")
 DEMO_KEY_FILE = "demo-agent.key"
 
 
+def volume_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--volume", "volume_spec", default=AUTO, show_default=True, metavar="SIZE|auto|none",
+                        help="A new home's volume (as root): auto sizes it (8G, at most half the free "
+                             "space, sparse); none keeps everything on the home's filesystem.")(fn)
+
+
 @click.command()
 @home_option
 @click.option("--policy", type=click.Choice(TEMPLATES), default="personal", show_default=True,
               help="Template for policies/org.yaml (only if it does not exist yet).")
+@volume_option
 @json_option
-def init(home: str | None, policy: str, as_json: bool) -> None:
-    """Create a data home (idempotent): config, database, keys, policy template."""
+def init(home: str | None, policy: str, volume_spec: str, as_json: bool) -> None:
+    """Create a data home (idempotent): config, database, keys, policy template, and as root
+    its volume (workspaces, trash, shared and packs on a filesystem of their own)."""
     from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = get_home(home)
+    new_home = not h.exists()
     try:
         created = service.init_home(h, policy)
+        vol = init_volume(h, volume_spec, new_home)
     except (ConfigError, StockadeError) as e:
         fail_error(e, as_json)
     except service.StartupFailed as e:   # a part that does not load: the home would be incomplete
         fail(str(e), 3, as_json)
-    emit({"home": str(h.root), "created": created}, as_json,
+    created += vol.get("volume_created", [])
+    emit({"home": str(h.root), "created": created, "volume": vol["volume"]}, as_json,
          lambda d: click.echo(f"stockade home ready at {d['home']}" +
                               "".join(f"\n  created {c}" for c in d["created"])))
 
@@ -129,14 +141,20 @@ def serve(ctx: click.Context, home: str | None, port: int | None, dashboard_port
 @click.option("--port", type=int, default=7700, show_default=True)
 @click.option("--dashboard-port", type=int, default=7800, show_default=True)
 @click.option("--rotate-key", is_flag=True, help="Give the demo agent a new key (the old one stops working).")
-def demo(home: str | None, port: int, dashboard_port: int, rotate_key: bool) -> None:
+@volume_option
+def demo(home: str | None, port: int, dashboard_port: int, rotate_key: bool, volume_spec: str) -> None:
     """What `make run` does: init a demo home, ensure a demo agent, serve, print URLs and key.
 
     The demo agent's key is kept in the demo home (demo-agent.key, 0600), so a client configured
     with it keeps working across restarts; `--rotate-key` replaces it."""
     from stockade.gateway import service  # here, not at the top: it pulls in mcp (~2 s) other commands never need
     h = get_home(home)
+    new_home = not h.exists()
     service.init_home(h, "personal")
+    try:
+        init_volume(h, volume_spec, new_home)
+    except StockadeError as e:
+        fail_error(e)
     key = _demo_key(h, rotate_key)
 
     def banner(g: Any) -> None:
@@ -221,6 +239,8 @@ def _check_home(h: Any) -> dict[str, Any]:
     for root, dirs, files in os.walk(h.root):
         if (root + os.sep).startswith(store) and root != str(h.packs):
             continue  # the pack store is read-only 0444/0555 by design, behind the 0700 packs/ dir
+        if root == str(h.root) and "volume" in dirs:
+            dirs.remove("volume")   # the volume's files are walked where they are bound (workspaces, ...)
         for name in dirs + files:
             p = os.path.join(root, name)
             try:

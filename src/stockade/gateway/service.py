@@ -33,12 +33,12 @@ import uvicorn
 
 from stockade.audit.writer import append_offline_or_admin
 from stockade.capabilities.registry import load_registry
-from stockade.core import sdnotify
+from stockade.core import sdnotify, volume
 from stockade.core.admin import running as admin_running
 from stockade.core.config import Config
 from stockade.core.db import damaged_tables, write_lock_held
 from stockade.core.db import serving as db_serving
-from stockade.core.errors import ConfigError
+from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.events import EventBus
 from stockade.core.home import Home, write_private
 from stockade.core.home import init_home as core_init_home
@@ -153,6 +153,7 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
     except Exception as e:  # a damaged or unreadable stockade.db: say so and stop
         raise StartupFailed(f"cannot open {home.db_path}: {type(e).__name__}: {e}") from e
     _refuse_damaged(home, db)
+    _mount_volume(home)
     registry = load_registry()
     bus = EventBus()
     pipeline = Pipeline(home, registry, db, bus=bus)
@@ -164,6 +165,17 @@ def build(home: Home, *, port: int | None = None, dashboard_port: int | None = N
         if hasattr(part, "prefork"):
             part.prefork(gw)
     return gw
+
+
+def _mount_volume(home: Home) -> None:
+    """The home's volume, before the zygote forks (it must see the binds, not the bare
+    directories under them). A home with a volume that does not mount is refused: serving from
+    the bare directories would hand agents the files the volume hides, and name the home."""
+    try:
+        for line in volume.ensure_mounted(home):
+            log.info("volume: %s", line)
+    except StockadeError as e:
+        raise StartupFailed(f"the home's volume: {e.message}") from None
 
 
 def probe_ports(config: Config) -> None:

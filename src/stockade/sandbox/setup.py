@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade.capabilities.registry import Definition
+from stockade.core import volume
 from stockade.core.home import Home
 from stockade.core.wiring import Gateway
 from stockade.egress import netns
@@ -160,12 +161,12 @@ def host_paths_check(root: Path) -> dict[str, Any]:
     """Whether the sandbox can learn the data home's host path from /proc/self/mountinfo.
 
     The kernel prints a bind mount's root as its path within its filesystem, so the lines of
-    /workspace, /trash, /shared and /pack name the data home unless it is a filesystem of its
-    own (a partition, logical volume or loop image mounted there). Nothing else inside names a
-    host path; this is the owner's choice of disk layout, so doctor says so instead of failing."""
-    own = os.path.ismount(root)
-    if own:
-        return {"status": "ok", "home_own_filesystem": True}
-    return {"status": "degraded", "home_own_filesystem": False,
-            "hint": f"/proc/self/mountinfo inside the sandbox names {root}; mount the data home as a "
-                    "filesystem of its own to hide it (docs/sandbox.md)"}
+    /workspace, /trash, /shared and /pack name the data home unless the directories they bind
+    live on a filesystem mounted inside the home: the home's volume (`stockade volume create`,
+    made by `stockade init` as root) or a home that is a filesystem of its own."""
+    shown = volume.status(Home(root))["exposed"]
+    if not shown:
+        return {"status": "ok", "exposed": {}}
+    return {"status": "degraded", "exposed": shown,
+            "hint": f"/proc/self/mountinfo inside the sandbox names {root}; give the home a volume "
+                    "(`stockade volume create SIZE`, docs/sandbox.md \"The volume\")"}
