@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade import __version__
-from stockade.core import db
+from stockade.core import db, volume
 from stockade.core.errors import err
 from stockade.core.home import Home
 from stockade.packs import tree
@@ -146,6 +146,7 @@ def install(home: Home, conn: sqlite3.Connection, path: str | os.PathLike[str], 
         if c.name in taken:
             raise err("InvalidInput", f"capability {c.name} already exists")
 
+    volume.ensure_mounted(home)      # after a reboot, before the gateway: write into the volume, not under it
     home.packs.mkdir(mode=0o700, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=home.packs))
     try:
