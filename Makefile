@@ -52,4 +52,5 @@ lint: venv
 	@$(BIN)/lint-imports
 
 clean:
+	@test ! -x $(BIN)/stockade || $(BIN)/stockade volume unmount --home $(DEMO_HOME) >/dev/null 2>&1 || true
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache
