@@ -15,6 +15,7 @@ proves it. Anything else (floats, tags, big integers) takes the slow path: re-en
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -25,6 +26,13 @@ from typing import Any
 import cbor2
 
 from stockade.core.limits import MAX_RECORD_DEPTH, REFUSED_ARGS_PREFIX_BYTES
+
+try:   # the optional C twin of `_build_fast` and of the verifier's common case (_native.c, built by make)
+    _native_mod: Any = importlib.import_module("stockade.audit._native")
+except ImportError:      # not built: the Python paths give the same results, only slower
+    _native_mod = None
+# STOCKADE_AUDIT_NATIVE=0 turns it off (to compare the two paths in bench audit).
+NATIVE: Any = None if os.environ.get("STOCKADE_AUDIT_NATIVE") == "0" else _native_mod
 
 ZERO_HASH = bytes(32)
 FRAME = struct.Struct(">I")
@@ -300,8 +308,8 @@ _CHAIN_KEYS = frozenset(RESERVED)
 _TOP_ORDERS: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
 
 
-def _build_fast(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes, bytes] | None:
-    """`build` for the common case (ASCII keys, JSON-like values) in one pass; None otherwise."""
+def _top_order(fields: dict[str, Any]) -> tuple[str, ...] | None:
+    """The record's top-level keys (chain keys included) in canonical order; None unless all ASCII text."""
     keys = tuple(fields)
     order = _TOP_ORDERS.get(keys, ())
     if order == ():
@@ -310,6 +318,26 @@ def _build_fast(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple
             order = _order(tuple(k for k in keys if k not in _CHAIN_KEYS) + RESERVED)
         if len(_TOP_ORDERS) < 4096:
             _TOP_ORDERS[keys] = order
+    return order
+
+
+def build_frame(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes, bytes]:
+    """`build`, framed: (frame, hash). The writer's per-record call, so the common record takes
+    the native encoder (one C call: encode, hash, frame) when it is built."""
+    native = NATIVE
+    if native is not None and type(seq) is int and type(ts) is int and type(prev) is bytes:
+        order = _top_order(fields)
+        if order is not None:
+            out: tuple[bytes, bytes] | None = native.build(fields, order, seq, ts, prev, MAX_RECORD_DEPTH, MAX_ARGS)
+            if out is not None:
+                return out
+    body, digest = build(fields, seq, ts, prev)
+    return frame(body), digest
+
+
+def _build_fast(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple[bytes, bytes] | None:
+    """`build` for the common case (ASCII keys, JSON-like values) in one pass; None otherwise."""
+    order = _top_order(fields)
     if order is None or type(seq) is not int or type(ts) is not int or type(prev) is not bytes:
         return None
     out: dict[str, Any] = {}

@@ -23,6 +23,7 @@ Causes:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import mmap
 import os
@@ -35,11 +36,31 @@ from typing import Any
 import cbor2
 
 from stockade.audit import checkpoint as cp
+from stockade.audit import record as _record
 from stockade.audit.record import FRAME, MAX_FRAME, MAX_RECORD, ZERO_HASH, BadRecord, check, check_fast, day_of
 
 DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.log$")
 TAMPER_FREE = {"torn"}     # causes that are crash artifacts, not evidence of tampering
 _LOOKAHEAD = 100_000
+_NO_STOP = (1 << 64) - 1
+
+
+def _next_stop(cp_sorted: list[int], seq: int) -> int:
+    """The first checkpointed seq at or after `seq` (the native scan stops before it: checkpoints are
+    matched in Python); a large sentinel when there is none."""
+    i = bisect.bisect_left(cp_sorted, seq)
+    return min(cp_sorted[i], _NO_STOP) if i < len(cp_sorted) else _NO_STOP
+
+
+def _scan(data: Any, o: int, end: int, exp_seq: int, last_hash: bytes, cp_sorted: list[int]) -> tuple[int, int, bytes]:
+    """Skip the run of provably canonical, linked, un-checkpointed records from offset `o` with the
+    native checker: (new offset, records, last hash). (o, 0, last_hash) when it is not built, or
+    for whatever it cannot prove (the Python path then checks that record and names any break)."""
+    native = _record.NATIVE
+    if native is None or exp_seq >= _NO_STOP:
+        return o, 0, last_hash
+    out: tuple[int, int, bytes] = native.scan(data, o, end, exp_seq, last_hash, _next_stop(cp_sorted, exp_seq))
+    return out
 
 
 @dataclass
@@ -130,6 +151,7 @@ class ChainVerifier:
     def __init__(self, checkpoints: dict[int, bytes] | None = None, *, trust_start: bool = False,
                  prunes: dict[int, dict[str, Any]] | None = None, exported: Iterable[int] = ()):
         self.cps = dict(checkpoints or {})
+        self.cp_sorted = sorted(self.cps)
         self.prunes = dict(prunes or {})
         self.exported = set(exported)
         self.trust_start = trust_start
@@ -148,6 +170,13 @@ class ChainVerifier:
         unpack = FRAME.unpack_from
         cps = self.cps
         while o < n:
+            if not first and self.exp_seq is not None and self.last_hash is not None:
+                o, k, h = _scan(data, o, n, self.exp_seq, self.last_hash, self.cp_sorted)
+                if k:
+                    self.last_hash, self.exp_seq = h, self.exp_seq + k
+                    self.r.records += k
+                    if o >= n:
+                        break
             ln = unpack(data, o)[0] if n - o >= 4 else 0
             if ln == 0 or ln > MAX_FRAME or o + 4 + ln > n:
                 self._bad_tail(name, data, o, last)
@@ -416,7 +445,13 @@ def _check_chunk(job: tuple[str, int, int, frozenset[int]]) -> dict[str, Any] | 
         first_seq = first_prev = last_hash = None
         seq = 0
         hits: dict[int, bytes] = {}
+        cp_sorted = sorted(cp_seqs)
         while o < end:
+            if first_seq is not None and last_hash is not None:
+                o, k, last_hash = _scan(data, o, end, seq + 1, last_hash, cp_sorted)
+                seq += k
+                if o >= end:
+                    break
             ln = FRAME.unpack_from(data, o)[0]
             rec = check_fast(data[o + 4:o + 4 + ln])
             if rec is None:

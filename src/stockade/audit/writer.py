@@ -39,7 +39,18 @@ from stockade.audit import checkpoint as cp
 from stockade.audit import retention
 from stockade.audit.budget import ByteBudget
 from stockade.audit.index import Index, row_fields
-from stockade.audit.record import FRAME, MAX_FRAME, ZERO_HASH, BadRecord, build, check, day_of, frame, now_us
+from stockade.audit.record import (
+    FRAME,
+    MAX_FRAME,
+    ZERO_HASH,
+    BadRecord,
+    build,
+    build_frame,
+    check,
+    day_of,
+    frame,
+    now_us,
+)
 from stockade.audit.retention import Anchor
 from stockade.audit.verify import _looks_torn, day_files
 from stockade.core.errors import StockadeError, err
@@ -531,13 +542,13 @@ class AuditWriter:
         ts = max(self.clock(), 0)
         seq = self.head.seq + 1
         try:
-            body, digest = build(rec, seq, ts, self.head.hash)
+            fr, digest = build_frame(rec, seq, ts, self.head.hash)
         except ValueError as e:
             raise err("Internal", f"audit record refused: {e}") from None
         day = day_of(ts)
         if self.head.file and day < self.head.file[:10]:
             day = self.head.file[:10]     # the clock went back over midnight: never write to an older file
-        item = _Item(seq, digest, ts, day, frame(body), rec)
+        item = _Item(seq, digest, ts, day, fr, rec)
         self.head = Head(seq, digest, f"{day}.log", 0)
         if wait:
             item.fut = asyncio.get_running_loop().create_future()
