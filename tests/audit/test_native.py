@@ -139,12 +139,12 @@ def test_checker_on_hand_made_cbor(v: object) -> None:
         assert R.check_fast(shell) is not None
 
 
-def _log(rnd: random.Random, n: int) -> list[bytes]:
+def _log(rnd: random.Random, n: int, floats: bool = True) -> list[bytes]:
     frames, prev = [], R.ZERO_HASH
     for i in range(n):
         args: dict[str, Any] = {"path": f"/w/{i}", "n": rnd.randrange(-5, 10**12)}
         rec: dict[str, Any] = {"kind": "call", "i": i, "args": args}
-        if rnd.random() < 0.1:
+        if floats and rnd.random() < 0.1:
             args["ratio"] = 0.5          # floats: the Python checker's
         if rnd.random() < 0.1:
             rec["note"] = "ünïcode \u4e2d \U0001f600"     # non-ASCII text
@@ -204,3 +204,45 @@ def test_checker_on_text_bytes(raw: bytes) -> None:
     digest = hashlib.sha256(PREV + enc).digest()
     shell = cbor2.dumps({**rec, "hash": digest}, canonical=True).replace(b"\x00" * len(raw), raw)
     assert bool(NATIVE.check(shell)) == (R.check_fast(shell) is not None)
+
+
+def test_parallel_verify_agrees_with_and_without_native(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify_dir's multi-core pass (threads over the native scan; forked workers without it) gives
+    the sequential verdict, checkpoints included, and falls back on damage."""
+    from stockade.audit import verify as V
+
+    frames = _log(random.Random(5), 400, floats=False)      # a float sends the whole log to the sequential pass
+    hashes = [R.check(f[4:])["hash"] for f in frames]
+    (tmp_path / "2026-01-01.log").write_bytes(b"".join(frames[:150]))
+    (tmp_path / "2026-01-02.log").write_bytes(b"".join(frames[150:]))
+    cps = {120: hashes[119], 300: hashes[299]}
+
+    def run(native: bool, parallel: bool) -> dict:
+        monkeypatch.setattr(R, "NATIVE", NATIVE if native else None)
+        monkeypatch.setattr(V, "PARALLEL_MIN_BYTES", 0 if parallel else 1 << 40)
+        monkeypatch.setattr(V, "_CHUNK_BYTES", 5000)
+        monkeypatch.setattr(V.os, "cpu_count", lambda: 2)
+        files = V.day_files(tmp_path)
+        if parallel:
+            rep = V._parallel(files, [p.stat().st_size for p in files], cps, False, 2)
+            assert rep is not None
+            return {"records": rep.records, "last_seq": rep.last_seq, "head": rep.head,
+                    "anchored_through": rep.anchored_through}
+        v = V.ChainVerifier(cps)
+        for i, p in enumerate(files):
+            v.feed(p.name, p.read_bytes(), last=i == len(files) - 1)
+        rep = v.finish()
+        assert rep.ok
+        return {"records": rep.records, "last_seq": rep.last_seq, "head": rep.head,
+                "anchored_through": rep.anchored_through}
+
+    want = run(False, False)
+    assert want["records"] == 400 and want["anchored_through"] == 300
+    assert run(True, False) == want and run(True, True) == want and run(False, True) == want
+    data = bytearray((tmp_path / "2026-01-02.log").read_bytes())
+    data[9000] ^= 1
+    (tmp_path / "2026-01-02.log").write_bytes(bytes(data))
+    for native in (True, False):
+        monkeypatch.setattr(R, "NATIVE", NATIVE if native else None)
+        files = V.day_files(tmp_path)
+        assert V._parallel(files, [p.stat().st_size for p in files], cps, False, 2) is None

@@ -427,6 +427,38 @@ static PyObject *py_scan(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nny#)", off, count, (const char *)h, (Py_ssize_t)32);
 }
 
+/* chunks(data, end, step) -> [(start, stop), ...] | None: data[:end] cut at frame boundaries into
+ * ranges of at least `step` bytes (the last may be shorter); None if the framing breaks. */
+static PyObject *py_chunks(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t end, step;
+    if (!PyArg_ParseTuple(args, "y*nn", &data, &end, &step)) return NULL;
+    if (end < 0 || end > data.len || step < 1) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "chunks: bad arguments");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    const unsigned char *buf = data.buf;
+    Py_ssize_t o = 0, start = 0;
+    while (out != NULL && o < end) {
+        if (end - o < 4) { Py_CLEAR(out); break; }
+        const unsigned char *f = buf + o;
+        uint64_t ln = ((uint64_t)f[0] << 24) | ((uint64_t)f[1] << 16) | ((uint64_t)f[2] << 8) | f[3];
+        if (ln == 0 || ln > MAX_FRAME || (uint64_t)(end - o - 4) < ln) { Py_CLEAR(out); break; }
+        o += 4 + (Py_ssize_t)ln;
+        if (o - start >= step || o == end) {
+            PyObject *t = Py_BuildValue("(nn)", start, o);
+            if (t == NULL || PyList_Append(out, t) < 0) Py_CLEAR(out);
+            Py_XDECREF(t);
+            start = o;
+        }
+    }
+    PyBuffer_Release(&data);
+    if (out == NULL && !PyErr_Occurred()) Py_RETURN_NONE;
+    return out;
+}
+
 /* check(body) -> True when `body` is a record scan() would accept on its own (no chain): for tests. */
 static PyObject *py_check(PyObject *self, PyObject *args) {
     Py_buffer body;
@@ -440,6 +472,7 @@ static PyObject *py_check(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"build", py_build, METH_VARARGS, "Encode, hash and frame a common record; None: let Python do it."},
     {"scan", py_scan, METH_VARARGS, "Walk the provably canonical, linked records of a buffer."},
+    {"chunks", py_chunks, METH_VARARGS, "Frame-aligned ranges of a buffer; None if the framing breaks."},
     {"check", py_check, METH_VARARGS, "Whether scan() would accept this one record body."},
     {NULL, NULL, 0, NULL},
 };
