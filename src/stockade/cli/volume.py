@@ -32,6 +32,8 @@ def init_volume(h: Home, spec: str, new_home: bool) -> dict[str, Any]:
     if spec == AUTO and (not new_home or os.geteuid() != 0):
         return {"volume": False}
     size = volume.default_size(shutil.disk_usage(h.root).free) if spec == AUTO else _size(spec)
+    if not new_home and admin_running(h):
+        fail(f"the gateway serving {h.root} is running; stop it first (files would move under it)", EXIT_USAGE)
     try:
         return {"volume": True, "volume_size": size, "volume_created": volume.create(h, size)}
     except StockadeError as e:
