@@ -127,8 +127,58 @@ def test_a_pooled_child_is_a_fresh_sandbox_and_serves_one_call(pooled) -> None: 
         assert child == {"pid": armed[0], "pooled": True}, (child, armed)
         assert warm == cold, (warm, cold)
         used.add(child["pid"])
-    assert not any(_alive(p) for p in used)          # one call each, then reaped
+    assert _gone(used)          # one call each, then reaped (after the answer: P's exit is off the path)
     assert ex.health()["pool"]["enabled"] is True and ex.health()["pool"]["hits"] >= 3
+
+
+def _gone(pids: set[int] | list[int], within: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + within
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# Forks a process that leaves the handler's session, lets go of the result pipe and keeps
+# appending the time (CLOCK_MONOTONIC: the same clock as the host's) to the workspace.
+LINGER = """
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.close(3)      # not holding the result pipe: its EOF does not wait for this process
+    fd = os.open('/workspace/linger', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    while True:
+        os.write(fd, b'%d\\n' % time.monotonic_ns())
+        time.sleep(0.0002)      # not burning the call's CPU quota (a throttled writer proves nothing)
+result['forked'] = pid
+time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_nothing_of_a_call_runs_after_its_answer(pooled, warm: bool) -> None:  # type: ignore[no-untyped-def]
+    """The gateway answers on the result's EOF, before P exits and before the zygote's report:
+    P kills and reaps everything in its pid namespace first, so a process the call left
+    behind (in a session of its own, without the result pipe) wrote its last before the answer."""
+    import time
+
+    ex, call, (a, _b) = pooled
+    if warm:
+        call(a, "result['x'] = 1")
+        wait_ready(ex)
+    d = {x.name: x for x in attack_caps.definitions()}["test.pyexec"]
+
+    async def answered() -> tuple[dict[str, Any], int]:
+        out = await ex.run(Caller(a, b"", "s", "test"), d, {"code": PRELUDE + LINGER}, "c")
+        return out, time.monotonic_ns()
+
+    out, at = asyncio.run(answered())
+    assert ex.last_child["pooled"] is warm and out["forked"] > 1, (ex.last_child, out)
+    lines = (Path(ex._agent(a)["workspace"]) / "linger").read_bytes().split()
+    assert lines and int(lines[-1]) < at, (int(lines[-1]) - at) / 1e6
 
 
 def test_a_child_is_never_handed_to_another_agent(pooled) -> None:  # type: ignore[no-untyped-def]
@@ -277,3 +327,14 @@ def test_a_policy_reload_kills_the_armed_children_through_the_gateway(sbx) -> No
     while any(_alive(p) for p in armed) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in armed), armed
+
+
+def test_only_a_complete_ok_result_is_answered_before_the_report() -> None:
+    """Pure: the payload alone decides only a finished `ok`; an error, a setup failure, a cut-off
+    or empty payload waits for the zygote's report (kills, timeouts, exit status)."""
+    from stockade.sandbox.executor import early_result
+
+    assert early_result(b'{"ok": {"a": 1}, "trace": []}') == {"a": 1}
+    for payload in (b"", b'{"ok": {"a": 1', b'{"ok": 5}', b'{"error": {"type": "NotFound"}}',
+                    b'{"setup_error": "x"}', b'{"ok": {}, "setup_error": "x"}', b'{"ok":{"a":1}}'):
+        assert early_result(payload) is None, payload

@@ -15,6 +15,7 @@ on a second pipe once P is reaped, i.e. once every process of the call is gone.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -219,11 +220,30 @@ def _run_handler(req: dict[str, Any], profile: Profile, impls: dict[str, Any],
                                     f"{req['capability']} failed in the sandbox ({type(e).__name__})",
                                     "exception": type(e).__name__, "errno": getattr(e, "errno", None)}}).encode()
         code = 1
+    drain()
     try:
         _write_all(3, out)
+        os.close(3)
     except OSError:
         code = 2
     os._exit(code)
+
+
+def drain() -> None:
+    """P, pid 1 of the call's pid namespace, kills everything else in it and reaps it before its
+    result: the result pipe's EOF then means nothing the call started still runs, and the gateway
+    may answer on it without waiting for P's own exit and the zygote's report (issue 16). As
+    pid 1, P inherits every orphan, so ECHILD means the namespace holds only P. Outside a pid
+    namespace of its own (never in a real call) it does nothing."""
+    if os.getpid() != 1:
+        return
+    with contextlib.suppress(OSError):       # ESRCH: nothing else runs
+        os.kill(-1, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _bind(src: str, dst: str, ro: bool, dev: bool = False) -> None:

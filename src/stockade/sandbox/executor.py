@@ -106,6 +106,33 @@ def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dic
     raise err("Internal", f"the sandboxed call ended without a result (exit {header.get('code')})")
 
 
+def early_result(payload: bytes) -> dict[str, Any] | None:
+    """Pure: the call's result when the payload alone decides the outcome, else None.
+
+    Only a complete `{"ok": {...}}` does: P writes it after its handler returned and its
+    namespace is drained, as its last act before `_exit`, so a signal, deadline or OOM kill the
+    report could still show came after the call had finished. Errors, setup failures and
+    anything unparsable wait for the report (OOM, pids and CPU kills, timeouts are read there)."""
+    if not payload.startswith(b'{"ok": '):
+        return None
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    ok = body.get("ok") if isinstance(body, dict) else None
+    return ok if isinstance(ok, dict) and "setup_error" not in body else None
+
+
+def _header(report: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(report)
+        if isinstance(header, dict):
+            return header
+    except ValueError:
+        pass
+    return {"status": "setup_error", "error": "no report from the zygote"}
+
+
 def _int(v: Any) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
@@ -521,10 +548,18 @@ class SandboxExecutor:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
+        report_task = asyncio.ensure_future(_read_all(sr, 65536))
         try:
-            payload, report = await asyncio.wait_for(
-                asyncio.gather(_read_all(r, cap, on_overflow), _read_all(sr, 65536)), profile.timeout + 10)
+            payload = await asyncio.wait_for(_read_all(r, cap, on_overflow), profile.timeout + 10)
+            early = None if overflow else early_result(payload)
+            if early is not None:
+                # P drained its pid namespace before its result's EOF: nothing of the call runs.
+                # Its exit, reaping and the zygote's report are off the caller's path.
+                report_task.add_done_callback(lambda t: self._late_report(req, t))
+                return early
+            report = await asyncio.wait_for(report_task, profile.timeout + 10)
         except TimeoutError:
+            report_task.cancel()
             if pidfd >= 0:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -533,15 +568,15 @@ class SandboxExecutor:
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
-        try:
-            header = json.loads(report)
-            if not isinstance(header, dict):
-                raise ValueError
-        except ValueError:
-            header = {"status": "setup_error", "error": "no report from the zygote"}
+        header = _header(report)
         header["overflow"] = overflow
         self._note_kills(req, header)
         return map_outcome(header, payload if not overflow else b"", profile)
+
+    def _late_report(self, req: dict[str, Any], task: asyncio.Future[bytes]) -> None:
+        """The zygote's report of a call already answered: its kills still count in health."""
+        if not task.cancelled() and task.exception() is None:
+            self._note_kills(req, _header(task.result()))
 
     def _note_kills(self, req: dict[str, Any], header: dict[str, Any]) -> None:
         """A kill counted in the call's own cgroup leaf belongs to that call: keep it for health."""
