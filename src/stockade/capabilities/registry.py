@@ -20,6 +20,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stockade.capabilities import impl as impl_package
+from stockade.capabilities.schema import Check, compile_schema
 from stockade.core import yamlfile
 from stockade.core.errors import ConfigError, err
 from stockade.core.types import CAPABILITY_NAME_PATTERN as NAME_PATTERN
@@ -97,6 +98,25 @@ class Definition:
     validator: Any = field(default=None, compare=False, repr=False)
     output_validator: Any = field(default=None, compare=False, repr=False)
     acts_below: tuple[tuple[str, bool | str], ...] = ()
+    # Fast acceptance checks of the two schemas (capabilities.schema), None where not compiled.
+    accepts: Check | None = field(default=None, init=False, compare=False, repr=False)
+    output_accepts: Check | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "accepts", _fast(self.validator))
+        object.__setattr__(self, "output_accepts", _fast(self.output_validator))
+
+    def input_errors(self, args: Any) -> list[jsonschema.ValidationError]:
+        """Why `args` do not match the input schema (empty: they do). The compiled check
+        answers for arguments it accepts; anything else is jsonschema's to judge and explain."""
+        if self.accepts is not None and self.accepts(args):
+            return []
+        return list(self.validator.iter_errors(args))
+
+    def output_valid(self, result: Any) -> bool:
+        """Whether a result matches the output schema (compiled check first, jsonschema decides the rest)."""
+        return (self.output_accepts is not None and self.output_accepts(result)) or \
+            bool(self.output_validator.is_valid(result))
 
     @property
     def tool_name(self) -> str:
@@ -116,6 +136,13 @@ class Definition:
             "side_effects": self.side_effects,
             **({"pack": self.pack} if self.pack else {}),
         }
+
+
+def _fast(validator: Any) -> Check | None:
+    """The compiled check of a Draft 2020-12 validator's schema (other drafts: None, jsonschema only)."""
+    if type(validator) is not jsonschema.Draft202012Validator:
+        return None
+    return compile_schema(validator.schema)
 
 
 def tool_to_capability(tool: str) -> str:
