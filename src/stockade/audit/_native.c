@@ -35,8 +35,13 @@ typedef struct {
 static void buf_init(Buf *b) { b->p = b->local; b->len = 0; b->cap = sizeof b->local; }
 static void buf_free(Buf *b) { if (b->p != b->local) PyMem_Free(b->p); }
 
-static int buf_grow(Buf *b, Py_ssize_t need) {
-    if (b->len + need <= b->cap) return 0;
+static int buf_grow_slow(Buf *b, Py_ssize_t need);
+
+static inline int buf_grow(Buf *b, Py_ssize_t need) {
+    return b->len + need <= b->cap ? 0 : buf_grow_slow(b, need);
+}
+
+static int buf_grow_slow(Buf *b, Py_ssize_t need) {
     Py_ssize_t cap = b->cap * 2;
     while (cap < b->len + need) cap *= 2;
     unsigned char *n = PyMem_Malloc((size_t)cap);
@@ -48,7 +53,7 @@ static int buf_grow(Buf *b, Py_ssize_t need) {
     return 0;
 }
 
-static int put_head(Buf *b, unsigned major, uint64_t v) {
+static inline int put_head(Buf *b, unsigned major, uint64_t v) {
     if (buf_grow(b, 9) < 0) return -1;
     unsigned char *o = b->p + b->len;
     major <<= 5;
@@ -68,7 +73,7 @@ static int put_head(Buf *b, unsigned major, uint64_t v) {
     return 0;
 }
 
-static int put_raw(Buf *b, unsigned major, const char *s, Py_ssize_t n) {
+static inline int put_raw(Buf *b, unsigned major, const char *s, Py_ssize_t n) {
     if (put_head(b, major, (uint64_t)n) < 0 || buf_grow(b, n) < 0) return -1;
     memcpy(b->p + b->len, s, (size_t)n);
     b->len += n;
@@ -167,8 +172,15 @@ static int enc(Buf *b, PyObject *v, int level, int max_depth) {
     return OK;
 }
 
-static int key_is(PyObject *k, const char *s) {
-    return PyUnicode_GET_LENGTH(k) == (Py_ssize_t)strlen(s) && memcmp(PyUnicode_DATA(k), s, strlen(s)) == 0;
+/* Which chain key `k` (ASCII text) is: 's'eq, 't's, 'p'rev, 'h'ash, or 0 for a field of the record. */
+static char chain_key(PyObject *k) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(k);
+    const char *s = (const char *)PyUnicode_DATA(k);
+    if (n == 2 && s[0] == 't' && s[1] == 's') return 't';
+    if (n == 3 && memcmp(s, "seq", 3) == 0) return 's';
+    if (n == 4 && memcmp(s, "prev", 4) == 0) return 'p';
+    if (n == 4 && memcmp(s, "hash", 4) == 0) return 'h';
+    return 0;
 }
 
 static int head_len(uint64_t n) { return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000ULL ? 5 : 9; }
@@ -192,11 +204,12 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n && rc == OK; i++) {
         PyObject *k = PyTuple_GET_ITEM(order, i);
         if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_ASCII(k)) { rc = FALLBACK; break; }
-        if (key_is(k, "hash")) { seen_hash = 1; cur = &post; continue; }
+        char ck = chain_key(k);
+        if (ck == 'h') { seen_hash = 1; cur = &post; continue; }
         if (put_raw(cur, 3, (const char *)PyUnicode_DATA(k), PyUnicode_GET_LENGTH(k)) < 0) { rc = ERROR; break; }
-        if (key_is(k, "seq")) rc = enc_int(cur, seq);
-        else if (key_is(k, "ts")) rc = enc_int(cur, ts);
-        else if (key_is(k, "prev")) rc = put_raw(cur, 2, prev.buf, 32) < 0 ? ERROR : OK;
+        if (ck == 's') rc = enc_int(cur, seq);
+        else if (ck == 't') rc = enc_int(cur, ts);
+        else if (ck == 'p') rc = put_raw(cur, 2, prev.buf, 32) < 0 ? ERROR : OK;
         else {
             PyObject *v = PyDict_GetItemWithError(fields, k);
             if (v == NULL) { rc = PyErr_Occurred() ? ERROR : FALLBACK; break; }

@@ -540,16 +540,21 @@ class AuditWriter:
     def _enqueue(self, rec: dict[str, Any], *, wait: bool) -> _Item:
         """Give the record its place in the chain (seq, ts, prev, hash) and queue it."""
         ts = max(self.clock(), 0)
-        seq = self.head.seq + 1
+        head = self.head
+        seq = head.seq + 1
         try:
-            fr, digest = build_frame(rec, seq, ts, self.head.hash)
+            fr, digest = build_frame(rec, seq, ts, head.hash)
         except ValueError as e:
             raise err("Internal", f"audit record refused: {e}") from None
         day = day_of(ts)
-        if self.head.file and day < self.head.file[:10]:
-            day = self.head.file[:10]     # the clock went back over midnight: never write to an older file
+        if head.file and day < head.file[:10]:
+            day = head.file[:10]     # the clock went back over midnight: never write to an older file
         item = _Item(seq, digest, ts, day, fr, rec)
-        self.head = Head(seq, digest, f"{day}.log", 0)
+        # The head is updated in place (a new Head per record showed in the profile); nothing
+        # else holds it: `durable` and the failure paths make their own.
+        head.seq, head.hash, head.size, head.ts = seq, digest, 0, None
+        if head.file is None or head.file[:10] != day:
+            head.file = f"{day}.log"
         if wait:
             item.fut = asyncio.get_running_loop().create_future()
         self._queue.append(item)
@@ -693,7 +698,7 @@ class AuditWriter:
                 self.index.catch_up()
                 self._index_behind = False
             else:
-                self.index.add([(*r[:5], *row_fields(r[5])) for r in rows])
+                self.index.add([(s, t, f, o, n, *row_fields(rec)) for s, t, f, o, n, rec in rows])
         except Exception:
             self._index_behind = True    # derived data: catch up later, never block the log
 
