@@ -117,6 +117,25 @@ def test_listen_streams_are_acknowledged_stamped_and_filtered(srv: Server) -> No
     assert [f["method"] for f in prompts] == ["notifications/subscriptions/acknowledged"], prompts
 
 
+def test_a_revoked_agent_hears_no_list_change(srv: Server) -> None:
+    """Every frame re-checks the key, not only task frames: after `agent revoke` a policy change
+    ends the stream (its final result) instead of reaching the revoked agent."""
+    key = srv.agent("lis-revoked")
+
+    async def go() -> list[dict[str, Any]]:
+        async with Stream(srv, key, "sub-rev", {"toolsListChanged": True}) as s:
+            await s.until(lambda f: f)
+            run_cli("agent", "revoke", "lis-revoked", home=srv.home)
+            write_org(srv.home, HIDDEN)
+            await s.until(lambda f: "id" in f[-1])      # the stream's final result: it ended
+            write_org(srv.home, BASE)
+        return s.frames
+
+    frames = asyncio.run(go())
+    assert [f.get("method") for f in frames[:-1]] == ["notifications/subscriptions/acknowledged"], frames
+    assert frames[-1]["id"] == "sub-rev", frames
+
+
 def test_the_sdk_listen_client_hears_a_policy_change(srv: Server) -> None:
     key = srv.agent("lis-sdk")
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})

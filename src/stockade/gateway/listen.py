@@ -219,13 +219,13 @@ class Listen:
                 # was announced to nobody, and this snapshot must not be older than it.
                 await self._push(ctx, followed, await self._current(caller.agent, tid) or seen, meta)
             async for event in recv:
-                if not isinstance(event, TaskChanged):
-                    await ctx.session.send_notification(event_to_notification(event, meta), related_request_id=sid)
-                    continue
                 try:
                     self._pipeline._recheck(caller)
                 except StockadeError:
-                    break   # the key was revoked: this stream ends with it
+                    break   # the key was revoked: this stream ends with it, whatever the frame
+                if not isinstance(event, TaskChanged):
+                    await ctx.session.send_notification(event_to_notification(event, meta), related_request_id=sid)
+                    continue
                 now = await self._current(caller.agent, event.task_id)
                 if now is not None and event.task_id in followed and now != followed[event.task_id]:
                     await self._push(ctx, followed, now, meta)
