@@ -338,3 +338,40 @@ def test_only_a_complete_ok_result_is_answered_before_the_report() -> None:
     for payload in (b"", b'{"ok": {"a": 1', b'{"ok": 5}', b'{"error": {"type": "NotFound"}}',
                     b'{"setup_error": "x"}', b'{"ok": {}, "setup_error": "x"}', b'{"ok":{"a":1}}'):
         assert early_result(payload) is None, payload
+
+
+def test_per_call_fields_never_shape_the_sandbox() -> None:
+    """Pure: the message carries only the call's own fields; anything else in it is dropped, so a
+    call can never change the envelope (profile, binds, agent) the zygote parsed and cached."""
+    from stockade.sandbox.zygote import per_call_fields
+
+    assert per_call_fields(b"call") == {}
+    got = per_call_fields(b'call {"call_id": "c1", "capability": "x.y", "trace": true, "agent": "b", '
+                          b'"profile": {}, "args": {"k": "secret"}}')
+    assert got == {"call_id": "c1", "capability": "x.y", "trace": True}, got
+    with pytest.raises(ValueError):
+        per_call_fields(b"call []")
+
+
+def test_a_cached_envelope_is_parsed_once_and_never_shared() -> None:
+    """The zygote's parse cache: the same envelope bytes give equal requests, each a fresh dict
+    (a call's own fields written into one never reach the next), and the cache stays bounded."""
+    import json
+
+    from stockade.sandbox import zygote
+
+    env = json.dumps({"agent": "a", "profile": {"memory": 1 << 26}, "binds": {}}).encode()
+
+    def parse() -> Any:
+        fd = os.memfd_create("t")
+        os.write(fd, env)
+        fds = [fd] + [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
+        r = zygote._parse_request(fds)
+        r.close()
+        return r
+
+    a = parse()
+    a.req["call_id"] = "first"
+    b = parse()
+    assert b.req == {"agent": "a", "profile": {"memory": 1 << 26}, "binds": {}} and b.profile is a.profile
+    assert env in zygote._PARSED and len(zygote._PARSED) <= zygote.PARSED_MAX

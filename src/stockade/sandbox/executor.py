@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from stockade.core.logs import log
 from stockade.egress import netns
 from stockade.sandbox import Profile, agentns
 from stockade.sandbox.cgroups import block_devices
+from stockade.sandbox.pool import PER_CALL
 from stockade.sandbox.profile import resolve
 
 # definition -> (the pack's store dir, ctx.extra for the child, the profile the pack asks for)
@@ -139,6 +141,13 @@ def _int(v: Any) -> int:
 
 def _raise(e: StockadeError) -> dict[str, Any]:
     raise e
+
+
+@functools.lru_cache(maxsize=64)
+def profile_dict(p: Profile) -> dict[str, Any]:
+    """Profile.to_dict, once per distinct profile (dataclasses.asdict deep-copies every field: it
+    was the gateway's largest cost per sandboxed call). Read-only: callers only encode it."""
+    return p.to_dict()
 
 
 def intersect(policy: Profile, asked: dict[str, Any]) -> Profile:
@@ -413,7 +422,7 @@ class SandboxExecutor:
         else:
             netns_path = await self._netns(agent, a)
         req = {"call_id": call_id, "agent": agent, "capability": definition.name, "args": args,
-               "profile": profile.to_dict(), "agent_profile": agent_profile.to_dict(),
+               "profile": profile_dict(profile), "agent_profile": profile_dict(agent_profile),
                "host_uid": a["uid"], "host_gid": a["uid"], "netns": netns_path,
                "io_devices": a["devices"],
                "binds": {"workspace": a["workspace"], "trash": a["trash"], **binds}}
@@ -504,8 +513,11 @@ class SandboxExecutor:
             self.lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         # Two memfds: the envelope the zygote reads, and the arguments only the child reads (they
-        # may hold resolved secrets; the zygote's heap is inherited by every later child).
-        env = {k: v for k, v in req.items() if k != "args"}
+        # may hold resolved secrets; the zygote's heap is inherited by every later child). The
+        # call's own fields go with the message: the envelope is then the same for every call of
+        # one agent and profile, and the zygote parses it once (zygote._parse_request).
+        env = {k: v for k, v in req.items() if k not in PER_CALL}
+        msg = b"call " + json.dumps({k: req[k] for k in PER_CALL if k in req and k != "args"}).encode()
         memfd = os.memfd_create("stockade-call", os.MFD_CLOEXEC)
         argfd = os.memfd_create("stockade-args", os.MFD_CLOEXEC)
         r, w = os.pipe2(os.O_CLOEXEC)        # the child's JSON result
@@ -514,7 +526,7 @@ class SandboxExecutor:
             for fd, obj in ((memfd, env), (argfd, req.get("args", {}))):
                 write_all(fd, json.dumps(obj).encode())
             async with self.lock:   # a restart holds it: calls wait for the new zygote
-                reply = await self._hand_off(loop, [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else []))
+                reply = await self._hand_off(loop, [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else []), msg)
         except (OSError, ValueError) as e:
             os.close(r)
             os.close(sr)

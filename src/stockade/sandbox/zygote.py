@@ -331,6 +331,7 @@ class _Request:
     out_w: int
     status_w: int
     netns_fd: int
+    raw: bytes = b""          # the envelope as sent: what the parse and slot-key caches are keyed on
 
     def close(self) -> None:
         for x in (self.args_fd, self.out_w, self.status_w, self.netns_fd):
@@ -338,8 +339,16 @@ class _Request:
                 os.close(x)
 
 
+# Parsed envelopes by their bytes. The gateway sends a call's own fields (call id, capability)
+# with the message, so one agent's calls under one profile send the same envelope: parsing it
+# and building its two Profiles is done once, not per call. Envelopes hold no arguments or
+# secrets (those go to the child only); bounded, cleared when full.
+_PARSED: dict[bytes, tuple[dict[str, Any], Any, Any]] = {}
+PARSED_MAX = 64
+
+
 def _parse_request(fds: list[int]) -> _Request:
-    """Stage 1: the envelope memfd -> a request. Closes every fd on failure."""
+    """Stage 1: the envelope memfd -> a request (a fresh dict each time). Closes every fd on failure."""
     from stockade.sandbox import Profile
 
     if len(fds) not in (4, 5):
@@ -348,15 +357,34 @@ def _parse_request(fds: list[int]) -> _Request:
         raise _BadRequest
     req_fd, args_fd, out_w, status_w = fds[:4]
     try:
-        req = json.loads(_read_fd(req_fd))
-        prof = Profile.from_dict(req["profile"])
-        agent_prof = Profile.from_dict(req["agent_profile"]) if req.get("agent_profile") else prof
+        raw = _read_fd(req_fd)
+        hit = _PARSED.get(raw)
+        if hit is None:
+            req = json.loads(raw)
+            prof = Profile.from_dict(req["profile"])
+            agent_prof = Profile.from_dict(req["agent_profile"]) if req.get("agent_profile") else prof
+            if len(_PARSED) >= PARSED_MAX:
+                _PARSED.clear()
+            hit = _PARSED[raw] = (req, prof, agent_prof)
     except Exception:
         for x in fds:
             os.close(x)
         raise _BadRequest from None
     os.close(req_fd)
-    return _Request(req, prof, agent_prof, args_fd, out_w, status_w, fds[4] if len(fds) == 5 else -1)
+    return _Request(dict(hit[0]), hit[1], hit[2], args_fd, out_w, status_w, fds[4] if len(fds) == 5 else -1, raw)
+
+
+def per_call_fields(msg: bytes) -> dict[str, Any]:
+    """Pure: the call's own fields sent with the message (`call {json}`); only the per-call keys
+    are taken (never anything that shapes the sandbox). Plain `call`: none (all in the envelope)."""
+    from stockade.sandbox import pool
+
+    if not msg.startswith(b"call "):
+        return {}
+    got = json.loads(msg[5:])
+    if not isinstance(got, dict):
+        raise ValueError("per-call fields must be an object")
+    return {k: v for k, v in got.items() if k in pool.PER_CALL and k != "args"}
 
 
 class Zygote:
@@ -380,6 +408,7 @@ class Zygote:
         self.own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         from stockade.sandbox import pool
         self.slots: dict[str, _Slot] = {}
+        self.keys: dict[tuple[bytes, tuple[int, ...]], str | None] = {}   # see _slot_key
         self.armed: dict[int, _Armed] = {}    # control socket fd -> pooled child
         self.pstats = pool.Stats()
         self._ns_hold = -1                    # handed from _take to the call's record
@@ -441,6 +470,12 @@ class Zygote:
         except _BadRequest:
             self.sock.send(b'{"error": "bad request"}')
             return True
+        try:
+            r.req.update(per_call_fields(msg))
+        except ValueError:
+            r.close()
+            self.sock.send(b'{"error": "bad request"}')
+            return True
         self.stale = [leaf for leaf in self.stale if not leaf.remove()]
         key = self._slot_for(r)
         got = self._take(key, r) if key is not None else None
@@ -478,7 +513,7 @@ class Zygote:
         from stockade.sandbox import pool
 
         ids = pool.identity(r.netns_fd, r.req.get("binds") or {}) if r.req.get("pool") else None
-        key = pool.slot_key(r.req, ids) if ids is not None else None
+        key = self._slot_key(r, ids) if ids is not None else None
         if key is None:
             return None
         slot = self.slots.get(key)
@@ -493,6 +528,18 @@ class Zygote:
             self.slots[key] = slot
         slot.demand.begin(time.monotonic())
         return key
+
+    def _slot_key(self, r: _Request, ids: list[int]) -> str | None:
+        """pool.slot_key, remembered by (envelope bytes, ids): the envelope alone fixes every
+        field of the key (the per-call ones are not part of it)."""
+        from stockade.sandbox import pool
+
+        ck = (r.raw, tuple(ids))
+        if ck not in self.keys:
+            if len(self.keys) >= PARSED_MAX:
+                self.keys.clear()
+            self.keys[ck] = pool.slot_key(r.req, ids)
+        return self.keys[ck]
 
     def _take(self, key: str, r: _Request) -> tuple[int, int, Any, None] | None:
         """Hand the request to a ready child of its slot: its egress guard is checked now (the
