@@ -59,9 +59,52 @@ def is_under(path: str, base: str) -> bool:
     return base == "/" or path == base or path.startswith(base + "/")
 
 
+class CallArgs(dict):  # type: ignore[type-arg]
+    """One call's arguments while one decision is made, with what conditions derive from them
+    (the joined argv, canonical paths) computed once instead of once per rule that reads it.
+    A copy made for the evaluation: nothing can change the arguments while the memo lives."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, args: dict[str, Any]):
+        super().__init__(args)
+        self.memo: dict[Any, Any] = {}
+
+    @classmethod
+    def of(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """`args` for one evaluation: plain dicts get a memo; anything else is used as it is."""
+        return cls(args) if type(args) is dict else args
+
+
+def _memo(args: dict[str, Any], key: Any, compute: Callable[[dict[str, Any]], Any]) -> Any:
+    """`compute(args)`, once per evaluation when `args` is a CallArgs. A CannotEvaluate is
+    remembered too and raised anew for each condition that asks."""
+    if type(args) is not CallArgs:
+        return compute(args)
+    memo = args.memo
+    if key not in memo:
+        try:
+            memo[key] = compute(args)
+        except CannotEvaluate as e:
+            memo[key] = _Failed(str(e))
+    got = memo[key]
+    if type(got) is _Failed:
+        raise CannotEvaluate(got.why)
+    return got
+
+
+@dataclass(frozen=True)
+class _Failed:
+    why: str
+
+
 def _paths(args: dict[str, Any], names: tuple[str, ...], scope: PathScope | None = None) -> list[tuple[str, bool]]:
     """(canonical path, acts below it) for each path argument; an omitted argument takes its schema
     default (`path: "."` is the whole workspace), so leaving a path out never escapes a rule."""
+    return _memo(args, ("paths", names, id(scope)), lambda a: _canon_paths(a, names, scope))  # type: ignore[no-any-return]
+
+
+def _canon_paths(args: dict[str, Any], names: tuple[str, ...], scope: PathScope | None) -> list[tuple[str, bool]]:
     out = []
     for n in names:
         if n in args:
@@ -226,6 +269,10 @@ def _content_len(args: dict[str, Any]) -> int:
 
 
 def _argv_text(args: dict[str, Any]) -> str:
+    return _memo(args, "argv", _join_argv)  # type: ignore[no-any-return]
+
+
+def _join_argv(args: dict[str, Any]) -> str:
     argv = args.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise CannotEvaluate("argv missing or not a list of strings")

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stockade.policy.conditions import CallArgs
 from stockade.policy.model import APPROVAL, BLOCKED, LAYERS, TIERS, PolicyFile, Rule
 
 
@@ -242,6 +243,7 @@ def combine(layers: tuple[tuple[str, LayerVerdict], ...], default: int) -> tuple
 
 def evaluate(policy: Policy, agent: str, capability: str, args: dict[str, Any]) -> Verdict:
     """Pure and deterministic: same inputs, same verdict; never raises on bad arguments."""
+    args = CallArgs.of(args)
     out = []
     for name, idx in zip(LAYERS, policy.layers(agent), strict=True):
         if idx is not None:
@@ -546,6 +548,7 @@ class DecisionTable:
         if self.fixed is not None:
             return self.fixed
         agent, cap = self.agent, self.capability
+        args = CallArgs.of(args)
         key = tuple([_outcome(r, agent, cap, args) for r in self.conds])
         v = self._memo.get(key)
         if v is None:
