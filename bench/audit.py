@@ -5,6 +5,9 @@ time (what a writer without group commit would do). Goal (issue 21): group commi
 64 writers. Anchor for verify: the naive check (re-encode every record canonically, twice) on
 the same log; its limit, plain SHA-256 over the same bytes. Goal: verify >= 3x issue 21's 140k/s.
 
+`native` says whether the optional C module (src/stockade/audit/_native.c, built by make) did the
+common record's encoding and canonical check; STOCKADE_AUDIT_NATIVE=0 runs the Python paths.
+
 Every row also reports `cpu_us_per_record` (CPU time of this process and its workers per record):
 on a shared machine the rates move with the load, the CPU cost much less. The tmpfs row runs the
 64-writer case where fdatasync costs nothing: the writer's CPU ceiling.
@@ -100,7 +103,7 @@ def _tmpfs_ceiling(raw_n: int, total: int) -> list[dict[str, Any]]:
                     anchor="raw write+fdatasync per record on tmpfs", anchor_ns=raw_samples, per_s=rate,
                     anchor_per_s=round(raw_rate, 1), records_per_fsync=round(stats["records"] /
                                                                              max(stats["batches"], 1), 1),
-                    cpu_us_per_record=_cpu_us(c, total))]
+                    cpu_us_per_record=_cpu_us(c, total), native=R.NATIVE is not None)]
     finally:
         shutil.rmtree(shm, ignore_errors=True)
 
@@ -233,7 +236,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                                anchor="raw write+fdatasync per record", anchor_ns=raw_samples, per_s=rate,
                                anchor_per_s=round(raw_rate, 1), speedup_vs_anchor=round(rate / raw_rate, 2),
                                records_per_fsync=round(stats["records"] / max(stats["batches"], 1), 1),
-                               cpu_us_per_record=_cpu_us(c, total)))
+                               cpu_us_per_record=_cpu_us(c, total), native=R.NATIVE is not None))
         results.extend(_tmpfs_ceiling(raw_n, 3200 if quick else 25_600))
         # verify: one log of many records (reuse the 64-writer log, extend it)
         d = root / "verify"
@@ -257,7 +260,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                            records=n_verify, sha256_per_s=round(n_verify / sha_dt, 1),
                            vs_sha256=round(sha_dt / dt, 3), parallel=n_verify_bytes >= PARALLEL_MIN_BYTES,
                            cpu_us_per_record=cpu, anchor_cpu_us_per_record=naive_cpu,
-                           sha256_cpu_us_per_record=sha_cpu))
+                           sha256_cpu_us_per_record=sha_cpu, native=R.NATIVE is not None))
         results.extend(_replay_rows(root, 50_000 if quick else 1_000_000))
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -94,6 +94,12 @@ def test_encoder_declines_past_the_limits() -> None:
     assert _native({"args": {"k": 1.5}}, 1, 1) is None
     assert _native({"args": "x" * R.MAX_ARGS}, 1, 1) is None
     assert R.build_frame({"args": deep}, 1, 1, PREV)[0][4:] == R.build({"args": deep}, 1, 1, PREV)[0]
+    order = R._top_order({"a": 1})
+    for seq, ts, prev in ((True, 1, PREV), (1, False, PREV), (1, 1, bytearray(PREV)), (1, 1, PREV[:31])):
+        assert NATIVE.build({"a": 1}, order, seq, ts, prev, R.MAX_RECORD_DEPTH, R.MAX_ARGS) is None
+        if len(prev) == 32:
+            assert R.build_frame({"a": 1}, seq, ts, prev) == (R.frame(R.build({"a": 1}, seq, ts, prev)[0]),
+                                                              R.build({"a": 1}, seq, ts, prev)[1])
 
 
 def _mutations(body: bytes, rnd: random.Random) -> list[bytes]:

@@ -186,13 +186,15 @@ static char chain_key(PyObject *k) {
 static int head_len(uint64_t n) { return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000ULL ? 5 : 9; }
 
 static PyObject *py_build(PyObject *self, PyObject *args) {
-    PyObject *fields, *order, *seq, *ts;
-    Py_buffer prev;
+    PyObject *fields, *order, *seq, *ts, *prev_obj;
     int max_depth;
     Py_ssize_t max_len;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!y*in", &PyDict_Type, &fields, &PyTuple_Type, &order, &PyLong_Type, &seq,
-                          &PyLong_Type, &ts, &prev, &max_depth, &max_len))
+    if (!PyArg_ParseTuple(args, "O!O!OOOin", &PyDict_Type, &fields, &PyTuple_Type, &order, &seq, &ts, &prev_obj,
+                          &max_depth, &max_len))
         return NULL;
+    /* exactly int, int, bytes (as record._build_fast requires): anything else is Python's */
+    if (!PyLong_CheckExact(seq) || !PyLong_CheckExact(ts) || !PyBytes_CheckExact(prev_obj)) Py_RETURN_NONE;
+    struct { const char *buf; Py_ssize_t len; } prev = {PyBytes_AS_STRING(prev_obj), PyBytes_GET_SIZE(prev_obj)};
     PyObject *result = NULL;
     Buf pre, post;
     buf_init(&pre);
@@ -252,7 +254,6 @@ static PyObject *py_build(PyObject *self, PyObject *args) {
 out:
     buf_free(&pre);
     buf_free(&post);
-    PyBuffer_Release(&prev);
     if (rc == ERROR) return NULL;
     if (rc == FALLBACK) Py_RETURN_NONE;
     return result;

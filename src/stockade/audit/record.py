@@ -325,8 +325,10 @@ def build_frame(fields: dict[str, Any], seq: int, ts: int, prev: bytes) -> tuple
     """`build`, framed: (frame, hash). The writer's per-record call, so the common record takes
     the native encoder (one C call: encode, hash, frame) when it is built."""
     native = NATIVE
-    if native is not None and type(seq) is int and type(ts) is int and type(prev) is bytes:
-        order = _top_order(fields)
+    if native is not None:     # (it declines seq, ts, prev of other types than int, int, bytes itself)
+        order = _TOP_ORDERS.get(tuple(fields), ())
+        if order == ():
+            order = _top_order(fields)
         if order is not None:
             out: tuple[bytes, bytes] | None = native.build(fields, order, seq, ts, prev, MAX_RECORD_DEPTH, MAX_ARGS)
             if out is not None:

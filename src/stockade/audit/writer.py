@@ -513,7 +513,8 @@ class AuditWriter:
     # -- recording -------------------------------------------------------------------------------
     async def record(self, rec: dict[str, Any]) -> int:
         """Append one record; returns its seq once it is durable (never before)."""
-        self._accepting()
+        if self.failed or self.closed or self.disk_full:
+            self._accepting()        # (the common case without the call: it runs for every record)
         item = self._enqueue(rec, wait=True)
         agent = rec.get("agent")
         if type(agent) is str and self._budget.add(agent, len(item.frame), time.monotonic()):
