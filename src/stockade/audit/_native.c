@@ -11,12 +11,14 @@
  * scan(data, offset, end, exp_seq, last_hash, stop_seq) -> (offset, count, last_hash)
  *   Walks frames from `offset` while each one is a provably canonical record (shortest heads,
  *   definite lengths, ASCII text keys strictly in canonical order at every level, well-formed
- *   UTF-8 text values, no floats or tags), carries seq == exp_seq (< stop_seq) and prev == the previous hash, and
- *   its own hash matches: the common case of verify.ChainVerifier.feed. It stops at the first
+ *   UTF-8 text values, no floats or tags), carries seq == exp_seq (< stop_seq: checkpointed seqs
+ *   are Python's) and prev == the previous hash, and its own hash matches: the common case of
+ *   verify.ChainVerifier.feed. It stops at the first
  *   frame it cannot prove, which the Python verifier then checks and names exactly. No Python
  *   objects are built per record, and the GIL is released while it runs.
  *
- * Build: see the report in docs (cc -O2 -shared -fPIC $(python3-config --includes) _native.c -lcrypto).
+ * Built by make: cc -O2 -shared -fPIC -I<the venv Python's include dir> _native.c -lcrypto
+ *   -o _native<EXT_SUFFIX> (needs a C compiler and libssl-dev). Absent, record.py runs the Python paths.
  */
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED
