@@ -67,12 +67,26 @@ class GuardMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if not host_allowed(headers.get("host"), self.extra_hosts):
+        host, origin = _host_and_origin(scope.get("headers", []))
+        if not host_allowed(host, self.extra_hosts):
             return await _refuse(scope, send, 421, "misdirected request: Host is not a loopback name")
-        if not origin_allowed(headers.get("origin"), self.extra_origins):
+        if not origin_allowed(origin, self.extra_origins):
             return await _refuse(scope, send, 403, "forbidden: cross-origin request refused")
         return await self.app(scope, receive, send)
+
+
+def _host_and_origin(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The Host and Origin headers (the last of each, as a dict of them all would keep), without
+    decoding every other header of every request."""
+    host = origin = None
+    for k, v in headers:
+        if len(k) in (4, 6):
+            name = k.lower()
+            if name == b"host":
+                host = v.decode("latin-1")
+            elif name == b"origin":
+                origin = v.decode("latin-1")
+    return host, origin
 
 
 async def _refuse(scope: dict[str, Any], send: Any, status: int, message: str) -> None:
