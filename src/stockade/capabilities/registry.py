@@ -256,9 +256,28 @@ def load_registry(extra_dirs: list[Path] | None = None) -> Registry:
     for d in [DEFINITIONS_DIR, *(extra_dirs or [])]:
         for f in sorted(d.glob("*.yaml")):
             try:
-                defs.extend(parse_definitions(f.read_text(encoding="utf-8"), str(f)))
+                defs.extend(_definitions_file(f))
             except ConfigError as e:
                 errors.extend(e.errors)
     if errors:
         raise ConfigError(errors)
     return Registry(defs, impls)
+
+
+# Parsed definition files by (path, mtime, size). `serve` loads the registry more than once
+# (the gateway's own, the sandbox's list of modules to preload before the zygote forks, the
+# policy catalog); each load re-parsed the YAML and re-checked every schema (~0.15 s of CPU).
+# Definitions are frozen, so the same ones can back every Registry; a changed file is read anew.
+_PARSED: dict[tuple[str, int, int], list[Definition]] = {}
+
+
+def _definitions_file(f: Path) -> list[Definition]:
+    st = f.stat()
+    key = (str(f), st.st_mtime_ns, st.st_size)
+    got = _PARSED.get(key)
+    if got is None:
+        got = parse_definitions(f.read_text(encoding="utf-8"), str(f))
+        if len(_PARSED) > 256:
+            _PARSED.clear()
+        _PARSED[key] = got
+    return list(got)
