@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,18 @@ def _spawn_ns(argv: list[str]) -> int:
     subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    check=True)
     return time.perf_counter_ns() - t
+
+
+def _proc_cpu_ns(pid: int) -> int:
+    """CPU a process used, its reaped children included (utime+stime+cutime+cstime), in ns."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_ns() -> int:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return int((r.ru_utime + r.ru_stime) * 1e9)
 
 
 def _zygote_size(status: dict[str, Any]) -> dict[str, Any]:
@@ -105,19 +118,27 @@ async def _run(n: int) -> dict[str, Any]:
                                                          "bwrap", "true")}
         bwrap = shutil.which("bwrap")
         hits = 0
+        gw: dict[str, list[int]] = {"pool": [], "cold": []}      # the gateway thread's CPU per call
+        zyg: dict[str, list[int]] = {"pool": [], "cold": []}     # a zygote's CPU, children included
+        spawn_cpu = {"bwrap": 0, "true": 0}
         for i in range(n + 5):
             warm = i < 5
+            if i == 5:
+                zyg["cold"].append(_proc_cpu_ns(zst["pid"]))
+                zyg["pool"].append(_proc_cpu_ns(pooled.status["pid"]))
             if have_stat:
-                t = time.perf_counter_ns()
+                c, t = time.thread_time_ns(), time.perf_counter_ns()
                 await ex.run(caller, reg.get("filesystem.stat"), {"path": "file.txt"}, "b")
                 d = time.perf_counter_ns() - t
                 if not warm:
                     samples["stat_sbx"].append(d)
+                    gw["cold"].append(time.thread_time_ns() - c)
                 await _pool_warm(pooled)
-                t = time.perf_counter_ns()
+                c, t = time.thread_time_ns(), time.perf_counter_ns()
                 await pooled.run(caller, reg.get("filesystem.stat"), {"path": "file.txt"}, "b")
                 d = time.perf_counter_ns() - t
                 if not warm:
+                    gw["pool"].append(time.thread_time_ns() - c)
                     samples["stat_pool"].append(d)
                     hits += pooled.last_child.get("pooled", False)
                 t = time.perf_counter_ns()
@@ -125,27 +146,37 @@ async def _run(n: int) -> dict[str, Any]:
                 if not warm:
                     samples["stat_raw"].append(time.perf_counter_ns() - t)
             if have_run:
-                t = time.perf_counter_ns()
+                c, t = time.thread_time_ns(), time.perf_counter_ns()
                 out = await ex.run(caller, reg.get("process.run"), {"argv": ["/bin/true"]}, "b")
                 d = time.perf_counter_ns() - t
                 if not warm:
                     assert out["exit_code"] == 0, out
                     samples["run_sbx"].append(d)
+                    gw["cold"].append(time.thread_time_ns() - c)
                 await _pool_warm(pooled)
-                t = time.perf_counter_ns()
+                c, t = time.thread_time_ns(), time.perf_counter_ns()
                 out = await pooled.run(caller, reg.get("process.run"), {"argv": ["/bin/true"]}, "b")
                 d = time.perf_counter_ns() - t
                 if not warm:
+                    gw["pool"].append(time.thread_time_ns() - c)
                     assert out["exit_code"] == 0, out
                     samples["run_pool"].append(d)
                     hits += pooled.last_child.get("pooled", False)
             if bwrap:
+                c = _children_cpu_ns()
                 d = _spawn_ns(BWRAP_HARDENED)
                 if not warm:
                     samples["bwrap"].append(d)
+                    spawn_cpu["bwrap"] += _children_cpu_ns() - c
+            c = _children_cpu_ns()
             d = _spawn_ns(["/bin/true"])
             if not warm:
                 samples["true"].append(d)
+                spawn_cpu["true"] += _children_cpu_ns() - c
+        await asyncio.sleep(0.5)      # the last calls' children exit and are reaped
+        zyg["cold"].append(_proc_cpu_ns(zst["pid"]))
+        zyg["pool"].append(_proc_cpu_ns(pooled.status["pid"]))
+        results.append(_cpu_row(gw, zyg, spawn_cpu, n))
         if have_stat:
             for key, case in (("stat_pool", "filesystem.stat sandboxed, pre-armed child (pool warm)"),
                               ("stat_sbx", "filesystem.stat sandboxed, cold (no pool)")):
@@ -180,6 +211,23 @@ async def _run(n: int) -> dict[str, Any]:
         cgroups.remove_tree(cgroups.detect(), parent)   # the agent's group sits under a home tag
         shutil.rmtree(base, ignore_errors=True)
     return {"bench": "sandbox", "results": results}
+
+
+def _cpu_row(gw: dict[str, list[int]], zyg: dict[str, list[int]], spawn: dict[str, int], n: int) -> dict[str, Any]:
+    """CPU per call (a shared machine's fairer measure than wall time): the gateway thread's
+    p50 per sandboxed call, and everything (gateway thread + zygote + its children: arming,
+    the call, exit) averaged over each executor's calls, beside a bwrap spawn's children CPU.
+    The pooled zygote's figure includes the bench's untimed pool polls."""
+    out: dict[str, Any] = {"case": "CPU per call (us)"}
+    for k in ("pool", "cold"):
+        calls = len(gw[k])
+        if calls:
+            out[f"gateway_p50_{k}"] = round(sorted(gw[k])[calls // 2] / 1000, 1)
+            z = zyg[k][-1] - zyg[k][0] if len(zyg[k]) == 2 else 0
+            out[f"all_mean_{k}"] = round((sum(gw[k]) + z) / calls / 1000, 1)
+    out["bwrap_mean"] = round(spawn["bwrap"] / n / 1000, 1)
+    out["true_mean"] = round(spawn["true"] / n / 1000, 1)
+    return out
 
 
 async def _pool_warm(ex: Any, timeout: float = 5.0) -> None:

@@ -285,6 +285,10 @@ def test_failed_cgroup_attach_leaves_no_child_and_no_fd(direct) -> None:  # type
     ex = make()
     assert call(ex, "result = {'x': 1}") == {"x": 1}
     zpid = ex.proc.pid
+    deadline = time.monotonic() + 5     # the call was answered before its child's exit and reap
+    while _children(zpid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)                     # the reap closes the call's pidfd and status pipe
     fds = len(os.listdir(f"/proc/{zpid}/fd"))
     ex.faults = {"attach"}          # the test zygote's injected failure of CallCgroup.attach
     for _ in range(3):

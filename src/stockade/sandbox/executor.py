@@ -203,6 +203,7 @@ class SandboxExecutor:
         self.stalls = 0
         self.repairs: list[dict[str, Any]] = []   # what the zygote re-created (last 20)
         self.kills: list[dict[str, Any]] = []     # OOM / pids-limit kills, by call (last 20)
+        self._late: set[asyncio.Future[None]] = set()   # reports of calls answered early
 
     # -- lifecycle ---------------------------------------------------------------------------
     def zygote_command(self, fd: int) -> list[str]:
@@ -497,7 +498,7 @@ class SandboxExecutor:
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, raw)] if fds else []
         self.sock.sendmsg([msg], anc)
         try:
-            data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), self.handoff_timeout)
+            data = await asyncio.wait_for(_recv(loop, self.sock), self.handoff_timeout)
         except TimeoutError:
             self.stalls += 1
             if self.proc is not None:
@@ -560,16 +561,21 @@ class SandboxExecutor:
                 with contextlib.suppress(OSError):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
-        report_task = asyncio.ensure_future(_read_all(sr, 65536))
+        report_task = _read_all(sr, 65536)
         try:
             payload = await asyncio.wait_for(_read_all(r, cap, on_overflow), profile.timeout + 10)
             early = None if overflow else early_result(payload)
             if early is not None:
                 # P drained its pid namespace before its result's EOF: nothing of the call runs.
                 # Its exit, reaping and the zygote's report are off the caller's path.
-                report_task.add_done_callback(lambda t: self._late_report(req, t))
+                late = asyncio.ensure_future(self._late_report(req, report_task))
+                self._late.add(late)
+                late.add_done_callback(self._late.discard)
                 return early
             report = await asyncio.wait_for(report_task, profile.timeout + 10)
+        except asyncio.CancelledError:
+            report_task.cancel()
+            raise
         except TimeoutError:
             report_task.cancel()
             if pidfd >= 0:
@@ -585,10 +591,10 @@ class SandboxExecutor:
         self._note_kills(req, header)
         return map_outcome(header, payload if not overflow else b"", profile)
 
-    def _late_report(self, req: dict[str, Any], task: asyncio.Future[bytes]) -> None:
-        """The zygote's report of a call already answered: its kills still count in health."""
-        if not task.cancelled() and task.exception() is None:
-            self._note_kills(req, _header(task.result()))
+    async def _late_report(self, req: dict[str, Any], report: asyncio.Future[bytes]) -> None:
+        """The zygote's report of a call already answered: its kills still count in health. A
+        task (cancelled with its loop, which cancels the read and closes the pipe)."""
+        self._note_kills(req, _header(await report))
 
     def _note_kills(self, req: dict[str, Any], header: dict[str, Any]) -> None:
         """A kill counted in the call's own cgroup leaf belongs to that call: keep it for health."""
@@ -600,13 +606,16 @@ class SandboxExecutor:
             self.publish_health()
 
 
-async def _read_all(fd: int, cap: int, on_overflow: Any = None) -> bytes:
-    """Read a pipe to EOF without blocking the loop; past `cap` bytes keep draining, drop the data."""
+def _read_all(fd: int, cap: int, on_overflow: Any = None) -> asyncio.Future[bytes]:
+    """Read a pipe to EOF without blocking the loop; past `cap` bytes keep draining, drop the data.
+
+    A future, not a coroutine: no task per pipe (two pipes and the zygote's reply per call; the
+    tasks and their extra loop turns were a good part of the gateway's CPU per call). The fd is
+    closed when the future is done, cancelled included."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     buf = bytearray()
-    done = loop.create_future()
-
+    done: asyncio.Future[bytes] = loop.create_future()
     over = False
 
     def on_readable() -> None:
@@ -628,13 +637,35 @@ async def _read_all(fd: int, cap: int, on_overflow: Any = None) -> bytes:
         except OSError:
             pass
         if not done.done():
-            done.set_result(None)
+            done.set_result(bytes(buf))
 
-    loop.add_reader(fd, on_readable)
-    try:
-        await done
-    finally:
+    def closed(_f: asyncio.Future[bytes]) -> None:
         loop.remove_reader(fd)
         os.close(fd)
-    return bytes(buf)
 
+    loop.add_reader(fd, on_readable)
+    done.add_done_callback(closed)
+    return done
+
+
+def _recv(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> asyncio.Future[bytes]:
+    """One message from the zygote's socket, as a future (loop.sock_recv is a coroutine: under
+    wait_for it costs a task per call)."""
+    fd = sock.fileno()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if not got.done():
+                got.set_exception(e)
+            return
+        if not got.done():
+            got.set_result(data)
+
+    loop.add_reader(fd, on_readable)
+    got.add_done_callback(lambda _f: loop.remove_reader(fd))
+    return got
