@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _util import row
+from _util import release_mounts, row
 
 SERVER_IP, PORT = "198.51.100.200", 8080
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -195,7 +195,8 @@ def run(quick: bool) -> dict[str, Any]:
     n_gw = 20 if quick else 150
     rows: list[dict[str, Any]] = []
     th = _TestHost()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as done:
+        done.callback(release_mounts, tmp)
         h = Path(tmp) / "home"
         subprocess.run([sys.executable, "-m", "stockade", "init", "--policy", "open", "--home", str(h)],
                        check=True, capture_output=True, timeout=120)
