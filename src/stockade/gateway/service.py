@@ -171,6 +171,10 @@ def _mount_volume(home: Home) -> None:
     """The home's volume, before the zygote forks (it must see the binds, not the bare
     directories under them). A home with a volume that does not mount is refused: serving from
     the bare directories would hand agents the files the volume hides, and name the home."""
+    if not volume.configured(home):
+        log.warning("the home has no volume: mountinfo inside sandboxes names %s "
+                    "(stockade volume create SIZE; docs/sandbox.md \"The volume\")", home.root)
+        return
     try:
         for line in volume.ensure_mounted(home):
             log.info("volume: %s", line)
