@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from stockade.core.errors import AUTH_FAILED, INVALID_REQUEST, StockadeError
@@ -107,7 +107,40 @@ def build_app(pipeline: Pipeline, *, max_body: int = 4 << 20, extra_origins: lis
         mcp = mcp_transport.McpTransport(pipeline, max_body)
     routes.extend(mcp.routes())
     app = Starlette(routes=routes, lifespan=_lifespan(pipeline, mcp.lifespan()))
-    return GuardMiddleware(app, extra_origins or [])
+    return GuardMiddleware(_RpcFirst(app, rpc), extra_origins or [])
+
+
+class _RpcFirst:
+    """`POST /rpc` straight to its endpoint; everything else through the Starlette app.
+
+    The endpoint is the same function with the same Request and Response objects; what is left
+    out is the stack of generic layers in between (error and exception middleware, routing,
+    the endpoint wrapper), about a tenth of the HTTP layer's CPU per call. What the error
+    middleware does for a bug, a 500 before the exception goes on to the server's log, is done
+    here too."""
+
+    def __init__(self, app: Any, endpoint: Any):
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not (scope["type"] == "http" and scope["path"] == "/rpc" and scope["method"] == "POST"
+                and not scope.get("root_path")):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            response = await self.endpoint(Request(scope, receive))
+            await response(scope, receive, sending)
+        except Exception:
+            if not started:
+                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            raise
 
 
 AUTH_FLUSH_SECONDS = 5.0
