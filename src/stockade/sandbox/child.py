@@ -148,9 +148,20 @@ def sandboxed(req: dict[str, Any], args_fd: int, w: int, netns_fd: int, prep: Pr
 
 
 def _read_args(fd: int) -> Any:
-    os.lseek(fd, 0, os.SEEK_SET)
-    with os.fdopen(fd, "rb") as f:
-        return json.loads(f.read())
+    """The arguments memfd, read whole and closed (two syscalls, no file object: os.fdopen's
+    io stack was a third of P's time from its request to its handler)."""
+    try:
+        size = os.fstat(fd).st_size
+        chunks, at = [], 0
+        while at < size:
+            b = os.pread(fd, size - at, at)
+            if not b:
+                break
+            chunks.append(b)
+            at += len(b)
+    finally:
+        os.close(fd)
+    return json.loads(b"".join(chunks))
 
 
 def _await_request(req: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +169,7 @@ def _await_request(req: dict[str, Any]) -> dict[str, Any]:
     request, make its result pipe fd 3 (the socket goes) and read the arguments. Afterwards P
     holds exactly what a cold P holds: fds 0-2 on /dev/null and 3, the call's result pipe. The
     zygote closing the socket without a request (pool flushed, idle, shutting down) ends P."""
+    _rehearse(req)
     s = socket.socket(fileno=3)
     try:
         s.send(b"ready")
@@ -180,6 +192,29 @@ def _await_request(req: dict[str, Any]) -> dict[str, Any]:
     except BaseException as e:  # noqa: BLE001
         _write_all(3, json.dumps({"setup_error": f"request: {type(e).__name__}"}).encode())
         os._exit(70)
+
+
+def _rehearse(req: dict[str, Any]) -> None:
+    """A pre-armed P shares every page with the zygote until it writes to it, and each first
+    write is a copy-on-write fault: ~180 of them between a filesystem.stat request and its
+    result, half in the generic steps (the request, the arguments memfd, the context, the
+    encoded result). Going through those steps once on made-up data before saying ready takes
+    their faults while P waits, off the call's path. Nothing of it is kept."""
+    fd = -1
+    try:
+        fd = os.memfd_create("rehearsal", os.MFD_CLOEXEC)
+        _write_all(fd, b'{"path": ".", "argv": ["/bin/true"], "n": 1}')
+        args = _read_args(fd)
+        fd = -1
+        call = json.loads(json.dumps({"call_id": "r" * 32, "capability": "rehearsal", "trace": False}))
+        r = {**req, "call_id": call["call_id"], "capability": call["capability"], "args": args}
+        ctx = SandboxContext(agent=r["agent"], call_id=r["call_id"], capability=r["capability"],
+                             profile=Profile.from_dict(r["profile"]), deadline=time.monotonic(),
+                             extra=r.get("extra") or {})
+        json.dumps({"ok": {"path": ctx.workspace, "size": 1, "list": [1, 2.5, None, True]}}, default=str).encode()
+    except Exception:  # noqa: BLE001 - a rehearsal: the real call reports its own errors
+        if fd >= 0:
+            os.close(fd)
 
 
 def landlock_spec(profile: Profile, links: dict[str, str] | None = None) -> landlock.Spec:
