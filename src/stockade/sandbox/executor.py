@@ -523,23 +523,43 @@ class SandboxExecutor:
         argfd = os.memfd_create("stockade-args", os.MFD_CLOEXEC)
         r, w = os.pipe2(os.O_CLOEXEC)        # the child's JSON result
         sr, sw = os.pipe2(os.O_CLOEXEC)      # the zygote's report once the child is reaped
+        cap = profile.max_output_bytes
+        overflow = False
+        pidfd = -1
+
+        def on_overflow() -> None:
+            nonlocal overflow
+            overflow = True
+            if pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+        # Both pipes are read from now on, not after the zygote's reply: a pooled child may
+        # finish before the zygote has sent it (they share two cores), and its result is then
+        # read at once instead of one loop turn after the reply. The futures own r and sr.
+        payload_task = _read_all(r, cap, on_overflow)
+        report_task = _read_all(sr, 65536)
         try:
             for fd, obj in ((memfd, env), (argfd, req.get("args", {}))):
                 write_all(fd, json.dumps(obj).encode())
             async with self.lock:   # a restart holds it: calls wait for the new zygote
                 reply = await self._hand_off(loop, [memfd, argfd, w, sw] + ([netns_fd] if netns_fd >= 0 else []), msg)
         except (OSError, ValueError) as e:
-            os.close(r)
-            os.close(sr)
+            payload_task.cancel()
+            report_task.cancel()
             raise err("SandboxUnavailable", f"the sandbox zygote did not answer ({e})", _UNAVAILABLE) from None
+        except BaseException:
+            payload_task.cancel()
+            report_task.cancel()
+            raise
         finally:
             os.close(memfd)
             os.close(argfd)
             os.close(w)
             os.close(sw)
         if "pid" not in reply:
-            os.close(r)
-            os.close(sr)
+            payload_task.cancel()
+            report_task.cancel()
             raise err("SandboxUnavailable", f"the sandbox refused the call ({reply.get('error')})", _UNAVAILABLE)
         self._note_pool(reply)
         self.last_child = {"pid": reply["pid"], "pooled": bool(reply.get("pooled"))}
@@ -551,19 +571,8 @@ class SandboxExecutor:
             pidfd = os.pidfd_open(reply["pid"])
         except OSError:
             pidfd = -1
-        cap = profile.max_output_bytes
-        overflow = False
-
-        def on_overflow() -> None:
-            nonlocal overflow
-            overflow = True
-            if pidfd >= 0:
-                with contextlib.suppress(OSError):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-
-        report_task = _read_all(sr, 65536)
         try:
-            payload = await asyncio.wait_for(_read_all(r, cap, on_overflow), profile.timeout + 10)
+            payload = await asyncio.wait_for(payload_task, profile.timeout + 10)
             early = None if overflow else early_result(payload)
             if early is not None:
                 # P drained its pid namespace before its result's EOF: nothing of the call runs.
@@ -574,6 +583,7 @@ class SandboxExecutor:
                 return early
             report = await asyncio.wait_for(report_task, profile.timeout + 10)
         except asyncio.CancelledError:
+            payload_task.cancel()
             report_task.cancel()
             raise
         except TimeoutError:
