@@ -10,7 +10,9 @@
             Landlock, seccomp (last), handler -> JSON on fd 3 (the gateway's pipe)
 
 Killing P (pid 1 of its namespace) kills every descendant; the zygote reports P's exit status
-on a second pipe once P is reaped, i.e. once every process of the call is gone.
+on a second pipe once P is reaped, i.e. once every process of the call is gone. P itself kills
+and reaps everything else in its namespace before it writes its result and closes the pipe
+(`drain`), so the gateway may answer a successful call on that EOF, before P's exit.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Started by the gateway in `prefork` (before any thread and before the vault is u
 new interpreter (`python -m stockade.sandbox.zygote FD`), so its memory never held the gateway's
 configuration, database handles or keys. It imports every capability implementation, builds the
 seccomp programs, the read-only root template and probes the kernel once, then serves requests
-on a SOCK_SEQPACKET socket (fd FD). Each message carries four or five fds:
+on a SOCK_SEQPACKET socket (fd FD). Each call message is `call {json}` (the call's own fields:
+call id, capability, trace; see `per_call_fields`) and carries four or five fds:
 
 * a memfd with the JSON envelope (agent, capability, profile, binds, ...), read here;
 * a memfd with the arguments, read only by the child: they may hold resolved secrets, and the
@@ -15,7 +16,9 @@ on a SOCK_SEQPACKET socket (fd FD). Each message carries four or five fds:
 
 The reply is `{"pid": child pid}` or `{"error": ...}`. The zygote watches every running child
 (pidfd), kills it at its deadline, reaps it and writes `{"status", "code"|"signal", "timeout",
-"oom_kill", "pids_max"}` to the status pipe.
+"oom_kill", "pids_max"}` to the status pipe. The gateway answers a call whose result is a
+complete `{"ok": ...}` as soon as the result pipe closes (P has drained its pid namespace before
+that, see child.drain); the report then only feeds health. Errors wait for the report.
 """
 
 from __future__ import annotations
