@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 DEMO_HOME ?= $(CURDIR)/.demo-home
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps venv clean release
+.PHONY: run test bench lint deps venv clean release native
 
 deps:
 	@./scripts/install-system-deps.sh
@@ -16,7 +16,16 @@ $(BIN)/.locked: requirements.lock pyproject.toml
 	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-venv: deps $(BIN)/.locked
+venv: deps $(BIN)/.locked native
+
+# Optional native code, built by the normal install: the audit record encoder and canonical
+# checker (src/stockade/audit/_native.c). Without a compiler the Python paths run, same results.
+NATIVE_AUDIT = src/stockade/audit/_native$(shell test -x $(BIN)/python && $(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+native: $(BIN)/.locked
+	@$(MAKE) -s $(NATIVE_AUDIT) || echo "stockade: native audit module not built (needs gcc and libssl-dev); the Python paths run" >&2
+
+$(NATIVE_AUDIT): src/stockade/audit/_native.c
+	@$(CC) -O2 -shared -fPIC $$($(BIN)/python -c 'import sysconfig; print("-I" + sysconfig.get_paths()["include"])') $< -lcrypto -o $@
 
 # make run PORT=7701 DASHBOARD_PORT=7801 (ROTATE=1 gives the demo agent a new key)
 PORT ?= 7700

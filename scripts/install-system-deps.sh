@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages stockade needs, only those missing. Idempotent; quiet when all present.
 set -eu
-PKGS="nftables libnftables1 libseccomp2 iproute2 bubblewrap fwknop-client openssh-server openssh-client chromium curl rsyslog rsyslog-gnutls faketime systemd"
+PKGS="nftables libnftables1 libseccomp2 iproute2 bubblewrap fwknop-client openssh-server openssh-client chromium curl rsyslog rsyslog-gnutls faketime systemd e2fsprogs util-linux gcc libssl-dev python3-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
