@@ -331,10 +331,13 @@ def test_a_policy_reload_kills_the_armed_children_through_the_gateway(sbx) -> No
 
 def test_only_a_complete_ok_result_is_answered_before_the_report() -> None:
     """Pure: the payload alone decides only a finished `ok`; an error, a setup failure, a cut-off
-    or empty payload waits for the zygote's report (kills, timeouts, exit status)."""
+    or empty payload waits for the zygote's report (kills, timeouts, exit status), and so does
+    any pack call (its code runs in P and need not drain)."""
     from stockade.sandbox.executor import early_result
 
     assert early_result(b'{"ok": {"a": 1}, "trace": []}') == {"a": 1}
+    assert early_result(b'{"ok": {"a": 1}}', {"capability": "x"}) == {"a": 1}
+    assert early_result(b'{"ok": {"a": 1}}', {"handler": "pack"}) is None     # pack code runs in P
     for payload in (b"", b'{"ok": {"a": 1', b'{"ok": 5}', b'{"error": {"type": "NotFound"}}',
                     b'{"setup_error": "x"}', b'{"ok": {}, "setup_error": "x"}', b'{"ok":{"a":1}}'):
         assert early_result(payload) is None, payload

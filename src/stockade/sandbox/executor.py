@@ -108,14 +108,16 @@ def map_outcome(header: dict[str, Any], payload: bytes, profile: Profile) -> dic
     raise err("Internal", f"the sandboxed call ended without a result (exit {header.get('code')})")
 
 
-def early_result(payload: bytes) -> dict[str, Any] | None:
+def early_result(payload: bytes, req: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Pure: the call's result when the payload alone decides the outcome, else None.
 
     Only a complete `{"ok": {...}}` does: P writes it after its handler returned and its
     namespace is drained, as its last act before `_exit`, so a signal, deadline or OOM kill the
     report could still show came after the call had finished. Errors, setup failures and
-    anything unparsable wait for the report (OOM, pids and CPU kills, timeouts are read there)."""
-    if not payload.startswith(b'{"ok": '):
+    anything unparsable wait for the report (OOM, pids and CPU kills, timeouts are read there).
+    So does a pack call: a pack's own code runs inside P and could write a result without
+    draining, so its answer waits for P's exit (every process of the call gone), as before."""
+    if (req or {}).get("handler") == "pack" or not payload.startswith(b'{"ok": '):
         return None
     try:
         body = json.loads(payload)
@@ -573,7 +575,7 @@ class SandboxExecutor:
             pidfd = -1
         try:
             payload = await asyncio.wait_for(payload_task, profile.timeout + 10)
-            early = None if overflow else early_result(payload)
+            early = None if overflow else early_result(payload, req)
             if early is not None:
                 # P drained its pid namespace before its result's EOF: nothing of the call runs.
                 # Its exit, reaping and the zygote's report are off the caller's path.
