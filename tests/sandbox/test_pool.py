@@ -378,3 +378,54 @@ def test_a_cached_envelope_is_parsed_once_and_never_shared() -> None:
     b = parse()
     assert b.req == {"agent": "a", "profile": {"memory": 1 << 26}, "binds": {}} and b.profile is a.profile
     assert env in zygote._PARSED and len(zygote._PARSED) <= zygote.PARSED_MAX
+
+
+def test_a_cancelled_call_never_leaves_its_answer_to_the_next(tmp_path: Path) -> None:
+    """A call cancelled while the zygote has not answered yet (client gone): the answer still
+    comes, and the next request must get its own, not that one (real sockets, a stand-in
+    zygote that answers its first message late)."""
+    import json
+    import socket
+    import threading
+
+    from stockade.core.home import Home
+    from stockade.sandbox.executor import SandboxExecutor
+
+    ex = SandboxExecutor(Home.at(tmp_path / "home"))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    ex.sock = ours
+
+    def zygote() -> None:
+        import time
+
+        for delay in (0.3, 0.0):
+            msg = theirs.recv(4096)
+            time.sleep(delay)
+            theirs.send(json.dumps({"for": msg.decode()}).encode())
+
+    t = threading.Thread(target=zygote, daemon=True)
+    t.start()
+
+    async def main() -> dict[str, Any]:
+        ex.lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+
+        async def hand_off(msg: bytes) -> dict[str, Any]:
+            assert ex.lock is not None
+            async with ex.lock:
+                return await ex._hand_off(loop, [], msg)
+
+        first = asyncio.create_task(hand_off(b"one"))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await hand_off(b"two")
+
+    try:
+        assert asyncio.run(main()) == {"for": "two"}
+    finally:
+        t.join(5)
+        ours.close()
+        theirs.close()

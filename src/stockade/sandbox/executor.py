@@ -499,9 +499,23 @@ class SandboxExecutor:
         raw = b"".join(f.to_bytes(4, sys.byteorder) for f in fds)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, raw)] if fds else []
         self.sock.sendmsg([msg], anc)
+        got = _recv(loop, self.sock)
         try:
-            data = await asyncio.wait_for(_recv(loop, self.sock), self.handoff_timeout)
+            data = await asyncio.wait_for(asyncio.shield(got), self.handoff_timeout)
+        except asyncio.CancelledError:
+            # The caller went away, but the answer to this message still comes and is this
+            # message's: it is read before the lock passes on, or the next request would take it
+            # for its own (another call's child pid and pool view, and so on for every later
+            # one). If it cannot be read, the zygote is replaced: nothing can pair them again.
+            try:
+                await asyncio.wait_for(got, self.handoff_timeout)
+            except BaseException:
+                got.cancel()
+                if self.proc is not None:
+                    self.proc.kill()
+            raise
         except TimeoutError:
+            got.cancel()
             self.stalls += 1
             if self.proc is not None:
                 self.proc.kill()
