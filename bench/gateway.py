@@ -62,6 +62,12 @@ async def _mcp_calls(url: str, headers: dict[str, str], tool: str, n: int,
     return samples
 
 
+def _cpu_s(pid: int) -> float:
+    """A process's own CPU time so far (user + system, every thread; not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rpc_calls(url: str, key: str, n: int, name: str = "system.time",
                args: dict[str, Any] | None = None) -> list[int]:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "capabilities.invoke",
@@ -216,10 +222,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         anchor: list[int] = []
         mcp_ours: list[int] = []
         rpc: list[int] = []
+        rpc_cpu = 0.0   # the gateway's own CPU over the JSON-RPC rounds, warm-up calls included (see the divisor)
         for _ in range(2):
             anchor += asyncio.run(_mcp_calls(f"http://127.0.0.1:{bare_port}/mcp", {}, "noop", n // 2))
             mcp_ours += asyncio.run(_mcp_calls(f"{gw}/mcp", auth, "system__time", n // 2))
+            c0 = _cpu_s(ours.pid)
             rpc += _rpc_calls(f"{gw}/rpc", key, n // 2)
+            rpc_cpu += _cpu_s(ours.pid) - c0
         state = _state_rows(gw, auth, key, n)
         up = (_upstream_rows(gw, auth, n) if upstream else []) + _http_upstream_rows(gw, auth, http_port, n)
         per_s = lambda s: 1e9 / (sum(s) / len(s))  # noqa: E731 - sequential calls/s
@@ -227,7 +236,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             row("mcp_streamable_http system.time (full pipeline)", mcp_ours, anchor=ANCHOR,
                 anchor_ns=anchor, per_s=per_s(mcp_ours)),
             row("jsonrpc system.time (full pipeline)", rpc, anchor=ANCHOR,
-                anchor_ns=anchor, per_s=per_s(rpc)),
+                anchor_ns=anchor, per_s=per_s(rpc),
+                gateway_cpu_us_per_call=round(rpc_cpu / (len(rpc) + 2 * max(5, n // 20)) * 1e6, 1)),
             *(row(case, s, anchor=ANCHOR, anchor_ns=anchor, per_s=per_s(s)) for case, s in state),
             *up,
         ]}
