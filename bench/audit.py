@@ -8,7 +8,9 @@ the same log; its limit, plain SHA-256 over the same bytes. Goal: verify >= 3x i
 `native` says whether the optional C module (src/stockade/audit/_native.c, built by make) did the
 common record's encoding and canonical check; STOCKADE_AUDIT_NATIVE=0 runs the Python paths.
 
-Every row also reports `cpu_us_per_record` (CPU time of this process and its workers per record):
+Every row also reports `cpu_us_per_record` (CPU time of this process and its workers per record,
+the index process included) and `gateway_cpu_us_per_record` (this process only: what the
+gateway's event loop and its threads pay; the index runs in a child process on its own GIL):
 on a shared machine the rates move with the load, the CPU cost much less. The tmpfs row runs the
 64-writer case where fdatasync costs nothing: the writer's CPU ceiling.
 """
@@ -45,6 +47,12 @@ def _cpu() -> float:
 
 def _cpu_us(cpu0: float, n: int) -> float:
     return round((_cpu() - cpu0) / n * 1e6, 1)
+
+
+def _self_cpu() -> float:
+    """CPU seconds used so far by this process alone (not the index process)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
 
 
 def _raw_fsync(d: Path, n: int) -> tuple[list[int], float]:
@@ -97,13 +105,15 @@ def _tmpfs_ceiling(raw_n: int, total: int) -> list[dict[str, Any]]:
     try:
         raw_samples, raw_rate = _raw_fsync(shm, raw_n)
         (shm / "w").mkdir()
-        c = _cpu()
+        c, cs = _cpu(), _self_cpu()
         samples, rate, stats = asyncio.run(_appends(shm / "w", 64, total))
         return [row("durable append, 64 writers, on tmpfs (CPU ceiling: fdatasync costs nothing)", samples,
                     anchor="raw write+fdatasync per record on tmpfs", anchor_ns=raw_samples, per_s=rate,
                     anchor_per_s=round(raw_rate, 1), records_per_fsync=round(stats["records"] /
                                                                              max(stats["batches"], 1), 1),
-                    cpu_us_per_record=_cpu_us(c, total), native=R.NATIVE is not None)]
+                    cpu_us_per_record=_cpu_us(c, total),
+                    gateway_cpu_us_per_record=round((_self_cpu() - cs) / total * 1e6, 1),
+                    native=R.NATIVE is not None)]
     finally:
         shutil.rmtree(shm, ignore_errors=True)
 
@@ -230,13 +240,15 @@ def run(quick: bool = False) -> dict[str, Any]:
             # with other load, and the ratio is only meaningful under the same conditions.
             (root / "raw.log").unlink()
             raw_samples, raw_rate = _raw_fsync(root, raw_n)
-            c = _cpu()
+            c, cs = _cpu(), _self_cpu()
             samples, rate, stats = asyncio.run(_appends(d, writers, total))
             results.append(row(f"durable append, {writers} concurrent writer(s)", samples,
                                anchor="raw write+fdatasync per record", anchor_ns=raw_samples, per_s=rate,
                                anchor_per_s=round(raw_rate, 1), speedup_vs_anchor=round(rate / raw_rate, 2),
                                records_per_fsync=round(stats["records"] / max(stats["batches"], 1), 1),
-                               cpu_us_per_record=_cpu_us(c, total), native=R.NATIVE is not None))
+                               cpu_us_per_record=_cpu_us(c, total),
+                               gateway_cpu_us_per_record=round((_self_cpu() - cs) / total * 1e6, 1),
+                               native=R.NATIVE is not None))
         results.extend(_tmpfs_ceiling(raw_n, 3200 if quick else 25_600))
         # verify: one log of many records (reuse the 64-writer log, extend it)
         d = root / "verify"

@@ -1,5 +1,10 @@
 """`audit/index.db`: a SQLite index (WAL) of the log by time, agent, capability and outcome.
 
+While the gateway runs, the index is kept by a child process (`IndexProcess`, running this module):
+it tails the day files up to the writer's durable end, so its SQLite inserts and CBOR decoding run
+on its own GIL (and the machine's other core), never on the gateway's event loop. A dead or slow
+indexer never touches a call: readers catch the index up from the log before they query.
+
 Derived data: the CBOR day files are the source of truth, so `synchronous=NORMAL` is enough
 (a power loss may roll back the last index transactions; `catch_up` re-indexes past the high-water
 mark on start) and `stockade audit reindex` rebuilds it from scratch. Queries return positions;
@@ -8,9 +13,14 @@ records are read back from the log files.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,17 +140,20 @@ class Index:
             self.conn.execute("DELETE FROM undecodable WHERE file=?", (name,))
 
     # -- (re)building -----------------------------------------------------------------------
-    def catch_up(self) -> int:
-        """Index records past the high-water mark; rebuild if the mark no longer matches the log."""
+    def catch_up(self, limit: tuple[str, int] | None = None) -> int:
+        """Index records past the high-water mark; rebuild if the mark no longer matches the log.
+
+        `limit` (file, size): read nothing past it (the indexer process passes the writer's
+        durable end, so a batch being written, or rolled back on a full disk, is never indexed)."""
         from stockade.audit.verify import day_files
 
         if self.stale:
             self.stale = False
-            return self.rebuild()
+            return self.rebuild(limit=limit)
         hw = self.high_water()
-        files = day_files(self.audit_dir)
+        files = _upto(day_files(self.audit_dir), limit)
         if hw is None:
-            return self._scan(files, None, 0)
+            return self._scan(files, None, 0, limit=limit)
         seq, fname, offset, length = hw
         path = self.audit_dir / fname
         try:
@@ -148,19 +161,20 @@ class Index:
         except (OSError, ValueError):
             rec = None
         if not isinstance(rec, dict) or rec.get("seq") != seq:
-            return self.rebuild()
-        return self._scan([p for p in files if p.name >= fname], (fname, offset + 4 + length), seq)
+            return self.rebuild(limit=limit)
+        return self._scan([p for p in files if p.name >= fname], (fname, offset + 4 + length), seq, limit=limit)
 
-    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+    def rebuild(self, progress: Callable[[int, int], None] | None = None,
+                limit: tuple[str, int] | None = None) -> int:
         from stockade.audit.verify import day_files
 
         with self._tx():
             self.conn.execute("DELETE FROM records")
             self.conn.execute("DELETE FROM undecodable")
-        return self._scan(day_files(self.audit_dir), None, 0, progress)
+        return self._scan(_upto(day_files(self.audit_dir), limit), None, 0, progress, limit)
 
     def _scan(self, files: list[Path], start: tuple[str, int] | None, after_seq: int,
-              progress: Callable[[int, int], None] | None = None) -> int:
+              progress: Callable[[int, int], None] | None = None, limit: tuple[str, int] | None = None) -> int:
         """Index the records of `files`; undecodable frames go to the `undecodable` table (and
         `self.bad`) so every later query reports them. Returns the number of good records.
         `progress(done, total)` (bytes of day files) is told every batch (the CLI's bar)."""
@@ -169,8 +183,11 @@ class Index:
         total, before = (sum(_size(p) for p in files), 0) if progress is not None else (0, 0)
         for p in files:
             off = start[1] if start and p.name == start[0] else 0
+            end = limit[1] if limit and p.name == limit[0] else None
+            if end is not None and end <= off:
+                continue
             bad: list[BadFrame] = []
-            for offset, length, rec in iter_records(p, off, bad=bad):
+            for offset, length, rec in iter_records(p, off, end, bad=bad):
                 if rec.get("seq", 0) <= after_seq:
                     continue
                 batch.append(make_row(rec, p.name, offset, length))
@@ -219,6 +236,10 @@ class Index:
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         args.append(int(limit))
         return [(str(f), int(o), int(n)) for f, o, n in self.conn.execute(sql, args)]
+
+
+def _upto(files: list[Path], limit: tuple[str, int] | None) -> list[Path]:
+    return files if limit is None else [p for p in files if p.name <= limit[0]]
 
 
 def make_row(rec: dict[str, Any], file: str, offset: int, length: int) -> Row:
@@ -305,3 +326,244 @@ def iter_records(path: Path, start: int = 0, end: int | None = None,
             seq = s if type(s) is int else seq
             yield start + o, ln, rec
         o += 4 + ln
+
+
+def open_index(audit_dir: Path) -> Index | None:
+    """The index, rebuilt from scratch if its file is damaged (derived data never blocks the log)."""
+    try:
+        return Index(audit_dir)
+    except sqlite3.Error as e:
+        print(f"stockade: audit index unusable ({e}); rebuilding it", file=sys.stderr)
+    for suffix in ("", "-wal", "-shm"):
+        p = audit_dir / (INDEX_NAME + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            p.rename(p.with_name(f"{p.name}.damaged-{int(time.time())}"))
+    try:
+        return Index(audit_dir)
+    except sqlite3.Error as e:
+        print(f"stockade: audit index unavailable ({e}); queries need `stockade audit reindex`", file=sys.stderr)
+        return None
+
+
+# -- the indexer process ------------------------------------------------------------------------------
+# Gateway -> indexer (stdin), one line each:  "H <seq> <file> <size>"  the writer's durable end;
+#                                             "P <file>"               a day file was pruned.
+# Indexer -> gateway (stdout):                "I <seq>"  indexed through seq;  "E <text>"  an error.
+# EOF on stdin (the gateway stopping, or dying): index up to the last durable end told, then exit.
+
+def parse_lines(buf: bytes) -> tuple[list[list[str]], bytes]:
+    """The complete lines of `buf`, split into words, and the incomplete rest (pure)."""
+    *lines, rest = buf.split(b"\n")
+    return [ln.decode("utf-8", "replace").split(" ") for ln in lines if ln], rest
+
+
+def apply_messages(msgs: list[list[str]], limit: tuple[str, int] | None,
+                   prunes: list[str]) -> tuple[str, int] | None:
+    """Fold messages into the newest durable end (returned) and the files to unindex (appended)."""
+    for m in msgs:
+        if m[0] == "H" and len(m) == 4 and m[3].isdigit():
+            limit = (m[2], int(m[3]))
+        elif m[0] == "P" and len(m) == 2:
+            prunes.append(m[1])
+    return limit
+
+
+def run_indexer(audit_dir: Path, inp: int = 0, out: int = 1) -> int:
+    """The indexer process: index each durable end the gateway tells, until EOF on `inp`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # a ^C to the gateway's group: finish on EOF instead
+    idx = open_index(audit_dir)
+    if idx is None:
+        return 1
+    limit: tuple[str, int] | None = None
+    done: tuple[str, int] | None = None
+    buf, eof = b"", False
+    while not eof:
+        chunk = os.read(inp, 65536)
+        eof = not chunk
+        msgs, buf = parse_lines(buf + chunk)
+        prunes: list[str] = []
+        limit = apply_messages(msgs, limit, prunes)
+        try:
+            for name in prunes:
+                idx.prune_file(name)
+            if limit is not None and (prunes or limit != done):
+                idx.catch_up(limit)
+                done = limit
+                hw = idx.high_water()
+                _say(out, f"I {hw[0] if hw else 0}")
+        except (sqlite3.Error, OSError) as e:   # derived data: the next message (or a reader) retries
+            _say(out, f"E {type(e).__name__}: {e}"[:500])
+            if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
+                return 1                        # a damaged file: the gateway restarts us (open_index repairs)
+    idx.close()
+    return 0
+
+
+def _say(out: int, line: str) -> None:
+    with contextlib.suppress(BrokenPipeError):  # the gateway is gone: EOF on stdin ends us soon
+        os.write(out, (line.replace("\n", " ") + "\n").encode())
+
+
+class IndexProcess:
+    """The gateway's side of the indexer process: start, tell, watch, restart, stop.
+
+    Nothing here can block the event loop: the pipe to the child is non-blocking (a message that
+    does not fit is sent again on the next tick), its answers come through `add_reader`, and
+    waiting for it to exit runs in a thread.
+    """
+
+    STALL_SECONDS = 60.0
+
+    def __init__(self, audit_dir: Path):
+        self.audit_dir = audit_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.indexed: int | None = None        # seq the child last reported indexed through
+        self.told: tuple[int, str, int] | None = None
+        self.restarts = 0
+        self.failures = 0                      # exits in a row without progress (the restart backoff)
+        self.error: str | None = None
+        self.retry_at = 0.0
+        self.progress_at = time.monotonic()
+        self._prunes: list[str] = []
+        self._buf = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "stockade.audit.index",
+                                          str(self.audit_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError as e:
+            self._gone(f"cannot start the indexer: {e}")
+            return
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._loop.add_reader(self.proc.stdout.fileno(), self._on_output)
+        self.told, self._buf = None, b""
+        self.progress_at = time.monotonic()
+
+    def _on_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._drop_reader()
+            return
+        msgs, self._buf = parse_lines(self._buf + chunk)
+        for m in msgs:
+            if m[0] == "I" and len(m) == 2 and m[1].isdigit():
+                self.indexed, self.error, self.failures = int(m[1]), None, 0
+                self.progress_at = time.monotonic()
+            elif m[0] == "E":
+                self.error = " ".join(m[1:])
+
+    def _drop_reader(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None and self._loop is not None:
+            self._loop.remove_reader(self.proc.stdout.fileno())
+
+    def _send(self, line: str) -> bool:
+        """One message (shorter than PIPE_BUF: written whole or not at all); False if it did not fit."""
+        if self.proc is None or self.proc.stdin is None:
+            return False
+        try:
+            os.write(self.proc.stdin.fileno(), (line + "\n").encode())
+        except (BlockingIOError, BrokenPipeError):
+            return False                      # full: next tick; gone: `tick` sees the exit
+        return True
+
+    def prune(self, name: str) -> None:
+        self._prunes.append(name)
+
+    def tick(self, seq: int, file: str | None, size: int, paused: bool) -> None:
+        """Called a few times a second: restart a dead child, tell it the new durable end."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self._reap()
+        if self.proc is None:
+            if time.monotonic() >= self.retry_at:
+                self.start()
+            if self.proc is None:
+                return
+        while self._prunes and self._send(f"P {self._prunes[0]}"):
+            del self._prunes[0]
+        head = (seq, file or "", size)
+        if not paused and file and head != self.told and self._send(f"H {seq} {file} {size}"):
+            self.told = head
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        self._drop_reader()
+        code = self.proc.returncode
+        self._close_pipes()
+        self.proc = None
+        self.restarts += 1
+        self._gone(f"the indexer exited (status {code}){': ' + self.error if self.error else ''}")
+
+    def _gone(self, why: str) -> None:
+        self.failures += 1
+        self.error = why
+        self.retry_at = time.monotonic() + min(2.0 ** (self.failures - 1), 60.0)
+        print(f"stockade: audit index: {why}; restarting it (queries catch up from the log meanwhile)",
+              file=sys.stderr)
+
+    def _close_pipes(self) -> None:
+        if self.proc is not None:
+            for f in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError):
+                    if f is not None:
+                        f.close()
+
+    def health(self, durable_seq: int) -> dict[str, Any]:
+        lag = None if self.indexed is None else max(durable_seq - self.indexed, 0)
+        stalled = bool(lag) and time.monotonic() - self.progress_at > self.STALL_SECONDS
+        running = self.proc is not None
+        out: dict[str, Any] = {"status": "ok" if running and not stalled else "degraded", "running": running,
+                               "indexed_seq": self.indexed, "lag_records": lag, "restarts": self.restarts}
+        if self.proc is not None:
+            out["pid"] = self.proc.pid
+        if self.error:
+            out["error"] = self.error
+        if stalled:
+            out["stalled_seconds"] = round(time.monotonic() - self.progress_at, 1)
+        return out
+
+    async def stop(self, seq: int, file: str | None, size: int, *, final: bool, timeout: float = 30.0) -> None:
+        """Tell the last durable end (unless `final` is False: the disk is full), close the pipe
+        (EOF: the child indexes up to it and exits) and wait; kill it after `timeout`."""
+        proc = self.proc
+        if proc is None:
+            return
+        while self._prunes and self._send(f"P {self._prunes[0]}"):
+            del self._prunes[0]
+        if final and file:
+            self._send(f"H {seq} {file} {size}")         # (a child stuck for minutes: readers catch up)
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()                                   # derived data: a reader or the next start catches up
+            await loop.run_in_executor(None, proc.wait)
+        self._on_output_rest()
+        self._drop_reader()
+        self._close_pipes()
+        self.proc = None
+
+    def _on_output_rest(self) -> None:
+        with contextlib.suppress(OSError, AssertionError):
+            self._on_output()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m stockade.audit.index AUDIT_DIR (run by the gateway)", file=sys.stderr)
+        return 2
+    return run_indexer(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -38,7 +38,7 @@ from typing import Any
 from stockade.audit import checkpoint as cp
 from stockade.audit import retention
 from stockade.audit.budget import ByteBudget
-from stockade.audit.index import Index, row_fields
+from stockade.audit.index import Index, IndexProcess, open_index, row_fields
 from stockade.audit.record import (
     FRAME,
     MAX_FRAME,
@@ -270,23 +270,7 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return None if bad else out
 
 
-def _open_index(audit_dir: Path) -> Index | None:
-    """The index, rebuilt from scratch if its file is damaged (derived data never blocks the log)."""
-    from stockade.audit.index import INDEX_NAME
-
-    try:
-        return Index(audit_dir)
-    except sqlite3.Error as e:
-        print(f"stockade: audit index unusable ({e}); rebuilding it", file=sys.stderr)
-    for suffix in ("", "-wal", "-shm"):
-        p = audit_dir / (INDEX_NAME + suffix)
-        with contextlib.suppress(FileNotFoundError):
-            p.rename(p.with_name(f"{p.name}.damaged-{int(time.time())}"))
-    try:
-        return Index(audit_dir)
-    except sqlite3.Error as e:
-        print(f"stockade: audit index unavailable ({e}); queries need `stockade audit reindex`", file=sys.stderr)
-        return None
+_open_index = open_index      # (moved to index.py; cli/audit.py imports it from here)
 
 
 def _boot_s() -> float:
@@ -331,7 +315,6 @@ class _Item:
     ts: int
     day: str
     frame: bytes
-    rec: dict[str, Any]       # the caller's fields; the index thread derives its row from them
     fut: asyncio.Future[int] | None = None
 
 
@@ -375,7 +358,6 @@ class AuditWriter:
 
     def __post_init__(self) -> None:
         self.store = Store(self.audit_dir)
-        self.index: Index | None = None
         self.head = Head()
         self.durable = Head()
         self.failed: str | None = None
@@ -386,16 +368,12 @@ class AuditWriter:
         self._queue: list[_Item] = []
         self._wake = asyncio.Event()
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
-        # The index is derived data: it is updated by its own thread, off the commit path.
-        self._ix = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-index")
-        self._ix_rows: list[tuple[Any, ...]] = []     # rows waiting for the index (loop thread only)
-        self._ix_busy = False
-        self._ix_last = 0.0
+        # The index is derived data, kept by its own process tailing the day files (index.py).
+        self.indexer = IndexProcess(self.audit_dir)
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._key: Any = None
         self._last_cp = 0
-        self._index_behind = False
         self._flushing = False
         # The one batch being written (queue prefix length, its future); see `_start_flush`.
         self._pending: tuple[int, asyncio.Future[tuple[list[int], float]]] | None = None
@@ -430,9 +408,6 @@ class AuditWriter:
                 self._key = cp.load_private(self.keys_dir)
             last = cp.latest(self.audit_dir / cp.LOG_NAME)
             self._last_cp = last["seq"] if last else 0
-            self.index = await loop.run_in_executor(self._ix, _open_index, self.audit_dir)
-            if self.index is not None:
-                await loop.run_in_executor(self._ix, self._catch_up_index)
         except BaseException as e:
             unlock(self._lock_fd)
             self._lock_fd = None
@@ -442,6 +417,7 @@ class AuditWriter:
             raise
         self.closed = False
         self._set_health("ok")
+        self._tell_index()               # starts the indexer: it catches up from its high-water mark
         self._tasks.append(asyncio.create_task(self._flusher(), name="audit-flusher"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="audit-retention"))
         self._tasks.append(asyncio.create_task(self._index_timer(), name="audit-index"))
@@ -487,22 +463,10 @@ class AuditWriter:
         if not self.failed and self.durable.seq > self._last_cp:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(self._ex, self._checkpoint_sync, "shutdown")
-        for _ in range(500):
-            if not self._ix_busy:
-                break
-            await asyncio.sleep(0.01)
-        if self._ix_rows:
-            rows, self._ix_rows = self._ix_rows, []
-            await loop.run_in_executor(self._ix, self._index_rows, rows)
-        await loop.run_in_executor(self._ix, self._close_index)
-        self._ix.shutdown(wait=True)
+        d = self.durable
+        await self.indexer.stop(d.seq, d.file, d.size, final=not self.disk_full)
         await loop.run_in_executor(self._ex, self._close_sync)
         self._ex.shutdown(wait=True)
-
-    def _close_index(self) -> None:
-        if self.index:
-            with contextlib.suppress(Exception):
-                self.index.close()
 
     def _close_sync(self) -> None:
         self.store.close()
@@ -550,7 +514,7 @@ class AuditWriter:
         day = day_of(ts)
         if head.file and day < head.file[:10]:
             day = head.file[:10]     # the clock went back over midnight: never write to an older file
-        item = _Item(seq, digest, ts, day, fr, rec)
+        item = _Item(seq, digest, ts, day, fr)
         # The head is updated in place (a new Head per record showed in the profile); nothing
         # else holds it: `durable` and the failure paths make their own.
         head.seq, head.hash, head.size, head.ts = seq, digest, 0, None
@@ -637,7 +601,6 @@ class AuditWriter:
                 self._idle_since = time.monotonic()
                 self._fsync_est = took if not self._fsync_est else 0.8 * self._fsync_est + 0.2 * took
                 seg = self._queue[:n]
-                first = seg[0]
                 del self._queue[:n]
                 last = seg[-1]
                 self.durable = Head(last.seq, last.hash, f"{last.day}.log", offsets[-1] + len(last.frame))
@@ -650,65 +613,22 @@ class AuditWriter:
                     self._on_disk_full("writing into the reserved space", exhausted=False)
                 elif self.disk_full and self.health is not None and "audit" in self.health:
                     self.health["audit"]["reserve_left"] = self.store.reserve_size
-                fname = f"{first.day}.log"
-                rows = [(it.seq, it.ts, fname, off, len(it.frame) - 4, it.rec)
-                        for it, off in zip(seg, offsets, strict=True)]
-                self._ix_rows.extend(rows)
-                self._maybe_index()
                 every = self.settings.checkpoint_every
                 if last.seq // every > self._last_cp // every:
                     with contextlib.suppress(Exception):
                         await loop.run_in_executor(self._ex, self._checkpoint_sync, "periodic")
 
-    def _maybe_index(self, force: bool = False) -> None:
-        """Hand accumulated rows to the index thread: in large transactions, one at a time.
-
-        Why: a SQLite transaction per commit group costs the event loop (GIL) as much as the
-        group itself; the index may lag by a fraction of a second (queries catch up anyway).
-        """
-        if self._ix_busy or not self._ix_rows:
-            return
-        now = time.monotonic()
-        if not force and len(self._ix_rows) < 2048 and now - self._ix_last < 0.25:
-            return
-        rows, self._ix_rows = self._ix_rows, []
-        self._ix_busy, self._ix_last = True, now
-        fut = asyncio.get_running_loop().run_in_executor(self._ix, self._index_rows, rows)
-
-        def done(_f: Any) -> None:
-            self._ix_busy = False
-            if not self.closed:          # close() hands over what is left itself
-                self._maybe_index()
-
-        fut.add_done_callback(done)
+    def _tell_index(self) -> None:
+        """Tell the indexer process the durable end (it indexes up to there) and publish its lag."""
+        d = self.durable
+        self.indexer.tick(d.seq, d.file, d.size, paused=bool(self.disk_full))   # full disk: the log first
+        if self.health is not None:
+            self.health["audit_index"] = self.indexer.health(d.seq)
 
     async def _index_timer(self) -> None:
         while True:
             await asyncio.sleep(0.25)
-            self._maybe_index(force=True)
-
-    def _index_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        if self.index is None:
-            return
-        if self.disk_full:
-            # The log comes first: the index must not take the space the buffered records need.
-            self._index_behind = True
-            return
-        try:
-            if self._index_behind:
-                self.index.catch_up()
-                self._index_behind = False
-            else:
-                self.index.add([(s, t, f, o, n, *row_fields(rec)) for s, t, f, o, n, rec in rows])
-        except Exception:
-            self._index_behind = True    # derived data: catch up later, never block the log
-
-    def _catch_up_index(self) -> None:
-        assert self.index is not None
-        try:
-            self.index.catch_up()
-        except sqlite3.Error:
-            self._index_behind = True
+            self._tell_index()
 
     # -- failure modes ---------------------------------------------------------------------------
     def _on_fatal(self, why: str) -> None:
@@ -837,6 +757,7 @@ class AuditWriter:
                                      "retention_days": self.settings.retention_days,
                                      "trusted_now": pl.trusted_us, "wall_now": wall})
             await loop.run_in_executor(self._ex, self._prune_file_sync, name, last, seq, pl.trusted_us)
+            self.indexer.prune(name)
             self._publish("audit.pruned", {"file": name, "last_seq": last["seq"], "record": seq}, "info")
             pruned.append(name)
         if pruned:
@@ -848,13 +769,6 @@ class AuditWriter:
                               retention_days=self.settings.retention_days, record=record_seq)
         (self.audit_dir / name).unlink()
         cp.fsync_dir(self.audit_dir)
-        if self.index is not None:
-            self._ix.submit(self._unindex, name)
-
-    def _unindex(self, name: str) -> None:
-        assert self.index is not None
-        with contextlib.suppress(sqlite3.Error):
-            self.index.prune_file(name)
 
     async def _retention_loop(self) -> None:
         while not self.closed:
@@ -878,6 +792,7 @@ class AuditWriter:
         return {"seq": self.durable.seq, "hash": self.durable.hash.hex(), "file": self.durable.file,
                 "size": self.durable.size, "queued": len(self._queue), "failed": self.failed,
                 "disk_full": bool(self.disk_full), "last_checkpoint": self._last_cp, **self.stats,
+                "index": self.indexer.health(self.durable.seq),
                 **({"forward": {f.sink.name: f.status() for f in self.forwarders}} if self.forwarders else {})}
 
 
