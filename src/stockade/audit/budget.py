@@ -43,11 +43,14 @@ class ByteBudget:
         a = self._agents.get(agent)
         if a is None:
             a = self._agents[agent] = _Agent()
-        self._expire(a, now)
         b = int(now // self.width)
-        if a.buckets and a.buckets[-1][0] == b:
-            a.buckets[-1][1] += n
+        last = a.buckets[-1] if a.buckets else None
+        if last is not None and last[0] == b:
+            # Still the newest bucket: nothing left the window since it was opened (the writer
+            # calls this per record; the expiry runs once per bucket and agent instead).
+            last[1] += n
         else:
+            self._expire(a, now)
             a.buckets.append([b, n])
         a.total += n
         if a.total > self.limit and (a.alerted_at is None or now - a.alerted_at >= self.window):

@@ -384,6 +384,7 @@ class AuditWriter:
         self._anchor = Anchor(0, 0.0)
         self._skew_reported = False
         self.forwarders: list[Any] = []      # audit.forward sinks (threads reading the day files)
+        self._loop: Any = None        # the running loop, set by open (record's futures; one lookup fewer)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self, *, lock_timeout: float = 30.0) -> None:
@@ -416,6 +417,7 @@ class AuditWriter:
                 raise self._start_error(e) from None
             raise
         self.closed = False
+        self._loop = loop
         self._set_health("ok")
         self._tell_index()               # starts the indexer: it catches up from its high-water mark
         self._tasks.append(asyncio.create_task(self._flusher(), name="audit-flusher"))
@@ -521,7 +523,7 @@ class AuditWriter:
         if head.file is None or head.file[:10] != day:
             head.file = f"{day}.log"
         if wait:
-            item.fut = asyncio.get_running_loop().create_future()
+            item.fut = self._loop.create_future()
         self._queue.append(item)
         if self._pending is None and not self.failed and time.monotonic() - self._idle_since >= self._fsync_est:
             # Nothing is being written and the loop has been producing records for longer than a
