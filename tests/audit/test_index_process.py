@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.audit.helpers import call_rec
+from tests.audit.helpers import call_rec, write_log
 
 from stockade.audit.index import Index, apply_messages, iter_records, parse_lines
 from stockade.audit.writer import AuditWriter, Settings, append_locked
@@ -37,11 +37,11 @@ def _seqs(audit: Path) -> list[int]:
 
 
 def test_messages_fold_into_the_newest_durable_end() -> None:
-    msgs, rest = parse_lines(b"H 3 2026-01-01.log 120\nP 2025-01-01.log\nH 9 2026-01-02.log 40\nH 10 2026-")
+    msgs, rest = parse_lines(b"H 3 2026-01-01.log 120\nP 2025-01-01.log 7\nH 9 2026-01-02.log 40\nH 10 2026-")
     assert rest == b"H 10 2026-"
-    prunes: list[str] = []
+    prunes: list[tuple[str, int]] = []
     assert apply_messages(msgs, None, prunes) == ("2026-01-02.log", 40)
-    assert prunes == ["2025-01-01.log"]
+    assert prunes == [("2025-01-01.log", 7)]
     assert apply_messages([["H", "x"], ["H", "1", "f", "-3"], ["Z"]], ("f", 1), prunes) == ("f", 1)
 
 
@@ -128,3 +128,15 @@ def test_the_indexer_finishes_on_eof_when_the_gateway_dies(tmp_path: Path) -> No
                        input=f"H 3 {log.name} {end}\n".encode(), capture_output=True, timeout=120)
     assert p.returncode == 0 and p.stdout == b"I 3\n"
     assert _seqs(audit) == [1, 2, 3]          # the 4th is past the durable end it was told
+
+
+def test_pruning_a_file_unindexes_exactly_its_rows(tmp_path: Path) -> None:
+    audit = tmp_path / "audit"
+    write_log(audit, None, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day=4)
+    idx = Index(audit)
+    idx.catch_up()
+    assert idx.conn.execute("SELECT name FROM sqlite_master WHERE name='records_file'").fetchone() is None
+    idx.prune_file("2026-01-01.log", 4)
+    idx.prune_file("2026-01-03.log")           # no last seq: the whole table is looked at
+    assert [r[0] for r in idx.conn.execute("SELECT seq FROM records ORDER BY seq")] == [5, 6, 7, 8]
+    idx.close()

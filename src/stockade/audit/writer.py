@@ -759,7 +759,7 @@ class AuditWriter:
                                      "retention_days": self.settings.retention_days,
                                      "trusted_now": pl.trusted_us, "wall_now": wall})
             await loop.run_in_executor(self._ex, self._prune_file_sync, name, last, seq, pl.trusted_us)
-            self.indexer.prune(name)
+            self.indexer.prune(name, last["seq"])
             self._publish("audit.pruned", {"file": name, "last_seq": last["seq"], "record": seq}, "info")
             pruned.append(name)
         if pruned:
