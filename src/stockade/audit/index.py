@@ -13,22 +13,24 @@ records are read back from the log files.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
 from stockade.audit.record import FRAME, MAX_FRAME
+
+if TYPE_CHECKING:        # (imported where used: the indexer process starts without asyncio's ~60 ms)
+    import asyncio
+    import subprocess
 
 INDEX_NAME = "index.db"
 SCHEMA = (
@@ -436,6 +438,9 @@ class IndexProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        import asyncio
+        import subprocess
+
         self._loop = asyncio.get_running_loop()
         try:
             self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "stockade.audit.index",
@@ -539,6 +544,9 @@ class IndexProcess:
     async def stop(self, seq: int, file: str | None, size: int, *, final: bool, timeout: float = 30.0) -> None:
         """Tell the last durable end (unless `final` is False: the disk is full), close the pipe
         (EOF: the child indexes up to it and exits) and wait; kill it after `timeout`."""
+        import asyncio
+        import subprocess
+
         proc = self.proc
         if proc is None:
             return
