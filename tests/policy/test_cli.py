@@ -61,7 +61,7 @@ def test_templates_give_the_promised_tiers(tmp_path: Path) -> None:
 def test_validate_reports_errors_with_file_line_and_exit_1(tmp_path: Path) -> None:
     f = tmp_path / "org.yaml"
     f.write_text("version: 1\nrules:\n  - capability: filesystem.read\n    tier: sometimes\n"
-                 "  - capability: process.run\n    tier: blocked\n    when: {argv_match: '(a+)+'}\n")
+                 "  - capability: process.run\n    tier: blocked\n    when: {argv_match: '(a)\\1'}\n")
     p = run_cli("policy", "validate", str(f), "--json", check=False)
     assert p.returncode == 1
     d = json.loads(p.stdout)

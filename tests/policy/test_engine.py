@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.policy.policy_helpers import build, org, tier
 
+from stockade.policy.conditions import MAX_MATCH_INPUT
 from stockade.policy.engine import always_blocked, evaluate
 from stockade.policy.model import TIERS
 
@@ -188,6 +189,8 @@ BLOCKED_CALLS = [
     ("process.run", {"argv": ["bash", "-c", "cat /dev/zero > /dev/nvme0n1"]}),
     ("process.run", {"argv": ["bash", "-c", ":(){ :|:& };:"]}),
     ("process.run", {"argv": ["bash", "-c", "bomb() { bomb | bomb & }; bomb"]}),
+    ("process.run", {"argv": ["bash", "-c", "\u00e9() { \u00e9|\u00e9& }; \u00e9"]}),    # a name an ASCII \w would miss
+    ("process.run", {"argv": ["bash", "-c", "b.1() { b.1|b.1& }; b.1"]}),
     ("process.run", {"argv": ["chmod", "-R", "000", "/"]}),
     ("process.run", {"argv": ["shred", "-n", "1", "/dev/sda"]}),
 ]
@@ -236,8 +239,12 @@ def test_system_argv_matching_is_linear_on_hostile_input() -> None:
     these inputs take seconds at worst on a loaded machine, while catastrophic backtracking would
     take hours and trip the timeout. The decisions must still be the right ones."""
     p = build(None)
+    mib = MAX_MATCH_INPUT - 16
     hostile = {"rm " + "a " * 60000: False, "x" * 200000: False, ":" * 200000: False, "dd " + "b" * 100000: False,
-               "rm -rf " + "a " * 100 + "/": True}
+               "rm -rf " + "a " * 100 + "/": True,
+               # the longest argv that is matched at all: seconds of the event loop each with Python's re
+               ("a () " * (mib // 5))[:mib]: False, ":" * mib: False, "x" * mib: False,
+               ("a () {" * (mib // 6))[:mib - 40] + " :(){ :|:& };:": True}
     for h, blocked in hostile.items():
         v = evaluate(p, "a", "process.run", {"argv": ["sh", "-c", h]})
         assert (TIERS[v.tier] == "blocked") is blocked, h[:40]
