@@ -48,8 +48,9 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> Event | None:
         while not self._q:
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:   # asyncio.timeout, not wait_for: no task created per wait (several subscribers per call)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 return None
         return self._q.popleft()
