@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from _util import row
+from _util import release_mounts, row
 
 HERE = Path(__file__).resolve().parent
 ANCHOR = "bare mcp SDK server, no-op tool with the same schemas"
@@ -248,3 +249,5 @@ def run(quick: bool = False) -> dict[str, Any]:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+        release_mounts(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
