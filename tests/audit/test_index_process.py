@@ -126,7 +126,7 @@ def test_the_indexer_finishes_on_eof_when_the_gateway_dies(tmp_path: Path) -> No
     end = [o + 4 + n for o, n, _ in iter_records(log)][2]
     p = subprocess.run([sys.executable, "-I", "-B", "-m", "stockade.audit.index", str(audit)],
                        input=f"H 3 {log.name} {end}\n".encode(), capture_output=True, timeout=120)
-    assert p.returncode == 0 and p.stdout == b"I 3\n"
+    assert p.returncode == 0 and p.stdout == b"I 0\nI 3\n"
     assert _seqs(audit) == [1, 2, 3]          # the 4th is past the durable end it was told
 
 

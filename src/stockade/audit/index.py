@@ -357,7 +357,8 @@ def open_index(audit_dir: Path) -> Index | None:
 # -- the indexer process ------------------------------------------------------------------------------
 # Gateway -> indexer (stdin), one line each:  "H <seq> <file> <size>"  the writer's durable end;
 #                                             "P <file> <last seq>"    a day file was pruned.
-# Indexer -> gateway (stdout):                "I <seq>"  indexed through seq;  "E <text>"  an error.
+# Indexer -> gateway (stdout):                "I <seq>"  indexed through seq (first: ready);
+#                                             "E <text>"  an error.
 # EOF on stdin (the gateway stopping, or dying): index up to the last durable end told, then exit.
 
 def parse_lines(buf: bytes) -> tuple[list[list[str]], bytes]:
@@ -383,6 +384,8 @@ def run_indexer(audit_dir: Path, inp: int = 0, out: int = 1) -> int:
     idx = open_index(audit_dir)
     if idx is None:
         return 1
+    hw = idx.high_water()
+    _say(out, f"I {hw[0] if hw else 0}")         # ready: where it starts from (the lag shows at once)
     limit: tuple[str, int] | None = None
     done: tuple[str, int] | None = None
     buf, eof = b"", False
