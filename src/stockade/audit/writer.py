@@ -38,7 +38,7 @@ from typing import Any
 from stockade.audit import checkpoint as cp
 from stockade.audit import retention
 from stockade.audit.budget import ByteBudget
-from stockade.audit.index import Index, IndexProcess, open_index, row_fields
+from stockade.audit.index import Index, IndexProcess, row_fields
 from stockade.audit.record import (
     FRAME,
     MAX_FRAME,
@@ -270,7 +270,6 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return None if bad else out
 
 
-_open_index = open_index      # (moved to index.py; cli/audit.py imports it from here)
 
 
 def _boot_s() -> float:

@@ -73,9 +73,9 @@ def _line(rec: dict[str, Any]) -> str:
 
 
 def _index(h: Home) -> Index:
-    from stockade.audit.writer import _open_index
+    from stockade.audit.index import open_index
 
-    idx = _open_index(h.audit_dir)
+    idx = open_index(h.audit_dir)
     if idx is None:
         fail(f"cannot open or recreate {h.audit_dir / 'index.db'}", EXIT_CHECK_FAILED)
     return idx
