@@ -120,15 +120,20 @@ def test_listen_streams_are_acknowledged_stamped_and_filtered(srv: Server) -> No
 def test_a_revoked_agent_hears_no_list_change(srv: Server) -> None:
     """Every frame re-checks the key, not only task frames: after `agent revoke` a policy change
     ends the stream (its final result) instead of reaching the revoked agent."""
-    key = srv.agent("lis-revoked")
+    key, witness_key = srv.agent("lis-revoked"), srv.agent("lis-witness")
 
     async def go() -> list[dict[str, Any]]:
-        async with Stream(srv, key, "sub-rev", {"toolsListChanged": True}) as s:
+        async with Stream(srv, key, "sub-rev", {"toolsListChanged": True}) as s, \
+                Stream(srv, witness_key, "sub-wit", {"toolsListChanged": True}) as witness:
             await s.until(lambda f: f)
+            await witness.until(lambda f: f)
             run_cli("agent", "revoke", "lis-revoked", home=srv.home)
             write_org(srv.home, HIDDEN)
             await s.until(lambda f: "id" in f[-1])      # the stream's final result: it ended
-            write_org(srv.home, BASE)
+            await witness.until(lambda f: len(f) > 1)   # the change was announced (to the live agent)
+            await asyncio.sleep(1)
+            write_org(srv.home, BASE)                   # restored, and heard, before the next test
+            await witness.until(lambda f: len(f) > 2)
         return s.frames
 
     frames = asyncio.run(go())
