@@ -8,6 +8,7 @@ the shipped sandbox executor runs `process.run` in that namespace with Landlock 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +36,10 @@ class _Pol:
         return {"egress": [f"{A_IP}:8080"]}
 
 
-@pytest.fixture
-def setup(net, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def egress_executor(tmp_path: Path, tag: str, **executor: Any) -> Iterator[Any]:
+    """The shipped executor for one agent whose namespace and tables the egress manager built
+    (`executor` goes to SandboxExecutor: `pool=True` for the pooled variant of these tests)."""
     need_root()
     need(os.path.exists("/usr/bin/python3"), "needs /usr/bin/python3 for the sandboxed command")
     from stockade.core import agents
@@ -47,13 +50,13 @@ def setup(net, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     home = Home.at(tmp_path / "home")
     init_home(home)
     db = home.db()
-    name = f"fc{os.getpid()}"
+    name = f"{tag}{os.getpid()}"
     agents.create(db, name)
     db.commit()
     eg = Egress(home, Settings(resolver=None), lambda agent: [f"{A_IP}:8080"])
     eg.reconcile()
-    parent = f"stockade-fc-{os.getpid()}"
-    ex = SandboxExecutor(home, call_timeout=15, cgroup_parent=parent)
+    parent = f"stockade-{tag}-{os.getpid()}"
+    ex = SandboxExecutor(home, call_timeout=15, cgroup_parent=parent, **executor)
     ex.db = db
     ex.policy = _Pol()
     ex.start_zygote()
@@ -73,7 +76,23 @@ def setup(net, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
         db.close()
 
 
-def _delete_tables(s: Any) -> None:
+@pytest.fixture
+def setup(net, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    with egress_executor(tmp_path, "fc") as s:
+        yield s
+
+
+def accepting_chain(s: Any) -> None:
+    """The host table deleted and the namespace's output chain replaced by one that accepts."""
+    st = s.eg.agents[s.name]
+    nft.run_in_netns(None, [[{"delete": {"table": {"family": "inet", "name": ruleset.host_table(s.eg.tag)}}}]])
+    chain = {"family": "inet", "table": ruleset.NS_TABLE, "name": "output"}
+    nft.run_in_netns(st.netns, [[{"delete": {"chain": chain}}],
+                                [{"add": {"chain": {**chain, "type": "filter", "hook": "output", "prio": 0,
+                                                    "policy": "accept"}}}]])
+
+
+def delete_tables(s: Any) -> None:
     st = s.eg.agents[s.name]
     for path, table in ((st.netns, ruleset.NS_TABLE), (None, ruleset.host_table(s.eg.tag))):
         nft.run_in_netns(path, [[{"delete": {"table": {"family": "inet", "name": table}}}]])
@@ -83,7 +102,7 @@ def test_calls_fail_closed_when_the_tables_vanish(setup) -> None:  # type: ignor
     s = setup
     assert s.connect(A_IP) == "connected"
     assert s.connect(B_IP).startswith("refused")          # nftables: B is not on the allowlist
-    _delete_tables(s)
+    delete_tables(s)
     for ip in (B_IP, A_IP):                                 # nothing runs with network now
         with pytest.raises(StockadeError) as ei:
             s.connect(ip)
@@ -99,12 +118,7 @@ def test_calls_fail_closed_when_the_tables_vanish(setup) -> None:  # type: ignor
 def test_a_flushed_output_chain_fails_closed_too(setup) -> None:  # type: ignore[no-untyped-def]
     """A variation: the chain is replaced by one that accepts; the host table is gone too."""
     s = setup
-    st = s.eg.agents[s.name]
-    nft.run_in_netns(None, [[{"delete": {"table": {"family": "inet", "name": ruleset.host_table(s.eg.tag)}}}]])
-    chain = {"family": "inet", "table": ruleset.NS_TABLE, "name": "output"}
-    nft.run_in_netns(st.netns, [[{"delete": {"chain": chain}}],
-                                [{"add": {"chain": {**chain, "type": "filter", "hook": "output", "prio": 0,
-                                                    "policy": "accept"}}}]])
+    accepting_chain(s)
     with pytest.raises(StockadeError) as ei:
         s.connect(B_IP)
     assert ei.value.type == "SandboxUnavailable" and "egress rules missing" in ei.value.message
