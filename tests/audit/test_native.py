@@ -252,3 +252,7 @@ def test_parallel_verify_agrees_with_and_without_native(tmp_path, monkeypatch: p
         monkeypatch.setattr(R, "NATIVE", NATIVE if native else None)
         files = V.day_files(tmp_path)
         assert V._parallel(files, [p.stat().st_size for p in files], cps, False, 2) is None
+        v = V.ChainVerifier(cps)                  # the sequential pass it falls back to reports it
+        for i, p in enumerate(files):
+            v.feed(p.name, p.read_bytes(), last=i == len(files) - 1)
+        assert not v.finish().ok
