@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -34,15 +32,3 @@ def row(case: str, samples_ns: list[int], *, anchor: str | None = None,
         on_row(case)
     return r
 
-
-def release_mounts(root: str | os.PathLike[str]) -> None:
-    """Unmount what a scratch home left under `root` (its volume and binds: `stockade init` as
-    root gives a new home one, and a home's mounts outlive its gateway by design), deepest first,
-    before the bench removes the directory."""
-    from stockade.core.volume import parse_mountinfo
-
-    top = os.path.realpath(root)
-    with open("/proc/self/mountinfo") as f:
-        left = [m.mountpoint for m in parse_mountinfo(f.read()) if m.mountpoint.startswith(top + "/")]
-    for mp in sorted(left, key=len, reverse=True):
-        subprocess.run(["umount", "-l", mp], capture_output=True, check=False)

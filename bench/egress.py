@@ -32,7 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _util import release_mounts, row
+from _util import row
+from stockade.core.volume import unmount_under
 
 SERVER_IP, PORT = "198.51.100.200", 8080
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -196,7 +197,7 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     th = _TestHost()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as done:
-        done.callback(release_mounts, tmp)
+        done.callback(unmount_under, tmp)
         h = Path(tmp) / "home"
         subprocess.run([sys.executable, "-m", "stockade", "init", "--policy", "open", "--home", str(h)],
                        check=True, capture_output=True, timeout=120)

@@ -31,7 +31,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from _util import release_mounts, row
+from _util import row
+from stockade.core.volume import unmount_under
 
 HERE = Path(__file__).resolve().parent
 ANCHOR = "bare mcp SDK server, no-op tool with the same schemas"
@@ -249,5 +250,5 @@ def run(quick: bool = False) -> dict[str, Any]:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        release_mounts(tmp)
+        unmount_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

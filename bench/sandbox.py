@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _util import release_mounts, row
+from _util import row
+from stockade.core.volume import unmount_under
 
 BWRAP_HARDENED = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                   "--disable-userns", "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr",
@@ -309,7 +310,7 @@ def _saturation(seconds: float, clients: int = 16) -> list[dict[str, Any]]:
             gw.wait(30)
         except subprocess.TimeoutExpired:
             gw.kill()
-        release_mounts(tmp)
+        unmount_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     r: dict[str, Any] = {"case": case, "per_s": round(ours / seconds, 1), "clients": clients}
     if bwrap:

@@ -123,13 +123,9 @@ def _volumes_unmounted_at_the_end(tmp_path_factory: pytest.TempPathFactory) -> I
     partition's would. The suite creates hundreds of homes: each worker unmounts what is left
     under its own temporary directory when it ends, deepest first."""
     yield
-    from stockade.core.volume import parse_mountinfo
+    from stockade.core.volume import unmount_under
 
-    base = str(tmp_path_factory.getbasetemp())
-    with open("/proc/self/mountinfo") as f:
-        left = [m.mountpoint for m in parse_mountinfo(f.read()) if m.mountpoint.startswith(base + "/")]
-    for mp in sorted(left, key=len, reverse=True):
-        subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
+    unmount_under(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

@@ -250,6 +250,15 @@ def unmount(home: Home) -> list[str]:
     return done
 
 
+def unmount_under(root: str | os.PathLike[str]) -> None:
+    """Lazily unmount every mount below `root`, deepest first: what scratch homes (benches,
+    tests) leave, since a home's mounts outlive its gateway by design, as a partition's would."""
+    top = os.path.realpath(root)
+    for mp in sorted((m.mountpoint for m in _mounts() if _within(m.mountpoint, top) and m.mountpoint != top),
+                     key=len, reverse=True):
+        subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
+
+
 def status(home: Home) -> dict[str, Any]:
     """What `stockade volume status` and doctor show: configured, mounted, sizes, and which
     directories a sandbox's mountinfo would name by their host path."""
